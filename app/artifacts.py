@@ -1,0 +1,235 @@
+"""The registry's on-disk format.
+
+    models/<name>/<version>/model.joblib    the fitted estimator (joblib)
+    models/<name>/<version>/metadata.json   ModelMetadata, including the artifact's sha256
+    models/<name>/aliases.json              {"production": 3, "candidate": 4}
+
+A version directory appears whole or not at all (written aside, then renamed into place), and
+aliases are replaced atomically, so a reader never sees half of either.
+"""
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import joblib
+import numpy as np
+import pandas as pd
+import sklearn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.errors import ArtifactError
+
+ARTIFACT = "model.joblib"
+METADATA = "metadata.json"
+ALIASES = "aliases.json"
+ALIAS_NAMES = ("production", "candidate")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+Label = str | int | float
+Row = tuple[Any, ...]
+Task = Literal["classification", "regression"]
+
+
+class FeatureSpec(BaseModel):
+    """One input column, in the order the model expects."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    dtype: Literal["float", "int", "category"]
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+
+
+class FeatureProfile(BaseModel):
+    """Training distribution of one feature: quantiles if numeric, frequencies if categorical."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    probabilities: list[float] | None = None
+    quantiles: list[float] | None = None
+    frequencies: dict[str, float] | None = None
+
+
+class ModelMetadata(BaseModel):
+    """Everything Steward knows about one model version; stored as metadata.json."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    name: str
+    version: int = Field(0, description="Set by save_version.")
+    task: Task
+    features: list[FeatureSpec]
+    classes: list[Label] | None = Field(None, description="Class labels, in predict_proba order.")
+    has_proba: bool = False
+    input_format: Literal["array", "dataframe"] = Field(
+        "array", description="Rows reach the model as a NumPy array or a named DataFrame."
+    )
+    metrics: dict[str, float] = Field(default_factory=dict, description="Held-out metrics.")
+    training_rows: int = 0
+    sklearn_version: str = Field("", description="Set by save_version.")
+    sha256: str = Field("", description="Of model.joblib; set by save_version.")
+    created_at: datetime | None = Field(None, description="Set by save_version.")
+    reference_profile: dict[str, FeatureProfile] = Field(default_factory=dict)
+    description: str = ""
+
+
+class ChecksumMismatch(ArtifactError):
+    """The artifact on disk is not the one its metadata describes."""
+
+
+def feature_matrix(metadata: ModelMetadata, rows: Sequence[Row]) -> Any:
+    """What the model takes: a NumPy array in feature order, or a DataFrame if it wants names."""
+    if metadata.input_format == "dataframe":
+        return pd.DataFrame.from_records(rows, columns=[f.name for f in metadata.features])
+    numeric = all(f.dtype != "category" for f in metadata.features)
+    return np.array(rows, dtype=np.float64 if numeric else object)
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise ArtifactError(
+            f"invalid model name {name!r}: use 1-64 of a-z, 0-9, '.', '_', '-' "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def list_models(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name))
+
+
+def list_versions(root: Path, name: str) -> list[int]:
+    folder = root / name
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def read_metadata(root: Path, name: str, version: int) -> ModelMetadata:
+    path = root / name / str(version) / METADATA
+    try:
+        return ModelMetadata.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise ArtifactError(f"{name} v{version}: unreadable {METADATA}: {exc}") from exc
+
+
+def load_estimator(root: Path, metadata: ModelMetadata) -> Any:
+    """Read the artifact once, check its sha256 against the metadata, then unpickle it."""
+    path = root / metadata.name / str(metadata.version) / ARTIFACT
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{metadata.name} v{metadata.version}: {exc}") from exc
+    digest = sha256_bytes(data)
+    if digest != metadata.sha256:
+        raise ChecksumMismatch(
+            f"{metadata.name} v{metadata.version}: sha256 of {ARTIFACT} is {digest}, "
+            f"metadata says {metadata.sha256}"
+        )
+    return joblib.load(io.BytesIO(data))
+
+
+def read_aliases(root: Path, name: str) -> dict[str, int]:
+    path = root / name / ALIASES
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{name}: unreadable {ALIASES}: {exc}") from exc
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and type(v) is int for k, v in raw.items()
+    ):
+        raise ArtifactError(f"{name}: {ALIASES} must map alias names to version numbers")
+    return raw
+
+
+def set_alias(root: Path, name: str, alias: str, version: int) -> None:
+    """Point ``alias`` at ``version``, replacing aliases.json atomically."""
+    if alias not in ALIAS_NAMES:
+        raise ArtifactError(f"unknown alias {alias!r}; expected one of {', '.join(ALIAS_NAMES)}")
+    if version not in list_versions(root, name):
+        raise ArtifactError(f"{name} has no version {version}")
+    aliases = read_aliases(root, name) | {alias: version}
+    _write_atomically(root / name / ALIASES, json.dumps(aliases, indent=2, sort_keys=True) + "\n")
+
+
+def save_version(
+    root: Path, draft: ModelMetadata, estimator: Any, *, promote: bool = False
+) -> ModelMetadata:
+    """Store ``estimator`` as version max+1 of ``draft.name``; returns the final metadata.
+
+    ``production`` is pointed at the new version when the model had none, or when ``promote``.
+    """
+    name = check_name(draft.name)
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    joblib.dump(estimator, buffer)
+    data = buffer.getvalue()
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    try:
+        (staging / ARTIFACT).write_bytes(data)
+        while True:
+            version = max(list_versions(root, name), default=0) + 1
+            metadata = draft.model_copy(
+                update={
+                    "version": version,
+                    "sha256": sha256_bytes(data),
+                    "sklearn_version": sklearn.__version__,
+                    "created_at": datetime.now(UTC),
+                }
+            )
+            (staging / METADATA).write_text(metadata.model_dump_json(indent=2) + "\n")
+            _fsync_dir_entries(staging)
+            try:
+                staging.rename(folder / str(version))
+                break
+            except OSError:  # another writer took this number first: take the next one
+                if not (folder / str(version)).exists():
+                    raise
+    finally:
+        if staging.exists():
+            for child in staging.iterdir():
+                child.unlink()
+            staging.rmdir()
+    if promote or "production" not in read_aliases(root, name):
+        set_alias(root, name, "production", version)
+    return metadata
+
+
+def _fsync_dir_entries(folder: Path) -> None:
+    for child in folder.iterdir():
+        with child.open("rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

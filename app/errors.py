@@ -1,0 +1,174 @@
+"""One error tree (HTTP status + stable code) and the handlers that render its one JSON shape.
+
+Every error the service returns looks like::
+
+    {"error": {"code": "validation_error", "message": "...", "details": [{"field": ..., ...}]}}
+"""
+
+import logging
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from pydantic_core import ErrorDetails
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+logger = logging.getLogger(__name__)
+
+Detail = dict[str, Any]
+
+
+class StewardError(Exception):
+    """Base of every error the service reports; carries its HTTP status and a stable code."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, details: Sequence[Detail] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details)
+
+    def payload(self) -> dict[str, Any]:
+        """The error in the service's one JSON shape."""
+        return error_payload(self.code, self.message, self.details)
+
+
+class InvalidJSON(StewardError):
+    status_code = 400
+    code = "invalid_json"
+
+
+class PayloadTooLarge(StewardError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ValidationFailed(StewardError):
+    status_code = 422
+    code = "validation_error"
+
+
+class UnknownModel(StewardError):
+    status_code = 404
+    code = "unknown_model"
+
+
+class UnknownVersion(StewardError):
+    status_code = 404
+    code = "unknown_version"
+
+
+class UnknownPrediction(StewardError):
+    status_code = 404
+    code = "unknown_prediction"
+
+
+class FeedbackConflict(StewardError):
+    status_code = 409
+    code = "feedback_conflict"
+
+
+class ModelUnavailable(StewardError):
+    """The model exists but its artifact was refused at load."""
+
+    status_code = 503
+    code = "model_unavailable"
+
+
+class ModelFailure(StewardError):
+    """The model raised, or returned something unusable, on validated input."""
+
+    status_code = 500
+    code = "model_failure"
+
+
+class StoreUnavailable(StewardError):
+    status_code = 503
+    code = "store_unavailable"
+
+
+class NotReady(StewardError):
+    status_code = 503
+    code = "not_ready"
+
+
+class ArtifactError(StewardError):
+    """A registry entry that cannot be read or trusted (CLI and registry)."""
+
+    code = "artifact_error"
+
+
+def error_payload(code: str, message: str, details: Sequence[Detail] = ()) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": list(details)}}
+
+
+def field_errors(errors: Iterable[ErrorDetails], skip: Collection[str] = ()) -> list[Detail]:
+    """Pydantic errors as details naming the field (``instances.0.petal_width``).
+
+    A first location part in ``skip`` (FastAPI's "body", a union's tag) is left out.
+    """
+    details = []
+    for error in errors:
+        loc = list(error["loc"])
+        if loc and loc[0] in skip:
+            loc = loc[1:]
+        details.append(
+            {
+                "field": ".".join(str(part) for part in loc),
+                "message": error["msg"],
+                "type": error["type"],
+            }
+        )
+    return details
+
+
+def validation_error(errors: Sequence[ErrorDetails], skip: Collection[str] = ()) -> StewardError:
+    """Map pydantic errors to InvalidJSON (unparseable body) or ValidationFailed (bad values)."""
+    if any(error["type"] == "json_invalid" for error in errors):
+        reason = next(e for e in errors if e["type"] == "json_invalid").get("ctx", {}).get("error")
+        return InvalidJSON(f"request body is not valid JSON: {reason}")
+    details = field_errors(errors, skip)
+    fields = ", ".join(d["field"] or "body" for d in details[:5])
+    return ValidationFailed(f"invalid request: {fields}", details)
+
+
+def error_response(error: StewardError) -> JSONResponse:
+    return JSONResponse(error.payload(), status_code=error.status_code)
+
+
+async def _steward_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StewardError)
+    return error_response(exc)
+
+
+async def _request_validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(validation_error(exc.errors(), skip=("body",)))
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    return JSONResponse(
+        error_payload(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error", exc_info=exc)
+    return error_response(StewardError("internal server error"))
+
+
+def install_error_handlers(app: Starlette) -> None:
+    """Render every error, including FastAPI's validation errors and 404/405, in one shape."""
+    app.add_exception_handler(StewardError, _steward_error)
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,78 @@
+"""create_app(settings): the one place that wires the service together.
+
+Serve with ``uvicorn --factory app.main:create_app`` (settings from STEWARD_* variables) or
+``steward serve``.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
+
+from app import __version__
+from app.body_limit import BodySizeLimit
+from app.errors import install_error_handlers
+from app.feedback import FeedbackRecorder
+from app.metrics import Metrics, MetricsMiddleware
+from app.prediction import Predictor
+from app.registry import LoadedModel, Registry
+from app.routes import docs, feedback, health, models, predict
+from app.settings import Settings
+from app.store import PredictionLog, open_store
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    # Built here, not in the lifespan, because the middleware needs it when the app is built.
+    metrics = Metrics(CollectorRegistry(), settings.max_class_labels)
+
+    def track(model: LoadedModel, aliases: list[str]) -> None:
+        metrics.track_model(model.metadata, aliases, model.sklearn_mismatch is not None)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        store = open_store(settings.store_url)
+        registry = Registry(settings.models_dir, settings.max_instances, on_load=track)
+        registry.load()
+        for refusal in registry.refusals.values():
+            metrics.model_refused.labels(refusal.model, refusal.reason).set(1)
+        log = PredictionLog(
+            store, metrics, batch_size=settings.log_batch_size, max_pending=settings.log_max_pending
+        )
+        log.start()
+        try:
+            yield {
+                "settings": settings,
+                "metrics": metrics,
+                "registry": registry,
+                "store": store,
+                "log": log,
+                "predictor": Predictor(registry, log, metrics, settings.default_model),
+                "feedback": FeedbackRecorder(
+                    registry, store, log, metrics, settings.max_feedback_items
+                ),
+            }
+        finally:
+            await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)
+            store.close()
+
+    app = FastAPI(
+        title="Steward",
+        version=__version__,
+        description="Serves scikit-learn models and knows whether they are right.",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    for router in (predict.router, feedback.router, models.router, health.router, docs.router):
+        app.include_router(router)
+    app.mount(docs.ASSETS_PATH, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every status
+    return app

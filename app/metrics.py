@@ -1,0 +1,277 @@
+"""Every Prometheus collector of the service, on one injected registry, and the HTTP middleware.
+
+Label values are bounded: route templates (never raw paths), model names and versions from the
+registry (an unknown model is ``_unknown``), and at most ``max_class_labels`` class labels per
+model (the rest share ``_other``). docs/metrics.md lists each metric with its PromQL.
+"""
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.artifacts import Label, ModelMetadata
+
+UNKNOWN_MODEL = "_unknown"
+OTHER_CLASS = "_other"
+UNMATCHED_ROUTE = "_unmatched"
+ERROR_STAGES = ("validation", "unknown_model", "unknown_version", "model", "store", "feedback")
+CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
+REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+ABSOLUTE_ERROR_BUCKETS = (
+    0.001, 0.01, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
+    10000.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The service's collectors and the few domain events that update them."""
+
+    def __init__(self, registry: CollectorRegistry, max_class_labels: int = 25) -> None:
+        self.registry = registry
+        self.max_class_labels = max_class_labels
+        self.http_requests = Counter(
+            "steward_http_requests",
+            "HTTP requests by method, route template and status code.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.http_duration = Histogram(
+            "steward_http_request_duration_seconds",
+            "HTTP request latency by method and route template.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference_duration = Histogram(
+            "steward_model_inference_duration_seconds",
+            "Time of one model call (all rows of a request) by model and version.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.predictions = Counter(
+            "steward_predictions",
+            "Predicted rows by model and version.",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.predicted_classes = Counter(
+            "steward_predicted_classes",
+            "Predicted rows of classifiers by model, version and predicted class.",
+            ["model", "version", "class"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "steward_errors",
+            "Errors by model and stage: " + ", ".join(ERROR_STAGES) + ".",
+            ["model", "stage"],
+            registry=registry,
+        )
+        self.feedback = Counter(
+            "steward_feedback",
+            "Feedback items by model, version and outcome: "
+            + ", ".join(dict.fromkeys(CLASSIFIER_OUTCOMES + REGRESSOR_OUTCOMES))
+            + ".",
+            ["model", "version", "outcome"],
+            registry=registry,
+        )
+        self.confusion = Counter(
+            "steward_feedback_confusion",
+            "Labelled predictions of classifiers by predicted and actual class "
+            "(correct: whether they are the same class).",
+            ["model", "version", "predicted", "actual", "correct"],
+            registry=registry,
+        )
+        self.absolute_error = Histogram(
+            "steward_feedback_absolute_error",
+            "Absolute error |prediction - ground truth| of labelled regressor predictions.",
+            ["model", "version"],
+            buckets=ABSOLUTE_ERROR_BUCKETS,
+            registry=registry,
+        )
+        self.squared_error = Counter(
+            "steward_feedback_squared_error",
+            "Sum of squared errors of labelled regressor predictions (for RMSE).",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "steward_model_info",
+            "1 for each served model version and alias.",
+            ["model", "version", "alias"],
+            registry=registry,
+        )
+        self.model_refused = Gauge(
+            "steward_model_refused",
+            "1 for each model whose production version was refused at load, by reason.",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.sklearn_mismatch = Gauge(
+            "steward_model_sklearn_version_mismatch",
+            "1 when a loaded version was saved with another scikit-learn than the one running.",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.log_pending = Gauge(
+            "steward_prediction_log_pending_rows",
+            "Acknowledged predictions not yet written to the store.",
+            registry=registry,
+        )
+        self.log_written = Counter(
+            "steward_prediction_log_written_rows",
+            "Predictions written to the store.",
+            registry=registry,
+        )
+        self._class_labels: dict[tuple[str, int], dict[Label, str]] = {}
+        for stage in ERROR_STAGES:
+            self.errors.labels(UNKNOWN_MODEL, stage)
+
+    def class_label(self, metadata: ModelMetadata, label: Label) -> str:
+        """The metric label of a class: itself for the first classes, ``_other`` beyond."""
+        labels = self._class_labels.get((metadata.name, metadata.version))
+        if labels is None:
+            classes = metadata.classes or []
+            labels = {
+                c: str(c) if i < self.max_class_labels else OTHER_CLASS
+                for i, c in enumerate(classes)
+            }
+            self._class_labels[(metadata.name, metadata.version)] = labels
+        return labels.get(label, OTHER_CLASS)
+
+    def track_model(
+        self, metadata: ModelMetadata, aliases: Sequence[str], sklearn_mismatch: bool
+    ) -> None:
+        """A version is served: publish its info and create its series at 0."""
+        name, version = metadata.name, str(metadata.version)
+        for alias in aliases or ("",):
+            self.model_info.labels(name, version, alias).set(1)
+        self.sklearn_mismatch.labels(name, version).set(int(sklearn_mismatch))
+        self.predictions.labels(name, version)
+        self.inference_duration.labels(name, version)
+        for stage in ERROR_STAGES:
+            self.errors.labels(name, stage)
+        outcomes: tuple[str, ...]
+        if metadata.task == "classification":
+            outcomes = CLASSIFIER_OUTCOMES
+            labels = sorted({self.class_label(metadata, c) for c in metadata.classes or ()})
+            for predicted in labels:
+                self.predicted_classes.labels(name, version, predicted)
+                for actual in labels:
+                    if predicted != actual:
+                        flags = ("false",)
+                    else:  # two classes sharing `_other` can be told apart only when wrong
+                        flags = ("true", "false") if predicted == OTHER_CLASS else ("true",)
+                    for flag in flags:
+                        self.confusion.labels(name, version, predicted, actual, flag)
+        else:
+            outcomes = REGRESSOR_OUTCOMES
+            self.absolute_error.labels(name, version)
+            self.squared_error.labels(name, version)
+        for outcome in outcomes:
+            self.feedback.labels(name, version, outcome)
+
+    def count_error(self, model: str | None, stage: str) -> None:
+        self.errors.labels(model or UNKNOWN_MODEL, stage).inc()
+
+    def observe_inference(
+        self, metadata: ModelMetadata, seconds: float, predicted: Sequence[Label]
+    ) -> None:
+        name, version = metadata.name, str(metadata.version)
+        self.inference_duration.labels(name, version).observe(seconds)
+        self.predictions.labels(name, version).inc(len(predicted))
+        if metadata.task == "classification":
+            counts: dict[str, int] = {}
+            for label in predicted:
+                key = self.class_label(metadata, label)
+                counts[key] = counts.get(key, 0) + 1
+            for key, count in counts.items():
+                self.predicted_classes.labels(name, version, key).inc(count)
+
+    def observe_feedback(
+        self,
+        metadata: ModelMetadata,
+        outcome: str,
+        predicted: Any = None,
+        actual: Any = None,
+    ) -> None:
+        """Count one feedback item; a newly labelled one also updates the quality series."""
+        name, version = metadata.name, str(metadata.version)
+        self.feedback.labels(name, version, outcome).inc()
+        if outcome in ("correct", "incorrect"):
+            self.confusion.labels(
+                name,
+                version,
+                self.class_label(metadata, predicted),
+                self.class_label(metadata, actual),
+                _bool_label(outcome == "correct"),
+            ).inc()
+        elif outcome == "labelled":
+            error = abs(float(predicted) - float(actual))
+            self.absolute_error.labels(name, version).observe(error)
+            self.squared_error.labels(name, version).inc(error * error)
+
+
+class MetricsMiddleware:
+    """Pure-ASGI middleware: request count and latency by method, route template and status.
+
+    An exception escaping the app counts as a 500. Scrapes and health probes are not counted.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        skip_paths: frozenset[str] = frozenset({"/metrics", "/healthz", "/readyz"}),
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.skip_paths = skip_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.skip_paths:
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        except BaseException:
+            status = 500
+            raise
+        finally:
+            route = _route_template(scope)
+            method = scope["method"]
+            self.metrics.http_duration.labels(method, route).observe(time.perf_counter() - started)
+            self.metrics.http_requests.labels(method, route, str(status)).inc()
+
+
+def _bool_label(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template; routing is redone only for early answers (413)."""
+    route = scope.get("route")
+    if route is None and "app" in scope:
+        for candidate in getattr(scope["app"], "routes", ()):
+            match, _ = candidate.matches(scope)
+            if match != Match.NONE:
+                route = candidate
+                break
+    return getattr(route, "path", UNMATCHED_ROUTE)

@@ -1,0 +1,1 @@
+"""Thin HTTP adapters: translate HTTP, call one function, map the result."""

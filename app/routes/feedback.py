@@ -1,0 +1,46 @@
+"""POST /feedback: ground truth for logged predictions."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app.routes.deps import FeedbackDep
+from app.schemas import (
+    FEEDBACK_FORMS,
+    FEEDBACK_REQUEST,
+    ErrorResponse,
+    FeedbackBatch,
+    FeedbackBatchResponse,
+    FeedbackResult,
+    parse_json,
+)
+
+router = APIRouter(tags=["feedback"])
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body is not JSON."},
+    404: {"model": ErrorResponse, "description": "Unknown prediction id (single item)."},
+    409: {"model": ErrorResponse, "description": "Already labelled with another ground truth."},
+    413: {"model": ErrorResponse, "description": "The body is over the size limit."},
+    422: {"model": ErrorResponse, "description": "Not a label this model can predict."},
+}
+# The schema itself is added to the OpenAPI components by routes/docs.py.
+BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}}
+        },
+    }
+}
+
+
+@router.post("/feedback", responses=RESPONSES, openapi_extra=BODY_DOC)
+async def feedback(
+    request: Request, recorder: FeedbackDep
+) -> FeedbackResult | FeedbackBatchResponse:
+    """Record ground truth: one item, or a batch (``items``) with a result per item."""
+    body = parse_json(FEEDBACK_REQUEST.validate_json, await request.body(), FEEDBACK_FORMS)
+    if isinstance(body, FeedbackBatch):
+        return await recorder.record_batch(body.items)
+    return await recorder.record_one(body)

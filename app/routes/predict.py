@@ -1,0 +1,50 @@
+"""POST /predict/{model} and POST /predict (the default model)."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from app.routes.deps import PredictorDep
+from app.schemas import ErrorResponse, PredictResponse
+
+router = APIRouter(tags=["predict"])
+
+VersionQuery = Annotated[
+    str | None,
+    Query(max_length=32, description="A version number or an alias; default: production."),
+]
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": PredictResponse, "description": "One prediction per instance, in order."},
+    400: {"model": ErrorResponse, "description": "The body is not JSON."},
+    404: {"model": ErrorResponse, "description": "Unknown model or version."},
+    413: {"model": ErrorResponse, "description": "The body is over the size limit."},
+    422: {"model": ErrorResponse, "description": "An instance does not fit the model's schema."},
+}
+BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": "The model's own request schema: see POST /predict/<name> per model.",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+
+
+def _json(result: PredictResponse) -> Response:
+    return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
+
+
+@router.post("/predict/{model}", response_model=None, responses=RESPONSES, openapi_extra=BODY_DOC)
+async def predict(
+    model: str, request: Request, predictor: PredictorDep, version: VersionQuery = None
+) -> Response:
+    """Predict with a model: one prediction (with an id for /feedback) per instance."""
+    return _json(await predictor.predict(model, version, await request.body()))
+
+
+@router.post("/predict", response_model=None, responses=RESPONSES, openapi_extra=BODY_DOC)
+async def predict_default(
+    request: Request, predictor: PredictorDep, version: VersionQuery = None
+) -> Response:
+    """Predict with the default model."""
+    return _json(await predictor.predict(None, version, await request.body()))

@@ -1,0 +1,185 @@
+"""API request and response models, and the per-model request model built from metadata."""
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictInt,
+    StrictStr,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic import create_model as _create_model
+
+from app.artifacts import FeatureSpec, ModelMetadata
+from app.errors import InvalidJSON, validation_error
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# Label order matters: str first, so "1" stays a string; StrictInt refuses booleans.
+Label = StrictStr | StrictInt | FiniteFloat
+PredictionId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _feature_type(feature: FeatureSpec) -> Any:
+    if feature.dtype == "category":
+        return Literal[tuple(feature.categories or ())]
+    if feature.dtype == "int":
+        return StrictInt
+    return FiniteFloat
+
+
+def _feature_field(feature: FeatureSpec) -> Any:
+    description: str = feature.dtype
+    if feature.min is not None and feature.max is not None:
+        description += f"; training range [{feature.min:g}, {feature.max:g}]"
+    return Field(alias=feature.name, description=description)
+
+
+def build_request_model(metadata: ModelMetadata, max_instances: int) -> type[BaseModel]:
+    """The request model of one model version: its exact features, nothing more.
+
+    Fields are named ``f0..fN`` internally and aliased to the feature names, so any column name
+    (spaces, punctuation) is a valid JSON key; error locations use the feature names.
+    """
+    suffix = "".join(part.capitalize() for part in metadata.name.replace(".", "-").split("-"))
+    suffix = suffix.replace("_", "")
+    fields: dict[str, Any] = {
+        f"f{i}": (_feature_type(feature), _feature_field(feature))
+        for i, feature in enumerate(metadata.features)
+    }
+    instance: Any = _create_model(
+        f"{suffix}Instance",
+        __config__=ConfigDict(extra="forbid", populate_by_name=False),
+        __doc__=f"One row of input for {metadata.name} v{metadata.version}.",
+        **fields,
+    )
+    return _create_model(
+        f"{suffix}PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__=f"Rows to predict with {metadata.name} v{metadata.version}.",
+        instances=(list[instance], Field(min_length=1, max_length=max_instances)),
+    )
+
+
+class Prediction(BaseModel):
+    """One predicted row. ``id`` is what /feedback takes."""
+
+    id: str
+    prediction: Label
+    probabilities: dict[str, float] | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    predictions: list[Prediction]
+
+
+class FeedbackItem(BaseModel):
+    """Ground truth for one logged prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: PredictionId
+    ground_truth: Label
+
+
+class FeedbackBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[FeedbackItem] = Field(min_length=1)
+
+
+def _feedback_form(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "items" in value else "single"
+
+
+T = TypeVar("T")
+
+FEEDBACK_FORMS = ("single", "batch")
+FeedbackRequest = Annotated[
+    Annotated[FeedbackItem, Tag("single")] | Annotated[FeedbackBatch, Tag("batch")],
+    Discriminator(_feedback_form),
+]
+FEEDBACK_REQUEST: TypeAdapter[FeedbackItem | FeedbackBatch] = TypeAdapter(FeedbackRequest)
+
+
+def parse_json(validate_json: Callable[[bytes], T], body: bytes, skip: tuple[str, ...] = ()) -> T:
+    """Validate a raw JSON body, whatever its Content-Type; errors in the one error shape.
+
+    An empty or unparseable body is InvalidJSON (400); values that do not fit are
+    ValidationFailed (422), naming each field.
+    """
+    if not body.strip():
+        raise InvalidJSON("request body is empty; expected a JSON object")
+    try:
+        return validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc.errors(include_url=False), skip) from exc
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error response."""
+
+    error: ErrorBody
+
+
+FeedbackStatus = Literal["accepted", "duplicate"]
+
+
+class FeedbackResult(BaseModel):
+    """Accepted: labelled now. Duplicate: the same ground truth was already recorded."""
+
+    prediction_id: str
+    status: FeedbackStatus
+    model: str
+    version: int
+
+
+class FeedbackItemResult(BaseModel):
+    prediction_id: str
+    status: FeedbackStatus | Literal["error"]
+    model: str | None = None
+    version: int | None = None
+    error: ErrorBody | None = None
+
+
+class FeedbackBatchResponse(BaseModel):
+    accepted: int
+    duplicate: int
+    failed: int
+    results: list[FeedbackItemResult]
+
+
+class ModelSummary(BaseModel):
+    name: str
+    task: str | None = None
+    versions: list[int]
+    aliases: dict[str, int]
+    serving: int | None = Field(None, description="The production version, when loaded.")
+    refused: str | None = Field(None, description="Why the production version was refused.")
+
+
+class LoadedVersion(BaseModel):
+    version: int
+    aliases: list[str]
+    sklearn_mismatch: str | None = None
+
+
+class ModelDetail(BaseModel):
+    name: str
+    aliases: dict[str, int]
+    loaded: list[LoadedVersion]
+    refusals: list[dict[str, Any]]
+    versions: list[ModelMetadata]

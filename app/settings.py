@@ -1,0 +1,55 @@
+"""Runtime configuration: one Settings class, read from ``STEWARD_*`` environment variables."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Bad values are refused when the object is built."""
+
+    model_config = SettingsConfigDict(env_prefix="STEWARD_", frozen=True)
+
+    models_dir: Path = Field(Path("models"), description="Registry root: <name>/<version>/.")
+    data_dir: Path = Field(Path("data"), description="Where the embedded SQLite store lives.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the prediction store; default: SQLite in data_dir."
+    )
+    default_model: str | None = Field(
+        None, description="Model served by POST /predict; default: the only model, if one."
+    )
+    max_instances: int = Field(1000, ge=1, description="Most rows in one /predict request.")
+    max_feedback_items: int = Field(1000, ge=1, description="Most items in one /feedback batch.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted; larger ones get 413."
+    )
+    max_class_labels: int = Field(
+        25,
+        ge=2,
+        description="Classes that get their own metric label; the rest share `_other`.",
+    )
+    log_batch_size: int = Field(
+        1000, ge=1, description="Most prediction rows written to the store in one transaction."
+    )
+    log_max_pending: int = Field(
+        100_000,
+        ge=1,
+        description="Acknowledged rows held in memory while the store lags; beyond it, 503.",
+    )
+    shutdown_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long shutdown waits for the prediction log to drain."
+    )
+    host: str = Field("127.0.0.1", description="Address `steward serve` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `steward serve` binds.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Logging level of the server."
+    )
+
+    @property
+    def store_url(self) -> str:
+        """The prediction store's SQLAlchemy URL."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'steward.db'}"

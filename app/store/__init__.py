@@ -1,0 +1,15 @@
+"""The prediction log: a store interface, its SQL implementation, and the batching writer."""
+
+from app.store.base import Label, PredictionRecord, PredictionStore, StoredPrediction
+from app.store.log import PredictionLog
+from app.store.sql import SqlStore, open_store
+
+__all__ = [
+    "Label",
+    "PredictionLog",
+    "PredictionRecord",
+    "PredictionStore",
+    "SqlStore",
+    "StoredPrediction",
+    "open_store",
+]

@@ -1,0 +1,69 @@
+"""What the prediction store holds, and the contract every backend fulfils."""
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRecord:
+    """One predicted row as acknowledged to the client."""
+
+    id: str
+    model: str
+    version: int
+    created_at: datetime
+    inputs: dict[str, Any]
+    output: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPrediction:
+    """A logged prediction with its ground truth, once labelled."""
+
+    id: str
+    model: str
+    version: int
+    created_at: datetime
+    inputs: dict[str, Any]
+    output: dict[str, Any]
+    ground_truth: Any | None
+    correct: bool | None
+    abs_error: float | None
+    feedback_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """Ground truth for one prediction, with its outcome computed by the feedback path."""
+
+    prediction_id: str
+    ground_truth: Any
+    correct: bool | None
+    abs_error: float | None
+    at: datetime
+
+
+class PredictionStore(Protocol):
+    """Durable prediction log. Every method raises StoreUnavailable when the backend fails."""
+
+    def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
+        """Insert rows in one transaction."""
+
+    def get_predictions(self, ids: Collection[str]) -> dict[str, StoredPrediction]:
+        """The stored predictions among ``ids``, by id."""
+        ...
+
+    def label(self, labels: Sequence[Label]) -> set[str]:
+        """Record ground truth on still-unlabelled predictions, in one transaction.
+
+        Returns the ids labelled by this call; an id already labelled (or unknown) is left as
+        it was, so concurrent feedback for one id labels it exactly once.
+        """
+        ...
+
+    def check_writable(self) -> None:
+        """Prove a write transaction commits now."""
+
+    def close(self) -> None: ...

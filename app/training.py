@@ -1,0 +1,325 @@
+"""Fit, evaluate and register model versions. No HTTP here.
+
+Every path ends in ``save_version``: a version max+1 with metadata (features with dtype and
+training range, classes, held-out metrics, reference profile) and the artifact's sha256.
+"""
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from pandas.api.types import is_bool_dtype, is_integer_dtype, is_numeric_dtype
+from sklearn import datasets
+from sklearn.base import BaseEstimator, is_classifier, is_regressor
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    mean_absolute_error,
+    mean_squared_error,
+    r2_score,
+)
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from app.artifacts import (
+    FeatureSpec,
+    ModelMetadata,
+    Task,
+    check_name,
+    feature_matrix,
+    list_versions,
+    save_version,
+)
+from app.drift import reference_profile
+from app.errors import ArtifactError
+
+MIN_ROWS = 10
+MAX_CLASSIFICATION_INTEGER_LABELS = 20
+TEST_SIZE = 0.25
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Demo:
+    name: str
+    task: Task
+    load: Callable[[], Any]
+    estimator: Callable[[], Any]
+    description: str
+
+
+DEMOS = (
+    Demo(
+        "iris",
+        "classification",
+        datasets.load_iris,
+        lambda: Pipeline(
+            [("scale", StandardScaler()), ("model", LogisticRegression(max_iter=1000))]
+        ),
+        "Iris species from flower measurements (with class probabilities).",
+    ),
+    Demo(
+        "breast-cancer",
+        "classification",
+        datasets.load_breast_cancer,
+        lambda: Pipeline([("scale", StandardScaler()), ("model", RidgeClassifier())]),
+        "Malignant or benign tumour from cell-nucleus measurements.",
+    ),
+    Demo(
+        "diabetes",
+        "regression",
+        datasets.load_diabetes,
+        lambda: Pipeline([("scale", StandardScaler()), ("model", Ridge(alpha=1.0))]),
+        "Disease progression one year after baseline (regression).",
+    ),
+)
+
+
+def train_demo(
+    root: Path, *, if_missing: bool = False, promote: bool = False
+) -> list[ModelMetadata]:
+    """Train the demo models from datasets bundled inside scikit-learn."""
+    trained = []
+    for demo in DEMOS:
+        if if_missing and list_versions(root, demo.name):
+            continue
+        data = demo.load()
+        frame = pd.DataFrame(data.data, columns=[_snake(n) for n in data.feature_names])
+        target = data.target_names[data.target] if demo.task == "classification" else data.target
+        trained.append(
+            fit_and_save(
+                root,
+                demo.name,
+                demo.task,
+                frame,
+                pd.Series(target),
+                demo.estimator(),
+                promote=promote,
+                description=demo.description,
+            )
+        )
+    return trained
+
+
+def train_csv(
+    root: Path,
+    csv: Path,
+    target: str,
+    name: str,
+    task: Task | None = None,
+    *,
+    promote: bool = False,
+) -> ModelMetadata:
+    """Train the default pipeline (impute, scale / one-hot, linear model) on a CSV file."""
+    check_name(name)
+    frame = _read_csv(csv)
+    if target not in frame.columns:
+        raise ArtifactError(f"{csv}: no column {target!r} (columns: {', '.join(frame.columns)})")
+    frame = frame[frame[target].notna()]
+    labels = frame.pop(target)
+    if frame.shape[1] == 0:
+        raise ArtifactError(f"{csv}: no feature columns besides {target!r}")
+    task = task or infer_task(labels)
+    if task == "classification":
+        labels = labels.astype(str) if is_bool_dtype(labels) else labels
+    elif not is_numeric_dtype(labels):
+        raise ArtifactError(f"{csv}: regression needs a numeric target, {target!r} is not")
+    frame = _normalise(frame)
+    features = describe_features(frame)
+    numeric = [i for i, f in enumerate(features) if f.dtype != "category"]
+    categorical = [i for i, f in enumerate(features) if f.dtype == "category"]
+    parts = []
+    if numeric:
+        parts.append(
+            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric)
+        )
+    if categorical:
+        encode = OneHotEncoder(handle_unknown="ignore")
+        parts.append(
+            (
+                "category",
+                make_pipeline(SimpleImputer(strategy="most_frequent"), encode),
+                categorical,
+            )
+        )
+    model = LogisticRegression(max_iter=2000) if task == "classification" else Ridge()
+    estimator = Pipeline([("prepare", ColumnTransformer(parts)), ("model", model)])
+    return fit_and_save(
+        root,
+        name,
+        task,
+        frame,
+        labels,
+        estimator,
+        promote=promote,
+        description=f"Trained by `steward train` on {csv.name}, target {target!r}.",
+    )
+
+
+def fit_and_save(
+    root: Path,
+    name: str,
+    task: Task,
+    frame: pd.DataFrame,
+    labels: pd.Series,
+    estimator: Any,
+    *,
+    promote: bool,
+    description: str,
+) -> ModelMetadata:
+    """Split, fit, evaluate on the held-out part, profile the training inputs, save."""
+    if len(frame) < MIN_ROWS:
+        raise ArtifactError(f"{name}: need at least {MIN_ROWS} labelled rows, got {len(frame)}")
+    stratify = None
+    if task == "classification" and labels.value_counts().min() >= 2:
+        stratify = labels
+    train_x, test_x, train_y, test_y = train_test_split(
+        frame, labels, test_size=TEST_SIZE, random_state=SEED, stratify=stratify
+    )
+    features = describe_features(train_x)
+    draft = ModelMetadata(name=name, task=task, features=features, description=description)
+    train_matrix = feature_matrix(draft, _rows(train_x))
+    estimator.fit(train_matrix, train_y.to_numpy())
+    predicted = estimator.predict(feature_matrix(draft, _rows(test_x)))
+    draft = draft.model_copy(
+        update={
+            "classes": estimator.classes_.tolist() if task == "classification" else None,
+            "has_proba": task == "classification" and hasattr(estimator, "predict_proba"),
+            "metrics": evaluate(task, test_y.to_numpy(), predicted),
+            "training_rows": len(train_x),
+            "reference_profile": reference_profile(np.asarray(train_matrix), features),
+        }
+    )
+    return save_version(root, draft, estimator, promote=promote)
+
+
+def register_estimator(
+    root: Path, artifact: Path, name: str, sample_csv: Path, *, promote: bool = False
+) -> ModelMetadata:
+    """Register a model trained elsewhere; its schema and profile come from a sample of inputs.
+
+    Categorical features accept exactly the values present in the sample.
+    """
+    check_name(name)
+    try:
+        estimator = joblib.load(artifact)
+    except Exception as exc:
+        raise ArtifactError(f"{artifact}: cannot load: {exc}") from exc
+    if not isinstance(estimator, BaseEstimator):
+        raise ArtifactError(f"{artifact}: not a scikit-learn classifier or regressor")
+    if is_classifier(estimator):
+        task: Task = "classification"
+    elif is_regressor(estimator):
+        task = "regression"
+    else:
+        raise ArtifactError(f"{artifact}: not a scikit-learn classifier or regressor")
+    sample = _read_csv(sample_csv)
+    names_in = getattr(estimator, "feature_names_in_", None)
+    if names_in is not None:
+        columns = [str(c) for c in names_in]
+        missing = [c for c in columns if c not in sample.columns]
+        if missing:
+            raise ArtifactError(f"{sample_csv}: missing feature columns {', '.join(missing)}")
+        sample = sample[columns]
+    expected = getattr(estimator, "n_features_in_", sample.shape[1])
+    if sample.shape[1] != expected:
+        raise ArtifactError(
+            f"{sample_csv}: {sample.shape[1]} columns, the model expects {expected} features"
+        )
+    frame = _normalise(sample)
+    features = describe_features(frame)
+    draft = ModelMetadata(
+        name=name,
+        task=task,
+        features=features,
+        classes=estimator.classes_.tolist() if task == "classification" else None,
+        has_proba=task == "classification" and hasattr(estimator, "predict_proba"),
+        input_format="dataframe" if names_in is not None else "array",
+        description=f"Registered from {artifact.name}; schema from {sample_csv.name}.",
+    )
+    rows = _rows(frame)
+    try:
+        estimator.predict(feature_matrix(draft, rows))
+    except Exception as exc:
+        raise ArtifactError(f"{artifact}: the model does not accept {sample_csv}: {exc}") from exc
+    profile = reference_profile(np.asarray(rows, dtype=object), features)
+    draft = draft.model_copy(update={"reference_profile": profile, "training_rows": len(rows)})
+    return save_version(root, draft, estimator, promote=promote)
+
+
+def infer_task(labels: pd.Series) -> Task:
+    """Classification for text, booleans and few distinct integers; regression otherwise."""
+    if is_bool_dtype(labels) or not is_numeric_dtype(labels):
+        return "classification"
+    if is_integer_dtype(labels) and labels.nunique() <= MAX_CLASSIFICATION_INTEGER_LABELS:
+        return "classification"
+    return "regression"
+
+
+def describe_features(frame: pd.DataFrame) -> list[FeatureSpec]:
+    specs = []
+    for column in frame.columns:
+        values = frame[column]
+        if is_numeric_dtype(values) and not is_bool_dtype(values):
+            specs.append(
+                FeatureSpec(
+                    name=str(column),
+                    dtype="int" if is_integer_dtype(values) else "float",
+                    min=float(values.min()),
+                    max=float(values.max()),
+                )
+            )
+        else:
+            categories = sorted({str(v) for v in values.dropna()})
+            specs.append(FeatureSpec(name=str(column), dtype="category", categories=categories))
+    return specs
+
+
+def evaluate(task: Task, actual: Any, predicted: Any) -> dict[str, float]:
+    if task == "classification":
+        return {
+            "accuracy": round(float(accuracy_score(actual, predicted)), 6),
+            "f1_macro": round(float(f1_score(actual, predicted, average="macro")), 6),
+        }
+    return {
+        "mae": round(float(mean_absolute_error(actual, predicted)), 6),
+        "rmse": round(float(np.sqrt(mean_squared_error(actual, predicted))), 6),
+        "r2": round(float(r2_score(actual, predicted)), 6),
+    }
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: cannot read CSV: {exc}") from exc
+    if frame.empty:
+        raise ArtifactError(f"{path}: no rows")
+    return frame
+
+
+def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text and boolean columns become strings (missing stays missing); numbers stay numbers."""
+    frame = frame.copy()
+    for column in frame.columns:
+        values = frame[column]
+        if is_bool_dtype(values) or not is_numeric_dtype(values):
+            frame[column] = values.map(lambda v: v if pd.isna(v) else str(v)).astype(object)
+    return frame
+
+
+def _rows(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
+    return list(frame.itertuples(index=False, name=None))
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")

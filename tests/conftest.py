@@ -1,0 +1,39 @@
+"""Fixtures compose: demo registry -> settings -> app -> client. Everything is real."""
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from app.training import train_demo
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three demo models, trained once per session through our own training code."""
+    root = tmp_path_factory.mktemp("demo") / "models"
+    train_demo(root)
+    return root
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, demo_models: Path) -> Path:
+    """A private copy of the demo registry, free to modify."""
+    root = tmp_path / "models"
+    shutil.copytree(demo_models, root)
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path: Path, models_dir: Path) -> Settings:
+    return Settings(models_dir=models_dir, data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client

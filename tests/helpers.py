@@ -1,0 +1,81 @@
+"""Small helpers shared by the tests: request rows, metric reading, store inspection."""
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from httpx2 import Response
+from prometheus_client.parser import text_string_to_metric_families
+
+IRIS_SETOSA = {
+    "sepal_length_cm": 5.1,
+    "sepal_width_cm": 3.5,
+    "petal_length_cm": 1.4,
+    "petal_width_cm": 0.2,
+}
+IRIS_VIRGINICA = {
+    "sepal_length_cm": 7.7,
+    "sepal_width_cm": 3.0,
+    "petal_length_cm": 6.1,
+    "petal_width_cm": 2.3,
+}
+DIABETES_ROW = {
+    "age": 0.03,
+    "sex": 0.05,
+    "bmi": 0.06,
+    "bp": 0.02,
+    "s1": -0.04,
+    "s2": -0.03,
+    "s3": -0.02,
+    "s4": 0.0,
+    "s5": 0.02,
+    "s6": 0.01,
+}
+
+
+def predict(client: TestClient, model: str, *rows: dict[str, Any]) -> Response:
+    return client.post(f"/predict/{model}", json={"instances": list(rows)})
+
+
+def prediction_ids(response: Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [p["id"] for p in response.json()["predictions"]]
+
+
+def assert_error(response: Response, status: int, code: str) -> dict[str, Any]:
+    """The response is an error in the one documented shape, with this status and code."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    """The value of the one sample on /metrics with exactly these labels; fails if absent."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"no sample {name}{labels} on /metrics")
+
+
+def metric_sum(client: TestClient, name: str, **labels: str) -> float:
+    """Sum of every sample of ``name`` matching ``labels`` (like PromQL sum())."""
+    total = 0.0
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def stored_rows(data_dir: Path) -> list[sqlite3.Row]:
+    """Every row of the prediction log, read straight from the SQLite file."""
+    with sqlite3.connect(data_dir / "steward.db") as conn:
+        conn.row_factory = sqlite3.Row
+        return list(conn.execute("SELECT * FROM predictions ORDER BY created_at, id"))

@@ -1,0 +1,264 @@
+"""POST /predict/{model} and /predict: round trips, versions, and every bad input."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from helpers import (
+    DIABETES_ROW,
+    IRIS_SETOSA,
+    IRIS_VIRGINICA,
+    assert_error,
+    predict,
+    prediction_ids,
+    stored_rows,
+)
+
+from app.artifacts import set_alias
+from app.main import create_app
+from app.settings import Settings
+from app.training import train_demo
+
+
+def test_classifier_with_probabilities(client: TestClient) -> None:
+    response = predict(client, "iris", IRIS_SETOSA, IRIS_VIRGINICA)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == "iris"
+    assert body["version"] == 1
+    first, second = body["predictions"]
+    assert first["prediction"] == "setosa"
+    assert second["prediction"] == "virginica"
+    assert set(first["probabilities"]) == {"setosa", "versicolor", "virginica"}
+    assert sum(first["probabilities"].values()) == pytest.approx(1.0)
+    assert max(first["probabilities"], key=first["probabilities"].get) == "setosa"
+
+
+def test_classifier_without_probabilities(client: TestClient) -> None:
+    features = client.get("/models/breast-cancer").json()["versions"][0]["features"]
+    row = {f["name"]: f["min"] for f in features}
+    prediction = predict(client, "breast-cancer", row).json()["predictions"][0]
+    assert prediction["prediction"] in {"malignant", "benign"}
+    assert "probabilities" not in prediction
+
+
+def test_regressor(client: TestClient) -> None:
+    prediction = predict(client, "diabetes", DIABETES_ROW).json()["predictions"][0]
+    assert isinstance(prediction["prediction"], float)
+    assert 25 < prediction["prediction"] < 350
+    assert "probabilities" not in prediction
+
+
+def test_ids_are_unique_and_unguessable(client: TestClient) -> None:
+    ids = prediction_ids(predict(client, "iris", *[IRIS_SETOSA] * 50))
+    ids += prediction_ids(predict(client, "iris", IRIS_SETOSA))
+    assert len(set(ids)) == 51
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)  # 128-bit random hex
+
+
+def test_every_row_is_logged(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        ids = prediction_ids(predict(client, "iris", IRIS_SETOSA, IRIS_VIRGINICA))
+    rows = stored_rows(settings.data_dir)  # shutdown drained the log
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    by_id = {r["id"]: r for r in rows}
+    setosa = by_id[ids[0]]
+    assert (setosa["model"], setosa["version"]) == ("iris", 1)
+    assert json.loads(setosa["inputs"]) == IRIS_SETOSA
+    output = json.loads(setosa["output"])
+    assert output["prediction"] == "setosa"
+    assert set(output["probabilities"]) == {"setosa", "versicolor", "virginica"}
+    assert setosa["ground_truth"] is None
+
+
+def test_integer_values_are_accepted_for_float_features(client: TestClient) -> None:
+    row = {name: int(value) for name, value in IRIS_VIRGINICA.items()}
+    assert predict(client, "iris", row).status_code == 200
+
+
+def test_body_without_json_content_type_is_parsed(client: TestClient) -> None:
+    body = json.dumps({"instances": [IRIS_SETOSA]})
+    response = client.post(
+        "/predict/iris", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 200
+
+
+@pytest.fixture
+def two_versions(settings: Settings) -> Iterator[TestClient]:
+    """iris with versions 1 (production) and 2 (candidate)."""
+    train_demo(settings.models_dir)  # version 2 of each demo; production stays 1
+    set_alias(settings.models_dir, "iris", "candidate", 2)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_version_by_number_and_alias(two_versions: TestClient) -> None:
+    client = two_versions
+    body = {"instances": [IRIS_SETOSA]}
+    assert client.post("/predict/iris", json=body).json()["version"] == 1
+    assert client.post("/predict/iris?version=2", json=body).json()["version"] == 2
+    assert client.post("/predict/iris?version=candidate", json=body).json()["version"] == 2
+    assert client.post("/predict/iris?version=production", json=body).json()["version"] == 1
+    assert client.post("/predict/iris?version=1", json=body).json()["version"] == 1
+
+
+def test_version_registered_after_start_is_served(client: TestClient, settings: Settings) -> None:
+    train_demo(settings.models_dir)
+    response = client.post("/predict/iris?version=2", json={"instances": [IRIS_SETOSA]})
+    assert response.status_code == 200
+    assert response.json()["version"] == 2
+
+
+def test_default_model_is_the_configured_one(tmp_path: Path, models_dir: Path) -> None:
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "d", default_model="iris")
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/predict", json={"instances": [IRIS_SETOSA]})
+    assert response.status_code == 200
+    assert response.json()["model"] == "iris"
+
+
+def test_default_model_is_the_only_one(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    train_demo(models)
+    for other in ("breast-cancer", "diabetes"):
+        for path in sorted((models / other).rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        (models / other).rmdir()
+    with TestClient(create_app(Settings(models_dir=models, data_dir=tmp_path / "d"))) as client:
+        response = client.post("/predict", json={"instances": [IRIS_SETOSA]})
+    assert response.status_code == 200
+    assert response.json()["model"] == "iris"
+
+
+def test_default_model_ambiguous(client: TestClient) -> None:
+    response = client.post("/predict", json={"instances": [IRIS_SETOSA]})
+    error = assert_error(response, 404, "unknown_model")
+    assert "STEWARD_DEFAULT_MODEL" in error["message"]
+
+
+# --- bad input: each case a clear 4xx in the one error shape, and nothing logged ---------
+
+
+def _field_errors(response_error: dict[str, object]) -> dict[str, str]:
+    details = response_error["details"]
+    assert isinstance(details, list)
+    return {d["field"]: d["type"] for d in details}
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "error_type"),
+    [
+        ({**IRIS_SETOSA, "sepal_length_cm": "5.1"}, "instances.0.sepal_length_cm", "float_type"),
+        ({**IRIS_SETOSA, "sepal_length_cm": True}, "instances.0.sepal_length_cm", "float_type"),
+        ({**IRIS_SETOSA, "sepal_length_cm": None}, "instances.0.sepal_length_cm", "float_type"),
+        ({**IRIS_SETOSA, "sepal_length_cm": [1]}, "instances.0.sepal_length_cm", "float_type"),
+        ({k: v for k, v in IRIS_SETOSA.items() if k != "petal_width_cm"},
+         "instances.0.petal_width_cm", "missing"),
+        ({**IRIS_SETOSA, "colour": "blue"}, "instances.0.colour", "extra_forbidden"),
+    ],
+)  # fmt: skip
+def test_bad_field_is_422_naming_it(
+    client: TestClient, row: dict[str, object], field: str, error_type: str
+) -> None:
+    error = assert_error(predict(client, "iris", IRIS_SETOSA, row), 422, "validation_error")
+    assert _field_errors(error) == {field.replace(".0.", ".1."): error_type}
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_number_is_422(client: TestClient, literal: str) -> None:
+    row = {**IRIS_SETOSA, "sepal_length_cm": "X"}
+    body = json.dumps({"instances": [row]}).replace('"X"', literal)
+    error = assert_error(client.post("/predict/iris", content=body), 422, "validation_error")
+    assert _field_errors(error) == {"instances.0.sepal_length_cm": "finite_number"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"", 400, "invalid_json"),
+        (b"   ", 400, "invalid_json"),
+        (b"{", 400, "invalid_json"),
+        (b"{'instances': []}", 400, "invalid_json"),
+        (b"not json", 400, "invalid_json"),
+        (b"[]", 422, "validation_error"),
+        (b'"instances"', 422, "validation_error"),
+        (b"{}", 422, "validation_error"),
+        (b'{"instances": []}', 422, "validation_error"),
+        (b'{"instances": {}}', 422, "validation_error"),
+        (b'{"instances": [1, 2]}', 422, "validation_error"),
+        (b'{"instances": [{}], "extra": 1}', 422, "validation_error"),
+    ],
+)
+def test_malformed_body(client: TestClient, body: bytes, status: int, code: str) -> None:
+    assert_error(client.post("/predict/iris", content=body), status, code)
+
+
+def test_empty_instances_names_the_field(client: TestClient) -> None:
+    error = assert_error(
+        client.post("/predict/iris", json={"instances": []}), 422, "validation_error"
+    )
+    assert _field_errors(error) == {"instances": "too_short"}
+
+
+def test_more_instances_than_the_limit(tmp_path: Path, models_dir: Path) -> None:
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "d", max_instances=3)
+    with TestClient(create_app(settings)) as client:
+        assert predict(client, "iris", *[IRIS_SETOSA] * 3).status_code == 200
+        error = assert_error(predict(client, "iris", *[IRIS_SETOSA] * 4), 422, "validation_error")
+    assert _field_errors(error) == {"instances": "too_long"}
+
+
+def test_body_over_the_size_limit_is_413(tmp_path: Path, models_dir: Path) -> None:
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "d", max_body_bytes=2048)
+    big = json.dumps({"instances": [IRIS_SETOSA] * 40}).encode()
+    assert len(big) > 2048
+    with TestClient(create_app(settings)) as client:
+        assert_error(client.post("/predict/iris", content=big), 413, "payload_too_large")
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer
+            yield big[:1000]
+            yield big[1000:]
+
+        assert_error(client.post("/predict/iris", content=chunks()), 413, "payload_too_large")
+        small = json.dumps({"instances": [IRIS_SETOSA]}).encode()
+        assert (
+            client.post("/predict/iris", content=iter([small[:10], small[10:]])).status_code == 200
+        )
+        assert_error(client.post("/feedback", content=big), 413, "payload_too_large")
+
+
+def test_unknown_model_and_version(client: TestClient) -> None:
+    assert_error(predict(client, "nope", IRIS_SETOSA), 404, "unknown_model")
+    assert_error(
+        client.post("/predict/iris?version=7", json={"instances": [IRIS_SETOSA]}),
+        404,
+        "unknown_version",
+    )
+    assert_error(
+        client.post("/predict/iris?version=staging", json={"instances": [IRIS_SETOSA]}),
+        404,
+        "unknown_version",
+    )
+    assert_error(
+        client.post(f"/predict/iris?version={'9' * 40}", json={"instances": [IRIS_SETOSA]}),
+        422,
+        "validation_error",
+    )
+
+
+def test_unknown_route_and_method_use_the_error_shape(client: TestClient) -> None:
+    assert_error(client.get("/nowhere"), 404, "not_found")
+    assert_error(client.get("/predict/iris"), 405, "method_not_allowed")
+
+
+def test_bad_input_logs_nothing(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        good = prediction_ids(predict(client, "iris", IRIS_SETOSA))
+        assert predict(client, "iris", {**IRIS_SETOSA, "sepal_length_cm": "x"}).status_code == 422
+        assert client.post("/predict/iris", content=b"{").status_code == 400
+        assert client.post("/predict/iris", content=b"").status_code == 400
+        assert predict(client, "nope", IRIS_SETOSA).status_code == 404
+    assert [r["id"] for r in stored_rows(settings.data_dir)] == good

@@ -1,0 +1,141 @@
+"""End to end: the installed `steward` command trains and serves; real HTTP; SIGTERM drains."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import pytest
+from helpers import DIABETES_ROW, IRIS_SETOSA, stored_rows
+from prometheus_client.parser import text_string_to_metric_families
+
+STEWARD = Path(sys.executable).parent / "steward"
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    data_dir: Path
+    log: Path
+
+    def stop(self) -> None:
+        """SIGTERM, then check the shutdown was graceful (uvicorn re-raises the signal)."""
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        output = self.log.read_text()
+        assert code in (0, -signal.SIGTERM), output
+        assert "Application shutdown complete" in output, output
+        assert "unwritten" not in output, output
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    env = os.environ | {
+        "STEWARD_MODELS_DIR": str(tmp_path / "models"),
+        "STEWARD_DATA_DIR": str(tmp_path / "data"),
+    }
+    trained = subprocess.run(
+        [STEWARD, "train", "demo", "--if-missing"], env=env, capture_output=True, text=True
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "iris: version 1 (production)" in trained.stdout
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [STEWARD, "serve", "--port", str(port)], env=env, stdout=output, stderr=output
+        )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx2.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx2.TransportError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    else:
+        process.kill()
+        pytest.fail(f"server did not become ready:\n{log.read_text()}")
+    assert process.poll() is None, log.read_text()
+    server = Server(process, url, tmp_path / "data", log)
+    yield server
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_predict_feedback_metrics_over_http(server: Server) -> None:
+    with httpx2.Client(base_url=server.url, timeout=10) as http:
+        response = http.post("/predict/iris", json={"instances": [IRIS_SETOSA]})
+        assert response.status_code == 200
+        (prediction,) = response.json()["predictions"]
+        assert prediction["prediction"] == "setosa"
+        result = http.post(
+            "/feedback", json={"prediction_id": prediction["id"], "ground_truth": "setosa"}
+        )
+        assert result.json()["status"] == "accepted"
+        value = http.post("/predict/diabetes", json={"instances": [DIABETES_ROW]})
+        assert value.status_code == 200
+        assert http.post("/predict/iris", content=b"{").status_code == 400
+        assert http.get("/docs").status_code == 200
+        metrics = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(http.get("/metrics").text)
+            for s in family.samples
+        }
+    iris = (("model", "iris"), ("version", "1"))
+    assert metrics[("steward_predictions_total", iris)] == 1
+    assert metrics[("steward_feedback_total", (*iris[:1], ("outcome", "correct"), iris[1]))] == 1
+    server.stop()
+    assert len(stored_rows(server.data_dir)) == 2
+
+
+def test_sigterm_under_load_loses_no_acknowledged_prediction(server: Server) -> None:
+    def burst(_: int) -> list[str]:
+        ids = []
+        with httpx2.Client(base_url=server.url, timeout=10) as http:
+            for _ in range(25):
+                body = {"instances": [IRIS_SETOSA, IRIS_SETOSA]}
+                response = http.post("/predict/iris", json=body)
+                assert response.status_code == 200
+                ids += [p["id"] for p in response.json()["predictions"]]
+        return ids
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        acknowledged = [i for ids in pool.map(burst, range(8)) for i in ids]
+    server.stop()
+    stored = {row["id"] for row in stored_rows(server.data_dir)}
+    assert len(acknowledged) == 400
+    assert stored == set(acknowledged)
+
+
+def test_readme_curl_session_works_as_written(server: Server) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    session = readme.split("<!-- curl-session -->\n```sh\n", 1)[1].split("```", 1)[0]
+    script = session.replace("http://127.0.0.1:8000", server.url)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert '"prediction":"setosa"' in lines[0]
+    assert '"status":"accepted"' in lines[1]
+    assert 'steward_predictions_total{model="iris",version="1"} 1.0' in lines
+    assert 'steward_feedback_total{model="iris",outcome="correct",version="1"} 1.0' in lines

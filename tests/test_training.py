@@ -1,0 +1,181 @@
+"""Training and registering versions, then serving them: the whole path, real models."""
+
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from helpers import assert_error
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LinearRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from app.artifacts import ARTIFACT, read_aliases, read_metadata, sha256_bytes
+from app.drift import QUANTILE_PROBABILITIES
+from app.errors import ArtifactError
+from app.main import create_app
+from app.settings import Settings
+from app.training import register_estimator, train_csv
+
+
+def test_demo_models_metadata(demo_models: Path) -> None:
+    iris = read_metadata(demo_models, "iris", 1)
+    assert iris.task == "classification"
+    assert iris.classes == ["setosa", "versicolor", "virginica"]
+    assert iris.has_proba
+    assert [f.name for f in iris.features] == [
+        "sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm",
+    ]  # fmt: skip
+    assert all(
+        f.dtype == "float" and f.min is not None and f.max is not None for f in iris.features
+    )
+    assert iris.metrics["accuracy"] > 0.9
+    assert iris.training_rows == 112
+    profile = iris.reference_profile["petal_length_cm"]
+    assert profile.probabilities == list(QUANTILE_PROBABILITIES)
+    assert profile.quantiles is not None
+    assert profile.quantiles == sorted(profile.quantiles)
+    assert iris.sha256 == sha256_bytes((demo_models / "iris" / "1" / ARTIFACT).read_bytes())
+
+    cancer = read_metadata(demo_models, "breast-cancer", 1)
+    assert (cancer.task, cancer.has_proba) == ("classification", False)
+    assert sorted(cancer.classes or []) == ["benign", "malignant"]
+    assert cancer.metrics["accuracy"] > 0.9
+
+    diabetes = read_metadata(demo_models, "diabetes", 1)
+    assert (diabetes.task, diabetes.classes) == ("regression", None)
+    assert set(diabetes.metrics) == {"mae", "rmse", "r2"}
+    assert diabetes.metrics["r2"] > 0.2
+
+
+def _churn_csv(path: Path, rows: int = 120) -> Path:
+    rng = np.random.default_rng(0)
+    plan = rng.choice(["basic", "pro", "team"], size=rows)
+    months = rng.integers(1, 48, size=rows)
+    spend = rng.normal(50, 15, size=rows).round(2)
+    churned = np.where((plan == "basic") & (months < 12), "yes", "no")
+    pd.DataFrame({"plan": plan, "months": months, "spend": spend, "churned": churned}).to_csv(
+        path, index=False
+    )
+    return path
+
+
+def test_train_csv_with_categorical_features_and_serve_it(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    metadata = train_csv(models, _churn_csv(tmp_path / "churn.csv"), "churned", "churn")
+    assert metadata.task == "classification"
+    assert metadata.classes == ["no", "yes"]
+    features = {f.name: f for f in metadata.features}
+    assert features["plan"].dtype == "category"
+    assert features["plan"].categories == ["basic", "pro", "team"]
+    assert features["months"].dtype == "int"
+    assert features["spend"].dtype == "float"
+    assert metadata.reference_profile["plan"].frequencies is not None
+    assert read_aliases(models, "churn") == {"production": 1}
+
+    settings = Settings(models_dir=models, data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        row = {"plan": "basic", "months": 3, "spend": 20.0}
+        response = client.post("/predict", json={"instances": [row]})  # the only model
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["prediction"] in {"yes", "no"}
+        bad = client.post("/predict/churn", json={"instances": [{**row, "plan": "gold"}]})
+        error = assert_error(bad, 422, "validation_error")
+        assert error["details"][0]["field"] == "instances.0.plan"
+
+
+def test_train_csv_regression_is_inferred(tmp_path: Path) -> None:
+    x = np.linspace(0, 10, 50)
+    path = tmp_path / "line.csv"
+    pd.DataFrame({"x": x, "y": 3 * x + 1}).to_csv(path, index=False)
+    metadata = train_csv(tmp_path / "models", path, "y", "line")
+    assert metadata.task == "regression"
+    assert metadata.metrics["r2"] > 0.99
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing-target", "no column 'nope'"),
+        ("too-few-rows", "at least 10"),
+        ("bad-name", "invalid model name"),
+    ],
+)
+def test_train_csv_errors(tmp_path: Path, setup: str, message: str) -> None:
+    path = _churn_csv(tmp_path / "churn.csv", rows=5 if setup == "too-few-rows" else 120)
+    target = "nope" if setup == "missing-target" else "churned"
+    name = "Bad Name" if setup == "bad-name" else "churn"
+    with pytest.raises(ArtifactError, match=message):
+        train_csv(tmp_path / "models", path, target, name)
+
+
+def test_register_a_dataframe_model_trained_elsewhere(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "colour": ["red", "blue", "green", "red", "blue", "green"] * 5,
+            "size": np.arange(30, dtype=float),
+        }
+    )
+    labels = (frame["size"] > 15).map({True: "big", False: "small"})
+    estimator = Pipeline(
+        [
+            (
+                "prep",
+                ColumnTransformer([("c", OneHotEncoder(), ["colour"])], remainder="passthrough"),
+            ),
+            ("model", RandomForestClassifier(n_estimators=5, random_state=0)),
+        ]
+    ).fit(frame, labels)
+    artifact = tmp_path / "elsewhere.joblib"
+    joblib.dump(estimator, artifact)
+    sample = tmp_path / "sample.csv"
+    frame.assign(unused=1).to_csv(sample, index=False)
+
+    models = tmp_path / "models"
+    metadata = register_estimator(models, artifact, "sizer", sample)
+    assert metadata.input_format == "dataframe"
+    assert metadata.classes == ["big", "small"]
+    assert [f.name for f in metadata.features] == ["colour", "size"]
+
+    settings = Settings(models_dir=models, data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        response = client.post(
+            "/predict/sizer", json={"instances": [{"colour": "red", "size": 29}]}
+        )
+    assert response.status_code == 200, response.text
+    prediction = response.json()["predictions"][0]
+    assert prediction["prediction"] == "big"
+    assert set(prediction["probabilities"]) == {"big", "small"}
+
+
+def test_register_an_array_model(tmp_path: Path) -> None:
+    x = np.arange(40, dtype=float).reshape(20, 2)
+    artifact = tmp_path / "model.joblib"
+    joblib.dump(LinearRegression().fit(x, x[:, 0] * 2), artifact)
+    sample = tmp_path / "sample.csv"
+    pd.DataFrame(x, columns=["a", "b"]).to_csv(sample, index=False)
+    metadata = register_estimator(tmp_path / "models", artifact, "doubler", sample)
+    assert (metadata.task, metadata.input_format) == ("regression", "array")
+
+
+def test_register_refuses_what_does_not_fit(tmp_path: Path) -> None:
+    x = np.arange(40, dtype=float).reshape(20, 2)
+    artifact = tmp_path / "model.joblib"
+    joblib.dump(LinearRegression().fit(x, x[:, 0]), artifact)
+    three_columns = tmp_path / "three.csv"
+    pd.DataFrame({"a": [1.0], "b": [2.0], "c": [3.0]}).to_csv(three_columns, index=False)
+    with pytest.raises(ArtifactError, match="expects 2 features"):
+        register_estimator(tmp_path / "models", artifact, "m", three_columns)
+    text = tmp_path / "text.csv"
+    pd.DataFrame({"a": ["x"], "b": ["y"]}).to_csv(text, index=False)
+    with pytest.raises(ArtifactError, match="does not accept"):
+        register_estimator(tmp_path / "models", artifact, "m", text)
+    not_a_model = tmp_path / "dict.joblib"
+    joblib.dump({"not": "a model"}, not_a_model)
+    with pytest.raises(ArtifactError, match="not a scikit-learn"):
+        register_estimator(tmp_path / "models", not_a_model, "m", three_columns)
+    assert not (tmp_path / "models").exists()
