@@ -166,6 +166,7 @@ class Metrics:
             for predicted in labels:
                 self.predicted_classes.labels(name, version, predicted)
                 for actual in labels:
+                    flags: tuple[str, ...]
                     if predicted != actual:
                         flags = ("false",)
                     else:  # two classes sharing `_other` can be told apart only when wrong
