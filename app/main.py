@@ -46,7 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.start()
         try:
             yield {
-                "settings": settings,
                 "metrics": metrics,
                 "registry": registry,
                 "store": store,

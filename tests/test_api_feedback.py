@@ -14,8 +14,10 @@ from helpers import (
     stored_rows,
 )
 
+from app.artifacts import set_alias
 from app.main import create_app
 from app.settings import Settings
+from app.training import train_demo
 
 
 def feedback(client: TestClient, prediction_id: str, ground_truth: object) -> dict[str, object]:
@@ -187,9 +189,6 @@ def test_batch_over_the_limit_is_422(tmp_path: Path, models_dir: Path) -> None:
 def test_feedback_for_an_older_version_uses_that_versions_classes(
     settings: Settings,
 ) -> None:
-    from app.artifacts import set_alias
-    from app.training import train_demo
-
     with TestClient(create_app(settings)) as client:
         (old,) = prediction_ids(predict(client, "iris", IRIS_SETOSA))
     train_demo(settings.models_dir)

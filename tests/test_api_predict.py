@@ -4,6 +4,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import joblib
+import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from helpers import (
@@ -11,15 +14,19 @@ from helpers import (
     IRIS_SETOSA,
     IRIS_VIRGINICA,
     assert_error,
+    metric,
     predict,
     prediction_ids,
     stored_rows,
 )
+from sklearn.linear_model import LinearRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from app.artifacts import set_alias
 from app.main import create_app
 from app.settings import Settings
-from app.training import train_demo
+from app.training import register_estimator, train_demo
 
 
 def test_classifier_with_probabilities(client: TestClient) -> None:
@@ -262,3 +269,24 @@ def test_bad_input_logs_nothing(settings: Settings) -> None:
         assert client.post("/predict/iris", content=b"").status_code == 400
         assert predict(client, "nope", IRIS_SETOSA).status_code == 404
     assert [r["id"] for r in stored_rows(settings.data_dir)] == good
+
+
+def test_model_failure_on_valid_input_is_500_counted_and_not_logged(tmp_path: Path) -> None:
+    """A real pipeline that fails on some valid inputs: log(x) of a negative x is NaN."""
+    x = np.linspace(1, 10, 20).reshape(-1, 1)
+    artifact = tmp_path / "log.joblib"
+    joblib.dump(
+        make_pipeline(FunctionTransformer(np.log), LinearRegression()).fit(x, x[:, 0]), artifact
+    )
+    sample = tmp_path / "sample.csv"
+    pd.DataFrame({"x": x[:, 0]}).to_csv(sample, index=False)
+    register_estimator(tmp_path / "models", artifact, "logger", sample)
+    settings = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert client.post("/predict", json={"instances": [{"x": 2.0}]}).status_code == 200
+        failed = client.post("/predict", json={"instances": [{"x": -1.0}]})
+        error = assert_error(failed, 500, "model_failure")
+        assert "logger v1" in error["message"]
+        assert metric(client, "steward_errors_total", model="logger", stage="model") == 1
+        assert metric(client, "steward_predictions_total", model="logger", version="1") == 1
+    assert len(stored_rows(settings.data_dir)) == 1
