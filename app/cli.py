@@ -8,7 +8,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.artifacts import ModelMetadata, list_models, list_versions, read_aliases
+from app.artifacts import (
+    ALIAS_NAMES,
+    ModelMetadata,
+    list_models,
+    list_versions,
+    read_aliases,
+    set_alias,
+)
 from app.errors import StewardError
 from app.settings import Settings
 
@@ -89,6 +96,12 @@ def _models(_: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _promote(args: argparse.Namespace, settings: Settings) -> int:
+    set_alias(settings.models_dir, args.model, args.alias, args.version)
+    print(f"{args.model}: {args.alias} -> version {args.version} (servers read it on restart)")
+    return 0
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -139,6 +152,14 @@ def _parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list models, versions and aliases")
     models.set_defaults(command=_models)
+
+    promote = commands.add_parser(
+        "promote", help="point an alias at a version (also how to roll back)"
+    )
+    promote.add_argument("model")
+    promote.add_argument("version", type=int)
+    promote.add_argument("--alias", choices=ALIAS_NAMES, default="production")
+    promote.set_defaults(command=_promote)
 
     serve = commands.add_parser("serve", help="start the HTTP server")
     serve.add_argument("--host", help="bind address (default: STEWARD_HOST or 127.0.0.1)")

@@ -1,9 +1,15 @@
 """Small helpers shared by the tests: request rows, metric reading, store inspection."""
 
+import socket
 import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from fastapi.testclient import TestClient
 from httpx2 import Response
 from prometheus_client.parser import text_string_to_metric_families
@@ -79,3 +85,40 @@ def stored_rows(data_dir: Path) -> list[sqlite3.Row]:
     with sqlite3.connect(data_dir / "steward.db") as conn:
         conn.row_factory = sqlite3.Row
         return list(conn.execute("SELECT * FROM predictions ORDER BY created_at, id"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running(
+    argv: Sequence[str | Path], *, env: dict[str, str], log: Path, ready_url: str
+) -> Iterator["subprocess.Popen[bytes]"]:
+    """Run a real process (output to ``log``) until ``ready_url`` answers 200; stop it after."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(list(argv), env=env, stdout=output, stderr=output)
+    try:
+        for _ in range(300):  # bounded: 30 s
+            if process.poll() is not None:
+                raise AssertionError(f"{argv[0]} exited:\n{log.read_text()}")
+            try:
+                if httpx2.get(ready_url, timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"{ready_url} never answered 200:\n{log.read_text()}")
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -95,3 +95,19 @@ def test_empty_registry_listing(tmp_path: Path, capsys: pytest.CaptureFixture[st
     code, out, _ = run(capsys, "--models-dir", str(tmp_path / "none"), "models")
     assert code == 0
     assert out.startswith("no models in ")
+
+
+def test_promote_and_roll_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    models = str(tmp_path / "models")
+    run(capsys, "--models-dir", models, "train", "demo")
+    run(capsys, "--models-dir", models, "train", "demo")
+    code, out, _ = run(capsys, "--models-dir", models, "promote", "iris", "2")
+    assert (code, out.split(" (")[0]) == (0, "iris: production -> version 2")
+    assert read_aliases(tmp_path / "models", "iris") == {"production": 2}
+    assert (
+        run(capsys, "--models-dir", models, "promote", "iris", "1", "--alias", "candidate")[0] == 0
+    )
+    assert run(capsys, "--models-dir", models, "promote", "iris", "1")[0] == 0  # roll back
+    assert read_aliases(tmp_path / "models", "iris") == {"candidate": 1, "production": 1}
+    code, _, err = run(capsys, "--models-dir", models, "promote", "iris", "9")
+    assert (code, err) == (1, "steward: error: iris has no version 9\n")

@@ -2,10 +2,8 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,7 +11,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from helpers import DIABETES_ROW, IRIS_SETOSA, stored_rows
+from helpers import DIABETES_ROW, IRIS_SETOSA, free_port, running, stored_rows
 from prometheus_client.parser import text_string_to_metric_families
 
 STEWARD = Path(sys.executable).parent / "steward"
@@ -36,13 +34,6 @@ class Server:
         assert "unwritten" not in output, output
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     env = os.environ | {
@@ -54,31 +45,11 @@ def server(tmp_path: Path) -> Iterator[Server]:
     )
     assert trained.returncode == 0, trained.stderr
     assert "iris: version 1 (production)" in trained.stdout
-    port = free_port()
+    url = f"http://127.0.0.1:{free_port()}"
     log = tmp_path / "server.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [STEWARD, "serve", "--port", str(port)], env=env, stdout=output, stderr=output
-        )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx2.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx2.TransportError:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    else:
-        process.kill()
-        pytest.fail(f"server did not become ready:\n{log.read_text()}")
-    assert process.poll() is None, log.read_text()
-    server = Server(process, url, tmp_path / "data", log)
-    yield server
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    argv: list[str | Path] = [STEWARD, "serve", "--port", url.rsplit(":", 1)[1]]
+    with running(argv, env=env, log=log, ready_url=f"{url}/readyz") as process:
+        yield Server(process, url, tmp_path / "data", log)
 
 
 def test_predict_feedback_metrics_over_http(server: Server) -> None:

@@ -1,0 +1,32 @@
+# Steward: one uvicorn process serving the app factory. Configuration: STEWARD_* variables.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    STEWARD_MODELS_DIR=/var/lib/steward/models \
+    STEWARD_DATA_DIR=/var/lib/steward/data
+
+RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/steward steward
+WORKDIR /opt/steward
+
+# Dependencies first, in their own layer: rebuilt only when pyproject.toml changes.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres']))" > requirements.txt \
+ && pip install -r requirements.txt
+
+COPY README.md ./
+COPY app ./app
+RUN pip install --no-deps .
+
+USER steward
+VOLUME ["/var/lib/steward"]
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+
+# The demo models are trained on first start (when the registry volume has none), then exec
+# hands PID 1 to uvicorn so SIGTERM drains the prediction log.
+CMD ["sh", "-c", "steward train demo --if-missing && exec uvicorn --factory app.main:create_app --host 0.0.0.0 --port 8000"]

@@ -1,0 +1,203 @@
+"""Proof against a real Prometheus: Steward serves, Prometheus scrapes it every second and
+evaluates the alert rules; every shipped expression is then asked of that Prometheus.
+
+Needs Debian's `prometheus` package (prometheus + promtool): `make test` installs it.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import yaml
+from helpers import DIABETES_ROW, IRIS_SETOSA, free_port, running
+from promql import (
+    ALERTS,
+    ROOT,
+    alert_rules,
+    dashboard_expressions,
+    docs_expressions,
+    with_all_models,
+)
+
+from app.artifacts import ARTIFACT, METADATA
+
+PROMETHEUS = shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
+STEWARD = Path(sys.executable).parent / "steward"
+INSTALL_HINT = "Debian's prometheus package is missing: run `make test`, which installs it"
+
+
+@dataclass
+class Stack:
+    steward: str
+    prometheus: str
+    accuracy: float  # iris accuracy computed from the scripted feedback
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        response = httpx2.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+        body = response.json()
+        assert body["status"] == "success", f"{expr}\n{body}"
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+
+def wait_for(condition: Callable[[], bool], what: str, attempts: int = 150) -> None:
+    for _ in range(attempts):  # bounded: 30 s
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL, INSTALL_HINT
+    return subprocess.run(
+        [PROMTOOL, *args], input=stdin, capture_output=True, text=True, cwd=ROOT / "prometheus"
+    )
+
+
+def add_refused_model(models: Path) -> None:
+    """A copy of iris whose artifact was changed after registration: refused at load."""
+    shutil.copytree(models / "iris", models / "broken")
+    metadata = json.loads((models / "broken" / "1" / METADATA).read_text())
+    (models / "broken" / "1" / METADATA).write_text(json.dumps(metadata | {"name": "broken"}))
+    artifact = models / "broken" / "1" / ARTIFACT
+    artifact.write_bytes(artifact.read_bytes() + b"\0")
+
+
+def drive_traffic(url: str) -> float:
+    """Scripted traffic for a classifier and a regressor; returns iris accuracy on feedback."""
+    truths = ["setosa"] * 6 + ["virginica"] * 2  # every row is predicted setosa
+    with httpx2.Client(base_url=url, timeout=10) as http:
+        for truth in truths:
+            response = http.post("/predict/iris", json={"instances": [IRIS_SETOSA]})
+            (prediction,) = response.json()["predictions"]
+            assert prediction["prediction"] == "setosa"
+            body = {"prediction_id": prediction["id"], "ground_truth": truth}
+            assert http.post("/feedback", json=body).status_code == 200
+        rows = {"instances": [DIABETES_ROW, {**DIABETES_ROW, "bmi": -0.05}, DIABETES_ROW]}
+        for prediction, truth in zip(
+            http.post("/predict/diabetes", json=rows).json()["predictions"], [150, 90.5, 200],
+            strict=True,
+        ):  # fmt: skip
+            body = {"prediction_id": prediction["id"], "ground_truth": truth}
+            assert http.post("/feedback", json=body).status_code == 200
+        assert http.post("/predict/iris", json={"instances": []}).status_code == 422
+        assert http.post("/predict/nope", json={"instances": [IRIS_SETOSA]}).status_code == 404
+        assert http.post("/predict/broken", json={"instances": [IRIS_SETOSA]}).status_code == 503
+    return truths.count("setosa") / len(truths)
+
+
+@pytest.fixture(scope="module")
+def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    assert PROMETHEUS, INSTALL_HINT
+    work = tmp_path_factory.mktemp("stack")
+    models = work / "models"
+    shutil.copytree(demo_models, models)
+    add_refused_model(models)
+    env = os.environ | {"STEWARD_MODELS_DIR": str(models), "STEWARD_DATA_DIR": str(work / "data")}
+    steward_port, prometheus_port = free_port(), free_port()
+    steward = f"http://127.0.0.1:{steward_port}"
+    prometheus = f"http://127.0.0.1:{prometheus_port}"
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ALERTS)],
+        "scrape_configs": [
+            {"job_name": "steward", "static_configs": [{"targets": [f"127.0.0.1:{steward_port}"]}]}
+        ],
+    }
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    steward_argv = [str(STEWARD), "serve", "--port", str(steward_port)]
+    prometheus_argv = [
+        PROMETHEUS,
+        f"--config.file={work / 'prometheus.yml'}",
+        f"--storage.tsdb.path={work / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{prometheus_port}",
+    ]
+    with (
+        running(steward_argv, env=env, log=work / "steward.log", ready_url=f"{steward}/healthz"),
+        running(
+            prometheus_argv, env=env, log=work / "prometheus.log", ready_url=f"{prometheus}/-/ready"
+        ),
+    ):
+        stack = Stack(steward, prometheus, accuracy=0.0)
+        # Let Prometheus see every series at 0 first, so rates count all that follows.
+        wait_for(lambda: len(stack.query('steward_feedback_total{model="iris"}')) == 5, "scrape")
+        stack.accuracy = drive_traffic(steward)
+
+        def scraped_everything() -> bool:
+            labelled = stack.query(
+                'sum(steward_feedback_total{outcome=~"correct|incorrect|labelled"})'
+            )
+            return bool(labelled) and float(labelled[0]["value"][1]) == 11
+
+        wait_for(scraped_everything, "the scripted traffic to be scraped")
+        time.sleep(2)  # two more scrapes: every rate() window ends after the traffic
+        yield stack
+
+
+def test_promtool_checks_the_shipped_files() -> None:
+    for args in (
+        ("check", "config", "prometheus.yml"),
+        ("check", "rules", "alerts.yml"),
+        ("test", "rules", "alerts_test.yml"),
+    ):
+        result = promtool(*args)
+        assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+
+def test_promtool_finds_no_problem_in_metrics(stack: Stack) -> None:
+    text = httpx2.get(f"{stack.steward}/metrics").text
+    result = promtool("check", "metrics", stdin=text)
+    assert result.returncode == 0
+    problems = (result.stdout + result.stderr).strip()
+    assert problems == ""
+
+
+def test_every_dashboard_panel_returns_data(stack: Stack) -> None:
+    for expr in dashboard_expressions():
+        assert stack.query(with_all_models(expr)), f"no data for dashboard expression:\n{expr}"
+
+
+def test_every_documented_expression_returns_data(stack: Stack) -> None:
+    for expr in docs_expressions():
+        assert stack.query(expr), f"no data for docs/metrics.md expression:\n{expr}"
+
+
+def test_every_alert_expression_evaluates_and_the_rules_are_healthy(stack: Stack) -> None:
+    for rule in alert_rules():
+        stack.query(rule["expr"])  # asserts status success
+    groups = httpx2.get(f"{stack.prometheus}/api/v1/rules").json()["data"]["groups"]
+    loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert set(loaded) == {rule["alert"] for rule in alert_rules()}
+    for name, rule in loaded.items():
+        assert rule["health"] == "ok", f"{name}: {rule.get('lastError')}"
+
+
+def test_refused_model_alert_fires(stack: Stack) -> None:
+    def firing() -> bool:
+        alerts = httpx2.get(f"{stack.prometheus}/api/v1/alerts").json()["data"]["alerts"]
+        return any(
+            a["labels"]["alertname"] == "StewardModelRefused"
+            and a["labels"]["model"] == "broken"
+            and a["state"] == "firing"
+            for a in alerts
+        )
+
+    wait_for(firing, "StewardModelRefused to fire for the broken model")
+
+
+def test_prometheus_accuracy_equals_the_scripted_accuracy(stack: Stack) -> None:
+    (accuracy_expr,) = [e for e in docs_expressions() if 'outcome="correct"}[1h]))\n/' in e]
+    by_model = {r["metric"]["model"]: float(r["value"][1]) for r in stack.query(accuracy_expr)}
+    assert stack.accuracy == 0.75
+    assert by_model["iris"] == pytest.approx(stack.accuracy, abs=1e-9)
