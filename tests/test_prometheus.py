@@ -85,11 +85,9 @@ def drive_traffic(url: str) -> float:
             body = {"prediction_id": prediction["id"], "ground_truth": truth}
             assert http.post("/feedback", json=body).status_code == 200
         rows = {"instances": [DIABETES_ROW, {**DIABETES_ROW, "bmi": -0.05}, DIABETES_ROW]}
-        for prediction, truth in zip(
-            http.post("/predict/diabetes", json=rows).json()["predictions"], [150, 90.5, 200],
-            strict=True,
-        ):  # fmt: skip
-            body = {"prediction_id": prediction["id"], "ground_truth": truth}
+        predicted = http.post("/predict/diabetes", json=rows).json()["predictions"]
+        for prediction, value in zip(predicted, [150, 90.5, 200], strict=True):
+            body = {"prediction_id": prediction["id"], "ground_truth": value}
             assert http.post("/feedback", json=body).status_code == 200
         assert http.post("/predict/iris", json={"instances": []}).status_code == 422
         assert http.post("/predict/nope", json={"instances": [IRIS_SETOSA]}).status_code == 404
