@@ -3,8 +3,9 @@
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import httpx2
 from fastapi.testclient import TestClient
 from httpx2 import Response
 from prometheus_client.parser import text_string_to_metric_families
+
+STEWARD = Path(sys.executable).parent / "steward"  # the installed console script
 
 IRIS_SETOSA = {
     "sepal_length_cm": 5.1,
@@ -94,6 +97,16 @@ def free_port() -> int:
         return port
 
 
+def wait_until(condition: Callable[[], bool], seconds: float = 30, interval: float = 0.1) -> bool:
+    """Poll ``condition`` until it holds (True) or ``seconds`` have passed (False)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 @contextmanager
 def running(
     argv: Sequence[str | Path], *, env: dict[str, str], log: Path, ready_url: str
@@ -101,17 +114,17 @@ def running(
     """Run a real process (output to ``log``) until ``ready_url`` answers 200; stop it after."""
     with log.open("wb") as output:
         process = subprocess.Popen(list(argv), env=env, stdout=output, stderr=output)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{argv[0]} exited:\n{log.read_text()}")
+        try:
+            return httpx2.get(ready_url, timeout=1).status_code == 200
+        except httpx2.TransportError:
+            return False
+
     try:
-        for _ in range(300):  # bounded: 30 s
-            if process.poll() is not None:
-                raise AssertionError(f"{argv[0]} exited:\n{log.read_text()}")
-            try:
-                if httpx2.get(ready_url, timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
+        if not wait_until(ready):
             raise AssertionError(f"{ready_url} never answered 200:\n{log.read_text()}")
         yield process
     finally:

@@ -1,13 +1,20 @@
 """/healthz, /readyz and the store-failure path: not ready, nothing lost, recovery."""
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from helpers import IRIS_SETOSA, assert_error, metric, predict, prediction_ids, stored_rows
+from helpers import (
+    IRIS_SETOSA,
+    assert_error,
+    metric,
+    predict,
+    prediction_ids,
+    stored_rows,
+    wait_until,
+)
 
 from app.artifacts import ARTIFACT
 from app.main import create_app
@@ -31,12 +38,9 @@ def failing_store(data_dir: Path) -> Iterator[None]:
                 conn.execute(f"DROP TRIGGER fail_{table}")
 
 
-def wait_ready(client: TestClient, attempts: int = 200) -> None:
-    for _ in range(attempts):
-        if client.get("/readyz").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError(client.get("/readyz").text)
+def wait_ready(client: TestClient) -> None:
+    ready = wait_until(lambda: client.get("/readyz").status_code == 200, seconds=10, interval=0.05)
+    assert ready, client.get("/readyz").text
 
 
 def test_healthz(client: TestClient) -> None:

@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,10 +10,8 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from helpers import DIABETES_ROW, IRIS_SETOSA, free_port, running, stored_rows
+from helpers import DIABETES_ROW, IRIS_SETOSA, STEWARD, free_port, running, stored_rows
 from prometheus_client.parser import text_string_to_metric_families
-
-STEWARD = Path(sys.executable).parent / "steward"
 
 
 @dataclass
@@ -45,9 +42,10 @@ def server(tmp_path: Path) -> Iterator[Server]:
     )
     assert trained.returncode == 0, trained.stderr
     assert "iris: version 1 (production)" in trained.stdout
-    url = f"http://127.0.0.1:{free_port()}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
-    argv: list[str | Path] = [STEWARD, "serve", "--port", url.rsplit(":", 1)[1]]
+    argv: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
     with running(argv, env=env, log=log, ready_url=f"{url}/readyz") as process:
         yield Server(process, url, tmp_path / "data", log)
 

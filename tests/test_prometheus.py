@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 import httpx2
 import pytest
 import yaml
-from helpers import DIABETES_ROW, IRIS_SETOSA, free_port, running
+from helpers import DIABETES_ROW, IRIS_SETOSA, STEWARD, free_port, running, wait_until
 from promql import (
     ALERTS,
     ROOT,
@@ -32,7 +31,6 @@ from app.artifacts import ARTIFACT, METADATA
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
-STEWARD = Path(sys.executable).parent / "steward"
 INSTALL_HINT = "Debian's prometheus package is missing: run `make test`, which installs it"
 
 
@@ -50,12 +48,8 @@ class Stack:
         return result
 
 
-def wait_for(condition: Callable[[], bool], what: str, attempts: int = 150) -> None:
-    for _ in range(attempts):  # bounded: 30 s
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    assert wait_until(condition, seconds=30, interval=0.2), f"timed out waiting for {what}"
 
 
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
