@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test format lint typecheck unit prometheus clean
+.PHONY: run test format lint typecheck unit prometheus wrk bench bench-soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,13 +37,31 @@ typecheck: $(VENV)/.installed-dev
 unit: $(VENV)/.installed-dev prometheus
 	$(BIN)/pytest
 
-# The integration tests run a real Prometheus and promtool: Debian's package, installed once.
-prometheus:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
-	  echo "installing Debian's prometheus package (prometheus, promtool) for the tests"; \
+# Debian packages the tests and the benchmark drive, installed once: $(call debian,COMMANDS,PACKAGE)
+define debian
+	@missing=; for c in $(1); do command -v $$c >/dev/null || missing=1; done; \
+	[ -z "$$missing" ] || { \
+	  echo "installing Debian's $(2) package ($(1))"; \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(2); }
+endef
+
+# The integration tests run a real Prometheus and promtool.
+prometheus:
+	$(call debian,prometheus promtool,prometheus)
+
+# The load generator of `make bench`.
+wrk:
+	$(call debian,wrk,wrk)
+
+# Steward vs. the naive route in bench/, same machine, same run: prints the table of
+# docs/performance.md. `make bench-soak` runs iris at 64 connections for 5 minutes (RSS, log).
+bench: $(VENV)/.installed wrk
+	$(BIN)/python bench/run.py
+
+bench-soak: $(VENV)/.installed wrk
+	$(BIN)/python bench/run.py --soak 300
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic_core import ErrorDetails
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,13 @@ class StoreUnavailable(StewardError):
     code = "store_unavailable"
 
 
+class ClientClosedRequest(StewardError):
+    """The client went away before sending its whole body; nobody reads this answer."""
+
+    status_code = 499  # nginx's code for it: counted apart from the server's own errors
+    code = "client_closed_request"
+
+
 class NotReady(StewardError):
     status_code = 503
     code = "not_ready"
@@ -161,6 +168,11 @@ async def _http_error(_: Request, exc: Exception) -> Response:
     )
 
 
+async def _client_disconnect(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ClientDisconnect)
+    return error_response(ClientClosedRequest("the client closed the connection"))
+
+
 async def _unexpected_error(_: Request, exc: Exception) -> Response:
     logger.exception("unhandled error", exc_info=exc)
     return error_response(StewardError("internal server error"))
@@ -171,4 +183,5 @@ def install_error_handlers(app: Starlette) -> None:
     app.add_exception_handler(StewardError, _steward_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -4,6 +4,7 @@ Serve with ``uvicorn --factory app.main:create_app`` (settings from STEWARD_* va
 ``steward serve``.
 """
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,20 +45,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store, metrics, batch_size=settings.log_batch_size, max_pending=settings.log_max_pending
         )
         log.start()
+        predictor = Predictor(
+            registry,
+            log,
+            metrics,
+            settings.default_model,
+            batch_max_rows=settings.batch_max_rows,
+            batch_max_wait=settings.batch_max_wait_ms / 1000,
+            batch_inline_max=settings.batch_inline_max_ms / 1000,
+            log_wait=settings.log_wait_seconds,
+        )
+        # Everything loaded so far (modules, models) lives as long as the process: take it out
+        # of the collector's full scans, which otherwise pause the loop ~100 ms under load.
+        gc.freeze()
         try:
             yield {
                 "metrics": metrics,
                 "registry": registry,
                 "store": store,
                 "log": log,
-                "predictor": Predictor(registry, log, metrics, settings.default_model),
+                "predictor": predictor,
                 "feedback": FeedbackRecorder(
                     registry, store, log, metrics, settings.max_feedback_items
                 ),
             }
         finally:
+            await predictor.close()
             await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)
             store.close()
+            gc.unfreeze()
 
     app = FastAPI(
         title="Steward",

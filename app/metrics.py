@@ -18,6 +18,8 @@ from app.artifacts import Label, ModelMetadata
 UNKNOWN_MODEL = "_unknown"
 OTHER_CLASS = "_other"
 UNMATCHED_ROUTE = "_unmatched"
+OTHER_METHOD = "_other"  # clients may send any token as a method; labels stay bounded
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 ERROR_STAGES = ("validation", "unknown_model", "unknown_version", "model", "store", "feedback")
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
@@ -25,6 +27,7 @@ REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 ABSOLUTE_ERROR_BUCKETS = (
     0.001, 0.01, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
     10000.0,
@@ -52,9 +55,17 @@ class Metrics:
         )
         self.inference_duration = Histogram(
             "steward_model_inference_duration_seconds",
-            "Time of one model call (all rows of a request) by model and version.",
+            "Time of one model call (one batch: the rows of one or more requests) "
+            "by model and version.",
             ["model", "version"],
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_rows = Histogram(
+            "steward_model_batch_rows",
+            "Rows per model call by model and version (adaptive batching joins requests).",
+            ["model", "version"],
+            buckets=BATCH_ROW_BUCKETS,
             registry=registry,
         )
         self.predictions = Counter(
@@ -132,6 +143,8 @@ class Metrics:
             registry=registry,
         )
         self._class_labels: dict[tuple[str, int], dict[Label, str]] = {}
+        self._series: dict[tuple[str, int], ModelSeries] = {}
+        self._errors: dict[tuple[str, str], Counter] = {}
         for stage in ERROR_STAGES:
             self.errors.labels(UNKNOWN_MODEL, stage)
 
@@ -157,6 +170,7 @@ class Metrics:
         self.sklearn_mismatch.labels(name, version).set(int(sklearn_mismatch))
         self.predictions.labels(name, version)
         self.inference_duration.labels(name, version)
+        self.batch_rows.labels(name, version)
         for stage in ERROR_STAGES:
             self.errors.labels(name, stage)
         outcomes: tuple[str, ...]
@@ -181,21 +195,19 @@ class Metrics:
             self.feedback.labels(name, version, outcome)
 
     def count_error(self, model: str | None, stage: str) -> None:
-        self.errors.labels(model or UNKNOWN_MODEL, stage).inc()
+        key = (model or UNKNOWN_MODEL, stage)
+        child = self._errors.get(key)
+        if child is None:
+            child = self._errors[key] = self.errors.labels(*key)
+        child.inc()
 
-    def observe_inference(
-        self, metadata: ModelMetadata, seconds: float, predicted: Sequence[Label]
-    ) -> None:
-        name, version = metadata.name, str(metadata.version)
-        self.inference_duration.labels(name, version).observe(seconds)
-        self.predictions.labels(name, version).inc(len(predicted))
-        if metadata.task == "classification":
-            counts: dict[str, int] = {}
-            for label in predicted:
-                key = self.class_label(metadata, label)
-                counts[key] = counts.get(key, 0) + 1
-            for key, count in counts.items():
-                self.predicted_classes.labels(name, version, key).inc(count)
+    def series(self, metadata: ModelMetadata) -> "ModelSeries":
+        """The served version's label children, made once: requests do no label lookups."""
+        key = (metadata.name, metadata.version)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = ModelSeries(self, metadata)
+        return series
 
     def observe_feedback(
         self,
@@ -221,6 +233,40 @@ class Metrics:
             self.squared_error.labels(name, version).inc(error * error)
 
 
+class ModelSeries:
+    """The prediction-path series of one model version, as ready-made label children."""
+
+    def __init__(self, metrics: Metrics, metadata: ModelMetadata) -> None:
+        name, version = metadata.name, str(metadata.version)
+        self.predictions = metrics.predictions.labels(name, version)
+        self.inference_duration = metrics.inference_duration.labels(name, version)
+        self.batch_rows = metrics.batch_rows.labels(name, version)
+        self.classes: dict[Label, Counter] = {}
+        self._other: Counter | None = None
+        if metadata.task == "classification":
+            self.classes = {
+                c: metrics.predicted_classes.labels(name, version, metrics.class_label(metadata, c))
+                for c in metadata.classes or ()
+            }
+            self._other = metrics.predicted_classes.labels(name, version, OTHER_CLASS)
+
+    def observe_batch(self, rows: int, seconds: float) -> None:
+        """One model call."""
+        self.inference_duration.observe(seconds)
+        self.batch_rows.observe(rows)
+
+    def count_predictions(self, predicted: Sequence[Label]) -> None:
+        """Rows acknowledged to a client, and their predicted classes."""
+        self.predictions.inc(len(predicted))
+        if self._other is None:
+            return
+        counts: dict[Label, int] = {}
+        for label in predicted:
+            counts[label] = counts.get(label, 0) + 1
+        for label, count in counts.items():
+            self.classes.get(label, self._other).inc(count)
+
+
 class MetricsMiddleware:
     """Pure-ASGI middleware: request count and latency by method, route template and status.
 
@@ -236,6 +282,8 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.skip_paths = skip_paths
+        # Label children by (method, route template, status): bounded by the app's routes.
+        self._children: dict[tuple[str, str, int], tuple[Histogram, Counter]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.skip_paths:
@@ -256,10 +304,16 @@ class MetricsMiddleware:
             status = 500
             raise
         finally:
-            route = _route_template(scope)
-            method = scope["method"]
-            self.metrics.http_duration.labels(method, route).observe(time.perf_counter() - started)
-            self.metrics.http_requests.labels(method, route, str(status)).inc()
+            method = scope["method"] if scope["method"] in HTTP_METHODS else OTHER_METHOD
+            key = (method, _route_template(scope), status)
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (
+                    self.metrics.http_duration.labels(key[0], key[1]),
+                    self.metrics.http_requests.labels(key[0], key[1], str(status)),
+                )
+            children[0].observe(time.perf_counter() - started)
+            children[1].inc()
 
 
 def _bool_label(value: bool) -> str:

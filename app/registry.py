@@ -11,6 +11,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,15 @@ class LoadedModel:
     @property
     def version(self) -> int:
         return self.metadata.version
+
+    @cached_property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.metadata.features)
+
+    @cached_property
+    def class_keys(self) -> list[str]:
+        """The classes as JSON object keys, in predict_proba order."""
+        return [str(c) for c in self.metadata.classes or ()]
 
 
 @dataclass(frozen=True)

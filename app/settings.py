@@ -30,13 +30,40 @@ class Settings(BaseSettings):
         ge=2,
         description="Classes that get their own metric label; the rest share `_other`.",
     )
+    batch_max_rows: int = Field(
+        256,
+        ge=1,
+        description="Adaptive batching: most rows in one model call made of several requests "
+        "(a larger request still runs, alone).",
+    )
+    batch_max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Adaptive batching: longest a batch stays open while requests keep arriving; "
+        "a lone request never waits.",
+    )
+    batch_inline_max_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Model calls that took at most this long run on the event-loop thread "
+        "(cheaper than a thread hop); slower models run in a worker thread.",
+    )
     log_batch_size: int = Field(
-        1000, ge=1, description="Most prediction rows written to the store in one transaction."
+        5000, ge=1, description="Most prediction rows written to the store in one transaction."
     )
     log_max_pending: int = Field(
         100_000,
         ge=1,
-        description="Acknowledged rows held in memory while the store lags; beyond it, 503.",
+        description="Acknowledged rows held in memory while the store lags; beyond it, requests "
+        "wait up to log_wait_seconds (store behind) or get 503 at once (store failing).",
+    )
+    log_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long /predict waits for room when the log is full only because the "
+        "store is behind (backpressure); then 503. A failing store is refused at once.",
     )
     shutdown_timeout_seconds: float = Field(
         30.0, gt=0, description="How long shutdown waits for the prediction log to drain."

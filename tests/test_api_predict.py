@@ -2,7 +2,9 @@
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -19,14 +21,20 @@ from helpers import (
     prediction_ids,
     stored_rows,
 )
+from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from app.artifacts import set_alias
+from app.artifacts import load_estimator, read_metadata, set_alias
 from app.main import create_app
 from app.settings import Settings
 from app.training import register_estimator, train_demo
+
+DATA = {  # real rows to predict, under the demo models' feature names
+    "iris": load_iris(as_frame=True).data.set_axis(list(IRIS_SETOSA), axis=1),
+    "diabetes": load_diabetes(as_frame=True).data.set_axis(list(DIABETES_ROW), axis=1),
+}
 
 
 def test_classifier_with_probabilities(client: TestClient) -> None:
@@ -290,3 +298,58 @@ def test_model_failure_on_valid_input_is_500_counted_and_not_logged(tmp_path: Pa
         assert metric(client, "steward_errors_total", model="logger", stage="model") == 1
         assert metric(client, "steward_predictions_total", model="logger", version="1") == 1
     assert len(stored_rows(settings.data_dir)) == 1
+
+
+# --- adaptive batching seen from outside: concurrent clients, each gets its own answer ----
+
+
+def test_concurrent_requests_get_their_own_predictions(settings: Settings) -> None:
+    """Clients at once on two models, valid and invalid bodies mixed in the same windows."""
+    estimators = {
+        name: load_estimator(settings.models_dir, read_metadata(settings.models_dir, name, 1))
+        for name in DATA
+    }
+    names = {name: list(frame.columns) for name, frame in DATA.items()}
+
+    def request(i: int) -> tuple[int, str, list[dict[str, Any]]]:
+        name = ("iris", "diabetes")[i % 2]
+        frame = DATA[name]
+        rows: list[dict[str, Any]] = [
+            dict(zip(names[name], map(float, frame.iloc[(i + k) % len(frame)]), strict=True))
+            for k in range(1 + i % 3)
+        ]
+        if i % 5 == 0:  # every fifth request is invalid, in the middle of the others
+            rows[-1] = {**rows[-1], names[name][0]: "not a number"}
+        return i, name, rows
+
+    requests = [request(i) for i in range(150)]
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda r: predict(client, r[1], *r[2]), requests))
+        batched = {
+            name: metric(client, "steward_model_batch_rows_sum", model=name, version="1")
+            for name in DATA
+        }
+        predicted = {
+            name: metric(client, "steward_predictions_total", model=name, version="1")
+            for name in DATA
+        }
+    logged = {row["id"]: row for row in stored_rows(settings.data_dir)}
+    expected_rows = 0
+    for (i, name, rows), response in zip(requests, answers, strict=True):
+        if i % 5 == 0:
+            error = assert_error(response, 422, "validation_error")
+            field = f"instances.{len(rows) - 1}.{names[name][0]}"
+            assert _field_errors(error) == {field: "float_type"}
+            continue
+        body = response.json()
+        assert (body["model"], len(body["predictions"])) == (name, len(rows))
+        matrix = np.array([list(row.values()) for row in rows])
+        for row, prediction, expected in zip(
+            rows, body["predictions"], estimators[name].predict(matrix).tolist(), strict=True
+        ):
+            assert prediction["prediction"] == pytest.approx(expected)
+            assert json.loads(logged[prediction["id"]]["inputs"]) == row
+        expected_rows += len(rows)
+    assert len(logged) == expected_rows
+    assert batched == predicted  # every row went through exactly one model call
+    assert sum(predicted.values()) == expected_rows

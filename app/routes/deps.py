@@ -14,7 +14,7 @@ from app.store import PredictionLog, PredictionStore
 def _from_state(name: str) -> Any:
     """A dependency returning the lifespan object stored under ``name``."""
 
-    def dependency(request: Request) -> Any:
+    async def dependency(request: Request) -> Any:  # async: a sync one runs in a thread
         return getattr(request.state, name)
 
     return Depends(dependency)

@@ -30,8 +30,8 @@ BODY_DOC = {
 }
 
 
-def _json(result: PredictResponse) -> Response:
-    return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
 @router.post("/predict/{model}", response_model=None, responses=RESPONSES, openapi_extra=BODY_DOC)

@@ -2,12 +2,15 @@
 
 Requests append rows and return at once; one background thread writes whatever has gathered
 as one transaction (group commit), so no request waits on a disk sync. A failed batch is kept
-and retried; while the store lags, appends beyond ``max_pending`` are refused (503) rather
-than acknowledged and lost. ``close`` drains every acknowledged row before it returns.
+and retried; while the store fails, appends beyond ``max_pending`` are refused (503) rather
+than acknowledged and lost; while it is merely behind, ``put`` makes requests wait for room.
+``close`` drains every acknowledged row before it returns.
 """
 
+import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Collection, Sequence
 from itertools import islice
@@ -19,6 +22,11 @@ from app.store.base import PredictionRecord, PredictionStore
 logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+BACKPRESSURE_POLL_SECONDS = 0.002
+
+
+class LogFull(StoreUnavailable):
+    """``max_pending`` rows are already waiting for the store."""
 
 
 class PredictionLog:
@@ -36,7 +44,8 @@ class PredictionLog:
         self.max_pending = max_pending
         self.last_error: str | None = None
         self._pending: deque[PredictionRecord] = deque()
-        self._pending_ids: set[str] = set()
+        # Pending ids, each with the count of rows appended up to and including it.
+        self._pending_ids: dict[str, int] = {}
         self._appended = 0
         self._written = 0
         self._closing = False
@@ -56,27 +65,50 @@ class PredictionLog:
             if self._closing:
                 raise StoreUnavailable("the prediction log is shutting down")
             if len(self._pending) + len(records) > self.max_pending:
-                raise StoreUnavailable(
+                raise LogFull(
                     f"the prediction store is behind by {len(self._pending)} rows"
                     + (f" ({self.last_error})" if self.last_error else "")
                 )
             self._pending.extend(records)
-            self._pending_ids.update(r.id for r in records)
-            self._appended += len(records)
+            for record in records:
+                self._appended += 1
+                self._pending_ids[record.id] = self._appended
             self.metrics.log_pending.set(len(self._pending))
             self._cond.notify()
 
-    def flush_if_pending(self, ids: Collection[str], timeout: float = 10.0) -> None:
-        """Make sure none of ``ids`` is still waiting to be written (feedback needs them)."""
-        with self._cond:
-            if self._pending_ids.isdisjoint(ids):
+    async def put(self, records: Sequence[PredictionRecord], wait: float) -> None:
+        """``append`` with backpressure: a log that is full only because the writer is behind
+        (the store takes writes) gets up to ``wait`` seconds to make room, so a burst slows
+        down instead of failing. A failing store is refused at once, as ``append`` does."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.append(records)
                 return
-        self.flush(timeout)
+            except LogFull:
+                if self.last_error is not None or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(BACKPRESSURE_POLL_SECONDS)
+
+    def flush_if_pending(self, ids: Collection[str], timeout: float = 10.0) -> None:
+        """Wait until none of ``ids`` is still waiting to be written (feedback needs them).
+
+        Rows are written in order, so this waits for the rows up to the last of ``ids`` only,
+        not for the whole backlog.
+        """
+        with self._cond:
+            target = max((self._pending_ids.get(i, 0) for i in ids), default=0)
+        if target:
+            self._wait_written(target, timeout)
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until every row appended so far is written; StoreUnavailable on timeout."""
         with self._cond:
             target = self._appended
+        self._wait_written(target, timeout)
+
+    def _wait_written(self, target: int, timeout: float) -> None:
+        with self._cond:
             if not self._cond.wait_for(lambda: self._written >= target, timeout):
                 raise StoreUnavailable(
                     "the prediction store did not take pending rows in time"
@@ -121,7 +153,7 @@ class PredictionLog:
             with self._cond:
                 for record in batch:
                     self._pending.popleft()
-                    self._pending_ids.discard(record.id)
+                    self._pending_ids.pop(record.id, None)
                 self._written += len(batch)
                 self.metrics.log_pending.set(len(self._pending))
                 self.metrics.log_written.inc(len(batch))

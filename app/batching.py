@@ -1,0 +1,180 @@
+"""Adaptive batching: concurrent requests for one model version share one model call.
+
+scikit-learn pays most of a ``predict`` call in fixed overhead (input checks, pipeline steps),
+so a call for 64 rows costs about what a call for one row does. Each served version gets a
+lane: requests queue their rows on it, and one worker task per lane runs them.
+
+The worker never waits on an empty lane: a lone request is run on the next turn of the event
+loop, so a quiet server adds no latency. When a request arrives, the worker keeps the batch
+open only while more requests keep arriving on the following loop turns, and closes it at
+``max_rows`` rows or ``max_wait`` seconds, whichever comes first. While a batch runs, the next
+one gathers. Results are split back per request, in order.
+
+A model call runs on the event-loop thread when the lane's last call took at most
+``inline_max`` seconds: for a small scikit-learn model that is cheaper than the hop to a worker
+thread, and the loop is held for a bounded time. A slower model (or one not yet measured) runs
+in a worker thread, and the loop keeps serving meanwhile.
+
+If the model fails on a batch of several requests, each request is run again on its own, so
+one request's bad rows fail that request only.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import anyio.to_thread
+
+Key = TypeVar("Key")
+Row = TypeVar("Row")
+Out = TypeVar("Out")
+
+# Runs a model on rows, returning one output per row; blocking.
+Call = Callable[[Key, list[Row]], list[Out]]
+
+
+@dataclass(eq=False)
+class _Job(Generic[Row, Out]):
+    rows: Sequence[Row]
+    result: "asyncio.Future[list[Out]]"
+
+
+@dataclass(eq=False)
+class _Lane(Generic[Row, Out]):
+    jobs: deque[_Job[Row, Out]] = field(default_factory=deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: "asyncio.Task[None] | None" = None
+    inline: bool = False  # run calls on the loop thread; decided by the last call's time
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What a batch held, for metrics: its key, how many requests and rows, how long it took."""
+
+    requests: int
+    rows: int
+    seconds: float
+
+
+class Batcher(Generic[Key, Row, Out]):
+    """Runs ``call(key, rows)`` for queued requests of the same key in as few calls as it can."""
+
+    def __init__(
+        self,
+        call: Call[Key, Row, Out],
+        *,
+        max_rows: int,
+        max_wait: float,
+        inline_max: float = 0.002,
+        on_batch: Callable[[Key, BatchStats], None] | None = None,
+    ) -> None:
+        self.call = call
+        self.max_rows = max_rows
+        self.max_wait = max_wait
+        self.inline_max = inline_max
+        self.on_batch = on_batch
+        self._lanes: dict[Key, _Lane[Row, Out]] = {}
+
+    async def run(self, key: Key, rows: Sequence[Row]) -> list[Out]:
+        """The outputs for ``rows``, computed in a batch with whatever else is queued for ``key``.
+
+        Raises what ``call`` raised on these rows alone.
+        """
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+            lane.worker = asyncio.create_task(self._work(key, lane), name=f"batcher:{key}")
+        job: _Job[Row, Out] = _Job(rows, asyncio.get_running_loop().create_future())
+        lane.jobs.append(job)
+        lane.wakeup.set()
+        return await job.result
+
+    async def close(self) -> None:
+        """Stop every worker; requests still queued are failed (shutdown waits for none)."""
+        lanes, self._lanes = list(self._lanes.values()), {}
+        for lane in lanes:
+            if lane.worker is not None:
+                lane.worker.cancel()
+        for lane in lanes:
+            if lane.worker is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lane.worker
+            for job in lane.jobs:
+                if not job.result.done():
+                    job.result.set_exception(RuntimeError("the server is shutting down"))
+
+    async def _work(self, key: Key, lane: _Lane[Row, Out]) -> None:
+        while True:
+            await lane.wakeup.wait()
+            lane.wakeup.clear()
+            while lane.jobs:
+                batch = await self._gather(lane)
+                await self._run(key, lane, batch)
+                # Let the requests just answered finish, and new ones queue, before the next.
+                await asyncio.sleep(0)
+
+    async def _gather(self, lane: _Lane[Row, Out]) -> list[_Job[Row, Out]]:
+        """Queued jobs up to ``max_rows`` rows; open for more only while more keep arriving."""
+        batch = [lane.jobs.popleft()]
+        rows = len(batch[0].rows)
+        deadline = time.monotonic() + self.max_wait
+        while rows < self.max_rows:
+            if not lane.jobs:
+                arrived = await self._next_turn(lane)
+                if not arrived or time.monotonic() >= deadline:
+                    break
+                continue
+            if rows + len(lane.jobs[0].rows) > self.max_rows:
+                break
+            job = lane.jobs.popleft()
+            batch.append(job)
+            rows += len(job.rows)
+        return batch
+
+    @staticmethod
+    async def _next_turn(lane: _Lane[Row, Out]) -> bool:
+        """Yield one event-loop turn; True if a request queued meanwhile."""
+        await asyncio.sleep(0)
+        return bool(lane.jobs)
+
+    async def _run(self, key: Key, lane: _Lane[Row, Out], batch: list[_Job[Row, Out]]) -> None:
+        batch = [job for job in batch if not job.result.done()]  # cancelled by disconnects
+        if not batch:
+            return
+        rows = [row for job in batch for row in job.rows]
+        try:
+            outputs, seconds = await self._call(key, lane, rows)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].result.set_exception(exc)
+                return
+            for job in batch:  # find the request(s) the model fails on
+                await self._run(key, lane, [job])
+            return
+        if self.on_batch is not None:
+            self.on_batch(key, BatchStats(len(batch), len(rows), seconds))
+        start = 0
+        for job in batch:
+            end = start + len(job.rows)
+            if not job.result.done():
+                job.result.set_result(outputs[start:end])
+            start = end
+
+    async def _call(
+        self, key: Key, lane: _Lane[Row, Out], rows: list[Row]
+    ) -> tuple[list[Out], float]:
+        if lane.inline:
+            outputs, seconds = self._timed(key, rows)
+        else:
+            outputs, seconds = await anyio.to_thread.run_sync(self._timed, key, rows)
+        lane.inline = seconds <= self.inline_max
+        return outputs, seconds
+
+    def _timed(self, key: Key, rows: list[Row]) -> tuple[list[Out], float]:
+        started = time.perf_counter()
+        outputs = self.call(key, rows)
+        return outputs, time.perf_counter() - started

@@ -1,0 +1,169 @@
+"""Load generation with wrk, and the processes under load: start, watch, stop.
+
+wrk runs one thread per run (the machine has two cores; the server gets the other one) and
+reports through a Lua ``done`` hook as one JSON line, so nothing parses wrk's prose.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DONE_HOOK = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "errors": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.status + e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+POST_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = {body}
+"""
+
+# Feedback: each request labels the next id of a file of logged prediction ids.
+FEEDBACK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local ids = {{}}
+for line in io.lines({ids_file}) do ids[#ids + 1] = line end
+local next_id = 0
+request = function()
+  next_id = next_id % #ids + 1
+  local body = '{{"prediction_id": "' .. ids[next_id] .. '", "ground_truth": {truth}}}'
+  return wrk.format(nil, nil, nil, body)
+end
+"""
+
+
+@dataclass(frozen=True)
+class Result:
+    """One wrk run: completed requests per second, latency quantiles, failed requests."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def lua_post(body: str, folder: Path, name: str) -> Path:
+    script = folder / f"{name}.lua"
+    script.write_text(POST_SCRIPT.format(body=lua_string(body)) + DONE_HOOK)
+    return script
+
+
+def lua_feedback(ids_file: Path, ground_truth: Any, folder: Path) -> Path:
+    script = folder / "feedback.lua"
+    truth = json.dumps(ground_truth).replace("'", "\\'")
+    script.write_text(
+        FEEDBACK_SCRIPT.format(ids_file=lua_string(str(ids_file)), truth=truth) + DONE_HOOK
+    )
+    return script
+
+
+def lua_string(text: str) -> str:
+    return "[==[" + text + "]==]"
+
+
+def wrk(url: str, script: Path, connections: int, seconds: float) -> Result:
+    """Drive ``url`` with ``connections`` keep-alive connections for ``seconds``."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--timeout", "10s"]
+    done = subprocess.run(
+        [*argv, "-s", str(script), url], capture_output=True, text=True, check=True
+    )
+    line = done.stdout.strip().splitlines()[-1]
+    raw = json.loads(line)
+    return Result(
+        requests=raw["requests"],
+        seconds=raw["duration_us"] / 1e6,
+        p50_ms=raw["p50_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+        errors=raw["errors"],
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """A real server process on loopback: waits until ``ready_path`` answers, tracks its RSS."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str], log: Path, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(
+            list(argv), env=os.environ | env, stdout=self._log, stderr=self._log
+        )
+        self.log = log
+
+    def wait_ready(self, path: str, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.url}{path} never answered 200:\n{self.log.read_text()}")
+
+    def rss_mib(self) -> float:
+        return _status_kib(self.process.pid, "VmRSS") / 1024
+
+    def peak_rss_mib(self) -> float:
+        return _status_kib(self.process.pid, "VmHWM") / 1024
+
+    def stop(self) -> int:
+        """SIGTERM (a graceful shutdown drains the prediction log), then wait."""
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=120)
+        self._log.close()
+        return code
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body: bytes = response.read()
+        return body
+
+
+def post_json(url: str, payload: Any) -> Any:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())

@@ -1,0 +1,295 @@
+"""``make bench``: Steward under load next to the naive route, same machine, same run.
+
+Starts the real server as users run it (``steward serve``: demo models, SQLite prediction log,
+metrics on), drives it with wrk on loopback, then does the same to ``bench/naive.py``, and
+prints one table: model x connections x {req/s, p50, p99, errors} for both, and the ratios.
+Also 64-row requests (rows/s), the feedback path (feedbacks/s), prediction-log rows written
+vs acknowledged, the deepest log backlog seen and the server's peak RSS.
+
+``--soak SECONDS`` instead runs iris at 64 connections for that long and prints RSS over time.
+"""
+
+import argparse
+import json
+import platform
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from load import Result, Server, free_port, get, lua_feedback, lua_post, post_json, wrk
+from prometheus_client.parser import text_string_to_metric_families
+
+BIN = Path(sys.executable).parent
+BENCH = Path(__file__).resolve().parent
+MODELS = ("iris", "breast-cancer", "diabetes")
+CONNECTIONS = (1, 8, 64)
+BATCH_ROWS = 64
+BATCH_CONNECTIONS = 8
+FEEDBACK_CONNECTIONS = 8
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--connections", default=",".join(map(str, CONNECTIONS)))
+    parser.add_argument("--soak", type=int, default=0, help="run the RSS soak instead")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="steward-bench-"))
+    models_dir = work / "models"
+    subprocess.run(
+        [BIN / "steward", "--models-dir", models_dir, "train", "demo"],
+        check=True,
+        capture_output=True,
+    )
+    print(machine())
+    if args.soak:
+        soak(work, models_dir, args.soak)
+        return
+    models = args.models.split(",")
+    connections = [int(c) for c in args.connections.split(",")]
+    scripts = {
+        (name, rows): lua_post(body(models_dir, name, rows), work, f"{name}-{rows}")
+        for name in models
+        for rows in (1, BATCH_ROWS)
+    }
+
+    steward = start_steward(work, models_dir)
+    watch = Watch(lambda: gauge(steward.url, "steward_prediction_log_pending_rows"))
+    ours = drive(steward.url, scripts, models, connections, args.seconds)
+    feedback = drive_feedback(steward.url, work, args.seconds)
+    watch.stop()
+    acknowledged = counter(steward.url, "steward_predictions_total")
+    peak_rss = steward.peak_rss_mib()
+    steward.stop()
+    written = rows_written(work / "data")
+
+    naive = start_naive(work, models_dir)
+    theirs = drive(naive.url, scripts, models, connections, args.seconds)
+    naive_rss = naive.peak_rss_mib()
+    naive.stop()
+
+    print_table(ours, theirs, models, connections)
+    print()
+    print(
+        f"feedback, {FEEDBACK_CONNECTIONS} connections: {feedback.rate:,.0f} feedbacks/s, "
+        f"p50 {feedback.p50_ms:.2f} ms, p99 {feedback.p99_ms:.2f} ms, {feedback.errors} errors"
+    )
+    lost = acknowledged - written
+    print(
+        f"prediction log: {acknowledged:,} rows acknowledged, {written:,} written "
+        f"({'none lost' if lost == 0 else f'{lost:,} MISSING'}); "
+        f"deepest backlog {watch.peak:,.0f} rows"
+    )
+    print(f"peak RSS: steward {peak_rss:.0f} MiB, naive {naive_rss:.0f} MiB")
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return f"machine: {cores} cores, {cpu}; Python {platform.python_version()}; wrk -t1 on loopback"
+
+
+def body(models_dir: Path, name: str, rows: int) -> str:
+    """A request of ``rows`` copies of a row in the middle of the training range."""
+    metadata = json.loads((models_dir / name / "1" / "metadata.json").read_text())
+    row = {f["name"]: round((f["min"] + f["max"]) / 2, 4) for f in metadata["features"]}
+    return json.dumps({"instances": [row] * rows})
+
+
+def start_steward(work: Path, models_dir: Path) -> Server:
+    port = free_port()
+    env = {
+        "STEWARD_MODELS_DIR": str(models_dir),
+        "STEWARD_DATA_DIR": str(work / "data"),
+        "STEWARD_LOG_LEVEL": "warning",
+    }
+    server = Server([str(BIN / "steward"), "serve", "--port", str(port)], env, work / "s.log", port)
+    server.wait_ready("/readyz")
+    return server
+
+
+def start_naive(work: Path, models_dir: Path) -> Server:
+    port = free_port()
+    argv = [
+        str(BIN / "uvicorn"), "--factory", "naive:create_app", "--app-dir", str(BENCH),
+        "--port", str(port), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    server = Server(argv, {"NAIVE_MODELS_DIR": str(models_dir)}, work / "naive.log", port)
+    server.wait_ready("/docs")
+    return server
+
+
+Key = tuple[str, int | str]
+
+
+def drive(
+    url: str,
+    scripts: dict[tuple[str, int], Path],
+    models: Sequence[str],
+    connections: Sequence[int],
+    seconds: float,
+) -> dict[Key, Result]:
+    """Every model at every concurrency, then 64-row requests; a short warm-up first."""
+    wrk(f"{url}/predict/{models[0]}", scripts[(models[0], 1)], 8, 2)
+    results: dict[Key, Result] = {}
+    for name in models:
+        for c in connections:
+            results[(name, c)] = wrk(f"{url}/predict/{name}", scripts[(name, 1)], c, seconds)
+        batch = wrk(
+            f"{url}/predict/{name}", scripts[(name, BATCH_ROWS)], BATCH_CONNECTIONS, seconds
+        )
+        results[(name, "batch")] = batch
+    return results
+
+
+def drive_feedback(url: str, work: Path, seconds: float) -> Result:
+    """Label fresh iris predictions, one id per request (ids logged first, more than needed)."""
+    row = json.loads(body(work / "models", "iris", 1))["instances"][0]
+    ids: list[str] = []
+    for _ in range(400):
+        response = post_json(f"{url}/predict/iris", {"instances": [row] * BATCH_ROWS})
+        ids.extend(p["id"] for p in response["predictions"])
+    ids_file = work / "ids.txt"
+    ids_file.write_text("\n".join(ids) + "\n")
+    return wrk(
+        f"{url}/feedback", lua_feedback(ids_file, "setosa", work), FEEDBACK_CONNECTIONS, seconds
+    )
+
+
+def print_table(
+    ours: dict[Key, Result],
+    theirs: dict[Key, Result],
+    models: Sequence[str],
+    connections: Sequence[int],
+) -> None:
+    header = (
+        "model",
+        "conns",
+        "steward req/s",
+        "p50 ms",
+        "p99 ms",
+        "err",
+        "naive req/s",
+        "p50 ms",
+        "p99 ms",
+        "err",
+        "req/s ratio",
+        "p50 ratio",
+        "p99 ratio",
+    )
+    rows = []
+    for name in models:
+        for c in [*connections, "batch"]:
+            s, n = ours[(name, c)], theirs[(name, c)]
+            scale = BATCH_ROWS if c == "batch" else 1
+            label = f"{BATCH_CONNECTIONS} ({BATCH_ROWS} rows/req, rows/s)" if c == "batch" else c
+            rows.append((
+                name, str(label), f"{s.rate * scale:,.0f}", f"{s.p50_ms:.2f}", f"{s.p99_ms:.2f}",
+                str(s.errors), f"{n.rate * scale:,.0f}", f"{n.p50_ms:.2f}", f"{n.p99_ms:.2f}",
+                str(n.errors), f"{s.rate / n.rate:.2f}", f"{s.p50_ms / n.p50_ms:.2f}",
+                f"{s.p99_ms / n.p99_ms:.2f}",
+            ))  # fmt: skip
+    print_markdown(header, rows)
+
+
+def print_markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for i, row in enumerate([header, *rows]):
+        print("| " + " | ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def soak(work: Path, models_dir: Path, seconds: float) -> None:
+    """iris at 64 connections for ``seconds``; RSS every tenth of the run; log kept up?"""
+    script = lua_post(body(models_dir, "iris", 1), work, "soak")
+    steward = start_steward(work, models_dir)
+    wrk(f"{steward.url}/predict/iris", script, 8, 2)
+    samples: list[tuple[float, float]] = []
+    started = time.monotonic()
+    sampler = Watch(
+        steward.rss_mib,
+        interval=seconds / 10,
+        on_sample=lambda v: samples.append((time.monotonic() - started, v)),
+    )
+    result = wrk(f"{steward.url}/predict/iris", script, 64, seconds)
+    sampler.stop()
+    acknowledged = counter(steward.url, "steward_predictions_total")
+    steward.stop()
+    written = rows_written(work / "data")
+    print_markdown(("t (s)", "RSS MiB"), [(f"{t:.0f}", f"{v:.1f}") for t, v in samples])
+    settled = [v for t, v in samples if t >= seconds / 10] or [v for _, v in samples]
+    spread = (max(settled) - min(settled)) / min(settled) * 100
+    print(
+        f"iris, 64 connections, {seconds:.0f} s: {result.rate:,.0f} req/s, "
+        f"p99 {result.p99_ms:.1f} ms, {result.errors} errors; RSS after the first tenth "
+        f"{min(settled):.1f}-{max(settled):.1f} MiB (spread {spread:.1f} %)"
+    )
+    print(f"prediction log: {acknowledged:,} acknowledged, {written:,} written")
+
+
+class Watch:
+    """Samples ``read`` every ``interval`` seconds in a thread; keeps the peak."""
+
+    def __init__(
+        self,
+        read: Callable[[], float],
+        interval: float = 0.5,
+        on_sample: Callable[[float], None] | None = None,
+    ) -> None:
+        self.peak = 0.0
+        self._read = read
+        self._on_sample = on_sample
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while True:
+            value = self._read()
+            self.peak = max(self.peak, value)
+            if self._on_sample is not None:
+                self._on_sample(value)
+            if self._stopped.wait(interval):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+def samples(url: str, name: str) -> list[Any]:
+    text = get(f"{url}/metrics").decode()
+    return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def gauge(url: str, name: str) -> float:
+    return sum(s.value for s in samples(url, name))
+
+
+def counter(url: str, name: str) -> int:
+    return int(sum(s.value for s in samples(url, name)))
+
+
+def rows_written(data_dir: Path) -> int:
+    with sqlite3.connect(data_dir / "steward.db") as conn:
+        count: int = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+        return count
+
+
+if __name__ == "__main__":
+    main()

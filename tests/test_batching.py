@@ -1,0 +1,144 @@
+"""The adaptive batcher on its own: who shares a call, who gets which result, what fails."""
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+
+from app.batching import Batcher, BatchStats
+
+
+class Model:
+    """A stand-in model: ten times each row; fails on negative rows; records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+        self.threads: list[threading.Thread] = []
+
+    def __call__(self, key: str, rows: list[int]) -> list[int]:
+        self.calls.append((key, list(rows)))
+        self.threads.append(threading.current_thread())
+        if any(row < 0 for row in rows):
+            raise ValueError("negative row")
+        return [row * 10 for row in rows]
+
+
+def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coroutine)
+
+
+async def gather(batcher: Batcher[str, int, int], *jobs: tuple[str, list[int]]) -> list[Any]:
+    """Submit every job in the same loop turn, as concurrent requests do; results in order."""
+    try:
+        return await asyncio.gather(
+            *(batcher.run(key, rows) for key, rows in jobs), return_exceptions=True
+        )
+    finally:
+        await batcher.close()
+
+
+def test_concurrent_requests_share_one_call_and_get_their_own_rows() -> None:
+    model, stats = Model(), []
+    batcher = Batcher(model, max_rows=100, max_wait=1.0, on_batch=lambda k, s: stats.append(s))
+    results = run(gather(batcher, ("m", [1]), ("m", [2, 3]), ("m", [4]), ("m", [5, 6, 7])))
+    assert results == [[10], [20, 30], [40], [50, 60, 70]]
+    assert model.calls == [("m", [1, 2, 3, 4, 5, 6, 7])]
+    assert [(s.requests, s.rows) for s in stats] == [(4, 7)]
+
+
+def test_a_lone_request_never_waits_for_company() -> None:
+    """With an hour of max_wait, a single request still completes at once (no fixed wait)."""
+    model = Model()
+    batcher = Batcher(model, max_rows=100, max_wait=3600)
+    assert run(gather(batcher, ("m", [1]))) == [[10]]
+    assert model.calls == [("m", [1])]
+
+
+def test_batches_stop_at_max_rows_and_a_large_request_runs_alone() -> None:
+    model = Model()
+    batcher = Batcher(model, max_rows=4, max_wait=1.0)
+    jobs = [("m", [i]) for i in range(6)] + [("m", [7, 8, 9, 10, 11])]
+    results = run(gather(batcher, *jobs))
+    assert results == [[0], [10], [20], [30], [40], [50], [70, 80, 90, 100, 110]]
+    assert [rows for _, rows in model.calls] == [[0, 1, 2, 3], [4, 5], [7, 8, 9, 10, 11]]
+
+
+def test_different_models_are_never_mixed() -> None:
+    model = Model()
+    batcher = Batcher(model, max_rows=100, max_wait=1.0)
+    results = run(gather(batcher, ("a", [1]), ("b", [2]), ("a", [3]), ("b", [4]), ("a", [5])))
+    assert results == [[10], [20], [30], [40], [50]]
+    assert sorted(model.calls) == [("a", [1, 3, 5]), ("b", [2, 4])]
+
+
+def test_a_failing_request_fails_alone() -> None:
+    model, stats = Model(), []
+    batcher = Batcher(model, max_rows=100, max_wait=1.0, on_batch=lambda k, s: stats.append(s))
+    ok, bad, also_ok = run(gather(batcher, ("m", [1]), ("m", [-1, 2]), ("m", [3])))
+    assert ok == [10]
+    assert also_ok == [30]
+    assert isinstance(bad, ValueError)
+    # The shared call failed; each request was then run on its own.
+    assert [rows for _, rows in model.calls] == [[1, -1, 2, 3], [1], [-1, 2], [3]]
+    assert [(s.requests, s.rows) for s in stats] == [(1, 1), (1, 1)]
+
+
+def test_slow_models_run_in_a_worker_thread_fast_ones_on_the_loop() -> None:
+    loop_thread = threading.current_thread()  # asyncio.run runs the loop on this thread
+
+    async def three_rounds(batcher: Batcher[str, int, int]) -> None:
+        for i in range(3):
+            assert await batcher.run("m", [i]) == [i * 10]
+        await batcher.close()
+
+    fast = Model()
+    run(three_rounds(Batcher(fast, max_rows=10, max_wait=0, inline_max=60)))
+    # Not yet measured: a worker thread; measured fast: the loop thread.
+    assert fast.threads[0] is not loop_thread
+    assert fast.threads[1:] == [loop_thread, loop_thread]
+
+    slow = Model()
+    run(three_rounds(Batcher(slow, max_rows=10, max_wait=0, inline_max=0)))
+    assert loop_thread not in slow.threads
+
+
+def test_a_request_whose_client_left_is_skipped() -> None:
+    model = Model()
+    batcher: Batcher[str, int, int] = Batcher(model, max_rows=100, max_wait=1.0)
+
+    async def scenario() -> list[int]:
+        gone = asyncio.ensure_future(batcher.run("m", [1]))
+        staying = asyncio.ensure_future(batcher.run("m", [2]))
+        await asyncio.sleep(0)  # both queued
+        gone.cancel()
+        result = await staying
+        await batcher.close()
+        return result
+
+    assert run(scenario()) == [20]
+    assert model.calls == [("m", [2])]
+
+
+def test_close_fails_what_is_still_queued() -> None:
+    model = Model()
+    batcher: Batcher[str, int, int] = Batcher(model, max_rows=100, max_wait=1.0)
+
+    async def scenario() -> None:
+        pending = asyncio.ensure_future(batcher.run("m", [1]))
+        await asyncio.sleep(0)  # queued; the worker has not run yet
+        await batcher.close()
+        with pytest.raises(RuntimeError, match="shutting down"):
+            await pending
+
+    run(scenario())
+    assert model.calls == []
+
+
+def test_batch_stats_are_counted_per_call() -> None:
+    stats: list[BatchStats] = []
+    batcher = Batcher(Model(), max_rows=2, max_wait=1.0, on_batch=lambda k, s: stats.append(s))
+    run(gather(batcher, ("m", [1]), ("m", [2]), ("m", [3])))
+    assert [(s.requests, s.rows) for s in stats] == [(2, 2), (1, 1)]
+    assert all(s.seconds >= 0 for s in stats)
