@@ -1,6 +1,7 @@
 """POST /predict/{model} and /predict: round trips, versions, and every bad input."""
 
 import json
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -70,7 +71,10 @@ def test_ids_are_unique_and_unguessable(client: TestClient) -> None:
     ids = prediction_ids(predict(client, "iris", *[IRIS_SETOSA] * 50))
     ids += prediction_ids(predict(client, "iris", IRIS_SETOSA))
     assert len(set(ids)) == 51
-    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)  # 128-bit random hex
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)  # hex
+    # UUIDv7: 74 random bits after a millisecond timestamp, so ids sort by time.
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    assert ids[-1][:12] >= ids[0][:12]
 
 
 def test_every_row_is_logged(settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +11,15 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from helpers import DIABETES_ROW, IRIS_SETOSA, STEWARD, free_port, running, stored_rows
+from helpers import (
+    DIABETES_ROW,
+    IRIS_SETOSA,
+    STEWARD,
+    free_port,
+    running,
+    stored_rows,
+    wait_until,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -108,3 +117,23 @@ def test_readme_curl_session_works_as_written(server: Server) -> None:
     assert '"status":"accepted"' in lines[1]
     assert 'steward_predictions_total{model="iris",version="1"} 1.0' in lines
     assert 'steward_feedback_total{model="iris",outcome="correct",version="1"} 1.0' in lines
+
+
+def test_a_client_that_leaves_mid_body_is_499_not_a_server_error(server: Server) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(
+            b"POST /predict/iris HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 500\r\n\r\n" + b'{"instances": ['
+        )
+    with httpx2.Client(base_url=server.url, timeout=10) as http:
+
+        def counted() -> bool:
+            text = http.get("/metrics").text
+            return 'route="/predict/{model}",status="499"} 1.0' in text
+
+        assert wait_until(counted, seconds=10), http.get("/metrics").text
+        assert 'status="500"' not in http.get("/metrics").text
+    server.stop()
+    assert "Traceback" not in server.log.read_text()
+    assert stored_rows(server.data_dir) == []

@@ -52,6 +52,8 @@ def test_scripted_classifier_sequence(client: TestClient) -> None:
     assert metric(client, "steward_predicted_classes_total", **IRIS, **{"class": "virginica"}) == 5
     assert metric(client, "steward_predicted_classes_total", **IRIS, **{"class": "versicolor"}) == 0
     assert metric(client, "steward_model_inference_duration_seconds_count", **IRIS) == 10
+    assert metric(client, "steward_model_batch_rows_count", **IRIS) == 10  # one call a request
+    assert metric(client, "steward_model_batch_rows_sum", **IRIS) == 10
 
     outcomes = {
         o: metric(client, "steward_feedback_total", **IRIS, outcome=o)

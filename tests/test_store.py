@@ -1,5 +1,6 @@
 """One contract for every store backend (SQLite file, real PostgreSQL), and the log writer."""
 
+import asyncio
 import os
 import sqlite3
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import wait_until
 from prometheus_client import CollectorRegistry
 
 from app.errors import StoreUnavailable
@@ -197,3 +199,67 @@ def test_log_refuses_beyond_max_pending_while_the_store_fails(
     log.flush(timeout=10)
     assert count(sqlite_path) == 1000
     assert log.last_error is None
+
+
+def test_a_full_log_whose_store_is_only_behind_makes_put_wait(
+    log: PredictionLog, sqlite_path: Path
+) -> None:
+    """Another process holds SQLite's write lock: the writer waits (no error), the log fills,
+    and ``put`` waits for room instead of refusing; once the lock goes, everything is written."""
+    blocker = sqlite3.connect(sqlite_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    log.append([record() for _ in range(1000)])  # full: max_pending is 1000
+    with pytest.raises(StoreUnavailable, match="behind by 1000 rows"):
+        log.append([record()])
+    late = [record() for _ in range(10)]
+
+    async def put_then_release() -> None:
+        waiting = asyncio.ensure_future(log.put(late, wait=30))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # waiting for room, not refused
+        blocker.execute("ROLLBACK")
+        await waiting
+
+    asyncio.run(put_then_release())
+    blocker.close()
+    log.flush(timeout=10)
+    assert count(sqlite_path) == 1010
+    assert log.last_error is None
+
+
+def test_a_full_log_whose_store_fails_refuses_put_at_once(
+    log: PredictionLog, sqlite_path: Path
+) -> None:
+    with sqlite3.connect(sqlite_path) as conn:
+        conn.execute(
+            "CREATE TRIGGER fail BEFORE INSERT ON predictions "
+            "BEGIN SELECT RAISE(ABORT, 'disk is failing'); END"
+        )
+    log.append([record() for _ in range(1000)])
+    assert wait_until(lambda: log.last_error is not None, seconds=10, interval=0.01)
+    with pytest.raises(StoreUnavailable, match="disk is failing"):
+        asyncio.run(log.put([record()], wait=3600))
+
+
+def test_flush_if_pending_returns_with_its_rows_written(
+    log: PredictionLog, sqlite_path: Path
+) -> None:
+    """What feedback relies on: once it returns, the named rows can be read from the store."""
+    rows = [record() for _ in range(550)]
+    for start in range(0, 550, 50):
+        log.append(rows[start : start + 50])
+    log.flush_if_pending([rows[120].id], timeout=10)
+    assert set(log.store.get_predictions([r.id for r in rows[:121]])) == {r.id for r in rows[:121]}
+    log.flush_if_pending(["never-appended"], timeout=0)  # nothing to wait for: returns
+
+
+def test_ids_of_several_requests_in_one_write(store: SqlStore) -> None:
+    """Many rows (more than one multi-row statement), two timestamps: all stored as sent."""
+    early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    rows = [record()._replace(created_at=early if i < 6000 else late) for i in range(7000)]
+    store.write_predictions(rows)
+    stored = store.get_predictions([r.id for r in rows])
+    assert len(stored) == 7000
+    for row in rows[5990:6010]:
+        got = stored[row.id]
+        assert (got.created_at, got.inputs, got.output) == (row.created_at, row.inputs, row.output)
