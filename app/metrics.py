@@ -241,10 +241,10 @@ class ModelSeries:
         self.predictions = metrics.predictions.labels(name, version)
         self.inference_duration = metrics.inference_duration.labels(name, version)
         self.batch_rows = metrics.batch_rows.labels(name, version)
-        self.classes: dict[Label, Counter] = {}
+        self._classes: dict[Label, Counter] = {}
         self._other: Counter | None = None
         if metadata.task == "classification":
-            self.classes = {
+            self._classes = {
                 c: metrics.predicted_classes.labels(name, version, metrics.class_label(metadata, c))
                 for c in metadata.classes or ()
             }
@@ -264,7 +264,7 @@ class ModelSeries:
         for label in predicted:
             counts[label] = counts.get(label, 0) + 1
         for label, count in counts.items():
-            self.classes.get(label, self._other).inc(count)
+            self._classes.get(label, self._other).inc(count)
 
 
 class MetricsMiddleware:

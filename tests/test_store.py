@@ -59,6 +59,15 @@ def label(prediction_id: str, truth: object, correct: bool | None = True) -> Lab
     return Label(prediction_id, truth, correct, None, datetime.now(UTC))
 
 
+def fail_inserts(sqlite_path: Path) -> None:
+    """Make every insert into the real SQLite file fail, from outside (DROP TRIGGER fail heals)."""
+    with sqlite3.connect(sqlite_path) as conn:
+        conn.execute(
+            "CREATE TRIGGER fail BEFORE INSERT ON predictions "
+            "BEGIN SELECT RAISE(ABORT, 'disk is failing'); END"
+        )
+
+
 def test_written_rows_read_back(store: SqlStore) -> None:
     rows = [record(), record(probabilities={"setosa": 0.9, "virginica": 0.1})]
     store.write_predictions(rows)
@@ -181,11 +190,7 @@ def test_log_close_drains(log: PredictionLog, sqlite_path: Path) -> None:
 def test_log_refuses_beyond_max_pending_while_the_store_fails(
     log: PredictionLog, sqlite_path: Path
 ) -> None:
-    with sqlite3.connect(sqlite_path) as conn:
-        conn.execute(
-            "CREATE TRIGGER fail BEFORE INSERT ON predictions "
-            "BEGIN SELECT RAISE(ABORT, 'disk is failing'); END"
-        )
+    fail_inserts(sqlite_path)
     kept = [record() for _ in range(1000)]
     log.append(kept)
     with pytest.raises(StoreUnavailable, match="behind by 1000 rows"):
@@ -230,11 +235,7 @@ def test_a_full_log_whose_store_is_only_behind_makes_put_wait(
 def test_a_full_log_whose_store_fails_refuses_put_at_once(
     log: PredictionLog, sqlite_path: Path
 ) -> None:
-    with sqlite3.connect(sqlite_path) as conn:
-        conn.execute(
-            "CREATE TRIGGER fail BEFORE INSERT ON predictions "
-            "BEGIN SELECT RAISE(ABORT, 'disk is failing'); END"
-        )
+    fail_inserts(sqlite_path)
     log.append([record() for _ in range(1000)])
     assert wait_until(lambda: log.last_error is not None, seconds=10, interval=0.01)
     with pytest.raises(StoreUnavailable, match="disk is failing"):
