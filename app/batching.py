@@ -21,6 +21,7 @@ one request's bad rows fail that request only.
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import anyio.to_thread
+
+logger = logging.getLogger(__name__)
 
 Key = TypeVar("Key")
 Row = TypeVar("Row")
@@ -113,7 +116,13 @@ class Batcher(Generic[Key, Row, Out]):
             lane.wakeup.clear()
             while lane.jobs:
                 batch = await self._gather(lane)
-                await self._run(key, lane, batch)
+                try:
+                    await self._run(key, lane, batch)
+                except Exception as exc:  # never leave requests waiting on a dead worker
+                    logger.exception("batch for %s failed outside the model call", key)
+                    for job in batch:
+                        if not job.result.done():
+                            job.result.set_exception(exc)
                 # Let the requests just answered finish, and new ones queue, before the next.
                 await asyncio.sleep(0)
 

@@ -142,3 +142,28 @@ def test_batch_stats_are_counted_per_call() -> None:
     run(gather(batcher, ("m", [1]), ("m", [2]), ("m", [3])))
     assert [(s.requests, s.rows) for s in stats] == [(2, 2), (1, 1)]
     assert all(s.seconds >= 0 for s in stats)
+
+
+def test_a_failure_outside_the_model_call_fails_its_batch_and_the_lane_lives_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def observe(key: str, stats: BatchStats) -> None:
+        if stats.rows == 2:
+            raise RuntimeError("metrics broke")
+
+    batcher = Batcher(Model(), max_rows=100, max_wait=1.0, on_batch=observe)
+
+    async def scenario() -> tuple[list[Any], list[int]]:
+        failed = list(
+            await asyncio.gather(
+                batcher.run("m", [1]), batcher.run("m", [2]), return_exceptions=True
+            )
+        )
+        after = await batcher.run("m", [3])  # the same lane still serves
+        await batcher.close()
+        return failed, after
+
+    failed, after = run(scenario())
+    assert [str(e) for e in failed] == ["metrics broke", "metrics broke"]
+    assert after == [30]
+    assert "failed outside the model call" in caplog.text
