@@ -139,10 +139,21 @@ class Server:
 
     def stop(self) -> int:
         """SIGTERM (a graceful shutdown drains the prediction log), then wait."""
-        self.process.send_signal(signal.SIGTERM)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=120)
         self._log.close()
         return code
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        """Never leave a server behind, whatever happened to the run."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
 
 
 def _status_kib(pid: int, field: str) -> int:

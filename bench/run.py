@@ -41,7 +41,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--connections", default=",".join(map(str, CONNECTIONS)))
     parser.add_argument("--soak", type=int, default=0, help="run the RSS soak instead")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="steward-bench-"))
+    with tempfile.TemporaryDirectory(prefix="steward-bench-") as folder:
+        bench(Path(folder), args)
+
+
+def bench(work: Path, args: argparse.Namespace) -> None:
+    """Everything the run writes (registry, prediction log, wrk scripts) goes under ``work``."""
     models_dir = work / "models"
     subprocess.run(
         [BIN / "steward", "--models-dir", models_dir, "train", "demo"],
@@ -60,20 +65,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         for rows in (1, BATCH_ROWS)
     }
 
-    steward = start_steward(work, models_dir)
-    watch = Watch(lambda: gauge(steward.url, "steward_prediction_log_pending_rows"))
-    ours = drive(steward.url, scripts, models, connections, args.seconds)
-    feedback = drive_feedback(steward.url, work, args.seconds)
-    watch.stop()
-    acknowledged = counter(steward.url, "steward_predictions_total")
-    peak_rss = steward.peak_rss_mib()
-    steward.stop()
+    with start_steward(work, models_dir) as steward:
+        watch = Watch(lambda: gauge(steward.url, "steward_prediction_log_pending_rows"))
+        ours = drive(steward.url, scripts, models, connections, args.seconds)
+        feedback = drive_feedback(steward.url, work, args.seconds)
+        watch.stop()
+        acknowledged = counter(steward.url, "steward_predictions_total")
+        peak_rss = steward.peak_rss_mib()
+        steward.stop()
     written = rows_written(work / "data")
 
-    naive = start_naive(work, models_dir)
-    theirs = drive(naive.url, scripts, models, connections, args.seconds)
-    naive_rss = naive.peak_rss_mib()
-    naive.stop()
+    with start_naive(work, models_dir) as naive:
+        theirs = drive(naive.url, scripts, models, connections, args.seconds)
+        naive_rss = naive.peak_rss_mib()
+        naive.stop()
 
     print_table(ours, theirs, models, connections)
     print()
@@ -217,19 +222,19 @@ def print_markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None
 def soak(work: Path, models_dir: Path, seconds: float) -> None:
     """iris at 64 connections for ``seconds``; RSS every tenth of the run; log kept up?"""
     script = lua_post(body(models_dir, "iris", 1), work, "soak")
-    steward = start_steward(work, models_dir)
-    wrk(f"{steward.url}/predict/iris", script, 8, 2)
     samples: list[tuple[float, float]] = []
-    started = time.monotonic()
-    sampler = Watch(
-        steward.rss_mib,
-        interval=seconds / 10,
-        on_sample=lambda v: samples.append((time.monotonic() - started, v)),
-    )
-    result = wrk(f"{steward.url}/predict/iris", script, 64, seconds)
-    sampler.stop()
-    acknowledged = counter(steward.url, "steward_predictions_total")
-    steward.stop()
+    with start_steward(work, models_dir) as steward:
+        wrk(f"{steward.url}/predict/iris", script, 8, 2)
+        started = time.monotonic()
+        sampler = Watch(
+            steward.rss_mib,
+            interval=seconds / 10,
+            on_sample=lambda v: samples.append((time.monotonic() - started, v)),
+        )
+        result = wrk(f"{steward.url}/predict/iris", script, 64, seconds)
+        sampler.stop()
+        acknowledged = counter(steward.url, "steward_predictions_total")
+        steward.stop()
     written = rows_written(work / "data")
     print_markdown(("t (s)", "RSS MiB"), [(f"{t:.0f}", f"{v:.1f}") for t, v in samples])
     settled = [v for t, v in samples if t >= seconds / 10] or [v for _, v in samples]
