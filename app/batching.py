@@ -56,7 +56,7 @@ class _Lane(Generic[Row, Out]):
 
 @dataclass(frozen=True)
 class BatchStats:
-    """What a batch held, for metrics: its key, how many requests and rows, how long it took."""
+    """What a batch held, for metrics: how many requests and rows, how long the call took."""
 
     requests: int
     rows: int

@@ -82,10 +82,10 @@ class Predictor:
         metrics: Metrics,
         default_model: str | None,
         *,
-        batch_max_rows: int = 256,
-        batch_max_wait: float = 0.002,
-        batch_inline_max: float = 0.002,
-        log_wait: float = 5.0,
+        batch_max_rows: int,
+        batch_max_wait: float,
+        batch_inline_max: float,
+        log_wait: float,
     ) -> None:
         self.registry = registry
         self.log = log

@@ -207,7 +207,7 @@ class _BulkInsert:
         if compiled.positional:
             self.positions = [self.COLUMNS.index(name) for name in compiled.positiontup or ()]
             self._head, self._values = self.sql.rsplit(" VALUES ", 1)
-            self._multi: dict[int, str] = {}
+            self._full = self._multi_sql(self.rows_per_statement)
         created, inputs, output = (
             predictions.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             for name in ("created_at", "inputs", "output")
@@ -224,16 +224,15 @@ class _BulkInsert:
             return
         for start in range(0, len(rows), self.rows_per_statement):
             chunk = rows[start : start + self.rows_per_statement]
-            yield (
-                self._multi_sql(len(chunk)),
-                tuple(row[i] for row in chunk for i in self.positions),
+            sql = (
+                self._full if len(chunk) == self.rows_per_statement else self._multi_sql(len(chunk))
             )
+            yield sql, tuple(row[i] for row in chunk for i in self.positions)
 
     def _multi_sql(self, rows: int) -> str:
-        sql = self._multi.get(rows)
-        if sql is None:
-            sql = self._multi[rows] = f"{self._head} VALUES {', '.join([self._values] * rows)}"
-        return sql
+        """One statement for ``rows`` rows; only the full size is kept (every size would be
+        megabytes of SQL text)."""
+        return f"{self._head} VALUES {', '.join([self._values] * rows)}"
 
     def _rows(self, records: Sequence[PredictionRecord]) -> list[tuple[Any, ...]]:
         rows = []
@@ -254,12 +253,12 @@ def _same(value: Any) -> Any:
 
 def _max_parameters(engine: Engine) -> int:
     """Most bound parameters in one statement: SQLite's compiled limit (999 before 3.32)."""
+    if engine.dialect.name != "sqlite":
+        return 32766  # only positional (SQLite) statements are built to this size
     connection = engine.raw_connection()
     try:
-        getlimit = getattr(connection.dbapi_connection, "getlimit", None)
-        if getlimit is None or engine.dialect.name != "sqlite":
-            return 32766
-        limit: int = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        getlimit = getattr(connection.dbapi_connection, "getlimit", None)  # Python 3.11+
+        limit: int = 999 if getlimit is None else getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         return limit
     finally:
         connection.close()
