@@ -76,6 +76,8 @@ class ModelMetadata(BaseModel):
         "array", description="Rows reach the model as a NumPy array or a named DataFrame."
     )
     metrics: dict[str, float] = Field(default_factory=dict, description="Held-out metrics.")
+    target_min: float | None = Field(None, description="Smallest training target (regressors).")
+    target_max: float | None = Field(None, description="Largest training target (regressors).")
     training_rows: int = 0
     sklearn_version: str = Field("", description="Set by save_version.")
     sha256: str = Field("", description="Of model.joblib; set by save_version.")

@@ -30,6 +30,18 @@ class Settings(BaseSettings):
         ge=2,
         description="Classes that get their own metric label; the rest share `_other`.",
     )
+    input_range_multiple: float = Field(
+        10.0,
+        ge=0,
+        description="Numeric inputs more than this many training spans outside a feature's "
+        "training range are refused (422 naming the feature); 0 accepts any finite value.",
+    )
+    target_range_multiple: float = Field(
+        10.0,
+        ge=0,
+        description="A regressor's ground truth and predictions more than this many training "
+        "spans outside its training target range are refused; 0 accepts any finite value.",
+    )
     batch_max_rows: int = Field(
         256,
         ge=1,

@@ -196,6 +196,7 @@ def fit_and_save(
             "has_proba": task == "classification" and hasattr(estimator, "predict_proba"),
             "metrics": evaluate(task, test_y.to_numpy(), predicted),
             "training_rows": len(train_x),
+            **_target_range(task, train_y),
             "reference_profile": reference_profile(np.asarray(train_matrix), features),
         }
     )
@@ -254,6 +255,13 @@ def register_estimator(
     profile = reference_profile(np.asarray(rows, dtype=object), features)
     draft = draft.model_copy(update={"reference_profile": profile, "training_rows": len(rows)})
     return save_version(root, draft, estimator, promote=promote)
+
+
+def _target_range(task: Task, labels: pd.Series) -> dict[str, float]:
+    """A regressor's training target range: what bounds its ground truth and predictions."""
+    if task != "regression":
+        return {}
+    return {"target_min": float(labels.min()), "target_max": float(labels.max())}
 
 
 def infer_task(labels: pd.Series) -> Task:
