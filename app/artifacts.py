@@ -15,18 +15,16 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import joblib
-import numpy as np
-import pandas as pd
 import sklearn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.errors import ArtifactError
+from app.features import FeatureSpec, InputContract
 
 ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
@@ -35,20 +33,7 @@ ALIAS_NAMES = ("production", "candidate")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 Label = str | int | float
-Row = tuple[Any, ...]
 Task = Literal["classification", "regression"]
-
-
-class FeatureSpec(BaseModel):
-    """One input column, in the order the model expects."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    dtype: Literal["float", "int", "category"]
-    min: float | None = None
-    max: float | None = None
-    categories: list[str] | None = None
 
 
 class FeatureProfile(BaseModel):
@@ -85,17 +70,28 @@ class ModelMetadata(BaseModel):
     reference_profile: dict[str, FeatureProfile] = Field(default_factory=dict)
     description: str = ""
 
+    def medians(self) -> dict[str, float]:
+        """Training medians of the numeric features, from the reference profile."""
+        medians = {}
+        for name, profile in self.reference_profile.items():
+            if profile.quantiles and profile.probabilities and 0.5 in profile.probabilities:
+                medians[name] = profile.quantiles[profile.probabilities.index(0.5)]
+        return medians
+
+    def contract(self, *, max_instances: int = 1000, range_multiple: float = 0.0) -> InputContract:
+        """This version's input contract: its request model and its rows -> matrix builder."""
+        return InputContract.build(
+            self.name,
+            self.version,
+            self.features,
+            dataframe=self.input_format == "dataframe",
+            max_instances=max_instances,
+            range_multiple=range_multiple,
+        )
+
 
 class ChecksumMismatch(ArtifactError):
     """The artifact on disk is not the one its metadata describes."""
-
-
-def feature_matrix(metadata: ModelMetadata, rows: Sequence[Row]) -> Any:
-    """What the model takes: a NumPy array in feature order, or a DataFrame if it wants names."""
-    if metadata.input_format == "dataframe":
-        return pd.DataFrame.from_records(rows, columns=[f.name for f in metadata.features])
-    numeric = all(f.dtype != "category" for f in metadata.features)
-    return np.array(rows, dtype=np.float64 if numeric else object)
 
 
 def check_name(name: str) -> str:

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from app.artifacts import FeatureProfile, FeatureSpec
+from app.artifacts import FeatureProfile
+from app.features import FeatureSpec
 
 QUANTILE_PROBABILITIES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 
@@ -22,7 +23,7 @@ def reference_profile(
     profile = {}
     for index, feature in enumerate(features):
         column = matrix[:, index]
-        if feature.dtype == "category":
+        if not feature.numeric:
             present = [str(v) for v in column if v is not None and v == v]  # v == v drops NaN
             counts = Counter(present)
             total = max(len(present), 1)

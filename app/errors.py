@@ -6,6 +6,7 @@ Every error the service returns looks like::
 """
 
 import logging
+import re
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
@@ -72,6 +73,14 @@ class FeedbackConflict(StewardError):
     code = "feedback_conflict"
 
 
+class UnscorableInput(StewardError):
+    """Valid input the model cannot score: it failed, or gave a non-finite or absurd result,
+    on these values while it scores typical ones (so the input, not the model, is at fault)."""
+
+    status_code = 422
+    code = "unscorable_input"
+
+
 class ModelUnavailable(StewardError):
     """The model exists but its artifact was refused at load."""
 
@@ -80,7 +89,7 @@ class ModelUnavailable(StewardError):
 
 
 class ModelFailure(StewardError):
-    """The model raised, or returned something unusable, on validated input."""
+    """The model is broken: it fails even on a typical input."""
 
     status_code = 500
     code = "model_failure"
@@ -113,20 +122,33 @@ def error_payload(code: str, message: str, details: Sequence[Detail] = ()) -> di
     return {"error": {"code": code, "message": message, "details": list(details)}}
 
 
-def field_errors(errors: Iterable[ErrorDetails], skip: Collection[str] = ()) -> list[Detail]:
-    """Pydantic errors as details naming the field (``instances.0.petal_width``).
+MAX_MESSAGE_LENGTH = 200
+# A key the client sent is named back only if it looks like a field name: never markup, never
+# a 100 kB string.
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9_.() -]{1,64}$")
 
-    A first location part in ``skip`` (FastAPI's "body", a union's tag) is left out.
+
+def field_errors(errors: Iterable[ErrorDetails], skip: Collection[str] = ()) -> list[Detail]:
+    """Pydantic errors as details naming the field (``instances.0.petal_width``) and the rule.
+
+    A first location part in ``skip`` (FastAPI's "body", a union's tag) is left out. The value
+    sent is never repeated: pydantic's messages name the rule, and a key that was not expected
+    is named only when it looks like a field name.
     """
     details = []
     for error in errors:
         loc = list(error["loc"])
         if loc and loc[0] in skip:
             loc = loc[1:]
+        if error["type"] == "extra_forbidden" and loc and not _SAFE_KEY.match(str(loc[-1])):
+            loc[-1] = "(unexpected key)"
+        message = error["msg"]
+        if len(message) > MAX_MESSAGE_LENGTH:
+            message = message[: MAX_MESSAGE_LENGTH - 3] + "..."
         details.append(
             {
                 "field": ".".join(str(part) for part in loc),
-                "message": error["msg"],
+                "message": message,
                 "type": error["type"],
             }
         )

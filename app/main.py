@@ -37,7 +37,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         store = open_store(settings.store_url)
-        registry = Registry(settings.models_dir, settings.max_instances, on_load=track)
+        registry = Registry(
+            settings.models_dir,
+            settings.max_instances,
+            on_load=track,
+            input_range_multiple=settings.input_range_multiple,
+            target_range_multiple=settings.target_range_multiple,
+        )
         registry.load()
         for refusal in registry.refusals.values():
             metrics.model_refused.labels(refusal.model, refusal.reason).set(1)

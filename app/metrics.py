@@ -20,7 +20,15 @@ OTHER_CLASS = "_other"
 UNMATCHED_ROUTE = "_unmatched"
 OTHER_METHOD = "_other"  # clients may send any token as a method; labels stay bounded
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-ERROR_STAGES = ("validation", "unknown_model", "unknown_version", "model", "store", "feedback")
+ERROR_STAGES = (
+    "validation",
+    "unscorable",
+    "unknown_model",
+    "unknown_version",
+    "model",
+    "store",
+    "feedback",
+)
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
 

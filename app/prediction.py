@@ -1,46 +1,62 @@
-"""Rows -> feature matrix in metadata order -> one model call per batch -> ids -> log."""
+"""Rows -> feature matrix in metadata order -> one model call per batch -> ids -> log.
 
+A model call that fails, or answers something unservable (NaN probabilities, a value far
+outside the training targets), is the input's fault when the model still scores a typical row:
+422 ``unscorable_input``, naming the values outside the training range. Otherwise the model is
+broken: 500 ``model_failure``.
+"""
+
+import logging
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import anyio.to_thread
 import numpy as np
 import orjson
-from pydantic import BaseModel
 
-from app.artifacts import Label, Row, feature_matrix
+from app.artifacts import Label
 from app.batching import Batcher, BatchStats
 from app.errors import (
     InvalidJSON,
     ModelFailure,
     ModelUnavailable,
+    StewardError,
     StoreUnavailable,
     UnknownModel,
     UnknownVersion,
+    UnscorableInput,
     ValidationFailed,
 )
+from app.features import Row
 from app.metrics import Metrics
 from app.registry import LoadedModel, Registry
 from app.schemas import parse_json
 from app.store import PredictionLog, PredictionRecord
 
+logger = logging.getLogger(__name__)
 
-def instance_rows(instances: Sequence[BaseModel]) -> list[Row]:
-    """Validated instances as value tuples in feature order (fields are f0..fN, in order)."""
-    return [tuple(vars(instance).values()) for instance in instances]
+MAX_DETAILS = 20  # details of an unscorable request: the first out-of-range values
 
 
 RowOutput = tuple[Label, dict[str, float] | None]  # prediction, class probabilities if any
 
 
+class UnusableOutput(ValueError):
+    """The model answered, but not with something to serve: a non-finite probability or
+    value, or a regressor's value far outside its training target range."""
+
+
 def infer(model: LoadedModel, rows: Sequence[Row]) -> list[RowOutput]:
     """One model call for all rows: label or value, and class probabilities when available."""
     metadata = model.metadata
-    matrix = feature_matrix(metadata, rows)
+    matrix = model.contract.matrix(rows)
     if metadata.task == "classification" and metadata.has_proba and metadata.classes:
         proba = np.asarray(model.estimator.predict_proba(matrix), dtype=np.float64)
+        if not np.isfinite(proba).all():
+            raise UnusableOutput("the model returned a non-finite probability")
         classes, keys = metadata.classes, model.class_keys
         return [
             (classes[best], dict(zip(keys, row, strict=True)))
@@ -49,9 +65,27 @@ def infer(model: LoadedModel, rows: Sequence[Row]) -> list[RowOutput]:
     raw = np.asarray(model.estimator.predict(matrix))
     if raw.shape != (len(rows),):
         raise ValueError(f"expected {len(rows)} predictions, got shape {raw.shape}")
-    if metadata.task == "regression" and not np.isfinite(raw.astype(np.float64)).all():
-        raise ValueError("the model returned a non-finite value")
+    if metadata.task == "regression":
+        values = raw.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise UnusableOutput("the model returned a non-finite value")
+        bounds = model.output_range
+        if bounds is not None and ((values < bounds[0]) | (values > bounds[1])).any():
+            raise UnusableOutput("the model returned a value far outside its training targets")
     return [(label, None) for label in raw.tolist()]
+
+
+def scores_typical_row(model: LoadedModel) -> bool:
+    """Whether the model scores a typical row (training medians, known categories): tells a
+    broken model from inputs that this model cannot score. Blocking."""
+    row = model.contract.typical_row(model.metadata.medians())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            infer(model, [row])
+    except Exception:
+        return False
+    return True
 
 
 def new_ids(count: int) -> list[str]:
@@ -107,8 +141,7 @@ class Predictor:
         try:
             outputs = await self.batcher.run(model, rows)
         except Exception as exc:
-            self.metrics.count_error(model.name, "model")
-            raise ModelFailure(f"{model.name} v{model.version} failed: {exc}") from exc
+            raise await self._failure(model, rows, exc) from exc
         ids = new_ids(len(rows))
         await self._log(model, ids, rows, outputs)
         self.metrics.series(model.metadata).count_predictions([label for label, _ in outputs])
@@ -127,6 +160,26 @@ class Predictor:
 
     async def close(self) -> None:
         await self.batcher.close()
+
+    async def _failure(
+        self, model: LoadedModel, rows: Sequence[Row], exc: Exception
+    ) -> StewardError:
+        """422 when the model scores typical rows but not these; 500 when it scores none."""
+        if await anyio.to_thread.run_sync(scores_typical_row, model):
+            self.metrics.count_error(model.name, "unscorable")
+            outside = model.contract.outside_training_range(rows)
+            reason = "; ".join(sorted({d["field"].split(".", 2)[2] for d in outside}))
+            return UnscorableInput(
+                f"{model.name} v{model.version} cannot score these inputs"
+                + (f" (outside the training range: {reason})" if reason else ""),
+                outside[:MAX_DETAILS],
+            )
+        self.metrics.count_error(model.name, "model")
+        logger.error("%s v%d fails even on a typical row: %r", model.name, model.version, exc)
+        return ModelFailure(
+            f"{model.name} v{model.version} is failing (even on a typical input); "
+            "see the server log"
+        )
 
     def _observe(self, model: LoadedModel, batch: BatchStats) -> None:
         self.metrics.series(model.metadata).observe_batch(batch.rows, batch.seconds)
@@ -154,8 +207,7 @@ class Predictor:
         except (InvalidJSON, ValidationFailed):
             self.metrics.count_error(model.name, "validation")
             raise
-        instances: list[BaseModel] = request.instances  # type: ignore[attr-defined]
-        return instance_rows(instances)
+        return model.contract.rows(request)
 
     async def _log(
         self,

@@ -28,18 +28,25 @@ from app.artifacts import (
     read_metadata,
 )
 from app.errors import ArtifactError, ModelUnavailable, UnknownModel, UnknownVersion
-from app.schemas import build_request_model
+from app.features import InputContract, widen
 
 logger = logging.getLogger(__name__)
+
+_MODEL_DETAIL = [{"field": "model", "message": "not a model of this server (GET /models)"}]
 
 
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """A version ready to serve: its estimator and the request model built from its metadata."""
+    """A version ready to serve: its estimator and the input contract built from its metadata.
+
+    ``output_range`` bounds a regressor's predictions (its training target range, widened);
+    a prediction outside it is refused as unscorable rather than served.
+    """
 
     metadata: ModelMetadata
     estimator: Any
-    request_model: type[BaseModel]
+    contract: InputContract
+    output_range: tuple[float, float] | None = None
     sklearn_mismatch: str | None = None
 
     @property
@@ -49,6 +56,10 @@ class LoadedModel:
     @property
     def version(self) -> int:
         return self.metadata.version
+
+    @property
+    def request_model(self) -> type[BaseModel]:
+        return self.contract.request_model
 
     @cached_property
     def feature_names(self) -> tuple[str, ...]:
@@ -74,9 +85,14 @@ class Registry:
         root: Path,
         max_instances: int,
         on_load: Callable[[LoadedModel, list[str]], None] | None = None,
+        *,
+        input_range_multiple: float = 0.0,
+        target_range_multiple: float = 0.0,
     ) -> None:
         self.root = root
         self.max_instances = max_instances
+        self.input_range_multiple = input_range_multiple
+        self.target_range_multiple = target_range_multiple
         self.on_load = on_load
         self.refusals: dict[tuple[str, int | None], Refusal] = {}
         self._aliases: dict[str, dict[str, int]] = {}
@@ -110,7 +126,7 @@ class Registry:
 
     def versions(self, name: str) -> list[int]:
         if name not in self._versions:
-            raise UnknownModel(f"unknown model {name!r}")
+            raise UnknownModel("no such model", _MODEL_DETAIL)
         return list(self._versions[name])
 
     def loaded_versions(self, name: str) -> list[LoadedModel]:
@@ -153,7 +169,7 @@ class Registry:
                 if number not in self._versions[name]:
                     self._versions[name] = list_versions(self.root, name)  # registered since?
                     if number not in self._versions[name]:
-                        raise UnknownVersion(f"model {name!r} has no version {number}")
+                        raise UnknownVersion(f"model {name!r} has no such version")
                 loaded = self._load(name, number)
         return loaded
 
@@ -168,7 +184,7 @@ class Registry:
 
     def _version_number(self, name: str, version: str | None) -> int:
         if name not in self._versions:
-            raise UnknownModel(f"unknown model {name!r}", [{"field": "model", "message": name}])
+            raise UnknownModel("no such model", _MODEL_DETAIL)
         aliases = self._aliases.get(name, {})
         ref = version or "production"
         if ref in aliases:
@@ -178,7 +194,7 @@ class Registry:
         if version is None:
             raise UnknownVersion(f"model {name!r} has no production version")
         raise UnknownVersion(
-            f"model {name!r} has no version or alias {version!r}",
+            f"model {name!r} has no such version or alias",
             [{"field": "version", "message": "a version number or one of: " + ", ".join(aliases)}],
         )
 
@@ -209,7 +225,12 @@ class Registry:
         loaded = LoadedModel(
             metadata=metadata,
             estimator=estimator,
-            request_model=build_request_model(metadata, self.max_instances),
+            contract=metadata.contract(
+                max_instances=self.max_instances, range_multiple=self.input_range_multiple
+            ),
+            output_range=widen(
+                metadata.target_min, metadata.target_max, self.target_range_multiple
+            ),
             sklearn_mismatch=mismatch,
         )
         self._loaded[(name, number)] = loaded

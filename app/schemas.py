@@ -1,4 +1,4 @@
-"""API request and response models, and the per-model request model built from metadata."""
+"""API request and response models (each model version's own request model: app/features.py)."""
 
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
@@ -14,56 +14,14 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
-from pydantic import create_model as _create_model
 
-from app.artifacts import FeatureSpec, ModelMetadata
+from app.artifacts import ModelMetadata
 from app.errors import InvalidJSON, validation_error
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 # Label order matters: str first, so "1" stays a string; StrictInt refuses booleans.
 Label = StrictStr | StrictInt | FiniteFloat
 PredictionId = Annotated[str, Field(min_length=1, max_length=64)]
-
-
-def _feature_type(feature: FeatureSpec) -> Any:
-    if feature.dtype == "category":
-        return Literal[tuple(feature.categories or ())]
-    if feature.dtype == "int":
-        return StrictInt
-    return FiniteFloat
-
-
-def _feature_field(feature: FeatureSpec) -> Any:
-    description: str = feature.dtype
-    if feature.min is not None and feature.max is not None:
-        description += f"; training range [{feature.min:g}, {feature.max:g}]"
-    return Field(alias=feature.name, description=description)
-
-
-def build_request_model(metadata: ModelMetadata, max_instances: int) -> type[BaseModel]:
-    """The request model of one model version: its exact features, nothing more.
-
-    Fields are named ``f0..fN`` internally and aliased to the feature names, so any column name
-    (spaces, punctuation) is a valid JSON key; error locations use the feature names.
-    """
-    suffix = "".join(part.capitalize() for part in metadata.name.replace(".", "-").split("-"))
-    suffix = suffix.replace("_", "")
-    fields: dict[str, Any] = {
-        f"f{i}": (_feature_type(feature), _feature_field(feature))
-        for i, feature in enumerate(metadata.features)
-    }
-    instance: Any = _create_model(
-        f"{suffix}Instance",
-        __config__=ConfigDict(extra="forbid", populate_by_name=False),
-        __doc__=f"One row of input for {metadata.name} v{metadata.version}.",
-        **fields,
-    )
-    return _create_model(
-        f"{suffix}PredictRequest",
-        __config__=ConfigDict(extra="forbid"),
-        __doc__=f"Rows to predict with {metadata.name} v{metadata.version}.",
-        instances=(list[instance], Field(min_length=1, max_length=max_instances)),
-    )
 
 
 class Prediction(BaseModel):

@@ -5,7 +5,7 @@ training range, classes, held-out metrics, reference profile) and the artifact's
 """
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,17 +30,10 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from app.artifacts import (
-    FeatureSpec,
-    ModelMetadata,
-    Task,
-    check_name,
-    feature_matrix,
-    list_versions,
-    save_version,
-)
+from app.artifacts import ModelMetadata, Task, check_name, list_versions, save_version
 from app.drift import reference_profile
 from app.errors import ArtifactError
+from app.features import infer_features, probe_features, read_frame, suspicious_columns
 
 MIN_ROWS = 10
 MAX_CLASSIFICATION_INTEGER_LABELS = 20
@@ -118,12 +111,27 @@ def train_csv(
     task: Task | None = None,
     *,
     promote: bool = False,
+    drop: Sequence[str] = (),
+    dates: Sequence[str] = (),
 ) -> ModelMetadata:
-    """Train the default pipeline (impute, scale / one-hot, linear model) on a CSV file."""
+    """Train the default pipeline (impute, scale / one-hot, linear model) on a CSV file.
+
+    ``drop`` columns are left out; ``dates`` columns are parsed as dates. A column that looks
+    like an identifier or an undeclared date is refused, naming the option that handles it.
+    """
     check_name(name)
     frame = _read_csv(csv)
     if target not in frame.columns:
         raise ArtifactError(f"{csv}: no column {target!r} (columns: {', '.join(frame.columns)})")
+    unknown = [c for c in (*drop, *dates) if c not in frame.columns or c == target]
+    if unknown:
+        raise ArtifactError(f"{csv}: --drop/--date name no feature column: {', '.join(unknown)}")
+    frame = frame.drop(columns=list(drop))
+    suspicious = suspicious_columns(frame.drop(columns=[target, *dates]))
+    if suspicious:
+        raise ArtifactError(
+            f"{csv}: " + "; ".join(f"column {c!r} {why}" for c, why in suspicious.items())
+        )
     frame = frame[frame[target].notna()]
     labels = frame.pop(target)
     if frame.shape[1] == 0:
@@ -133,10 +141,13 @@ def train_csv(
         labels = labels.astype(str) if is_bool_dtype(labels) else labels
     elif not is_numeric_dtype(labels):
         raise ArtifactError(f"{csv}: regression needs a numeric target, {target!r} is not")
-    frame = _normalise(frame)
-    features = describe_features(frame)
-    numeric = [i for i, f in enumerate(features) if f.dtype != "category"]
-    categorical = [i for i, f in enumerate(features) if f.dtype == "category"]
+    try:
+        frame = read_frame(frame, dates)
+    except ValueError as exc:
+        raise ArtifactError(f"{csv}: {exc}") from exc
+    features = infer_features(frame, dates)
+    numeric = [i for i, f in enumerate(features) if f.numeric]
+    categorical = [i for i, f in enumerate(features) if not f.numeric]
     parts = []
     if numeric:
         parts.append(
@@ -162,6 +173,7 @@ def train_csv(
         estimator,
         promote=promote,
         description=f"Trained by `steward train` on {csv.name}, target {target!r}.",
+        dates=dates,
     )
 
 
@@ -175,8 +187,12 @@ def fit_and_save(
     *,
     promote: bool,
     description: str,
+    dates: Sequence[str] = (),
 ) -> ModelMetadata:
-    """Split, fit, evaluate on the held-out part, profile the training inputs, save."""
+    """Split, fit, evaluate on the held-out part, profile the training inputs, save.
+
+    The fitted model is then asked which features it takes missing and which categories it
+    takes unseen (``probe_features``), so the schema accepts what the model handles."""
     if len(frame) < MIN_ROWS:
         raise ArtifactError(f"{name}: need at least {MIN_ROWS} labelled rows, got {len(frame)}")
     stratify = None
@@ -185,13 +201,16 @@ def fit_and_save(
     train_x, test_x, train_y, test_y = train_test_split(
         frame, labels, test_size=TEST_SIZE, random_state=SEED, stratify=stratify
     )
-    features = describe_features(train_x)
+    features = infer_features(train_x, dates)
     draft = ModelMetadata(name=name, task=task, features=features, description=description)
-    train_matrix = feature_matrix(draft, _rows(train_x))
+    contract = draft.contract()
+    train_rows = _rows(train_x)
+    train_matrix = contract.matrix(train_rows)
     estimator.fit(train_matrix, train_y.to_numpy())
-    predicted = estimator.predict(feature_matrix(draft, _rows(test_x)))
+    predicted = estimator.predict(contract.matrix(_rows(test_x)))
     draft = draft.model_copy(
         update={
+            "features": probe_features(contract, estimator, train_rows[0]),
             "classes": estimator.classes_.tolist() if task == "classification" else None,
             "has_proba": task == "classification" and hasattr(estimator, "predict_proba"),
             "metrics": evaluate(task, test_y.to_numpy(), predicted),
@@ -208,7 +227,8 @@ def register_estimator(
 ) -> ModelMetadata:
     """Register a model trained elsewhere; its schema and profile come from a sample of inputs.
 
-    Categorical features accept exactly the values present in the sample.
+    Categorical features accept the values present in the sample, and unseen ones too when the
+    model handles them; features the model takes missing accept null.
     """
     check_name(name)
     try:
@@ -236,8 +256,8 @@ def register_estimator(
         raise ArtifactError(
             f"{sample_csv}: {sample.shape[1]} columns, the model expects {expected} features"
         )
-    frame = _normalise(sample)
-    features = describe_features(frame)
+    frame = read_frame(sample)
+    features = infer_features(frame)
     draft = ModelMetadata(
         name=name,
         task=task,
@@ -248,12 +268,19 @@ def register_estimator(
         description=f"Registered from {artifact.name}; schema from {sample_csv.name}.",
     )
     rows = _rows(frame)
+    contract = draft.contract()
     try:
-        estimator.predict(feature_matrix(draft, rows))
+        estimator.predict(contract.matrix(rows))
     except Exception as exc:
         raise ArtifactError(f"{artifact}: the model does not accept {sample_csv}: {exc}") from exc
-    profile = reference_profile(np.asarray(rows, dtype=object), features)
-    draft = draft.model_copy(update={"reference_profile": profile, "training_rows": len(rows)})
+    profile = reference_profile(np.asarray(contract.matrix(rows), dtype=object), features)
+    draft = draft.model_copy(
+        update={
+            "features": probe_features(contract, estimator, rows[0]),
+            "reference_profile": profile,
+            "training_rows": len(rows),
+        }
+    )
     return save_version(root, draft, estimator, promote=promote)
 
 
@@ -271,25 +298,6 @@ def infer_task(labels: pd.Series) -> Task:
     if is_integer_dtype(labels) and labels.nunique() <= MAX_CLASSIFICATION_INTEGER_LABELS:
         return "classification"
     return "regression"
-
-
-def describe_features(frame: pd.DataFrame) -> list[FeatureSpec]:
-    specs = []
-    for column in frame.columns:
-        values = frame[column]
-        if is_numeric_dtype(values) and not is_bool_dtype(values):
-            specs.append(
-                FeatureSpec(
-                    name=str(column),
-                    dtype="int" if is_integer_dtype(values) else "float",
-                    min=float(values.min()),
-                    max=float(values.max()),
-                )
-            )
-        else:
-            categories = sorted({str(v) for v in values.dropna()})
-            specs.append(FeatureSpec(name=str(column), dtype="category", categories=categories))
-    return specs
 
 
 def evaluate(task: Task, actual: Any, predicted: Any) -> dict[str, float]:
@@ -312,16 +320,6 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise ArtifactError(f"{path}: cannot read CSV: {exc}") from exc
     if frame.empty:
         raise ArtifactError(f"{path}: no rows")
-    return frame
-
-
-def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Text and boolean columns become strings (missing stays missing); numbers stay numbers."""
-    frame = frame.copy()
-    for column in frame.columns:
-        values = frame[column]
-        if is_bool_dtype(values) or not is_numeric_dtype(values):
-            frame[column] = values.map(lambda v: v if pd.isna(v) else str(v)).astype(object)
     return frame
 
 

@@ -27,7 +27,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from app.artifacts import load_estimator, read_metadata, set_alias
+from app.artifacts import load_estimator, read_metadata, set_alias, sha256_bytes
 from app.main import create_app
 from app.settings import Settings
 from app.training import register_estimator, train_demo
@@ -283,25 +283,59 @@ def test_bad_input_logs_nothing(settings: Settings) -> None:
     assert [r["id"] for r in stored_rows(settings.data_dir)] == good
 
 
-def test_model_failure_on_valid_input_is_500_counted_and_not_logged(tmp_path: Path) -> None:
-    """A real pipeline that fails on some valid inputs: log(x) of a negative x is NaN."""
+def _register_log_model(tmp_path: Path, *, broken: bool = False) -> Settings:
+    """A real pipeline, log(x) then a line, fitted on x in [1, 10]: log of a negative x is NaN.
+    ``broken``: its coefficients are NaN, as a corrupted training run leaves them."""
     x = np.linspace(1, 10, 20).reshape(-1, 1)
     artifact = tmp_path / "log.joblib"
-    joblib.dump(
-        make_pipeline(FunctionTransformer(np.log), LinearRegression()).fit(x, x[:, 0]), artifact
-    )
+    pipeline = make_pipeline(FunctionTransformer(np.log), LinearRegression()).fit(x, x[:, 0])
     sample = tmp_path / "sample.csv"
     pd.DataFrame({"x": x[:, 0]}).to_csv(sample, index=False)
+    joblib.dump(pipeline, artifact)
     register_estimator(tmp_path / "models", artifact, "logger", sample)
-    settings = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data")
+    if broken:  # registered while it worked; the artifact is replaced with a broken twin
+        pipeline[-1].coef_ = np.array([np.nan])
+        version = tmp_path / "models" / "logger" / "1"
+        joblib.dump(pipeline, version / "model.joblib")
+        metadata = read_metadata(tmp_path / "models", "logger", 1)
+        digest = sha256_bytes((version / "model.joblib").read_bytes())
+        (version / "metadata.json").write_text(
+            metadata.model_copy(update={"sha256": digest}).model_dump_json()
+        )
+    return Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data")
+
+
+def test_input_the_model_cannot_score_is_422_naming_what_is_unusual(tmp_path: Path) -> None:
+    settings = _register_log_model(tmp_path)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         assert client.post("/predict", json={"instances": [{"x": 2.0}]}).status_code == 200
-        failed = client.post("/predict", json={"instances": [{"x": -1.0}]})
+        failed = client.post("/predict", json={"instances": [{"x": 2.0}, {"x": -1.0}]})
+        error = assert_error(failed, 422, "unscorable_input")
+        assert error["details"] == [
+            {
+                "field": "instances.1.x",
+                "message": "outside the training range [1, 10]",
+                "type": "outside_training_range",
+            }
+        ]
+        assert "-1" not in error["message"]
+        assert metric(client, "steward_errors_total", model="logger", stage="unscorable") == 1
+        assert metric(client, "steward_errors_total", model="logger", stage="model") == 0
+        assert metric(client, "steward_predictions_total", model="logger", version="1") == 1
+        assert client.get("/readyz").status_code == 200
+    assert len(stored_rows(settings.data_dir)) == 1
+
+
+def test_a_broken_model_is_500_counted_and_not_logged(tmp_path: Path) -> None:
+    settings = _register_log_model(tmp_path, broken=True)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        failed = client.post("/predict", json={"instances": [{"x": 2.0}]})
         error = assert_error(failed, 500, "model_failure")
         assert "logger v1" in error["message"]
         assert metric(client, "steward_errors_total", model="logger", stage="model") == 1
-        assert metric(client, "steward_predictions_total", model="logger", version="1") == 1
-    assert len(stored_rows(settings.data_dir)) == 1
+        assert metric(client, "steward_errors_total", model="logger", stage="unscorable") == 0
+        assert metric(client, "steward_predictions_total", model="logger", version="1") == 0
+    assert stored_rows(settings.data_dir) == []
 
 
 # --- adaptive batching seen from outside: concurrent clients, each gets its own answer ----

@@ -72,6 +72,9 @@ def test_train_csv_with_categorical_features_and_serve_it(tmp_path: Path) -> Non
     features = {f.name: f for f in metadata.features}
     assert features["plan"].dtype == "category"
     assert features["plan"].categories == ["basic", "pro", "team"]
+    # The default pipeline imputes every column and one-hot encodes with handle_unknown="ignore".
+    assert features["plan"].open_categories
+    assert all(f.nullable for f in metadata.features)
     assert features["months"].dtype == "int"
     assert features["spend"].dtype == "float"
     assert metadata.reference_profile["plan"].frequencies is not None
@@ -83,9 +86,11 @@ def test_train_csv_with_categorical_features_and_serve_it(tmp_path: Path) -> Non
         response = client.post("/predict", json={"instances": [row]})  # the only model
         assert response.status_code == 200, response.text
         assert response.json()["predictions"][0]["prediction"] in {"yes", "no"}
-        bad = client.post("/predict/churn", json={"instances": [{**row, "plan": "gold"}]})
+        unseen = {"plan": "gold", "months": 3.0, "spend": None}  # new plan, int as 3.0, missing
+        assert client.post("/predict/churn", json={"instances": [unseen]}).status_code == 200
+        bad = client.post("/predict/churn", json={"instances": [{**row, "months": 3.5}]})
         error = assert_error(bad, 422, "validation_error")
-        assert error["details"][0]["field"] == "instances.0.plan"
+        assert error["details"][0]["field"] == "instances.0.months"
 
 
 def test_train_csv_regression_is_inferred(tmp_path: Path) -> None:
@@ -140,13 +145,22 @@ def test_register_a_dataframe_model_trained_elsewhere(tmp_path: Path) -> None:
     assert metadata.input_format == "dataframe"
     assert metadata.classes == ["big", "small"]
     assert [f.name for f in metadata.features] == ["colour", "size"]
+    colour = metadata.features[0]
+    assert not colour.open_categories  # OneHotEncoder() refuses unseen values: closed
+    assert not colour.nullable
 
     settings = Settings(models_dir=models, data_dir=tmp_path / "data")
     with TestClient(create_app(settings)) as client:
         response = client.post(
             "/predict/sizer", json={"instances": [{"colour": "red", "size": 29}]}
         )
-    assert response.status_code == 200, response.text
+        assert response.status_code == 200, response.text
+        unseen = client.post(
+            "/predict/sizer", json={"instances": [{"colour": "mauve", "size": 29}]}
+        )
+        assert assert_error(unseen, 422, "validation_error")["details"][0]["type"] == (
+            "unknown_category"
+        )
     prediction = response.json()["predictions"][0]
     assert prediction["prediction"] == "big"
     assert set(prediction["probabilities"]) == {"big", "small"}

@@ -1,0 +1,433 @@
+"""The input contract of a model version: what a client may send, and how it reaches the model.
+
+Each feature has a ``FeatureSpec`` (stored in metadata.json) that decides what is accepted:
+
+- ``float``: a finite JSON number; ``int``: a JSON integer or a number with no fractional part
+  (``3.0``) that a 64-bit integer holds; ``bool``: ``true``/``false`` (the model sees 1.0/0.0);
+  ``date``: an ISO 8601 date or date-time (the model sees days since 1970-01-01, UTC);
+  ``category``: a string, one of ``categories`` unless the model handles unseen values
+  (``open_categories``).
+- Numbers outside ``accepted_range`` (the training range widened by a configurable multiple of
+  its span) are refused, so a value no training row came near never reaches the model.
+- ``nullable``: the model handles a missing value (an imputer, or an estimator that takes NaN),
+  so ``null`` or an omitted field is accepted and reaches the model as NaN.
+
+``InputContract`` is built once per served version: its request model validates a body, and
+``matrix`` turns validated rows into what the estimator takes. Training builds its matrices
+through the same contract, so a model sees at serving time exactly what it was fitted on.
+``infer_features`` derives the specs from a training or sample frame, and ``probe_features``
+asks the fitted estimator which features may be missing and which categories may be unseen.
+"""
+
+import math
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import is_bool_dtype, is_integer_dtype, is_numeric_dtype
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
+
+Row = tuple[Any, ...]
+Dtype = Literal["float", "int", "bool", "date", "category"]
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_CATEGORY_LENGTH = 256
+MIN_ID_ROWS = 20  # fewer rows than this say nothing about a column being an identifier
+UNSEEN_CATEGORY = "__steward_unseen__"
+_DATE_TEXT = re.compile(r"^\s*(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4})([ T]|$)")
+_ID_NAME = re.compile(r"(^|[^a-z])(id|uuid|guid)$|^(id|uuid|guid)([^a-z]|$)", re.IGNORECASE)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class FeatureSpec(BaseModel):
+    """One input column, in the order the model expects."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    dtype: Dtype
+    min: float | None = Field(None, description="Smallest training value (numbers, dates).")
+    max: float | None = Field(None, description="Largest training value (numbers, dates).")
+    categories: list[str] | None = None
+    open_categories: bool = Field(
+        False, description="Values outside `categories` are accepted: the model handles them."
+    )
+    nullable: bool = Field(
+        False, description="null or an omitted value is accepted: the model handles missing."
+    )
+
+    @property
+    def numeric(self) -> bool:
+        """Reaches the model as a float (every kind but ``category``)."""
+        return self.dtype != "category"
+
+    def accepted_range(self, multiple: float) -> tuple[float, float] | None:
+        """The training range widened by ``multiple`` spans on each side; None: no bound."""
+        if self.dtype == "date":
+            return None  # dates move on: a day after the training data is no outlier
+        return widen(self.min, self.max, multiple)
+
+
+def widen(low: float | None, high: float | None, multiple: float) -> tuple[float, float] | None:
+    """[low, high] widened by ``multiple`` spans on each side; None when either end is unknown
+    or ``multiple`` is 0 (no bound). A zero span is taken as the value's magnitude (at least 1).
+    """
+    if low is None or high is None or multiple <= 0:
+        return None
+    span = high - low or max(abs(low), 1.0)
+    return low - multiple * span, high + multiple * span
+
+
+def _whole_number(value: object) -> object:
+    """``3.0`` is the integer 3; anything else goes to strict integer validation as it is."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+def _field_type(feature: FeatureSpec, multiple: float) -> Any:
+    bounds = feature.accepted_range(multiple)
+    low, high = bounds if bounds else (None, None)
+    if feature.dtype == "float":
+        return Annotated[float, Field(strict=True, allow_inf_nan=False, ge=low, le=high)]
+    if feature.dtype == "int":
+        low = INT64_MIN if low is None else max(INT64_MIN, math.ceil(low))
+        high = INT64_MAX if high is None else min(INT64_MAX, math.floor(high))
+        return Annotated[int, BeforeValidator(_whole_number), Field(strict=True, ge=low, le=high)]
+    if feature.dtype == "bool":
+        return StrictBool
+    if feature.dtype == "date":
+        return datetime  # also takes a date alone ("2024-05-01": midnight) and Unix seconds
+    if feature.open_categories or not feature.categories:
+        return Annotated[StrictStr, Field(max_length=MAX_CATEGORY_LENGTH)]
+    return Annotated[
+        StrictStr,
+        AfterValidator(_one_of(feature.categories)),
+        Field(json_schema_extra={"enum": list(feature.categories)}),
+    ]
+
+
+def _one_of(categories: Sequence[str]) -> Callable[[str], str]:
+    """A closed category's check; its error names a few categories and the count, never the
+    value sent (pydantic's Literal error lists every category: kilobytes for a long list)."""
+    allowed = frozenset(categories)
+    shown = ", ".join(repr(c[:40]) for c in categories[:3])
+    more = f" and {len(categories) - 3} more" if len(categories) > 3 else ""
+    reason = f"must be one of the model's {len(categories)} categories ({shown}{more})"
+
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise PydanticCustomError("unknown_category", "{reason}", {"reason": reason})
+        return value
+
+    return check
+
+
+def _field(feature: FeatureSpec, multiple: float) -> tuple[Any, Any]:
+    description = _describe(feature, multiple)
+    kind = _field_type(feature, multiple)
+    if feature.nullable:
+        return kind | None, Field(None, alias=feature.name, description=description)
+    return kind, Field(alias=feature.name, description=description)
+
+
+def _describe(feature: FeatureSpec, multiple: float) -> str:
+    parts: list[str] = [feature.dtype]
+    if feature.numeric and feature.min is not None and feature.max is not None:
+        parts.append(f"training range [{feature.min:g}, {feature.max:g}]")
+    bounds = feature.accepted_range(multiple)
+    if bounds:
+        parts.append(f"accepted [{bounds[0]:g}, {bounds[1]:g}]")
+    if feature.dtype == "category" and feature.open_categories:
+        parts.append("unseen categories accepted")
+    if feature.nullable:
+        parts.append("null or omitted: missing")
+    return "; ".join(parts)
+
+
+def _model_name(name: str) -> str:
+    return "".join(part.capitalize() for part in re.split(r"[-._]", name))
+
+
+def build_request_model(
+    name: str,
+    version: int,
+    features: Sequence[FeatureSpec],
+    *,
+    max_instances: int,
+    range_multiple: float,
+) -> type[BaseModel]:
+    """The request model of one model version: its exact features, nothing more.
+
+    Fields are named ``f0..fN`` internally and aliased to the feature names, so any column name
+    (spaces, punctuation) is a valid JSON key; error locations use the feature names.
+    """
+    fields: dict[str, Any] = {
+        f"f{i}": _field(feature, range_multiple) for i, feature in enumerate(features)
+    }
+    instance: Any = create_model(
+        f"{_model_name(name)}Instance",
+        __config__=ConfigDict(extra="forbid", populate_by_name=False),
+        __doc__=f"One row of input for {name} v{version}.",
+        **fields,
+    )
+    return create_model(
+        f"{_model_name(name)}PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__=f"Rows to predict with {name} v{version}.",
+        instances=(list[instance], Field(min_length=1, max_length=max_instances)),
+    )
+
+
+# --- rows -> what the estimator takes ------------------------------------------------------
+
+
+def _missing_to_nan(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+def _bool_to_float(value: Any) -> Any:
+    if value is None or value != value:  # missing (None or NaN) stays missing
+        return math.nan
+    return 1.0 if value else 0.0
+
+
+def _date_to_days(value: Any) -> Any:
+    """Days since 1970-01-01 UTC; a naive date-time is taken as UTC."""
+    if value is None or value != value:
+        return math.nan
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH).total_seconds() / 86400
+
+
+def _converter(feature: FeatureSpec) -> Callable[[Any], Any] | None:
+    if feature.dtype == "bool":
+        return _bool_to_float
+    if feature.dtype == "date":
+        return _date_to_days
+    return _missing_to_nan if feature.nullable else None
+
+
+@dataclass(frozen=True, eq=False)
+class InputContract:
+    """What one model version accepts, and how its rows become the estimator's input."""
+
+    features: tuple[FeatureSpec, ...]
+    request_model: type[BaseModel]
+    dataframe: bool  # the estimator wants a named DataFrame (it was fitted on one)
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        version: int,
+        features: Sequence[FeatureSpec],
+        *,
+        dataframe: bool = False,
+        max_instances: int = 1000,
+        range_multiple: float = 0.0,
+    ) -> "InputContract":
+        model = build_request_model(
+            name, version, features, max_instances=max_instances, range_multiple=range_multiple
+        )
+        return cls(tuple(features), model, dataframe)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def rows(self, request: BaseModel) -> list[Row]:
+        """A validated request's instances as value tuples in feature order (f0..fN)."""
+        instances: list[BaseModel] = request.instances  # type: ignore[attr-defined]
+        return [tuple(vars(instance).values()) for instance in instances]
+
+    def matrix(self, rows: Sequence[Row]) -> Any:
+        """The estimator's input: a float array (all numeric), an object array, or a DataFrame."""
+        converters = self._converters
+        if any(converters):
+            rows = [
+                tuple(v if c is None else c(v) for c, v in zip(converters, row, strict=True))
+                for row in rows
+            ]
+        if self.dataframe:
+            return pd.DataFrame.from_records(rows, columns=self.names)
+        numeric = all(f.numeric for f in self.features)
+        return np.array(rows, dtype=np.float64 if numeric else object)
+
+    def outside_training_range(self, rows: Sequence[Row]) -> list[dict[str, str]]:
+        """Details naming each numeric value outside its feature's training range."""
+        details = []
+        for index, row in enumerate(rows):
+            for feature, value in zip(self.features, row, strict=True):
+                if feature.dtype not in ("float", "int") or value is None:
+                    continue
+                if feature.min is None or feature.max is None:
+                    continue
+                if not feature.min <= value <= feature.max:
+                    details.append(
+                        {
+                            "field": f"instances.{index}.{feature.name}",
+                            "message": "outside the training range "
+                            f"[{feature.min:g}, {feature.max:g}]",
+                            "type": "outside_training_range",
+                        }
+                    )
+        return details
+
+    def typical_row(self, profile_medians: dict[str, float] | None = None) -> Row:
+        """A row any working model scores: training medians (or mid-range), known categories."""
+        medians = profile_medians or {}
+        values: list[Any] = []
+        for f in self.features:
+            if f.dtype == "category":
+                values.append(f.categories[0] if f.categories else None)
+            elif f.dtype == "bool":
+                values.append(False)
+            elif f.min is None or f.max is None:
+                values.append(None if f.nullable else 0.0)
+            elif f.dtype == "date":
+                values.append(_EPOCH + pd.Timedelta(days=(f.min + f.max) / 2))
+            else:
+                middle = medians.get(f.name, (f.min + f.max) / 2)
+                values.append(round(middle) if f.dtype == "int" else middle)
+        return tuple(values)
+
+    @property
+    def _converters(self) -> list[Callable[[Any], Any] | None]:
+        return [_converter(f) for f in self.features]
+
+
+# --- specs from data -----------------------------------------------------------------------
+
+
+def infer_features(frame: pd.DataFrame, dates: Sequence[str] = ()) -> list[FeatureSpec]:
+    """A spec per column of a training or sample frame (as ``read_frame`` prepared it).
+
+    Closed categories and no missing values: ``probe_features`` opens what the model handles.
+    """
+    specs = []
+    for column in frame.columns:
+        values = frame[column]
+        name = str(column)
+        if name in dates:
+            days = values.map(_date_to_days).astype(np.float64)
+            specs.append(_numeric_spec(name, "date", days))
+        elif is_bool_dtype(values) or _all_bool(values):
+            specs.append(FeatureSpec(name=name, dtype="bool", min=0.0, max=1.0))
+        elif is_numeric_dtype(values):
+            kind: Dtype = "int" if is_integer_dtype(values) else "float"
+            specs.append(_numeric_spec(name, kind, values))
+        else:
+            categories = sorted({str(v) for v in values.dropna()})
+            specs.append(FeatureSpec(name=name, dtype="category", categories=categories))
+    return specs
+
+
+def _numeric_spec(name: str, kind: Dtype, values: "pd.Series[Any]") -> FeatureSpec:
+    present = values.dropna()
+    if present.empty:
+        return FeatureSpec(name=name, dtype=kind)
+    return FeatureSpec(name=name, dtype=kind, min=float(present.min()), max=float(present.max()))
+
+
+def _all_bool(values: "pd.Series[Any]") -> bool:
+    present = values.dropna()
+    return not present.empty and all(isinstance(v, bool | np.bool_) for v in present)
+
+
+def read_frame(frame: pd.DataFrame, dates: Sequence[str] = ()) -> pd.DataFrame:
+    """A frame read from CSV, as the model will see its columns: numbers and booleans stay,
+    declared dates become date-times (UTC), other text becomes strings; missing stays missing."""
+    frame = frame.copy()
+    for column in frame.columns:
+        values = frame[column]
+        if str(column) in dates:
+            parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+            if parsed.notna().sum() < values.notna().sum():
+                raise ValueError(f"column {column!r} is declared a date but not every value is one")
+            frame[column] = pd.Series(
+                [None if pd.isna(v) else v.to_pydatetime() for v in parsed],
+                index=frame.index,
+                dtype=object,
+            )
+        elif is_bool_dtype(values) or _all_bool(values):
+            frame[column] = values.map(lambda v: None if pd.isna(v) else bool(v)).astype(object)
+        elif not is_numeric_dtype(values):
+            frame[column] = values.map(lambda v: v if pd.isna(v) else str(v)).astype(object)
+    return frame
+
+
+def suspicious_columns(frame: pd.DataFrame) -> dict[str, str]:
+    """Columns a model should not learn from as they are: identifiers and undeclared dates.
+
+    An identifier takes a new value for every row, so as a category it would refuse every new
+    one; a date as text would be a category of days seen in training. Returns column -> why.
+    """
+    found = {}
+    for column in frame.columns:
+        values = frame[column].dropna()
+        name = str(column)
+        if values.empty:
+            continue
+        text = not is_numeric_dtype(values) and not _all_bool(values)
+        if text and values.map(lambda v: bool(_DATE_TEXT.match(str(v)))).mean() >= 0.9:
+            found[name] = "looks like a date: declare it with --date or leave it out with --drop"
+            continue
+        unique = values.nunique() == len(values) and len(values) >= MIN_ID_ROWS
+        named_like_id = bool(_ID_NAME.search(name))
+        if unique and (text or named_like_id):
+            found[name] = (
+                f"looks like an identifier ({len(values)} rows, all distinct): "
+                "leave it out with --drop"
+            )
+    return found
+
+
+def probe_features(contract: InputContract, estimator: Any, sample: Row) -> list[FeatureSpec]:
+    """Ask the fitted estimator what it handles: per feature, a missing value (nullable) and,
+    per category, an unseen value (open). A feature passes when predicting a copy of
+    ``sample`` with only that value changed succeeds and gives a finite result."""
+    features = list(contract.features)
+    for index, feature in enumerate(features):
+        updates: dict[str, bool] = {}
+        if _scores(contract, estimator, _with(sample, index, math.nan)):
+            updates["nullable"] = True
+        if feature.dtype == "category" and _scores(
+            contract, estimator, _with(sample, index, UNSEEN_CATEGORY)
+        ):
+            updates["open_categories"] = True
+        if updates:
+            features[index] = feature.model_copy(update=updates)
+    return features
+
+
+def _with(row: Row, index: int, value: Any) -> Row:
+    return (*row[:index], value, *row[index + 1 :])
+
+
+def _scores(contract: InputContract, estimator: Any, row: Row) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            output = np.asarray(estimator.predict(contract.matrix([row])))
+    except Exception:  # any failure means "not handled"
+        return False
+    return output.dtype == object or bool(np.isfinite(output.astype(np.float64)).all())
