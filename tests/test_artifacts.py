@@ -11,7 +11,6 @@ from app.artifacts import (
     ALIASES,
     ARTIFACT,
     ChecksumMismatch,
-    FeatureSpec,
     ModelMetadata,
     list_models,
     list_versions,
@@ -23,6 +22,7 @@ from app.artifacts import (
     sha256_bytes,
 )
 from app.errors import ArtifactError
+from app.features import FeatureSpec
 
 
 def fitted() -> LinearRegression:
