@@ -9,7 +9,6 @@ broken: 500 ``model_failure``.
 import logging
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -54,7 +53,8 @@ def infer(model: LoadedModel, rows: Sequence[Row]) -> list[RowOutput]:
     metadata = model.metadata
     matrix = model.contract.matrix(rows)
     if metadata.task == "classification" and metadata.has_proba and metadata.classes:
-        proba = np.asarray(model.estimator.predict_proba(matrix), dtype=np.float64)
+        with np.errstate(all="ignore"):  # overflow shows as a non-finite result, checked below
+            proba = np.asarray(model.estimator.predict_proba(matrix), dtype=np.float64)
         if not np.isfinite(proba).all():
             raise UnusableOutput("the model returned a non-finite probability")
         classes, keys = metadata.classes, model.class_keys
@@ -62,7 +62,8 @@ def infer(model: LoadedModel, rows: Sequence[Row]) -> list[RowOutput]:
             (classes[best], dict(zip(keys, row, strict=True)))
             for best, row in zip(proba.argmax(axis=1).tolist(), proba.tolist(), strict=True)
         ]
-    raw = np.asarray(model.estimator.predict(matrix))
+    with np.errstate(all="ignore"):
+        raw = np.asarray(model.estimator.predict(matrix))
     if raw.shape != (len(rows),):
         raise ValueError(f"expected {len(rows)} predictions, got shape {raw.shape}")
     if metadata.task == "regression":
@@ -80,9 +81,7 @@ def scores_typical_row(model: LoadedModel) -> bool:
     broken model from inputs that this model cannot score. Blocking."""
     row = model.contract.typical_row(model.metadata.medians())
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            infer(model, [row])
+        infer(model, [row])
     except Exception:
         return False
     return True
