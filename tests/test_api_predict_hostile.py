@@ -6,11 +6,13 @@ was sent; the service stays ready and every metric stays finite.
 
 import json
 import math
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from helpers import DIABETES_ROW, IRIS_SETOSA, assert_error, predict
+from httpx2 import Response
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
@@ -29,7 +31,7 @@ def _row(client: TestClient, model: str) -> dict[str, float]:
     return {f["name"]: (f["min"] + f["max"]) / 2 for f in features}
 
 
-def _post_raw(client: TestClient, model: str, row: dict[str, object], literal: str) -> object:
+def _post_raw(client: TestClient, model: str, row: Mapping[str, object], literal: str) -> Response:
     """Post ``row`` with its "X" value replaced by a raw JSON literal (no float rounding)."""
     body = json.dumps({"instances": [row]}).replace('"X"', literal)
     return client.post(f"/predict/{model}", content=body)
@@ -51,7 +53,7 @@ def test_finite_extremes_are_refused_naming_the_feature(
     row = _row(client, model)
     feature = next(iter(row))
     response = _post_raw(client, model, {**row, feature: "X"}, literal)
-    error = assert_error(response, 422, "validation_error")  # type: ignore[arg-type]
+    error = assert_error(response, 422, "validation_error")
     (detail,) = error["details"]
     assert detail["field"] == f"instances.0.{feature}"
     assert detail["type"] in {"less_than_equal", "greater_than_equal", "finite_number"}
@@ -60,11 +62,11 @@ def test_finite_extremes_are_refused_naming_the_feature(
 
 
 @pytest.fixture
-def unbounded(tmp_path: Path, models_dir: Path) -> TestClient:
+def unbounded(tmp_path: Path, models_dir: Path) -> Iterator[TestClient]:
     """The demo models with the range policy off: any finite value reaches the model."""
     settings = Settings(models_dir=models_dir, data_dir=tmp_path / "d", input_range_multiple=0)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield client  # type: ignore[misc]
+        yield client
 
 
 @pytest.mark.parametrize(
@@ -82,7 +84,7 @@ def test_with_no_range_policy_what_the_model_cannot_score_is_422_never_500_or_nu
 ) -> None:
     row = dict.fromkeys(_row(unbounded, model), "X")  # every feature extreme
     response = _post_raw(unbounded, model, row, literal)
-    error = assert_error(response, 422, "unscorable_input")  # type: ignore[arg-type]
+    error = assert_error(response, 422, "unscorable_input")
     assert {d["type"] for d in error["details"]} == {"outside_training_range"}
     assert len(error["details"]) == min(len(row), 20)  # the first 20 values named
     assert "outside the training range" in error["message"]
