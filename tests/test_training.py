@@ -193,3 +193,64 @@ def test_register_refuses_what_does_not_fit(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="not a scikit-learn"):
         register_estimator(tmp_path / "models", not_a_model, "m", three_columns)
     assert not (tmp_path / "models").exists()
+
+
+def _customers_csv(path: Path, rows: int = 80) -> Path:
+    """Customers as a CRM exports them: an id, a sign-up date, a flag, gaps."""
+    rng = np.random.default_rng(1)
+    months = rng.integers(1, 48, size=rows)
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"C{i:06d}" for i in range(rows)],
+            "signup": [f"2024-{m % 12 + 1:02d}-{d % 28 + 1:02d}" for m, d in enumerate(months)],
+            "plan": rng.choice(["basic", "pro"], size=rows),
+            "active": rng.choice([True, False], size=rows),
+            "months": months,
+            "spend": np.where(rng.random(rows) < 0.1, np.nan, rng.normal(50, 15, size=rows)),
+        }
+    )
+    frame["churned"] = np.where(frame["months"] < 12, "yes", "no")
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_train_csv_refuses_identifiers_and_undeclared_dates(tmp_path: Path) -> None:
+    csv = _customers_csv(tmp_path / "customers.csv")
+    with pytest.raises(ArtifactError) as info:
+        train_csv(tmp_path / "models", csv, "churned", "churn")
+    message = str(info.value)
+    assert "'customer_id' looks like an identifier" in message
+    assert "'signup' looks like a date" in message
+    assert "--drop" in message
+    assert "--date" in message
+    with pytest.raises(ArtifactError, match="name no feature column: nope"):
+        train_csv(tmp_path / "models", csv, "churned", "churn", drop=["nope"])
+    assert not (tmp_path / "models").exists()
+
+
+def test_train_csv_serves_dates_booleans_whole_floats_and_gaps(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    csv = _customers_csv(tmp_path / "customers.csv")
+    metadata = train_csv(models, csv, "churned", "churn", drop=["customer_id"], dates=["signup"])
+    kinds = {f.name: f.dtype for f in metadata.features}
+    assert kinds == {
+        "signup": "date", "plan": "category", "active": "bool", "months": "int", "spend": "float",
+    }  # fmt: skip
+    settings = Settings(models_dir=models, data_dir=tmp_path / "data")
+    row = {"signup": "2025-06-01", "plan": "basic", "active": True, "months": 3, "spend": 20.0}
+    with TestClient(create_app(settings)) as client:
+
+        def post(instance: dict[str, object]) -> int:
+            return client.post("/predict/churn", json={"instances": [instance]}).status_code
+
+        assert post(row) == 200
+        assert post({**row, "months": 3.0}) == 200  # a whole number written as a float
+        assert post({**row, "plan": "enterprise"}) == 200  # unseen: one-hot ignores it
+        assert post({**row, "spend": None}) == 200  # imputed
+        assert post({k: v for k, v in row.items() if k != "spend"}) == 200  # omitted: imputed
+        assert post({**row, "signup": "2025-06-01T08:30:00+02:00"}) == 200
+        assert post({**row, "active": "True"}) == 422  # booleans are JSON booleans
+        assert post({**row, "signup": "soon"}) == 422
+        assert post({**row, "months": 3.5}) == 422
+        assert post({**row, "months": 2**63}) == 422
+        assert post({**row, "customer_id": "C000001"}) == 422  # dropped: not a feature
