@@ -233,6 +233,10 @@ class InputContract:
     features: tuple[FeatureSpec, ...]
     request_model: type[BaseModel]
     dataframe: bool  # the estimator wants a named DataFrame (it was fitted on one)
+    # Per feature, how a validated value becomes the model's (None: as it is); none at all for
+    # plain numeric features, whose rows go to NumPy untouched.
+    converters: tuple[Callable[[Any], Any] | None, ...]
+    numeric: bool  # every feature reaches the model as a float: a float64 array
 
     @classmethod
     def build(
@@ -248,7 +252,14 @@ class InputContract:
         model = build_request_model(
             name, version, features, max_instances=max_instances, range_multiple=range_multiple
         )
-        return cls(tuple(features), model, dataframe)
+        converters = tuple(_converter(f) for f in features)
+        return cls(
+            tuple(features),
+            model,
+            dataframe,
+            converters if any(converters) else (),
+            all(f.numeric for f in features),
+        )
 
     @property
     def names(self) -> list[str]:
@@ -261,16 +272,15 @@ class InputContract:
 
     def matrix(self, rows: Sequence[Row]) -> Any:
         """The estimator's input: a float array (all numeric), an object array, or a DataFrame."""
-        converters = self._converters
-        if any(converters):
+        converters = self.converters
+        if converters:
             rows = [
                 tuple(v if c is None else c(v) for c, v in zip(converters, row, strict=True))
                 for row in rows
             ]
         if self.dataframe:
             return pd.DataFrame.from_records(rows, columns=self.names)
-        numeric = all(f.numeric for f in self.features)
-        return np.array(rows, dtype=np.float64 if numeric else object)
+        return np.array(rows, dtype=np.float64 if self.numeric else object)
 
     def outside_training_range(self, rows: Sequence[Row]) -> list[dict[str, str]]:
         """Details naming each numeric value outside its feature's training range."""
@@ -309,10 +319,6 @@ class InputContract:
                 middle = medians.get(f.name, (f.min + f.max) / 2)
                 values.append(round(middle) if f.dtype == "int" else middle)
         return tuple(values)
-
-    @property
-    def _converters(self) -> list[Callable[[Any], Any] | None]:
-        return [_converter(f) for f in self.features]
 
 
 # --- specs from data -----------------------------------------------------------------------
