@@ -10,8 +10,9 @@ from fastapi.testclient import TestClient
 from helpers import assert_error
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LinearRegression
-from sklearn.pipeline import Pipeline
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from app.artifacts import ARTIFACT, read_aliases, read_metadata, sha256_bytes
@@ -254,3 +255,38 @@ def test_train_csv_serves_dates_booleans_whole_floats_and_gaps(tmp_path: Path) -
         assert post({**row, "months": 3.5}) == 422
         assert post({**row, "months": 2**63}) == 422
         assert post({**row, "customer_id": "C000001"}) == 422  # dropped: not a feature
+
+
+def test_register_opens_what_the_pipeline_handles(tmp_path: Path) -> None:
+    """A pipeline that imputes and ignores unseen categories accepts null and new values,
+    though the sample holds neither."""
+    frame = pd.DataFrame({"colour": ["red", "blue", "green"] * 10, "size": np.arange(30.0)})
+    labels = (frame["size"] > 15).map({True: "big", False: "small"})
+    prepare = ColumnTransformer(
+        [
+            (
+                "c",
+                make_pipeline(
+                    SimpleImputer(strategy="most_frequent"),
+                    OneHotEncoder(handle_unknown="ignore"),
+                ),
+                ["colour"],
+            ),
+            ("n", SimpleImputer(), ["size"]),
+        ]
+    )
+    estimator = make_pipeline(prepare, LogisticRegression()).fit(frame, labels)
+    artifact = tmp_path / "tolerant.joblib"
+    joblib.dump(estimator, artifact)
+    sample = tmp_path / "sample.csv"
+    frame.head(5).to_csv(sample, index=False)
+    metadata = register_estimator(tmp_path / "models", artifact, "tolerant", sample)
+    colour, size = metadata.features
+    assert (colour.open_categories, colour.nullable, size.nullable) == (True, True, True)
+
+    settings = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        rows = [{"colour": "mauve", "size": 29.0}, {"colour": None}, {"size": 3.0}]
+        response = client.post("/predict/tolerant", json={"instances": rows})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 3
