@@ -3,10 +3,18 @@
 Sending the same ground truth again is accepted and counted once ("duplicate"); a different
 one for a labelled prediction is a conflict (409); an unknown id is 404; a label the model
 cannot produce is 422. In a batch each item gets its own result.
+
+A regressor's ground truth is a finite number within its version's training target range
+widened by ``target_range_multiple`` spans on each side, and never beyond ``HARD_LIMIT``; the
+error it makes against the logged prediction is within ``HARD_LIMIT`` too, or it is refused: no
+metric ever receives a value that is not finite. Messages name the field and the rule, never
+the value sent or the ground truth already recorded.
 """
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio.to_thread
 
@@ -18,6 +26,7 @@ from app.errors import (
     UnknownPrediction,
     ValidationFailed,
 )
+from app.features import widen
 from app.metrics import Metrics
 from app.registry import Registry
 from app.schemas import (
@@ -31,6 +40,12 @@ from app.store import Label, PredictionLog, PredictionStore, StoredPrediction
 
 Outcome = FeedbackResult | StewardError
 
+HARD_LIMIT = 1e100
+"""Largest |ground truth| and |error| of a regressor, whatever its version knows: an error of
+at most 1e100 squares to at most 1e200, so some 1e108 of them still sum to a finite counter."""
+SHOWN_CLASSES = 3
+"""Classes named as examples when a ground truth is not one of them."""
+
 
 class FeedbackRecorder:
     def __init__(
@@ -40,12 +55,14 @@ class FeedbackRecorder:
         log: PredictionLog,
         metrics: Metrics,
         max_items: int,
+        target_range_multiple: float,
     ) -> None:
         self.registry = registry
         self.store = store
         self.log = log
         self.metrics = metrics
         self.max_items = max_items
+        self.target_range_multiple = target_range_multiple
 
     async def record_one(self, item: FeedbackItem) -> FeedbackResult:
         """Record one item; its error, if any, is raised."""
@@ -108,14 +125,14 @@ class FeedbackRecorder:
         if prediction is None:
             self.metrics.count_error(None, "feedback")
             return UnknownPrediction(
-                f"no prediction with id {item.prediction_id!r}",
-                [{"field": "prediction_id", "message": "unknown id"}],
+                "no prediction with this id",
+                [{"field": "prediction_id", "message": "unknown id", "type": "unknown"}],
             )
         metadata = self.registry.metadata(prediction.model, prediction.version)
-        problem = _ground_truth_problem(metadata, item.ground_truth)
+        problem = _ground_truth_problem(metadata, item.ground_truth, self.target_range_multiple)
         if problem is not None:
             self.metrics.observe_feedback(metadata, "invalid")
-            return ValidationFailed(problem, [{"field": "ground_truth", "message": problem}])
+            return ValidationFailed(problem[0], [_detail("ground_truth", *problem)])
         if prediction.ground_truth is not None:
             if prediction.ground_truth == item.ground_truth:
                 self.metrics.observe_feedback(metadata, "duplicate")
@@ -126,18 +143,24 @@ class FeedbackRecorder:
                     version=prediction.version,
                 )
             self.metrics.observe_feedback(metadata, "conflict")
-            return FeedbackConflict(
-                f"prediction {item.prediction_id!r} already has ground truth "
-                f"{prediction.ground_truth!r}",
-                [{"field": "ground_truth", "message": f"recorded: {prediction.ground_truth!r}"}],
-            )
+            message = "a different ground truth is already recorded for this prediction"
+            return FeedbackConflict(message, [_detail("ground_truth", message, "conflict")])
         predicted = prediction.output["prediction"]
-        classification = metadata.task == "classification"
+        if metadata.task == "classification":
+            correct, abs_error = predicted == item.ground_truth, None
+        else:
+            correct, abs_error = None, _abs_error(predicted, item.ground_truth)
+            if abs_error is None:
+                self.metrics.observe_feedback(metadata, "invalid")
+                message = (
+                    f"the logged prediction cannot be scored: its error would exceed {HARD_LIMIT:g}"
+                )
+                return ValidationFailed(message, [_detail("prediction_id", message, "unscorable")])
         return Label(
             prediction_id=item.prediction_id,
             ground_truth=item.ground_truth,
-            correct=predicted == item.ground_truth if classification else None,
-            abs_error=None if classification else abs(float(predicted) - float(item.ground_truth)),
+            correct=correct,
+            abs_error=abs_error,
             at=datetime.now(UTC),
         )
 
@@ -148,7 +171,9 @@ class FeedbackRecorder:
         else:
             outcome = "labelled"
         predicted = prediction.output["prediction"]
-        self.metrics.observe_feedback(metadata, outcome, predicted, label.ground_truth)
+        self.metrics.observe_feedback(
+            metadata, outcome, predicted, label.ground_truth, label.abs_error
+        )
         return FeedbackResult(
             prediction_id=prediction.id,
             status="accepted",
@@ -157,13 +182,68 @@ class FeedbackRecorder:
         )
 
 
-def _ground_truth_problem(metadata: ModelMetadata, ground_truth: object) -> str | None:
+def target_bounds(metadata: ModelMetadata, multiple: float) -> tuple[float, float]:
+    """The ground truth a regressor version accepts, as a closed interval.
+
+    Its training target range widened by ``multiple`` spans on each side (a zero span counts as
+    the target's magnitude, at least 1), within ±HARD_LIMIT; ±HARD_LIMIT alone when the version
+    has no target range (older metadata, registered models) or ``multiple`` is 0.
+    """
+    bounds = widen(metadata.target_min, metadata.target_max, multiple)
+    if bounds is None or not (math.isfinite(bounds[0]) and math.isfinite(bounds[1])):
+        return -HARD_LIMIT, HARD_LIMIT
+    return max(bounds[0], -HARD_LIMIT), min(bounds[1], HARD_LIMIT)
+
+
+def _ground_truth_problem(
+    metadata: ModelMetadata, ground_truth: object, multiple: float
+) -> tuple[str, str] | None:
+    """What is wrong with a ground truth for this version, as (rule, type); None if nothing."""
     if metadata.task == "classification":
         classes = metadata.classes or []
         if ground_truth not in classes or isinstance(ground_truth, bool):
-            shown = ", ".join(repr(c) for c in classes[:20])
-            return f"ground_truth {ground_truth!r} is not one of the model's classes: {shown}"
+            return _not_a_class(classes), "not_a_class"
         return None
-    if isinstance(ground_truth, str):
-        return f"ground_truth must be a number for regressor {metadata.name}"
+    if isinstance(ground_truth, bool) or not isinstance(ground_truth, int | float):
+        return "ground_truth must be a number for a regressor", "not_a_number"
+    low, high = target_bounds(metadata, multiple)
+    try:
+        number = float(ground_truth)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not low <= number <= high:  # NaN and infinities fail too
+        if (low, high) == (-HARD_LIMIT, HARD_LIMIT):
+            rule = f"ground_truth must be a number within ±{HARD_LIMIT:g}"
+        else:
+            rule = (
+                f"ground_truth must be within [{low:g}, {high:g}]: the model's training target "
+                f"range widened by {multiple:g} spans on each side"
+            )
+        return rule, "out_of_range"
     return None
+
+
+def _not_a_class(classes: Sequence[object]) -> str:
+    shown = ", ".join(_short_repr(c) for c in classes[:SHOWN_CLASSES])
+    count = f"{len(classes)} class" if len(classes) == 1 else f"{len(classes)} classes"
+    if len(classes) <= SHOWN_CLASSES:
+        return f"ground_truth must be one of the model's {count}: {shown}"
+    return f"ground_truth must be one of the model's {count}, e.g. {shown}"
+
+
+def _short_repr(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _abs_error(predicted: Any, ground_truth: Any) -> float | None:
+    """|prediction - ground truth|, or None when it is not a number within HARD_LIMIT."""
+    try:
+        error = abs(float(predicted) - float(ground_truth))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return error if error <= HARD_LIMIT else None  # NaN fails the comparison too
+
+
+def _detail(field: str, message: str, kind: str) -> dict[str, str]:
+    return {"field": field, "message": message, "type": kind}

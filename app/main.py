@@ -72,7 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "log": log,
                 "predictor": predictor,
                 "feedback": FeedbackRecorder(
-                    registry, store, log, metrics, settings.max_feedback_items
+                    registry,
+                    store,
+                    log,
+                    metrics,
+                    settings.max_feedback_items,
+                    settings.target_range_multiple,
                 ),
             }
         finally:

@@ -5,6 +5,7 @@ registry (an unknown model is ``_unknown``), and at most ``max_class_labels`` cl
 model (the rest share ``_other``). docs/metrics.md lists each metric with its PromQL.
 """
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -223,9 +224,18 @@ class Metrics:
         outcome: str,
         predicted: Any = None,
         actual: Any = None,
+        abs_error: float | None = None,
     ) -> None:
-        """Count one feedback item; a newly labelled one also updates the quality series."""
+        """Count one feedback item; a newly labelled one also updates the quality series.
+
+        A regressor's label brings its ``abs_error``, which must square to a finite number:
+        the feedback path refuses any other, and a counter once +Inf stays +Inf.
+        """
         name, version = metadata.name, str(metadata.version)
+        if outcome == "labelled" and not (
+            abs_error is not None and math.isfinite(abs_error * abs_error)
+        ):
+            raise ValueError("a labelled regressor prediction needs a finite error")
         self.feedback.labels(name, version, outcome).inc()
         if outcome in ("correct", "incorrect"):
             self.confusion.labels(
@@ -235,10 +245,9 @@ class Metrics:
                 self.class_label(metadata, actual),
                 _bool_label(outcome == "correct"),
             ).inc()
-        elif outcome == "labelled":
-            error = abs(float(predicted) - float(actual))
-            self.absolute_error.labels(name, version).observe(error)
-            self.squared_error.labels(name, version).inc(error * error)
+        elif outcome == "labelled" and abs_error is not None:
+            self.absolute_error.labels(name, version).observe(abs_error)
+            self.squared_error.labels(name, version).inc(abs_error * abs_error)
 
 
 class ModelSeries:

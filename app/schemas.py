@@ -1,9 +1,11 @@
 """API request and response models (each model version's own request model: app/features.py)."""
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -13,7 +15,9 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
 from app.artifacts import ModelMetadata
 from app.errors import InvalidJSON, validation_error
@@ -21,7 +25,42 @@ from app.errors import InvalidJSON, validation_error
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 # Label order matters: str first, so "1" stays a string; StrictInt refuses booleans.
 Label = StrictStr | StrictInt | FiniteFloat
-PredictionId = Annotated[str, Field(min_length=1, max_length=64)]
+
+_HEX = "[0-9a-fA-F]"
+PREDICTION_ID_PATTERN = (
+    f"^(?:{_HEX}{{32}}|{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}})$"
+)
+_PREDICTION_ID = re.compile(PREDICTION_ID_PATTERN)
+
+
+def canonical_prediction_id(value: str) -> str:
+    """The stored form of a prediction id (32 lower-case hex digits) from either UUID form.
+
+    Raises a validation error that names the rule, never the value.
+    """
+    if len(value) > 36 or _PREDICTION_ID.fullmatch(value) is None:
+        raise PydanticCustomError(
+            "prediction_id_format",
+            "Input should be a prediction id: 32 hex digits, or the dashed UUID form "
+            "(8-4-4-4-12), in either case",
+        )
+    return value.replace("-", "").lower()
+
+
+PredictionId = Annotated[
+    StrictStr,
+    AfterValidator(canonical_prediction_id),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": PREDICTION_ID_PATTERN,
+            "minLength": 32,
+            "maxLength": 36,
+            "description": "A prediction's `id`: 32 hex digits, or the same UUID with dashes "
+            "(8-4-4-4-12); either case.",
+        }
+    ),
+]
 
 
 class Prediction(BaseModel):

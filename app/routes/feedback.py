@@ -22,7 +22,11 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Unknown prediction id (single item)."},
     409: {"model": ErrorResponse, "description": "Already labelled with another ground truth."},
     413: {"model": ErrorResponse, "description": "The body is over the size limit."},
-    422: {"model": ErrorResponse, "description": "Not a label this model can predict."},
+    422: {
+        "model": ErrorResponse,
+        "description": "A malformed prediction id, or a ground truth this model cannot have: "
+        "not one of its classes, or a number outside its ground-truth range.",
+    },
 }
 # The schema itself is added to the OpenAPI components by routes/docs.py.
 BODY_DOC = {
