@@ -1,5 +1,6 @@
 """API request and response models (each model version's own request model: app/features.py)."""
 
+import math
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
@@ -10,6 +11,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PlainValidator,
     StrictInt,
     StrictStr,
     Tag,
@@ -77,13 +79,30 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+def _ground_truth(value: object) -> object:
+    """A class label (a string or an integer) or a finite number; one error for anything else
+    (a union of the three would report three)."""
+    if isinstance(value, str) or type(value) is int:
+        return value
+    if type(value) is float and math.isfinite(value):
+        return value
+    raise PydanticCustomError("ground_truth_type", "Input should be a string or a finite number")
+
+
+GroundTruth = Annotated[
+    str | int | float,
+    PlainValidator(_ground_truth),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}]}),
+]
+
+
 class FeedbackItem(BaseModel):
     """Ground truth for one logged prediction."""
 
     model_config = ConfigDict(extra="forbid")
 
     prediction_id: PredictionId
-    ground_truth: Label
+    ground_truth: GroundTruth
 
 
 class FeedbackBatch(BaseModel):
