@@ -5,17 +5,27 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test format lint typecheck unit prometheus wrk bench bench-soak clean
+.PHONY: run test format lint typecheck unit prometheus chromium wrk bench bench-soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# swagger-ui-bundle-v2 replaced swagger-ui-bundle, and both install the module swagger_ui_bundle:
+# a venv that still has the old one drops both (removing the old one deletes files the new one
+# shares), so the install below lays the new one complete. A fresh venv skips this.
+define drop-old-swagger-ui
+	@if $(BIN)/pip show --quiet swagger-ui-bundle 2>/dev/null; then \
+	  $(BIN)/pip uninstall --quiet --yes swagger-ui-bundle swagger-ui-bundle-v2; fi
+endef
+
 # Stamps: reinstall only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(drop-old-swagger-ui)
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(drop-old-swagger-ui)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
@@ -34,7 +44,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev prometheus
+unit: $(VENV)/.installed-dev prometheus chromium
 	$(BIN)/pytest
 
 # Debian packages the tests and the benchmark drive, installed once: $(call debian,COMMANDS,PACKAGE)
@@ -50,6 +60,10 @@ endef
 # The integration tests run a real Prometheus and promtool.
 prometheus:
 	$(call debian,prometheus promtool,prometheus)
+
+# tests/test_docs.py renders /docs in a real headless Chromium.
+chromium:
+	$(call debian,chromium,chromium)
 
 # The load generator of `make bench`.
 wrk:
