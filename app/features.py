@@ -160,10 +160,6 @@ def _describe(feature: FeatureSpec, multiple: float) -> str:
     return "; ".join(parts)
 
 
-def _model_name(name: str) -> str:
-    return "".join(part.capitalize() for part in re.split(r"[-._]", name))
-
-
 def build_request_model(
     name: str,
     version: int,
@@ -181,13 +177,13 @@ def build_request_model(
         f"f{i}": _field(feature, range_multiple) for i, feature in enumerate(features)
     }
     instance: Any = create_model(
-        f"{_model_name(name)}Instance",
+        "Instance",  # /openapi.json names it "<model>.Instance"
         __config__=ConfigDict(extra="forbid", populate_by_name=False),
         __doc__=f"One row of input for {name} v{version}.",
         **fields,
     )
     return create_model(
-        f"{_model_name(name)}PredictRequest",
+        "PredictRequest",
         __config__=ConfigDict(extra="forbid"),
         __doc__=f"Rows to predict with {name} v{version}.",
         instances=(list[instance], Field(min_length=1, max_length=max_instances)),

@@ -55,7 +55,7 @@ def test_fields_are_the_features_in_order() -> None:
 
 def test_json_schema_names_each_feature_and_its_rules() -> None:
     schema = contract().request_model.model_json_schema()
-    instance = schema["$defs"]["HousePriceInstance"]
+    instance = schema["$defs"]["Instance"]
     assert list(instance["properties"]) == ["living area (m2)", "rooms", "city"]
     assert instance["required"] == ["living area (m2)", "rooms", "city"]
     assert instance["additionalProperties"] is False

@@ -97,9 +97,9 @@ def add_model_paths(schema: dict[str, Any], registry: Registry) -> None:
 def model_schemas(name: str, request_model: type[BaseModel]) -> tuple[str, dict[str, Any]]:
     """One model's request schema and the schemas it uses, each named ``<name>.<class name>``.
 
-    Class names can collide between models (``churn-gb`` and ``churn.gb`` both give
-    ``ChurnGbInstance``); model names cannot, and their characters are valid in component names.
-    The colliding class names are dropped as titles too, so Swagger UI shows the component names.
+    Every model's classes are named alike (``Instance``, ``PredictRequest``); model names are
+    unique, and their characters are valid in component names. The shared class names are
+    dropped as titles too, so Swagger UI shows the component names.
     Returns the request schema's component name and every component by name.
     """
     prefix = f"{name}."
