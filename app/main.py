@@ -20,6 +20,7 @@ from app.errors import install_error_handlers
 from app.feedback import FeedbackRecorder
 from app.metrics import Metrics, MetricsMiddleware
 from app.prediction import Predictor
+from app.readiness import Readiness
 from app.registry import LoadedModel, Registry
 from app.routes import docs, feedback, health, models, predict
 from app.settings import Settings
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "store": store,
                 "log": log,
                 "predictor": predictor,
+                "readiness": Readiness(registry, store, log, settings.required_models),
                 "feedback": FeedbackRecorder(
                     registry,
                     store,

@@ -151,6 +151,11 @@ class Metrics:
             "Predictions written to the store.",
             registry=registry,
         )
+        self.log_rejected = Counter(
+            "steward_prediction_log_rejected_rows",
+            "Acknowledged predictions the store refused while it worked: quarantined, not retried.",
+            registry=registry,
+        )
         self._class_labels: dict[tuple[str, int], dict[Label, str]] = {}
         self._series: dict[tuple[str, int], ModelSeries] = {}
         self._errors: dict[tuple[str, str], Counter] = {}

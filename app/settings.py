@@ -1,10 +1,10 @@
 """Runtime configuration: one Settings class, read from ``STEWARD_*`` environment variables."""
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     )
     default_model: str | None = Field(
         None, description="Model served by POST /predict; default: the only model, if one."
+    )
+    required_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Models that must serve for /readyz to answer 200 (comma-separated names "
+        "in the environment); by default any one serving model is enough.",
     )
     max_instances: int = Field(1000, ge=1, description="Most rows in one /predict request.")
     max_feedback_items: int = Field(1000, ge=1, description="Most items in one /feedback batch.")
@@ -85,6 +90,13 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Logging level of the server."
     )
+
+    @field_validator("required_models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @property
     def store_url(self) -> str:

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from helpers import (
     IRIS_SETOSA,
@@ -53,18 +54,31 @@ def test_ready(client: TestClient) -> None:
     assert response.json()["models"] == {"breast-cancer": 1, "diabetes": 1, "iris": 1}
 
 
-def test_refused_model_makes_it_not_ready(settings: Settings) -> None:
-    artifact = settings.models_dir / "breast-cancer" / "1" / ARTIFACT
+def tamper(settings: Settings, model: str) -> None:
+    """Change a model's artifact after registration: its production version is refused."""
+    artifact = settings.models_dir / model / "1" / ARTIFACT
     artifact.write_bytes(artifact.read_bytes()[:-10])
+
+
+def test_a_refused_model_leaves_the_instance_ready_but_degraded(settings: Settings) -> None:
+    tamper(settings, "breast-cancer")
     with TestClient(create_app(settings)) as client:
-        error = assert_error(client.get("/readyz"), 503, "not_ready")
-        assert error["details"] == [
-            {
-                "component": "model:breast-cancer",
-                "reason": "checksum_mismatch",
-                "message": error["details"][0]["message"],
-            }
-        ]
+        response = client.get("/readyz")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body == {
+            "status": "degraded",
+            "models": {"diabetes": 1, "iris": 1},
+            "degraded": [
+                {
+                    "component": "model:breast-cancer",
+                    "reason": "checksum_mismatch",
+                    "message": body["degraded"][0]["message"],
+                }
+            ],
+            "pending_log_rows": 0,
+        }
+        assert "checksum_mismatch" in body["degraded"][0]["message"]
         assert (
             metric(
                 client, "steward_model_refused", model="breast-cancer", reason="checksum_mismatch"
@@ -77,6 +91,103 @@ def test_refused_model_makes_it_not_ready(settings: Settings) -> None:
         models = {m["name"]: m for m in client.get("/models").json()}
         assert models["breast-cancer"]["serving"] is None
         assert "checksum_mismatch" in models["breast-cancer"]["refused"]
+
+
+def test_ready_with_every_model_serving_says_ready(client: TestClient) -> None:
+    body = client.get("/readyz").json()
+    assert (body["status"], body["degraded"], body["pending_log_rows"]) == ("ready", [], 0)
+
+
+def test_a_required_model_that_is_refused_makes_it_not_ready(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tamper(settings, "breast-cancer")
+    tamper(settings, "diabetes")
+    monkeypatch.setenv("STEWARD_REQUIRED_MODELS", "iris, breast-cancer")
+    required = Settings(models_dir=settings.models_dir, data_dir=settings.data_dir)
+    assert required.required_models == ["iris", "breast-cancer"]
+    with TestClient(create_app(required)) as client:
+        error = assert_error(client.get("/readyz"), 503, "not_ready")
+        assert error["message"] == "not ready: model:breast-cancer"
+        assert [(d["component"], d["reason"]) for d in error["details"]] == [
+            ("model:breast-cancer", "checksum_mismatch"),  # what blocks, first
+            ("model:diabetes", "checksum_mismatch"),  # degraded, for the whole picture
+        ]
+        assert predict(client, "iris", IRIS_SETOSA).status_code == 200  # still serves
+
+
+def test_a_required_model_that_is_absent_makes_it_not_ready(settings: Settings) -> None:
+    required = Settings(
+        models_dir=settings.models_dir, data_dir=settings.data_dir, required_models=["churn"]
+    )
+    with TestClient(create_app(required)) as client:
+        error = assert_error(client.get("/readyz"), 503, "not_ready")
+        assert error["details"] == [
+            {
+                "component": "model:churn",
+                "reason": "absent",
+                "message": "required model churn is not in the registry",
+            }
+        ]
+
+
+def test_no_model_serving_is_not_ready(settings: Settings) -> None:
+    for model in ("breast-cancer", "diabetes", "iris"):
+        tamper(settings, model)
+    with TestClient(create_app(settings)) as client:
+        error = assert_error(client.get("/readyz"), 503, "not_ready")
+        assert error["message"] == "not ready: models"
+        assert [(d["component"], d["reason"]) for d in error["details"]] == [
+            ("models", "none_serving"),
+            ("model:breast-cancer", "checksum_mismatch"),
+            ("model:diabetes", "checksum_mismatch"),
+            ("model:iris", "checksum_mismatch"),
+        ]
+
+
+def test_a_row_the_store_refuses_is_quarantined_and_the_instance_stays_ready(
+    settings: Settings,
+) -> None:
+    """The database refuses one logged row (a trigger on one input value, as a constraint
+    could): the rows before and after it are written, feedback for them works at once, the
+    refused one is kept in prediction_quarantine, and /readyz stays 200."""
+    refused = {**IRIS_SETOSA, "sepal_length_cm": 6.66}
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        with sqlite3.connect(settings.data_dir / "steward.db") as conn:
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON predictions "
+                "WHEN json_extract(NEW.inputs, '$.sepal_length_cm') = 6.66 "
+                "BEGIN SELECT RAISE(ABORT, 'refused by a constraint'); END"
+            )
+        before = prediction_ids(predict(client, "iris", IRIS_SETOSA))
+        (bad,) = prediction_ids(predict(client, "iris", refused))
+        after = prediction_ids(predict(client, "iris", IRIS_SETOSA, IRIS_SETOSA))
+        accepted = client.post(
+            "/feedback", json={"prediction_id": after[1], "ground_truth": "setosa"}
+        )
+        assert accepted.status_code == 200, accepted.text
+        unknown = client.post("/feedback", json={"prediction_id": bad, "ground_truth": "setosa"})
+        assert_error(unknown, 404, "unknown_prediction")
+        response = client.get("/readyz")
+        assert response.status_code == 200, response.text
+        assert (response.json()["status"], response.json()["pending_log_rows"]) == ("ready", 0)
+        assert metric(client, "steward_prediction_log_rejected_rows_total") == 1
+        assert metric(client, "steward_prediction_log_written_rows_total") == 3
+        assert metric(client, "steward_errors_total", model="_unknown", stage="store") == 0
+    assert sorted(r["id"] for r in stored_rows(settings.data_dir)) == sorted(before + after)
+    with sqlite3.connect(settings.data_dir / "steward.db") as conn:
+        kept = conn.execute(
+            "SELECT id, model, version, reason FROM prediction_quarantine"
+        ).fetchall()
+    assert kept == [
+        (
+            bad,
+            "iris",
+            1,
+            "RowsRefused: prediction store failed to write predictions: refused by a constraint",
+        )
+    ]
 
 
 def test_failing_store_is_not_ready_and_loses_nothing(settings: Settings) -> None:

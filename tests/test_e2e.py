@@ -3,6 +3,7 @@
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -137,3 +138,66 @@ def test_a_client_that_leaves_mid_body_is_499_not_a_server_error(server: Server)
     server.stop()
     assert "Traceback" not in server.log.read_text()
     assert stored_rows(server.data_dir) == []
+
+
+def test_a_row_the_store_cannot_hold_wedges_nothing_and_loses_nothing(tmp_path: Path) -> None:
+    """An integer beyond 2**63 for an int feature: refused at validation (422), or answered
+    (200) and then kept in prediction_quarantine by the log. Either way never a 5xx, /readyz
+    stays 200, feedback works at once, and every acknowledged row survives SIGTERM."""
+    csv = tmp_path / "visits.csv"
+    csv.write_text(
+        "visits,spend,churned\n"
+        + "".join(f"{i % 10},{i * 1.5 + 2},{'yes' if i % 10 < 4 else 'no'}\n" for i in range(60))
+    )
+    env = os.environ | {
+        "STEWARD_MODELS_DIR": str(tmp_path / "models"),
+        "STEWARD_DATA_DIR": str(tmp_path / "data"),
+    }
+    argv: list[str | Path] = [STEWARD, "train", "--csv", csv, "--target", "churned"]
+    trained = subprocess.run([*argv, "--name", "churn"], env=env, capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr
+    url = f"http://127.0.0.1:{free_port()}"
+    serve: list[str | Path] = [STEWARD, "serve", "--port", url.rsplit(":", 1)[1]]
+    log = tmp_path / "server.log"
+    with running(serve, env=env, log=log, ready_url=f"{url}/readyz") as process:
+        server = Server(process, url, tmp_path / "data", log)
+        with httpx2.Client(base_url=url, timeout=30) as http:
+
+            def ready() -> dict[str, object]:
+                response = http.get("/readyz")
+                assert response.status_code == 200, response.text
+                body: dict[str, object] = response.json()
+                return body
+
+            def predict(visits: int) -> httpx2.Response:
+                body = {"instances": [{"visits": visits, "spend": 20.5}]}
+                return http.post("/predict/churn", json=body)
+
+            acknowledged = []
+            for visits in (1, 2, 3):
+                response = predict(visits)
+                assert response.status_code == 200, response.text
+                acknowledged += [p["id"] for p in response.json()["predictions"]]
+            ready()
+            refused = predict(2**70)
+            assert refused.status_code in (200, 422), refused.text
+            bad = [p["id"] for p in refused.json()["predictions"]] if refused.is_success else []
+            ready()
+            for visits in (4, 5, 6):
+                response = predict(visits)
+                assert response.status_code == 200, response.text
+                acknowledged += [p["id"] for p in response.json()["predictions"]]
+            truth = {"prediction_id": acknowledged[-1], "ground_truth": "yes"}
+            feedback = http.post("/feedback", json=truth)
+            assert feedback.status_code == 200, feedback.text
+            assert wait_until(lambda: ready()["pending_log_rows"] == 0, seconds=10)
+            assert ready()["status"] == "ready"
+        server.stop()
+    stored = {row["id"] for row in stored_rows(server.data_dir)}
+    assert stored == set(acknowledged)
+    with sqlite3.connect(server.data_dir / "steward.db") as conn:
+        kept = [row[0] for row in conn.execute("SELECT id FROM prediction_quarantine")]
+    assert kept == bad  # an acknowledged row the store refused is kept there for an operator
+    if bad:
+        assert f"prediction {bad[0]} of churn v1 quarantined" in log.read_text()
+    assert str(2**70) not in log.read_text()  # the log names the row, never its values

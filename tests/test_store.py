@@ -13,10 +13,20 @@ import psycopg
 import pytest
 from helpers import wait_until
 from prometheus_client import CollectorRegistry
+from sqlalchemy import select, text
 
 from app.errors import StoreUnavailable
 from app.metrics import Metrics
-from app.store import Label, PredictionLog, PredictionRecord, SqlStore, open_store
+from app.store import (
+    Label,
+    PredictionLog,
+    PredictionRecord,
+    QuarantinedPrediction,
+    RowsRefused,
+    SqlStore,
+    open_store,
+)
+from app.store.sql import quarantine
 
 POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -264,3 +274,219 @@ def test_ids_of_several_requests_in_one_write(store: SqlStore) -> None:
     for row in rows[5990:6010]:
         got = stored[row.id]
         assert (got.created_at, got.inputs, got.output) == (row.created_at, row.inputs, row.output)
+
+
+# --- rows the store refuses: isolated and quarantined, on every backend ----------------------
+
+BEYOND_64_BITS = 2**70  # what an int feature of a future buggy validation could let through
+
+
+@pytest.fixture
+def store_log(store: SqlStore) -> Iterator[PredictionLog]:
+    writer = PredictionLog(store, Metrics(CollectorRegistry()), batch_size=100, max_pending=1000)
+    writer.start()
+    yield writer
+    writer.close(5)
+
+
+def unstorable(prediction_id: str | None = None) -> PredictionRecord:
+    row = record()
+    return row._replace(
+        id=prediction_id or row.id, inputs={"a": 1.5, "visits": BEYOND_64_BITS, "colour": "red"}
+    )
+
+
+def quarantined(store: SqlStore) -> list[dict[str, object]]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(quarantine).order_by(quarantine.c.seq)).mappings().all()
+    return [dict(row) for row in rows]
+
+
+def rejected(log: PredictionLog) -> float | None:
+    return log.metrics.registry.get_sample_value("steward_prediction_log_rejected_rows_total")
+
+
+def written(log: PredictionLog) -> float | None:
+    return log.metrics.registry.get_sample_value("steward_prediction_log_written_rows_total")
+
+
+def fail_every_insert(store: SqlStore) -> None:
+    """The store's disk fails: every insert into predictions is refused, from outside."""
+    with store.engine.begin() as conn:
+        if store.engine.dialect.name == "sqlite":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER fail BEFORE INSERT ON predictions "
+                    "BEGIN SELECT RAISE(ABORT, 'disk is failing'); END"
+                )
+            )
+            return
+        conn.execute(
+            text(
+                "CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'disk is failing'; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER fail BEFORE INSERT ON predictions "
+                "FOR EACH ROW EXECUTE FUNCTION fail()"
+            )
+        )
+
+
+def heal(store: SqlStore) -> None:
+    on = "" if store.engine.dialect.name == "sqlite" else " ON predictions"
+    with store.engine.begin() as conn:
+        conn.execute(text(f"DROP TRIGGER fail{on}"))
+
+
+def test_a_row_that_cannot_be_encoded_is_refused_as_such(store: SqlStore) -> None:
+    good = record()
+    with pytest.raises(RowsRefused, match="64-bit"):
+        store.write_predictions([good, unstorable()])
+    assert store.get_predictions([good.id]) == {}  # one transaction: nothing of it written
+
+
+def test_a_duplicate_id_is_refused_as_such(store: SqlStore) -> None:
+    row = record()
+    store.write_predictions([row])
+    with pytest.raises(RowsRefused):
+        store.write_predictions([row])
+
+
+def test_a_read_only_store_is_an_outage_not_a_refusal(tmp_path: Path) -> None:
+    open_store(f"sqlite:///{tmp_path / 'ro.db'}").close()
+    read_only = open_store(f"sqlite:///file:{tmp_path / 'ro.db'}?mode=ro&uri=true")
+    try:
+        with pytest.raises(StoreUnavailable, match="readonly") as raised:
+            read_only.write_predictions([record()])
+        assert not isinstance(raised.value, RowsRefused)
+        with pytest.raises(StoreUnavailable, match="readonly"):
+            read_only.check_writable()
+    finally:
+        read_only.close()
+
+
+def test_check_writable_fails_while_predictions_refuse_inserts(store: SqlStore) -> None:
+    fail_every_insert(store)
+    with pytest.raises(StoreUnavailable, match="disk is failing"):
+        store.check_writable()
+    heal(store)
+    store.check_writable()
+    assert quarantined(store) == []
+
+
+def test_quarantine_keeps_what_an_operator_needs(store: SqlStore) -> None:
+    at = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    row = QuarantinedPrediction(
+        "0123", "iris", 3, at, "JSONEncodeError: Integer exceeds 64-bit range", "{'a': 1}", at
+    )
+    store.quarantine(row)
+    store.quarantine(row)  # the same id twice (a duplicate-id row refused twice): both kept
+    (first, second) = quarantined(store)
+    assert first["seq"] != second["seq"]
+    assert {k: v for k, v in first.items() if k != "seq"} == {
+        "id": "0123",
+        "model": "iris",
+        "version": 3,
+        "created_at": first["created_at"],
+        "quarantined_at": first["quarantined_at"],
+        "reason": "JSONEncodeError: Integer exceeds 64-bit range",
+        "row_repr": "{'a': 1}",
+    }
+    for column in ("created_at", "quarantined_at"):
+        stored = first[column]
+        assert isinstance(stored, datetime)
+        assert stored.replace(tzinfo=stored.tzinfo or UTC) == at
+
+
+def test_an_unstorable_row_is_quarantined_and_every_other_row_written(
+    store_log: PredictionLog, store: SqlStore
+) -> None:
+    before, after = [record() for _ in range(30)], [record() for _ in range(30)]
+    bad = unstorable()
+    store_log.append([*before, bad, *after])  # one batch
+    store_log.flush(timeout=10)
+    good = [r.id for r in before + after]
+    assert set(store.get_predictions([*good, bad.id])) == set(good)
+    (kept,) = quarantined(store)
+    assert (kept["id"], kept["model"], kept["version"]) == (bad.id, "iris", 1)
+    assert (
+        kept["reason"]
+        == "RowsRefused: prediction store cannot encode a row: Integer exceeds 64-bit range"
+    )
+    assert str(BEYOND_64_BITS) in str(kept["row_repr"])
+    assert "'colour': 'red'" in str(kept["row_repr"])
+    assert rejected(store_log) == 1
+    assert written(store_log) == 60
+    assert store_log.last_error is None
+    assert store_log.pending == 0
+
+
+def test_a_row_the_database_refuses_is_quarantined_and_every_other_row_written(
+    store_log: PredictionLog, store: SqlStore
+) -> None:
+    first = record()
+    store.write_predictions([first])
+    again = record()._replace(id=first.id, model="diabetes")  # a duplicate primary key
+    before, after = [record() for _ in range(10)], [record() for _ in range(10)]
+    store_log.append(before)
+    store_log.append([again])
+    store_log.append(after)
+    store_log.flush_if_pending([after[-1].id], timeout=10)
+    assert len(store.get_predictions([r.id for r in before + after])) == 20
+    assert store.get_predictions([first.id])[first.id].model == "iris"  # the original stays
+    (kept,) = quarantined(store)
+    assert (kept["id"], kept["model"]) == (first.id, "diabetes")
+    assert str(kept["reason"]).startswith("RowsRefused: prediction store failed to write")
+    assert rejected(store_log) == 1
+    assert store_log.last_error is None
+
+
+def test_many_bad_rows_anywhere_in_a_batch_are_each_isolated(
+    store_log: PredictionLog, store: SqlStore
+) -> None:
+    rows = [record() for _ in range(100)]  # exactly one batch
+    for position in (0, 1, 37, 98, 99):
+        rows[position] = unstorable(rows[position].id)
+    store_log.append(rows)
+    store_log.flush(timeout=10)
+    bad = {rows[i].id for i in (0, 1, 37, 98, 99)}
+    assert set(store.get_predictions([r.id for r in rows])) == {r.id for r in rows} - bad
+    assert [q["id"] for q in quarantined(store)] == [rows[i].id for i in (0, 1, 37, 98, 99)]
+    assert rejected(store_log) == 5
+    assert written(store_log) == 95
+
+
+def test_feedback_never_waits_on_a_quarantined_row(store_log: PredictionLog) -> None:
+    bad, later = unstorable(), record()
+    store_log.append([bad])
+    store_log.append([later])
+    store_log.flush_if_pending([bad.id], timeout=10)  # done: quarantined, not pending
+    store_log.flush_if_pending([later.id], timeout=10)
+    assert store_log.store.get_predictions([bad.id, later.id]).keys() == {later.id}
+
+
+def test_a_store_that_is_down_keeps_every_row_and_quarantines_none(
+    store_log: PredictionLog, store: SqlStore
+) -> None:
+    """Even a row that could never be stored waits while the store is down: whether it is the
+    row or the store is decided only once the store works again."""
+    fail_every_insert(store)
+    rows = [record() for _ in range(40)]
+    bad = unstorable()
+    store_log.append([*rows[:20], bad, *rows[20:]])
+    assert wait_until(lambda: store_log.last_error is not None, seconds=10, interval=0.01)
+    assert "disk is failing" in str(store_log.last_error)
+    with pytest.raises(StoreUnavailable, match="did not take pending rows"):
+        store_log.flush(timeout=0.5)
+    assert store_log.pending == 41
+    assert rejected(store_log) == 0
+    assert quarantined(store) == []
+    heal(store)
+    store_log.flush(timeout=10)
+    assert len(store.get_predictions([r.id for r in rows])) == 40
+    assert [q["id"] for q in quarantined(store)] == [bad.id]
+    assert rejected(store_log) == 1
+    assert store_log.last_error is None

@@ -7,6 +7,7 @@ from fastapi import Depends, Request
 from app.feedback import FeedbackRecorder
 from app.metrics import Metrics
 from app.prediction import Predictor
+from app.readiness import Readiness
 from app.registry import Registry
 from app.store import PredictionLog, PredictionStore
 
@@ -26,3 +27,4 @@ FeedbackDep = Annotated[FeedbackRecorder, _from_state("feedback")]
 MetricsDep = Annotated[Metrics, _from_state("metrics")]
 StoreDep = Annotated[PredictionStore, _from_state("store")]
 LogDep = Annotated[PredictionLog, _from_state("log")]
+ReadinessDep = Annotated[Readiness, _from_state("readiness")]

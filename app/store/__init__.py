@@ -1,6 +1,13 @@
 """The prediction log: a store interface, its SQL implementation, and the batching writer."""
 
-from app.store.base import Label, PredictionRecord, PredictionStore, StoredPrediction
+from app.store.base import (
+    Label,
+    PredictionRecord,
+    PredictionStore,
+    QuarantinedPrediction,
+    RowsRefused,
+    StoredPrediction,
+)
 from app.store.log import PredictionLog
 from app.store.sql import SqlStore, open_store
 
@@ -9,6 +16,8 @@ __all__ = [
     "PredictionLog",
     "PredictionRecord",
     "PredictionStore",
+    "QuarantinedPrediction",
+    "RowsRefused",
     "SqlStore",
     "StoredPrediction",
     "open_store",

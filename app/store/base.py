@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
+from app.errors import StoreUnavailable
+
 
 class PredictionRecord(NamedTuple):
     """One predicted row as acknowledged to the client.
@@ -48,11 +50,30 @@ class Label:
     at: datetime
 
 
+class RowsRefused(StoreUnavailable):
+    """The store refused the rows themselves (a constraint, a value it cannot encode or hold),
+    not for want of a connection, a lock or disk space: a plain StoreUnavailable says that."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedPrediction:
+    """A prediction the store refused, kept for an operator: its identity, why, and a safe
+    text rendering of the row (never the row itself, which is what could not be stored)."""
+
+    id: str
+    model: str
+    version: int
+    created_at: datetime
+    reason: str
+    row_repr: str
+    at: datetime
+
+
 class PredictionStore(Protocol):
     """Durable prediction log. Every method raises StoreUnavailable when the backend fails."""
 
     def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
-        """Insert rows in one transaction."""
+        """Insert rows in one transaction; RowsRefused when the store refuses their content."""
 
     def get_predictions(self, ids: Collection[str]) -> dict[str, StoredPrediction]:
         """The stored predictions among ``ids``, by id."""
@@ -66,7 +87,11 @@ class PredictionStore(Protocol):
         """
         ...
 
+    def quarantine(self, row: QuarantinedPrediction) -> None:
+        """Keep a prediction the store refused (``prediction_quarantine``), in its own
+        transaction."""
+
     def check_writable(self) -> None:
-        """Prove a write transaction commits now."""
+        """Prove a write transaction that inserts a prediction commits now."""
 
     def close(self) -> None: ...

@@ -1,32 +1,57 @@
 """The prediction log's writer: acknowledged rows go to the store in batches, off the loop.
 
 Requests append rows and return at once; one background thread writes whatever has gathered
-as one transaction (group commit), so no request waits on a disk sync. A failed batch is kept
-and retried; while the store fails, appends beyond ``max_pending`` are refused (503) rather
-than acknowledged and lost; while it is merely behind, ``put`` makes requests wait for room.
-``close`` drains every acknowledged row before it returns.
+as one transaction (group commit), so no request waits on a disk sync. ``close`` drains every
+acknowledged row before it returns.
+
+A failed batch is either the store failing or rows it refuses, and the writer tells them apart:
+
+- the store is down (an outage error: connection, lock, disk; or its write probe
+  ``check_writable``, which inserts a prediction of its own, fails): the batch is kept and
+  retried with backoff, ``last_error`` says why, and appends beyond ``max_pending`` are refused
+  (503) rather than acknowledged and lost. While the store is merely behind, ``put`` makes
+  requests wait for room instead.
+- the store works but refused the rows (RowsRefused, and the probe succeeds): the batch is split
+  in halves, down to single rows; every row the store takes is written, in order, and a single
+  row it refuses is quarantined: a safe rendering goes to ``prediction_quarantine``, an error is
+  logged (id, model, version, reason; never the values), and
+  ``steward_prediction_log_rejected_rows_total`` counts it. It counts as done, so nothing waits
+  for it, and the rows behind it are written as usual.
 """
 
 import asyncio
 import logging
+import reprlib
 import threading
 import time
 from collections import deque
 from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
 from itertools import islice
 
 from app.errors import StoreUnavailable
 from app.metrics import Metrics
-from app.store.base import PredictionRecord, PredictionStore
+from app.store.base import (
+    PredictionRecord,
+    PredictionStore,
+    QuarantinedPrediction,
+    RowsRefused,
+)
 
 logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 BACKPRESSURE_POLL_SECONDS = 0.002
+REASON_CHARS = 300
+ROW_REPR_CHARS = 4000
 
 
 class LogFull(StoreUnavailable):
     """``max_pending`` rows are already waiting for the store."""
+
+
+class StoreDown(Exception):
+    """The store is down (an outage error, or its write probe failed): keep every row, retry."""
 
 
 class PredictionLog:
@@ -42,12 +67,12 @@ class PredictionLog:
         self.metrics = metrics
         self.batch_size = batch_size
         self.max_pending = max_pending
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # set while the store is down, not for a bad row
         self._pending: deque[PredictionRecord] = deque()
         # Pending ids, each with the count of rows appended up to and including it.
         self._pending_ids: dict[str, int] = {}
         self._appended = 0
-        self._written = 0
+        self._done = 0  # rows written or quarantined, always the oldest appended ones
         self._closing = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -102,14 +127,15 @@ class PredictionLog:
             self._wait_written(target, timeout)
 
     def flush(self, timeout: float = 10.0) -> None:
-        """Wait until every row appended so far is written; StoreUnavailable on timeout."""
+        """Wait until every row appended so far is written (or quarantined); StoreUnavailable on
+        timeout."""
         with self._cond:
             target = self._appended
         self._wait_written(target, timeout)
 
     def _wait_written(self, target: int, timeout: float) -> None:
         with self._cond:
-            if not self._cond.wait_for(lambda: self._written >= target, timeout):
+            if not self._cond.wait_for(lambda: self._done >= target, timeout):
                 raise StoreUnavailable(
                     "the prediction store did not take pending rows in time"
                     + (f" ({self.last_error})" if self.last_error else "")
@@ -138,23 +164,130 @@ class PredictionLog:
                     return
                 batch = list(islice(self._pending, self.batch_size))
             try:
-                self.store.write_predictions(batch)
-            except Exception as exc:  # keep the batch; retry until the store takes it
+                refusal = self._write(batch)
+                if refusal is not None:
+                    self._isolate(batch, refusal)
+            except StoreDown as exc:  # keep the rest of the batch; retry until the store is back
                 failures += 1
                 self.last_error = str(exc)
                 self.metrics.count_error(None, "store")
-                logger.warning("prediction log write failed (%d rows kept): %s", len(batch), exc)
+                logger.warning(
+                    "prediction log write failed (%d rows kept): %s", self.pending, self.last_error
+                )
                 with self._cond:
                     delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
                     self._cond.wait(delay)
                 continue
             failures = 0
             self.last_error = None
-            with self._cond:
-                for record in batch:
-                    self._pending.popleft()
-                    self._pending_ids.pop(record.id, None)
-                self._written += len(batch)
-                self.metrics.log_pending.set(len(self._pending))
-                self.metrics.log_written.inc(len(batch))
-                self._cond.notify_all()
+
+    def _write(self, rows: Sequence[PredictionRecord]) -> Exception | None:
+        """Write ``rows`` in one transaction: None when written; the refusal when the store
+        refused them while it works; StoreDown when it does not work."""
+        try:
+            self.store.write_predictions(rows)
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable) and not isinstance(exc, RowsRefused):
+                raise StoreDown(str(exc)) from exc  # connection, lock, disk: not the rows
+            self._probe()
+            return exc
+        self._complete(rows, written=True)
+        return None
+
+    def _isolate(self, rows: Sequence[PredictionRecord], refusal: Exception) -> None:
+        """A working store refused ``rows``: write the ones it takes, in order, and quarantine
+        each single row it refuses."""
+        if len(rows) == 1:
+            self._quarantine(rows[0], refusal)
+            return
+        middle = len(rows) // 2
+        for half in (rows[:middle], rows[middle:]):
+            refused = self._write(half)
+            if refused is not None:
+                self._isolate(half, refused)
+
+    def _probe(self) -> None:
+        """Raise StoreDown unless the store takes a write of its own now."""
+        try:
+            self.store.check_writable()
+        except Exception as exc:
+            raise StoreDown(str(exc)) from exc
+
+    def _quarantine(self, record: PredictionRecord, error: Exception) -> None:
+        reason = _reason(error)
+        row = QuarantinedPrediction(
+            id=record.id,
+            model=record.model,
+            version=record.version,
+            created_at=record.created_at,
+            reason=reason,
+            row_repr=render(record),
+            at=datetime.now(UTC),
+        )
+        try:
+            self.store.quarantine(row)
+            kept = "kept in prediction_quarantine"
+        except Exception as exc:
+            self._probe()  # the store went away: the row stays pending, isolated again later
+            kept = f"not kept: the quarantine table refused it too ({_reason(exc)})"
+        logger.error(
+            "prediction %s of %s v%s quarantined, the store refuses it: %s; %s "
+            "(runbook: docs/operations.md#stewardpredictionsquarantined)",
+            record.id,
+            record.model,
+            record.version,
+            reason,
+            kept,
+        )
+        self.metrics.log_rejected.inc()
+        self._complete([record], written=False)
+
+    def _complete(self, rows: Sequence[PredictionRecord], *, written: bool) -> None:
+        """``rows`` (the oldest pending ones) are written or quarantined: nobody waits on them."""
+        with self._cond:
+            for record in rows:
+                self._pending.popleft()
+                self._done += 1
+                if self._pending_ids.get(record.id) == self._done:  # not a later row's, same id
+                    del self._pending_ids[record.id]
+            self.metrics.log_pending.set(len(self._pending))
+            if written:
+                self.metrics.log_written.inc(len(rows))
+            self._cond.notify_all()
+
+
+class _RowRepr(reprlib.Repr):
+    """``repr`` with every part cut short; integers too long to print are described."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxdict, self.maxlist = 4, 100, 20
+        self.maxstring, self.maxlong, self.maxother = 200, 60, 200
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 1024:  # slow to print, and past 4300 digits repr() raises
+            return f"<int of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_ROW_REPR = _RowRepr()
+
+
+def render(record: PredictionRecord) -> str:
+    """A rendering of a row that any store can hold: ASCII, bounded, never raising."""
+    try:
+        text = _ROW_REPR.repr({"inputs": record.inputs, "output": record.output})
+    except Exception as exc:  # a value whose __repr__ fails
+        text = f"<not renderable: {type(exc).__name__}>"
+    return _ascii(text, ROW_REPR_CHARS)
+
+
+def _reason(error: BaseException) -> str:
+    """Why the store refused a row, without its values: the error's type and first line."""
+    lines = str(error).strip().splitlines()
+    return _ascii(f"{type(error).__name__}: {lines[0] if lines else ''}", REASON_CHARS)
+
+
+def _ascii(text: str, limit: int) -> str:
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -8,6 +8,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import uuid
 from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,10 +38,23 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.errors import StoreUnavailable
-from app.store.base import Label, PredictionRecord, StoredPrediction
+from app.store.base import (
+    Label,
+    PredictionRecord,
+    QuarantinedPrediction,
+    RowsRefused,
+    StoredPrediction,
+)
 
 schema = MetaData()
 
@@ -60,6 +74,21 @@ predictions = Table(
     Column("abs_error", Float, nullable=True),
     Column("feedback_at", DateTime(timezone=True), nullable=True),
     Index("ix_predictions_model_version_created_at", "model", "version", "created_at"),
+)
+
+# Rows the store refused (one bad row never blocks the log): kept for an operator, as text. Loose
+# types on purpose: whatever made the row unstorable must not make its quarantine fail too.
+quarantine = Table(
+    "prediction_quarantine",
+    schema,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("version", Integer, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=True),
+    Column("quarantined_at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("row_repr", Text, nullable=False),
 )
 
 heartbeat = Table(
@@ -91,14 +120,23 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)  # SQLite keeps no zone; everything stored is UTC
 
 
+_OUTAGES = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+
+
 @contextlib.contextmanager
-def _store_errors(action: str) -> Iterator[None]:
+def _store_errors(
+    action: str, refused: type[StoreUnavailable] = StoreUnavailable
+) -> Iterator[None]:
+    """Database errors as StoreUnavailable; ``refused`` for those that are not an outage
+    (connection, lock, disk, resources) but the database refusing what it was given."""
     try:
         yield
     except SQLAlchemyError as exc:
-        raise StoreUnavailable(
-            f"prediction store failed to {action}: {exc.__cause__ or exc}"
-        ) from exc
+        outage = isinstance(exc, _OUTAGES) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated
+        )
+        error = StoreUnavailable if outage else refused
+        raise error(f"prediction store failed to {action}: {exc.__cause__ or exc}") from exc
 
 
 class SqlStore:
@@ -116,9 +154,14 @@ class SqlStore:
     def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
         if not records:
             return
-        with _store_errors("write predictions"), self._writing() as conn:
-            for sql, params in self._insert.statements(records):
-                conn.exec_driver_sql(sql, params)
+        with _store_errors("write predictions", RowsRefused), self._writing() as conn:
+            try:
+                for sql, params in self._insert.statements(records):
+                    conn.exec_driver_sql(sql, params)
+            except (TypeError, ValueError, OverflowError) as exc:
+                # A value JSON cannot encode (an integer beyond 64 bits, a lone surrogate),
+                # found by our encoder (SQLite) or by the driver's (psycopg).
+                raise RowsRefused(f"prediction store cannot encode a row: {exc}") from exc
 
     def get_predictions(self, ids: Collection[str]) -> dict[str, StoredPrediction]:
         if not ids:
@@ -165,10 +208,35 @@ class SqlStore:
                     labelled.add(item.prediction_id)
         return labelled
 
+    def quarantine(self, row: QuarantinedPrediction) -> None:
+        with _store_errors("quarantine a prediction"), self._writing() as conn:
+            conn.execute(
+                insert(quarantine).values(
+                    id=row.id,
+                    model=row.model,
+                    version=row.version,
+                    created_at=row.created_at,
+                    quarantined_at=row.at,
+                    reason=row.reason,
+                    row_repr=row.row_repr,
+                )
+            )
+
     def check_writable(self) -> None:
+        """Commit a heartbeat, and insert (then delete) a probe prediction in the same
+        transaction: proves the predictions table itself takes rows now, so the log can tell a
+        store that is down from one row it refuses."""
+        probe = f"probe-{uuid.uuid4().hex}"  # never a prediction id (those are 32 hex digits)
+        now = datetime.now(UTC)
         with _store_errors("commit a write"), self._writing() as conn:
             conn.execute(delete(heartbeat))
-            conn.execute(insert(heartbeat).values(id=1, at=datetime.now(UTC)))
+            conn.execute(insert(heartbeat).values(id=1, at=now))
+            conn.execute(
+                insert(predictions).values(
+                    id=probe, model="_probe", version=0, created_at=now, inputs={}, output={}
+                )
+            )
+            conn.execute(delete(predictions).where(predictions.c.id == probe))
 
     def close(self) -> None:
         self.engine.dispose()
