@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ CSV_MODEL = "churn"
 
 @dataclass
 class Server:
+    process: "subprocess.Popen[bytes]"
     url: str
     log: Path
 
@@ -80,8 +82,8 @@ def server(tmp_path: Path, models_dir: Path) -> Iterator[Server]:
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     argv: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
-    with running(argv, env=env, log=log, ready_url=f"{url}/readyz"):
-        yield Server(url, log)
+    with running(argv, env=env, log=log, ready_url=f"{url}/readyz") as process:
+        yield Server(process, url, log)
 
 
 def with_feedback_links(schema: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +150,31 @@ def pending_log_rows(http: httpx2.Client) -> float:
     raise AssertionError("no steward_prediction_log_pending_rows on /metrics")
 
 
+def server_complaints(log: Path, shown: int = 10) -> list[str]:
+    """The first warnings and errors the server logged (they name what a failure left behind)."""
+    lines = [
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if re.search(r" (WARNING|ERROR|CRITICAL) ", line)
+    ]
+    if not lines:
+        return []
+    head = f"{len(lines)} warnings and errors in {log}; the first {min(shown, len(lines))}:"
+    return ["\n".join([head, *lines[:shown]])]
+
+
+def health_problems(http: httpx2.Client) -> list[str]:
+    """What a fuzzing run left broken: readiness, the prediction log, non-finite metrics."""
+    problems = []
+    if not wait_until(lambda: pending_log_rows(http) == 0, seconds=10):
+        problems.append(f"the prediction log never drained: {pending_log_rows(http)} pending")
+    ready = http.get("/readyz")
+    if ready.status_code != 200:
+        problems.append(f"/readyz answers {ready.status_code} after the run: {ready.text}")
+    problems += [f"non-finite sample {s}" for s in non_finite_samples(http.get("/metrics").text)]
+    return problems
+
+
 def test_fuzzing_every_operation_finds_no_failure_and_leaves_the_service_healthy(
     server: Server, tmp_path: Path
 ) -> None:
@@ -164,13 +191,10 @@ def test_fuzzing_every_operation_finds_no_failure_and_leaves_the_service_healthy
         if code != 0:
             ended = "was stopped at its time limit" if code is None else f"exited {code}"
             problems.append(f"schemathesis {ended}:\n{report}")
-        if not wait_until(lambda: pending_log_rows(http) == 0, seconds=10):
-            problems.append(f"the prediction log never drained: {pending_log_rows(http)} pending")
-        ready = http.get("/readyz")
-        if ready.status_code != 200:
-            problems.append(f"/readyz answers {ready.status_code} after the run: {ready.text}")
-        problems += [
-            f"non-finite sample {s}" for s in non_finite_samples(http.get("/metrics").text)
-        ]
+        if server.process.poll() is not None:
+            tail = server.log.read_text(errors="replace").splitlines()[-20:]
+            problems.append(f"the server exited ({server.process.returncode}):\n" + "\n".join(tail))
+        else:
+            problems += health_problems(http)
     if problems:
-        pytest.fail("\n\n".join([*problems, f"server log: {server.log}"]), pytrace=False)
+        pytest.fail("\n\n".join([*problems, *server_complaints(server.log)]), pytrace=False)
