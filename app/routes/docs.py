@@ -21,6 +21,13 @@ from app.schemas import FEEDBACK_REQUEST
 ASSETS_PATH = "/docs/assets"
 ASSETS_DIR = str(swagger_ui_path)
 REF = "#/components/schemas/"
+# A prediction's id is what POST /feedback takes (clients, and the fuzzer's stateful phase,
+# follow it from each model's 200 response).
+FEEDBACK_LINK = {
+    "operationRef": "#/paths/~1feedback/post",
+    "description": "Send the ground truth of the first prediction.",
+    "requestBody": {"prediction_id": "$response.body#/predictions/0/id"},
+}
 
 router = APIRouter(include_in_schema=False)
 
@@ -79,6 +86,8 @@ def add_model_paths(schema: dict[str, Any], registry: Registry) -> None:
             continue
         body, named = model_schemas(name, model.request_model)
         components.update(named)
+        responses = dict(generic["responses"])
+        responses["200"] = {**responses["200"], "links": {"feedback": FEEDBACK_LINK}}
         schema["paths"][f"/predict/{name}"] = {
             "post": {
                 "tags": generic["tags"],
@@ -89,7 +98,7 @@ def add_model_paths(schema: dict[str, Any], registry: Registry) -> None:
                     "required": True,
                     "content": {"application/json": {"schema": {"$ref": REF + body}}},
                 },
-                "responses": generic["responses"],
+                "responses": responses,
             }
         }
 

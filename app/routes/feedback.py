@@ -27,6 +27,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "A malformed prediction id, or a ground truth this model cannot have: "
         "not one of its classes, or a number outside its ground-truth range.",
     },
+    503: {"model": ErrorResponse, "description": "The prediction store is down."},
 }
 # The schema itself is added to the OpenAPI components by routes/docs.py.
 BODY_DOC = {

@@ -19,7 +19,17 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "The body is not JSON."},
     404: {"model": ErrorResponse, "description": "Unknown model or version."},
     413: {"model": ErrorResponse, "description": "The body is over the size limit."},
-    422: {"model": ErrorResponse, "description": "An instance does not fit the model's schema."},
+    422: {
+        "model": ErrorResponse,
+        "description": "An instance does not fit the model's schema (`validation_error`), or "
+        "the model cannot score it (`unscorable_input`).",
+    },
+    500: {"model": ErrorResponse, "description": "The model is broken (`model_failure`)."},
+    503: {
+        "model": ErrorResponse,
+        "description": "The model's version was refused at load, or the prediction store is "
+        "down and the log is full.",
+    },
 }
 BODY_DOC = {
     "requestBody": {
