@@ -76,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(**({"models_dir": args.models_dir} if args.models_dir else {}))
         result: int = args.command(args, settings)
         return result
-    except SystemExit as exc:  # --help and --version print, then exit 0
-        return exc.code if isinstance(exc.code, int) else 0
+    except SystemExit as exc:  # --help and --version after printing; uvicorn if it cannot bind
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except UsageError as exc:
         _fail(str(exc))
         return USAGE_ERROR
