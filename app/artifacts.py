@@ -60,10 +60,18 @@ class ModelMetadata(BaseModel):
     input_format: Literal["array", "dataframe"] = Field(
         "array", description="Rows reach the model as a NumPy array or a named DataFrame."
     )
-    metrics: dict[str, float] = Field(default_factory=dict, description="Held-out metrics.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="Held-out metrics; for a registered model, on its sample (if labelled).",
+    )
     target_min: float | None = Field(None, description="Smallest training target (regressors).")
     target_max: float | None = Field(None, description="Largest training target (regressors).")
-    training_rows: int = 0
+    training_rows: int = Field(0, description="Rows it was fitted on, when trained by Steward.")
+    sample_rows: int = Field(
+        0,
+        description="Rows of the sample a registered model's schema and profile come from (and "
+        "its metrics, when the sample carried the target).",
+    )
     sklearn_version: str = Field("", description="Set by save_version.")
     sha256: str = Field("", description="Of model.joblib; set by save_version.")
     created_at: datetime | None = Field(None, description="Set by save_version.")

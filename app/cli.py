@@ -1,23 +1,65 @@
-"""``steward``: parse arguments, call one function, print. Errors are one line and exit 1."""
+"""``steward``: parse arguments, call one function, print.
+
+Every error is one line on stderr, ``steward: error: ...``. Exit status: 0 done, 1 the command
+failed, 2 the command line is wrong (the line points to ``--help``).
+"""
 
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from pydantic import ValidationError
-
+from app import __version__
 from app.artifacts import (
     ALIAS_NAMES,
+    NAME_PATTERN,
     ModelMetadata,
     list_models,
     list_versions,
     read_aliases,
     set_alias,
 )
-from app.errors import StewardError
-from app.settings import Settings
+from app.errors import StewardError, StoreUnavailable
+from app.settings import Settings, load_settings
+
+USAGE_ERROR = 2
+MAX_MESSAGE = 1000  # characters of an error line: a pasted megabyte stays off the terminal
+
+DESCRIPTION = """\
+Steward serves scikit-learn models over HTTP and tracks, while they serve, whether they are
+right: it joins the ground truth clients send later to the predictions it made, and exports
+accuracy, latency and errors to Prometheus.
+
+This command trains and registers model versions into the registry (a folder), lists them,
+points aliases at them, and starts the server."""
+
+EPILOG = """\
+examples:
+  steward train demo                  train three demo models into ./models
+  steward serve                       serve every model on http://127.0.0.1:8000
+  steward train --csv churn.csv --target churned --name churn
+  steward register model.joblib --name churn --sample inputs.csv --target churned
+  steward promote churn 2             point production at version 2 (also how to roll back)
+
+settings come from STEWARD_* environment variables (STEWARD_MODELS_DIR, STEWARD_DATA_DIR,
+STEWARD_DATABASE_URL, STEWARD_HOST, STEWARD_PORT, ...: see docs/operations.md); --models-dir,
+before or after the command, overrides STEWARD_MODELS_DIR.
+
+exit status: 0 done, 1 the command failed, 2 the command line is wrong.
+Run `steward COMMAND --help` for a command's options."""
+
+
+class UsageError(Exception):
+    """The command line is wrong: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line pointing to --help, instead of argparse's usage block and exit."""
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def run() -> None:
@@ -26,31 +68,59 @@ def run() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    settings: Settings | None = None
     try:
-        settings = Settings(**({"models_dir": args.models_dir} if args.models_dir else {}))
+        args = _parser().parse_args(argv)
+        if not hasattr(args, "command"):
+            raise UsageError("no command given (see `steward --help`)")
+        settings = load_settings(**({"models_dir": args.models_dir} if args.models_dir else {}))
         result: int = args.command(args, settings)
         return result
-    except ValidationError as exc:
-        print(f"steward: error: invalid settings: {exc}", file=sys.stderr)
+    except SystemExit as exc:  # --help and --version after printing; uvicorn if it cannot bind
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except UsageError as exc:
+        _fail(str(exc))
+        return USAGE_ERROR
     except (StewardError, OSError) as exc:
-        print(f"steward: error: {exc}", file=sys.stderr)
+        _fail(str(exc))
+    except Exception as exc:  # a bug: still one line; the traceback at STEWARD_LOG_LEVEL=debug
+        if settings is not None and settings.log_level == "debug":
+            traceback.print_exc()
+        _fail(f"unexpected {type(exc).__name__}: {exc}")
     return 1
+
+
+def _fail(message: str) -> None:
+    line = " ".join(message.split())  # a driver's message may span lines
+    if len(line) > MAX_MESSAGE:
+        line = line[:MAX_MESSAGE] + "..."
+    print(f"steward: error: {line}", file=sys.stderr)
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     from app import training  # scikit-learn import kept off the other commands' start-up
 
     if args.what == "demo":
-        if args.csv or args.target or args.name:
-            raise StewardError("`steward train demo` takes no --csv, --target or --name")
+        given = [
+            flag
+            for flag in ("csv", "target", "name", "task", "drop", "date")
+            if getattr(args, flag)
+        ]
+        if given:
+            options = ", ".join(f"--{flag}" for flag in given)
+            raise UsageError(f"`train demo` takes no {options} (see `steward train --help`)")
         trained = training.train_demo(
             settings.models_dir, if_missing=args.if_missing, promote=args.promote
         )
         if not trained:
             print("demo models already present")
-    elif args.what is None and args.csv and args.target and args.name:
+    else:
+        missing = [flag for flag in ("csv", "target", "name") if not getattr(args, flag)]
+        if missing:
+            raise UsageError(
+                f"train needs `demo`, or --csv, --target and --name (missing "
+                f"{', '.join(f'--{flag}' for flag in missing)}; see `steward train --help`)"
+            )
         trained = [
             training.train_csv(
                 settings.models_dir,
@@ -59,12 +129,10 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
                 args.name,
                 args.task,
                 promote=args.promote,
+                drop=args.drop,
+                dates=args.date,
             )
         ]
-    else:
-        raise StewardError(
-            "use `steward train demo` or `steward train --csv F --target C --name N`"
-        )
     for metadata in trained:
         _print_version(settings, metadata)
     return 0
@@ -74,7 +142,12 @@ def _register(args: argparse.Namespace, settings: Settings) -> int:
     from app import training
 
     metadata = training.register_estimator(
-        settings.models_dir, args.artifact, args.name, args.sample, promote=args.promote
+        settings.models_dir,
+        args.artifact,
+        args.name,
+        args.sample,
+        target=args.target,
+        promote=args.promote,
     )
     _print_version(settings, metadata)
     return 0
@@ -106,12 +179,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.store import open_store
 
+    # Pre-flight: what would fail in the server's start-up fails here, in one line.
+    app = create_app(settings)  # refuses a models directory that is not there
+    try:
+        open_store(settings.store_url).close()
+    except StoreUnavailable as exc:
+        source = "STEWARD_DATABASE_URL" if settings.database_url else "STEWARD_DATA_DIR"
+        raise StoreUnavailable(f"{exc} ({source})") from exc
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     uvicorn.run(
-        create_app(settings),
+        app,
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level=settings.log_level,
@@ -128,44 +209,186 @@ def _print_version(settings: Settings, metadata: ModelMetadata) -> None:
     print(f"{metadata.name}: version {metadata.version}{suffix} {scores}".rstrip())
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="steward", description=__doc__)
-    parser.add_argument("--models-dir", type=Path, help="registry root (STEWARD_MODELS_DIR)")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+# --- argument types: a bad value is a usage error naming the rule -------------------------
 
-    train = commands.add_parser("train", help="train demo models, or a model from a CSV file")
+
+def _model_name(value: str) -> str:
+    if not NAME_PATTERN.match(value):
+        raise argparse.ArgumentTypeError(
+            "a model name is 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _version(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and int(value) >= 1):
+        raise argparse.ArgumentTypeError(
+            "a version is a whole number from 1 (`steward models` lists them)"
+        )
+    return int(value)
+
+
+def _port(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
+        raise argparse.ArgumentTypeError("a port is a whole number from 1 to 65535")
+    return int(value)
+
+
+def _input_file(value: str) -> Path:
+    path = Path(value)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {value}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"not a file: {value}")
+    return path
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="steward",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"steward {__version__}",
+        help="print steward's version and exit",
+    )
+    _models_dir_option(parser, default=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    train = _command(
+        commands,
+        "train",
+        "train the demo models, or a model from a CSV file",
+        "Train a new version: the three demo models (iris, breast-cancer, diabetes) from data\n"
+        "bundled with scikit-learn, or a default pipeline (impute, scale / one-hot, linear model)\n"
+        "on a CSV file with a header row. Held-out metrics are printed and stored.",
+        "examples:\n"
+        "  steward train demo --if-missing\n"
+        "  steward train --csv churn.csv --target churned --name churn\n"
+        "  steward train --csv prices.csv --target price --name prices --task regression\n"
+        "  steward train --csv crm.csv --target churned --name churn --drop customer_id "
+        "--date signup",
+    )
     train.add_argument("what", nargs="?", choices=["demo"], help="the bundled demo models")
-    train.add_argument("--csv", type=Path, help="training data with a header row")
-    train.add_argument("--target", help="the column to predict")
-    train.add_argument("--name", help="model name")
-    train.add_argument("--task", choices=["classification", "regression"])
+    train.add_argument("--csv", type=_input_file, metavar="FILE", help="training data, with header")
+    train.add_argument("--target", metavar="COLUMN", help="the column to predict")
+    train.add_argument("--name", type=_model_name, help="model name (a-z, 0-9, '.', '_', '-')")
+    train.add_argument(
+        "--task",
+        choices=["classification", "regression"],
+        help="default: classification for text, booleans and few distinct integers",
+    )
+    train.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="leave a column out (an identifier, say); repeat for more",
+    )
+    train.add_argument(
+        "--date",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="parse a column as dates: the model sees days since 1970; repeat for more",
+    )
     train.add_argument("--if-missing", action="store_true", help="skip models already present")
     _promote_flag(train)
     train.set_defaults(command=_train)
 
-    register = commands.add_parser("register", help="register a model trained elsewhere")
-    register.add_argument("artifact", type=Path, metavar="MODEL.joblib")
-    register.add_argument("--name", required=True)
-    register.add_argument("--sample", type=Path, required=True, help="CSV of example inputs")
+    register = _command(
+        commands,
+        "register",
+        "register a model trained elsewhere",
+        "Register a fitted scikit-learn classifier or regressor, saved with joblib or pickle,\n"
+        "as a new version. The feature schema comes from a CSV sample of its inputs, which the\n"
+        "model must accept. With --target, the sample also holds the true answers in that\n"
+        "column: it is left out of the features, and the model is scored on the sample.\n"
+        "Unpickling runs code from the file: register only files you trust.",
+        "examples:\n"
+        "  steward register model.joblib --name churn --sample inputs.csv\n"
+        "  steward register model.joblib --name churn --sample labelled.csv --target churned",
+    )
+    register.add_argument(
+        "artifact", type=_input_file, metavar="MODEL.joblib", help="the fitted estimator's file"
+    )
+    register.add_argument("--name", type=_model_name, required=True, help="model name")
+    register.add_argument(
+        "--sample", type=_input_file, metavar="FILE", required=True, help="CSV of example inputs"
+    )
+    register.add_argument(
+        "--target", metavar="COLUMN", help="the sample's column of true answers, if it has one"
+    )
     _promote_flag(register)
     register.set_defaults(command=_register)
 
-    models = commands.add_parser("models", help="list models, versions and aliases")
+    models = _command(
+        commands, "models", "list models, versions and aliases", "List the registry's models."
+    )
     models.set_defaults(command=_models)
 
-    promote = commands.add_parser(
-        "promote", help="point an alias at a version (also how to roll back)"
+    promote = _command(
+        commands,
+        "promote",
+        "point an alias at a version (also how to roll back)",
+        "Point an alias (production by default) at a version. Servers read aliases at start-up.",
+        "examples:\n  steward promote iris 2\n  steward promote iris 3 --alias candidate",
     )
-    promote.add_argument("model")
-    promote.add_argument("version", type=int)
-    promote.add_argument("--alias", choices=ALIAS_NAMES, default="production")
+    promote.add_argument("model", type=_model_name, metavar="MODEL", help="model name")
+    promote.add_argument("version", type=_version, metavar="VERSION", help="version number")
+    promote.add_argument(
+        "--alias", choices=ALIAS_NAMES, default="production", help="default: production"
+    )
     promote.set_defaults(command=_promote)
 
-    serve = commands.add_parser("serve", help="start the HTTP server")
+    serve = _command(
+        commands,
+        "serve",
+        "start the HTTP server",
+        "Serve every model in the registry. Settings are checked, and the prediction store\n"
+        "opened, before the server starts: a problem is one line and exit status 1.",
+        "examples:\n  steward serve\n  steward serve --host 0.0.0.0 --port 8080",
+    )
     serve.add_argument("--host", help="bind address (default: STEWARD_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default: STEWARD_PORT or 8000)")
+    serve.add_argument("--port", type=_port, help="port (default: STEWARD_PORT or 8000)")
     serve.set_defaults(command=_serve)
     return parser
+
+
+def _command(
+    commands: "argparse._SubParsersAction[_Parser]",
+    name: str,
+    summary: str,
+    description: str,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # SUPPRESS: the option after the command wins only when given, else the one before it stays.
+    _models_dir_option(parser, default=argparse.SUPPRESS)
+    return parser
+
+
+def _models_dir_option(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        metavar="DIR",
+        default=default,
+        help="registry root (default: STEWARD_MODELS_DIR or ./models)",
+    )
 
 
 def _promote_flag(parser: argparse.ArgumentParser) -> None:

@@ -118,6 +118,12 @@ class ArtifactError(StewardError):
     code = "artifact_error"
 
 
+class InvalidSettings(StewardError):
+    """A setting the service cannot start with: named, with its rule, never its value."""
+
+    code = "invalid_settings"
+
+
 def error_payload(code: str, message: str, details: Sequence[Detail] = ()) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": list(details)}}
 

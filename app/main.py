@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from app import __version__
 from app.body_limit import BodySizeLimit
-from app.errors import install_error_handlers
+from app.errors import InvalidSettings, install_error_handlers
 from app.feedback import FeedbackRecorder
 from app.metrics import Metrics, MetricsMiddleware
 from app.prediction import Predictor
@@ -29,6 +29,11 @@ from app.store import PredictionLog, open_store
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    if not settings.models_dir.is_dir():  # a typo here would serve nothing, and say nothing
+        raise InvalidSettings(
+            f"STEWARD_MODELS_DIR: no directory at {settings.models_dir} "
+            "(train a model into it first, e.g. `steward train demo`)"
+        )
     # Built here, not in the lifespan, because the middleware needs it when the app is built.
     metrics = Metrics(CollectorRegistry(), settings.max_class_labels)
 

@@ -3,14 +3,19 @@
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.errors import InvalidSettings
+
+ENV_PREFIX = "STEWARD_"
 
 
 class Settings(BaseSettings):
     """Every knob of the service. Bad values are refused when the object is built."""
 
-    model_config = SettingsConfigDict(env_prefix="STEWARD_", frozen=True)
+    # No infinite or NaN durations, limits or multiples: every float setting is a finite number.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, allow_inf_nan=False)
 
     models_dir: Path = Field(Path("models"), description="Registry root: <name>/<version>/.")
     data_dir: Path = Field(Path("data"), description="Where the embedded SQLite store lives.")
@@ -104,3 +109,20 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'steward.db'}"
+
+
+def load_settings(**values: Any) -> Settings:
+    """Settings from the environment, ``values`` taking precedence.
+
+    A bad value is an InvalidSettings error of one line naming each variable and its rule, never
+    the value itself (a database URL holds a password).
+    """
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = [
+            f"{ENV_PREFIX}{'_'.join(str(part) for part in error['loc']).upper()}: "
+            f"{error['msg'][:1].lower()}{error['msg'][1:]}"
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        raise InvalidSettings(f"invalid settings: {'; '.join(problems)}") from None

@@ -4,6 +4,7 @@ Every path ends in ``save_version``: a version max+1 with metadata (features wit
 training range, classes, held-out metrics, reference profile) and the artifact's sha256.
 """
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pandas.api.types import is_bool_dtype, is_integer_dtype, is_numeric_dtype
 from sklearn import datasets
 from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.compose import ColumnTransformer
+from sklearn.exceptions import NotFittedError
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 from sklearn.metrics import (
@@ -29,6 +31,7 @@ from sklearn.metrics import (
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.utils.validation import check_is_fitted
 
 from app.artifacts import ModelMetadata, Task, check_name, list_versions, save_version
 from app.drift import reference_profile
@@ -37,8 +40,11 @@ from app.features import infer_features, probe_features, read_frame, suspicious_
 
 MIN_ROWS = 10
 MAX_CLASSIFICATION_INTEGER_LABELS = 20
+MAX_CLASSES = 100  # more distinct labels than this is an identifier or a number, not a class
+MIN_ROWS_PER_CLASS = 3  # on average
 TEST_SIZE = 0.25
 SEED = 0
+NOT_AN_ESTIMATOR = "not a joblib or pickle file of a scikit-learn estimator"
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,9 @@ def train_csv(
     if frame.shape[1] == 0:
         raise ArtifactError(f"{csv}: no feature columns besides {target!r}")
     task = task or infer_task(labels)
+    _check_rows(name, len(labels))  # before the classes: too few rows is the first thing to fix
     if task == "classification":
+        _check_classes(f"{csv}: target {target!r}", labels)
         labels = labels.astype(str) if is_bool_dtype(labels) else labels
     elif not is_numeric_dtype(labels):
         raise ArtifactError(f"{csv}: regression needs a numeric target, {target!r} is not")
@@ -193,10 +201,12 @@ def fit_and_save(
 
     The fitted model is then asked which features it takes missing and which categories it
     takes unseen (``probe_features``), so the schema accepts what the model handles."""
-    if len(frame) < MIN_ROWS:
-        raise ArtifactError(f"{name}: need at least {MIN_ROWS} labelled rows, got {len(frame)}")
+    _check_rows(name, len(frame))
     stratify = None
-    if task == "classification" and labels.value_counts().min() >= 2:
+    counts = labels.value_counts()
+    test_rows = math.ceil(len(labels) * TEST_SIZE)
+    # A stratified split needs two rows of each class and a test part with room for every class.
+    if task == "classification" and counts.min() >= 2 and test_rows >= len(counts):
         stratify = labels
     train_x, test_x, train_y, test_y = train_test_split(
         frame, labels, test_size=TEST_SIZE, random_state=SEED, stratify=stratify
@@ -206,7 +216,10 @@ def fit_and_save(
     contract = draft.contract()
     train_rows = _rows(train_x)
     train_matrix = contract.matrix(train_rows)
-    estimator.fit(train_matrix, train_y.to_numpy())
+    try:
+        estimator.fit(train_matrix, train_y.to_numpy())
+    except ValueError as exc:  # e.g. a training part left with one class
+        raise ArtifactError(f"{name}: training failed: {exc}") from exc
     predicted = estimator.predict(contract.matrix(_rows(test_x)))
     draft = draft.model_copy(
         update={
@@ -223,20 +236,23 @@ def fit_and_save(
 
 
 def register_estimator(
-    root: Path, artifact: Path, name: str, sample_csv: Path, *, promote: bool = False
+    root: Path,
+    artifact: Path,
+    name: str,
+    sample_csv: Path,
+    *,
+    target: str | None = None,
+    promote: bool = False,
 ) -> ModelMetadata:
     """Register a model trained elsewhere; its schema and profile come from a sample of inputs.
 
     Categorical features accept the values present in the sample, and unseen ones too when the
-    model handles them; features the model takes missing accept null.
+    model handles them; features the model takes missing accept null. With ``target``, that
+    column of the sample holds the true answers: it is not a feature, and the model is scored on
+    the sample (metrics, and a regressor's target range).
     """
     check_name(name)
-    try:
-        estimator = joblib.load(artifact)
-    except Exception as exc:
-        raise ArtifactError(f"{artifact}: cannot load: {exc}") from exc
-    if not isinstance(estimator, BaseEstimator):
-        raise ArtifactError(f"{artifact}: not a scikit-learn classifier or regressor")
+    estimator = _load_estimator(artifact)
     if is_classifier(estimator):
         task: Task = "classification"
     elif is_regressor(estimator):
@@ -244,6 +260,11 @@ def register_estimator(
     else:
         raise ArtifactError(f"{artifact}: not a scikit-learn classifier or regressor")
     sample = _read_csv(sample_csv)
+    labels = None
+    if target is not None:
+        if target not in sample.columns:
+            raise ArtifactError(f"{sample_csv}: no column {target!r} (the --target)")
+        labels = sample.pop(target)
     names_in = getattr(estimator, "feature_names_in_", None)
     if names_in is not None:
         columns = [str(c) for c in names_in]
@@ -253,8 +274,9 @@ def register_estimator(
         sample = sample[columns]
     expected = getattr(estimator, "n_features_in_", sample.shape[1])
     if sample.shape[1] != expected:
+        extra = "" if target or sample.shape[1] <= expected else " (name a target column: --target)"
         raise ArtifactError(
-            f"{sample_csv}: {sample.shape[1]} columns, the model expects {expected} features"
+            f"{sample_csv}: {sample.shape[1]} columns, the model expects {expected} features{extra}"
         )
     frame = read_frame(sample)
     features = infer_features(frame)
@@ -265,23 +287,99 @@ def register_estimator(
         classes=estimator.classes_.tolist() if task == "classification" else None,
         has_proba=task == "classification" and hasattr(estimator, "predict_proba"),
         input_format="dataframe" if names_in is not None else "array",
-        description=f"Registered from {artifact.name}; schema from {sample_csv.name}.",
+        description=f"Registered from {artifact.name}; schema from {sample_csv.name}"
+        + (f", scored on its column {target!r}." if target else "."),
     )
     rows = _rows(frame)
     contract = draft.contract()
     try:
-        estimator.predict(contract.matrix(rows))
+        predicted = estimator.predict(contract.matrix(rows))
     except Exception as exc:
         raise ArtifactError(f"{artifact}: the model does not accept {sample_csv}: {exc}") from exc
     profile = reference_profile(np.asarray(contract.matrix(rows), dtype=object), features)
-    draft = draft.model_copy(
-        update={
-            "features": probe_features(contract, estimator, rows[0]),
-            "reference_profile": profile,
-            "training_rows": len(rows),
-        }
-    )
-    return save_version(root, draft, estimator, promote=promote)
+    update: dict[str, Any] = {
+        "features": probe_features(contract, estimator, rows[0]),
+        "reference_profile": profile,
+        "sample_rows": len(rows),
+    }
+    if labels is not None:
+        update |= _score_on_sample(
+            draft, labels, np.asarray(predicted), f"{sample_csv}: {target!r}"
+        )
+    return save_version(root, draft.model_copy(update=update), estimator, promote=promote)
+
+
+def _load_estimator(artifact: Path) -> Any:
+    """The fitted scikit-learn estimator in a joblib or pickle file, or one line saying why not."""
+    try:
+        estimator = joblib.load(artifact)
+    except OSError as exc:
+        if exc.errno is None:  # gzip and friends: a damaged or foreign file, not an I/O error
+            raise ArtifactError(f"{artifact}: {NOT_AN_ESTIMATOR}") from exc
+        raise ArtifactError(f"{artifact}: cannot read: {exc.strerror}") from exc
+    except (ImportError, AttributeError) as exc:  # a class defined in a module absent here
+        raise ArtifactError(f"{artifact}: needs code that is not importable here: {exc}") from exc
+    except Exception as exc:  # unpickling other bytes fails in many ways, none worth repeating
+        raise ArtifactError(f"{artifact}: {NOT_AN_ESTIMATOR}") from exc
+    if not isinstance(estimator, BaseEstimator):
+        raise ArtifactError(f"{artifact}: not a scikit-learn classifier or regressor")
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError as exc:
+        raise ArtifactError(f"{artifact}: the estimator is not fitted") from exc
+    return estimator
+
+
+def _score_on_sample(
+    draft: ModelMetadata, labels: pd.Series, predicted: Any, source: str
+) -> dict[str, Any]:
+    """Metrics of the model on the sample's labelled rows, and a regressor's target range."""
+    known = labels.notna().to_numpy()
+    if not known.any():
+        raise ArtifactError(f"{source} has no values")
+    actual = labels[known]
+    if draft.task == "classification":
+        classes = draft.classes or []
+        if all(isinstance(c, str) for c in classes):
+            actual = actual.astype(str)  # "1" read back from a CSV as 1
+        strangers = set(actual) - set(classes)
+        if strangers:
+            raise ArtifactError(
+                f"{source} holds {len(strangers)} value(s) that are not classes of the model"
+            )
+    elif is_bool_dtype(actual) or not is_numeric_dtype(actual):
+        raise ArtifactError(f"{source} is not numeric; a regressor's target is")
+    try:
+        metrics = evaluate(draft.task, actual.to_numpy(), predicted[known])
+    except ValueError as exc:  # e.g. a non-finite prediction
+        raise ArtifactError(f"{source}: cannot score the model on it: {exc}") from exc
+    return {"metrics": metrics, **_target_range(draft.task, actual)}
+
+
+def _check_rows(name: str, rows: int) -> None:
+    if rows < MIN_ROWS:
+        raise ArtifactError(f"{name}: need at least {MIN_ROWS} labelled rows, got {rows}")
+
+
+def _check_classes(source: str, labels: pd.Series) -> None:
+    """Refuse a classification target that is continuous, constant, or has too many classes."""
+    classes = labels.nunique()
+    numbers = is_numeric_dtype(labels) and not is_bool_dtype(labels)
+    if numbers and not np.all(np.mod(labels.to_numpy(dtype=float), 1) == 0):
+        raise ArtifactError(
+            f"{source} holds continuous numbers ({classes} distinct values), not classes: "
+            "use --task regression"
+        )
+    if classes < 2:
+        raise ArtifactError(f"{source} has a single value: there is nothing to classify")
+    # Fewer rows per class and scikit-learn suspects a regression target (and warns) when fitting.
+    if classes > MAX_CLASSES or classes * MIN_ROWS_PER_CLASS > len(labels):
+        hint = "use --task regression" if numbers else "is it an identifier?"
+        raise ArtifactError(
+            f"{source} has {classes} distinct values in {len(labels)} rows: a classifier needs "
+            f"at most {MAX_CLASSES} classes and {MIN_ROWS_PER_CLASS} rows per class on average "
+            f"({hint})"
+        )
 
 
 def _target_range(task: Task, labels: pd.Series) -> dict[str, float]:

@@ -39,6 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import (
+    ArgumentError,
     DBAPIError,
     DisconnectionError,
     InterfaceError,
@@ -333,13 +334,32 @@ def _max_parameters(engine: Engine) -> int:
 
 
 def open_store(url: str) -> SqlStore:
-    """Open (creating if needed) the store at a SQLAlchemy URL."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, json_serializer=_json_text)
-        event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        engine = create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
+    """Open (creating if needed) the store at a SQLAlchemy URL; StoreUnavailable if it cannot."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # its message would repeat the URL, password included
+        raise StoreUnavailable(
+            "the store URL is not a SQLAlchemy URL (dialect+driver://user:password@host/database)"
+        ) from None
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                _make_folder(Path(parsed.database).parent)
+            engine = create_engine(url, json_serializer=_json_text)
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
+    except (ArgumentError, ImportError) as exc:  # an unknown dialect, a driver not installed
+        raise StoreUnavailable(
+            f"no usable database driver for {parsed.drivername!r} in the store URL: {exc}"
+        ) from exc
     return SqlStore(engine)
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"cannot create {folder} for the SQLite store: {exc.strerror}"
+        ) from exc
