@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from helpers import stop
+
 CHROMIUM = shutil.which("chromium")
 # Chromium wants its pipe on fds 3 and 4: the shell moves our stdin and stdout pipes there.
 ON_FDS_3_AND_4 = 'exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>&2'
@@ -107,12 +109,7 @@ def headless_page(profile: Path, log: Path, timeout: float = 10) -> Iterator[Pag
     try:
         yield Page(process.stdin, process.stdout, timeout)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=10)
         for pipe in (process.stdin, process.stdout):
             if pipe is not None:
                 pipe.close()
