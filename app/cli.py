@@ -6,6 +6,7 @@ failed, 2 the command line is wrong (the line points to ``--help``).
 
 import argparse
 import logging
+import socket
 import sys
 import traceback
 from collections.abc import Sequence
@@ -188,17 +189,31 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     except StoreUnavailable as exc:
         source = "STEWARD_DATABASE_URL" if settings.database_url else "STEWARD_DATA_DIR"
         raise StoreUnavailable(f"{exc} ({source})") from exc
+    host, port = args.host or settings.host, args.port or settings.port
+    _check_port_free(host, port)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     uvicorn.run(
         app,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
+        host=host,
+        port=port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
     )
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail in one line, before the models load, when the address is taken or not ours."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise StewardError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (--host/--port, "
+            "STEWARD_HOST/STEWARD_PORT)"
+        ) from exc
 
 
 def _print_version(settings: Settings, metadata: ModelMetadata) -> None:

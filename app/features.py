@@ -102,7 +102,8 @@ def _whole_number(value: object) -> object:
 
 def _field_type(feature: FeatureSpec, multiple: float) -> Any:
     bounds = feature.accepted_range(multiple)
-    low, high = bounds if bounds else (None, None)
+    # 12 significant digits: "43.9", not "43.900000000000006", in the schema and in errors.
+    low, high = (float(f"{b:.12g}") for b in bounds) if bounds else (None, None)
     if feature.dtype == "float":
         return Annotated[float, Field(strict=True, allow_inf_nan=False, ge=low, le=high)]
     if feature.dtype == "int":
@@ -391,14 +392,17 @@ def suspicious_columns(frame: pd.DataFrame) -> dict[str, str]:
             continue
         text = not is_numeric_dtype(values) and not _all_bool(values)
         if text and values.map(lambda v: bool(_DATE_TEXT.match(str(v)))).mean() >= 0.9:
-            found[name] = "looks like a date: declare it with --date or leave it out with --drop"
+            found[name] = (
+                f"looks like a date: declare it with --date {name} or leave it out with "
+                f"--drop {name}"
+            )
             continue
         unique = values.nunique() == len(values) and len(values) >= MIN_ID_ROWS
         named_like_id = bool(_ID_NAME.search(name))
         if unique and (text or named_like_id):
             found[name] = (
                 f"looks like an identifier ({len(values)} rows, all distinct): "
-                "leave it out with --drop"
+                f"leave it out with --drop {name}"
             )
     return found
 

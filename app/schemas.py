@@ -5,6 +5,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
+import jiter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -128,15 +129,28 @@ FEEDBACK_REQUEST: TypeAdapter[FeedbackItem | FeedbackBatch] = TypeAdapter(Feedba
 def parse_json(validate_json: Callable[[bytes], T], body: bytes, skip: tuple[str, ...] = ()) -> T:
     """Validate a raw JSON body, whatever its Content-Type; errors in the one error shape.
 
-    An empty or unparseable body is InvalidJSON (400); values that do not fit are
-    ValidationFailed (422), naming each field.
+    An empty or unparseable body is InvalidJSON (400), and so is an object with a key twice:
+    parsers disagree on which one wins (a proxy may check the first, we would use the last).
+    Values that do not fit are ValidationFailed (422), naming each field.
     """
     if not body.strip():
         raise InvalidJSON("request body is empty; expected a JSON object")
+    try:  # the parser pydantic uses, asked to catch what pydantic's own call lets through
+        jiter.from_json(body, catch_duplicate_keys=True, cache_mode=False)
+    except ValueError as exc:
+        raise InvalidJSON(f"request body is not valid JSON: {_without_key(str(exc))}") from exc
     try:
         return validate_json(body)
     except ValidationError as exc:
         raise validation_error(exc.errors(include_url=False), skip) from exc
+
+
+def _without_key(message: str) -> str:
+    """jiter names a duplicate key; the key is the client's, so only its place is kept."""
+    if not message.startswith("Detected duplicate key"):
+        return message  # jiter's other messages name the rule and the place only
+    place = re.search(r"at line \d+ column \d+$", message)
+    return "a key appears twice in one object" + (f" {place.group()}" if place else "")
 
 
 class ErrorBody(BaseModel):

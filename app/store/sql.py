@@ -352,6 +352,7 @@ def open_store(url: str) -> SqlStore:
     except (ArgumentError, ImportError) as exc:  # an unknown dialect, a driver not installed
         raise StoreUnavailable(
             f"no usable database driver for {parsed.drivername!r} in the store URL: {exc}"
+            + (" (install steward[postgres])" if parsed.get_backend_name() == "postgresql" else "")
         ) from exc
     return SqlStore(engine)
 
