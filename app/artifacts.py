@@ -125,7 +125,11 @@ def list_versions(root: Path, name: str) -> list[int]:
     folder = root / name
     if not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(
+        int(p.name)
+        for p in folder.iterdir()
+        if p.is_dir() and p.name.isascii() and p.name.isdigit()
+    )
 
 
 def read_metadata(root: Path, name: str, version: int) -> ModelMetadata:

@@ -207,7 +207,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _check_port_free(host: str, port: int) -> None:
     """Fail in one line, before the models load, when the address is taken or not ours."""
     try:
-        with socket.create_server((host, port)):
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
             pass
     except OSError as exc:
         raise StewardError(

@@ -24,7 +24,7 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -46,6 +46,7 @@ Row = tuple[Any, ...]
 Dtype = Literal["float", "int", "bool", "date", "category"]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+DAYS_PER_YEAR = 365.25
 MAX_CATEGORY_LENGTH = 256
 MIN_ID_ROWS = 20  # fewer rows than this say nothing about a column being an identifier
 UNSEEN_CATEGORY = "__steward_unseen__"
@@ -77,19 +78,28 @@ class FeatureSpec(BaseModel):
         return self.dtype != "category"
 
     def accepted_range(self, multiple: float) -> tuple[float, float] | None:
-        """The training range widened by ``multiple`` spans on each side; None: no bound."""
+        """The training range widened by ``multiple`` spans on each side; None: no bound.
+
+        Dates (in days) are widened by at least ``multiple`` years: time moves on, and a model
+        trained on one month still serves next year, but not in the year 9999.
+        """
+        if self.dtype == "bool":
+            return None
         if self.dtype == "date":
-            return None  # dates move on: a day after the training data is no outlier
+            return widen(self.min, self.max, multiple, min_span=DAYS_PER_YEAR)
         return widen(self.min, self.max, multiple)
 
 
-def widen(low: float | None, high: float | None, multiple: float) -> tuple[float, float] | None:
+def widen(
+    low: float | None, high: float | None, multiple: float, min_span: float = 0.0
+) -> tuple[float, float] | None:
     """[low, high] widened by ``multiple`` spans on each side; None when either end is unknown
-    or ``multiple`` is 0 (no bound). A zero span is taken as the value's magnitude (at least 1).
+    or ``multiple`` is 0 (no bound). A zero span is taken as the value's magnitude (at least 1),
+    a span under ``min_span`` as ``min_span``.
     """
     if low is None or high is None or multiple <= 0:
         return None
-    span = high - low or max(abs(low), 1.0)
+    span = max(high - low or max(abs(low), 1.0), min_span)
     return low - multiple * span, high + multiple * span
 
 
@@ -109,11 +119,14 @@ def _field_type(feature: FeatureSpec, multiple: float) -> Any:
     if feature.dtype == "int":
         low = INT64_MIN if low is None else max(INT64_MIN, math.ceil(low))
         high = INT64_MAX if high is None else min(INT64_MAX, math.floor(high))
-        return Annotated[int, BeforeValidator(_whole_number), Field(strict=True, ge=low, le=high)]
+        # Field first: its bounds then show in the JSON schema as minimum/maximum.
+        return Annotated[int, Field(strict=True, ge=low, le=high), BeforeValidator(_whole_number)]
     if feature.dtype == "bool":
         return StrictBool
-    if feature.dtype == "date":
-        return datetime  # also takes a date alone ("2024-05-01": midnight) and Unix seconds
+    if feature.dtype == "date":  # also a date alone ("2024-05-01": midnight) and Unix time
+        if bounds is None:
+            return datetime
+        return Annotated[datetime, AfterValidator(_date_within(*bounds))]
     if feature.open_categories or not feature.categories:
         return Annotated[StrictStr, Field(max_length=MAX_CATEGORY_LENGTH)]
     return Annotated[
@@ -121,6 +134,22 @@ def _field_type(feature: FeatureSpec, multiple: float) -> Any:
         AfterValidator(_one_of(feature.categories)),
         Field(json_schema_extra={"enum": list(feature.categories)}),
     ]
+
+
+def _date_within(low: float, high: float) -> Callable[[datetime], datetime]:
+    """A date feature's range check, in days since 1970 (naive date-times are UTC)."""
+    reason = f"must be between {_iso_day(low)} and {_iso_day(high)}"
+
+    def check(value: datetime) -> datetime:
+        if not low <= _date_to_days(value) <= high:
+            raise PydanticCustomError("date_range", "{reason}", {"reason": reason})
+        return value
+
+    return check
+
+
+def _iso_day(days: float) -> str:
+    return (_EPOCH + timedelta(days=days)).date().isoformat()
 
 
 def _one_of(categories: Sequence[str]) -> Callable[[str], str]:
@@ -149,11 +178,12 @@ def _field(feature: FeatureSpec, multiple: float) -> tuple[Any, Any]:
 
 def _describe(feature: FeatureSpec, multiple: float) -> str:
     parts: list[str] = [feature.dtype]
-    if feature.numeric and feature.min is not None and feature.max is not None:
-        parts.append(f"training range [{feature.min:g}, {feature.max:g}]")
+    shown = _iso_day if feature.dtype == "date" else (lambda value: f"{value:g}")
+    if feature.dtype != "bool" and feature.min is not None and feature.max is not None:
+        parts.append(f"training range [{shown(feature.min)}, {shown(feature.max)}]")
     bounds = feature.accepted_range(multiple)
     if bounds:
-        parts.append(f"accepted [{bounds[0]:g}, {bounds[1]:g}]")
+        parts.append(f"accepted [{shown(bounds[0])}, {shown(bounds[1])}]")
     if feature.dtype == "category" and feature.open_categories:
         parts.append("unseen categories accepted")
     if feature.nullable:
@@ -215,11 +245,13 @@ def _date_to_days(value: Any) -> Any:
     return (value - _EPOCH).total_seconds() / 86400
 
 
-def _converter(feature: FeatureSpec) -> Callable[[Any], Any] | None:
+def _converter(feature: FeatureSpec, float_array: bool) -> Callable[[Any], Any] | None:
     if feature.dtype == "bool":
         return _bool_to_float
     if feature.dtype == "date":
         return _date_to_days
+    if float_array:
+        return None  # NumPy makes None NaN in a float64 array by itself
     return _missing_to_nan if feature.nullable else None
 
 
@@ -249,13 +281,10 @@ class InputContract:
         model = build_request_model(
             name, version, features, max_instances=max_instances, range_multiple=range_multiple
         )
-        converters = tuple(_converter(f) for f in features)
+        numeric = all(f.numeric for f in features)
+        converters = tuple(_converter(f, numeric and not dataframe) for f in features)
         return cls(
-            tuple(features),
-            model,
-            dataframe,
-            converters if any(converters) else (),
-            all(f.numeric for f in features),
+            tuple(features), model, dataframe, converters if any(converters) else (), numeric
         )
 
     @property
@@ -311,7 +340,7 @@ class InputContract:
             elif f.min is None or f.max is None:
                 values.append(None if f.nullable else 0.0)
             elif f.dtype == "date":
-                values.append(_EPOCH + pd.Timedelta(days=(f.min + f.max) / 2))
+                values.append(_EPOCH + timedelta(days=(f.min + f.max) / 2))
             else:
                 middle = medians.get(f.name, (f.min + f.max) / 2)
                 values.append(round(middle) if f.dtype == "int" else middle)

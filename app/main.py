@@ -74,8 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield {
                 "metrics": metrics,
                 "registry": registry,
-                "store": store,
-                "log": log,
                 "predictor": predictor,
                 "readiness": Readiness(registry, store, log, settings.required_models),
                 "feedback": FeedbackRecorder(

@@ -90,7 +90,8 @@ class Readiness:
     def _refused_models(self) -> dict[str, ReadinessProblem]:
         """Models whose production version (or aliases file) was refused, by name."""
         refused = {}
-        for (name, version), refusal in self.registry.refusals.items():
+        # A snapshot: a lazy load in another thread may add a refusal meanwhile.
+        for (name, version), refusal in list(self.registry.refusals.items()):
             if version is None or version == self.registry.aliases(name).get("production"):
                 refused[name] = ReadinessProblem(
                     component=f"model:{name}", reason=refusal.reason, message=refusal.message

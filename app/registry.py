@@ -189,7 +189,7 @@ class Registry:
         ref = version or "production"
         if ref in aliases:
             return aliases[ref]
-        if ref.isdigit():
+        if ref.isascii() and ref.isdigit():  # "²" and "٣" are digits to str.isdigit
             return int(ref)
         if version is None:
             raise UnknownVersion(f"model {name!r} has no production version")

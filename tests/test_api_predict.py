@@ -268,6 +268,15 @@ def test_unknown_model_and_version(client: TestClient) -> None:
     )
 
 
+@pytest.mark.parametrize("version", ["²", "٣", "1²", "-1", "1.0", " 1"])
+def test_a_version_that_is_not_ascii_digits_is_not_a_version_number(
+    client: TestClient, version: str
+) -> None:
+    """str.isdigit() says yes to "²" (and int() then fails) and to "٣" (an Arabic-Indic 3)."""
+    response = client.post("/predict/iris", params={"version": version}, json={"instances": []})
+    assert_error(response, 404, "unknown_version")
+
+
 def test_unknown_route_and_method_use_the_error_shape(client: TestClient) -> None:
     assert_error(client.get("/nowhere"), 404, "not_found")
     assert_error(client.get("/predict/iris"), 405, "method_not_allowed")

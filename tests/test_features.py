@@ -63,7 +63,23 @@ def test_json_schema_names_each_feature_and_its_rules() -> None:
     area = instance["properties"]["living area (m2)"]
     assert "training range [20, 400]" in area["description"]
     assert (area["minimum"], area["maximum"]) == (20 - 3800, 400 + 3800)  # 10 spans of 380
+    rooms = instance["properties"]["rooms"]
+    assert (rooms["type"], rooms["minimum"], rooms["maximum"]) == ("integer", -79, 89)
     assert schema["properties"]["instances"]["maxItems"] == 10
+
+
+def test_descriptions_say_what_each_kind_accepts() -> None:
+    features = [
+        FeatureSpec(name="b", dtype="bool", min=0, max=1),
+        FeatureSpec(name="d", dtype="date", min=19723, max=19724),
+    ]
+    properties = contract(features).request_model.model_json_schema()["$defs"]["Instance"][
+        "properties"
+    ]
+    assert properties["b"]["description"] == "bool"
+    assert properties["d"]["description"] == (
+        "date; training range [2024-01-01, 2024-01-02]; accepted [2013-12-31, 2034-01-01]"
+    )
 
 
 @pytest.mark.parametrize(
@@ -169,7 +185,26 @@ def test_dates_take_iso_dates_and_reach_the_model_as_days() -> None:
     rows = c.rows(validate(c, {"d": "1970-01-03"}, {"d": "1970-01-01T12:00:00+00:00"}))
     assert c.matrix(rows).tolist() == [[2.0], [0.5]]
     assert refusal(c, {"d": "next tuesday"})["loc"] == ("instances", 0, "d")
-    assert validate(c, {"d": "2999-01-01"})  # dates have no range policy: time moves on
+
+
+def test_dates_are_accepted_within_a_multiple_of_a_year_at_least() -> None:
+    """Trained on ten days of 1970: ten spans of at least a year on each side are accepted."""
+    c = contract([FeatureSpec(name="d", dtype="date", min=0, max=10)])
+    assert validate(c, {"d": "1979-12-31"}, {"d": "1960-01-02"})
+    error = refusal(c, {"d": "9999-12-31"})
+    assert error["type"] == "date_range"
+    assert error["msg"] == "must be between 1960-01-01 and 1980-01-11"
+    assert refusal(c, {"d": "0001-01-01"})["type"] == "date_range"
+    unbounded = contract([FeatureSpec(name="d", dtype="date", min=0, max=10)], multiple=0)
+    assert validate(unbounded, {"d": "9999-12-31"})
+
+
+def test_nullable_numbers_reach_a_float_array_as_nan_without_a_converter() -> None:
+    c = contract([FeatureSpec(name="x", dtype="float", min=0, max=1, nullable=True)])
+    assert c.converters == ()
+    matrix = c.matrix(c.rows(validate(c, {"x": None}, {})))
+    assert matrix.dtype == np.float64
+    assert np.isnan(matrix).all()
 
 
 def test_outside_training_range_names_each_value() -> None:

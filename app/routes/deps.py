@@ -9,7 +9,6 @@ from app.metrics import Metrics
 from app.prediction import Predictor
 from app.readiness import Readiness
 from app.registry import Registry
-from app.store import PredictionLog, PredictionStore
 
 
 def _from_state(name: str) -> Any:
@@ -25,6 +24,4 @@ RegistryDep = Annotated[Registry, _from_state("registry")]
 PredictorDep = Annotated[Predictor, _from_state("predictor")]
 FeedbackDep = Annotated[FeedbackRecorder, _from_state("feedback")]
 MetricsDep = Annotated[Metrics, _from_state("metrics")]
-StoreDep = Annotated[PredictionStore, _from_state("store")]
-LogDep = Annotated[PredictionLog, _from_state("log")]
 ReadinessDep = Annotated[Readiness, _from_state("readiness")]

@@ -17,7 +17,8 @@ def list_models(registry: RegistryDep) -> list[ModelSummary]:
         aliases = registry.aliases(name)
         production = aliases.get("production")
         loaded = {m.version: m for m in registry.loaded_versions(name)}
-        refusal = next((r for (n, _), r in registry.refusals.items() if n == name), None)
+        refusals = list(registry.refusals.items())  # a lazy load may add one meanwhile
+        refusal = next((r for (n, _), r in refusals if n == name), None)
         task = loaded[production].metadata.task if production in loaded else None
         summaries.append(
             ModelSummary(
@@ -55,7 +56,7 @@ def get_model(model: str, registry: RegistryDep) -> ModelDetail:
         ],
         refusals=[
             {"version": r.version, "reason": r.reason, "message": r.message}
-            for (n, _), r in registry.refusals.items()
+            for (n, _), r in list(registry.refusals.items())
             if n == model
         ],
         versions=versions,
