@@ -40,6 +40,10 @@ Out = TypeVar("Out")
 Call = Callable[[Key, list[Row]], list[Out]]
 
 
+class BatcherClosed(RuntimeError):
+    """The batcher closed (shutdown) before this request's rows ran."""
+
+
 @dataclass(eq=False)
 class _Job(Generic[Row, Out]):
     rows: Sequence[Row]
@@ -108,7 +112,7 @@ class Batcher(Generic[Key, Row, Out]):
                     await lane.worker
             for job in lane.jobs:
                 if not job.result.done():
-                    job.result.set_exception(RuntimeError("the server is shutting down"))
+                    job.result.set_exception(BatcherClosed("the server is shutting down"))
 
     async def _work(self, key: Key, lane: _Lane[Row, Out]) -> None:
         while True:

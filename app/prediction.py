@@ -9,6 +9,7 @@ broken: 500 ``model_failure``.
 import logging
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -17,11 +18,12 @@ import numpy as np
 import orjson
 
 from app.artifacts import Label
-from app.batching import Batcher, BatchStats
+from app.batching import Batcher, BatcherClosed, BatchStats
 from app.errors import (
     InvalidJSON,
     ModelFailure,
     ModelUnavailable,
+    NotReady,
     StewardError,
     StoreUnavailable,
     UnknownModel,
@@ -132,6 +134,9 @@ class Predictor:
             inline_max=batch_inline_max,
             on_batch=self._observe,
         )
+        self._scores_typical_row: weakref.WeakKeyDictionary[LoadedModel, bool] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def predict(self, name: str | None, version: str | None, body: bytes) -> bytes:
         """The JSON response body for a /predict request."""
@@ -163,8 +168,15 @@ class Predictor:
     async def _failure(
         self, model: LoadedModel, rows: Sequence[Row], exc: Exception
     ) -> StewardError:
-        """422 when the model scores typical rows but not these; 500 when it scores none."""
-        if await anyio.to_thread.run_sync(scores_typical_row, model):
+        """422 when the model scores typical rows but not these; 500 when it scores none (asked
+        once per version: a model that scored its typical row keeps scoring it)."""
+        if isinstance(exc, BatcherClosed):
+            return NotReady(str(exc))
+        works = self._scores_typical_row.get(model)
+        if works is None:
+            works = await anyio.to_thread.run_sync(scores_typical_row, model)
+            self._scores_typical_row[model] = works
+        if works:
             self.metrics.count_error(model.name, "unscorable")
             outside = model.contract.outside_training_range(rows)
             reason = "; ".join(sorted({d["field"].split(".", 2)[2] for d in outside}))
