@@ -136,7 +136,7 @@ def parse_json(validate_json: Callable[[bytes], T], body: bytes, skip: tuple[str
     if not body.strip():
         raise InvalidJSON("request body is empty; expected a JSON object")
     try:  # the parser pydantic uses, asked to catch what pydantic's own call lets through
-        jiter.from_json(body, catch_duplicate_keys=True, cache_mode=False)
+        jiter.from_json(body, catch_duplicate_keys=True, cache_mode="keys")
     except ValueError as exc:
         raise InvalidJSON(f"request body is not valid JSON: {_without_key(str(exc))}") from exc
     try:

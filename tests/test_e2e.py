@@ -141,9 +141,11 @@ def test_a_client_that_leaves_mid_body_is_499_not_a_server_error(server: Server)
 
 
 def test_a_row_the_store_cannot_hold_wedges_nothing_and_loses_nothing(tmp_path: Path) -> None:
-    """An integer beyond 2**63 for an int feature: refused at validation (422), or answered
-    (200) and then kept in prediction_quarantine by the log. Either way never a 5xx, /readyz
-    stays 200, feedback works at once, and every acknowledged row survives SIGTERM."""
+    """An integer beyond 2**63 for an int feature is refused at validation (422): it once was
+    acknowledged and wedged the log. A row the database refuses after it was acknowledged (a
+    trigger on one value, as a constraint could) is kept in prediction_quarantine. Either way
+    never a 5xx, /readyz stays 200, feedback works at once, and every other acknowledged row
+    survives SIGTERM."""
     csv = tmp_path / "visits.csv"
     csv.write_text(
         "visits,spend,churned\n"
@@ -173,15 +175,22 @@ def test_a_row_the_store_cannot_hold_wedges_nothing_and_loses_nothing(tmp_path: 
                 body = {"instances": [{"visits": visits, "spend": 20.5}]}
                 return http.post("/predict/churn", json=body)
 
+            with sqlite3.connect(tmp_path / "data" / "steward.db") as conn:
+                conn.execute(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON predictions "
+                    "WHEN json_extract(NEW.inputs, '$.visits') = 7 "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by a constraint'); END"
+                )
             acknowledged = []
             for visits in (1, 2, 3):
                 response = predict(visits)
                 assert response.status_code == 200, response.text
                 acknowledged += [p["id"] for p in response.json()["predictions"]]
             ready()
-            refused = predict(2**70)
-            assert refused.status_code in (200, 422), refused.text
-            bad = [p["id"] for p in refused.json()["predictions"]] if refused.is_success else []
+            assert predict(2**70).status_code == 422
+            refused = predict(7)
+            assert refused.status_code == 200, refused.text
+            bad = [p["id"] for p in refused.json()["predictions"]]
             ready()
             for visits in (4, 5, 6):
                 response = predict(visits)
@@ -198,6 +207,5 @@ def test_a_row_the_store_cannot_hold_wedges_nothing_and_loses_nothing(tmp_path: 
     with sqlite3.connect(server.data_dir / "steward.db") as conn:
         kept = [row[0] for row in conn.execute("SELECT id FROM prediction_quarantine")]
     assert kept == bad  # an acknowledged row the store refused is kept there for an operator
-    if bad:
-        assert f"prediction {bad[0]} of churn v1 quarantined" in log.read_text()
-    assert str(2**70) not in log.read_text()  # the log names the row, never its values
+    assert f"prediction {bad[0]} of churn v1 quarantined" in log.read_text()
+    assert str(2**70) not in log.read_text()
