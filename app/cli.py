@@ -140,9 +140,9 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _register(args: argparse.Namespace, settings: Settings) -> int:
-    from app import training
+    from app import registration
 
-    metadata = training.register_estimator(
+    metadata = registration.register_estimator(
         settings.models_dir,
         args.artifact,
         args.name,

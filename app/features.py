@@ -15,13 +15,10 @@ Each feature has a ``FeatureSpec`` (stored in metadata.json) that decides what i
 ``InputContract`` is built once per served version: its request model validates a body, and
 ``matrix`` turns validated rows into what the estimator takes. Training builds its matrices
 through the same contract, so a model sees at serving time exactly what it was fitted on.
-``infer_features`` derives the specs from a training or sample frame, and ``probe_features``
-asks the fitted estimator which features may be missing and which categories may be unseen.
+The specs themselves come from data: app/feature_survey.py.
 """
 
 import math
-import re
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +26,6 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import is_bool_dtype, is_integer_dtype, is_numeric_dtype
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -48,10 +44,6 @@ Dtype = Literal["float", "int", "bool", "date", "category"]
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DAYS_PER_YEAR = 365.25
 MAX_CATEGORY_LENGTH = 256
-MIN_ID_ROWS = 20  # fewer rows than this say nothing about a column being an identifier
-UNSEEN_CATEGORY = "__steward_unseen__"
-_DATE_TEXT = re.compile(r"^\s*(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4})([ T]|$)")
-_ID_NAME = re.compile(r"(^|[^a-z])(id|uuid|guid)$|^(id|uuid|guid)([^a-z]|$)", re.IGNORECASE)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -141,7 +133,7 @@ def _date_within(low: float, high: float) -> Callable[[datetime], datetime]:
     reason = f"must be between {_iso_day(low)} and {_iso_day(high)}"
 
     def check(value: datetime) -> datetime:
-        if not low <= _date_to_days(value) <= high:
+        if not low <= date_to_days(value) <= high:
             raise PydanticCustomError("date_range", "{reason}", {"reason": reason})
         return value
 
@@ -234,7 +226,7 @@ def _bool_to_float(value: Any) -> Any:
     return 1.0 if value else 0.0
 
 
-def _date_to_days(value: Any) -> Any:
+def date_to_days(value: Any) -> Any:
     """Days since 1970-01-01 UTC; a naive date-time is taken as UTC."""
     if value is None or value != value:
         return math.nan
@@ -249,7 +241,7 @@ def _converter(feature: FeatureSpec, float_array: bool) -> Callable[[Any], Any] 
     if feature.dtype == "bool":
         return _bool_to_float
     if feature.dtype == "date":
-        return _date_to_days
+        return date_to_days
     if float_array:
         return None  # NumPy makes None NaN in a float64 array by itself
     return _missing_to_nan if feature.nullable else None
@@ -345,124 +337,3 @@ class InputContract:
                 middle = medians.get(f.name, (f.min + f.max) / 2)
                 values.append(round(middle) if f.dtype == "int" else middle)
         return tuple(values)
-
-
-# --- specs from data -----------------------------------------------------------------------
-
-
-def infer_features(frame: pd.DataFrame, dates: Sequence[str] = ()) -> list[FeatureSpec]:
-    """A spec per column of a training or sample frame (as ``read_frame`` prepared it).
-
-    Closed categories and no missing values: ``probe_features`` opens what the model handles.
-    """
-    specs = []
-    for column in frame.columns:
-        values = frame[column]
-        name = str(column)
-        if name in dates:
-            days = values.map(_date_to_days).astype(np.float64)
-            specs.append(_numeric_spec(name, "date", days))
-        elif is_bool_dtype(values) or _all_bool(values):
-            specs.append(FeatureSpec(name=name, dtype="bool", min=0.0, max=1.0))
-        elif is_numeric_dtype(values):
-            kind: Dtype = "int" if is_integer_dtype(values) else "float"
-            specs.append(_numeric_spec(name, kind, values))
-        else:
-            categories = sorted({str(v) for v in values.dropna()})
-            specs.append(FeatureSpec(name=name, dtype="category", categories=categories))
-    return specs
-
-
-def _numeric_spec(name: str, kind: Dtype, values: "pd.Series[Any]") -> FeatureSpec:
-    present = values.dropna()
-    if present.empty:
-        return FeatureSpec(name=name, dtype=kind)
-    return FeatureSpec(name=name, dtype=kind, min=float(present.min()), max=float(present.max()))
-
-
-def _all_bool(values: "pd.Series[Any]") -> bool:
-    present = values.dropna()
-    return not present.empty and all(isinstance(v, bool | np.bool_) for v in present)
-
-
-def read_frame(frame: pd.DataFrame, dates: Sequence[str] = ()) -> pd.DataFrame:
-    """A frame read from CSV, as the model will see its columns: numbers and booleans stay,
-    declared dates become date-times (UTC), other text becomes strings; missing stays missing."""
-    frame = frame.copy()
-    for column in frame.columns:
-        values = frame[column]
-        if str(column) in dates:
-            parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
-            if parsed.notna().sum() < values.notna().sum():
-                raise ValueError(f"column {column!r} is declared a date but not every value is one")
-            frame[column] = pd.Series(
-                [None if pd.isna(v) else v.to_pydatetime() for v in parsed],
-                index=frame.index,
-                dtype=object,
-            )
-        elif is_bool_dtype(values) or _all_bool(values):
-            frame[column] = values.map(lambda v: None if pd.isna(v) else bool(v)).astype(object)
-        elif not is_numeric_dtype(values):
-            frame[column] = values.map(lambda v: v if pd.isna(v) else str(v)).astype(object)
-    return frame
-
-
-def suspicious_columns(frame: pd.DataFrame) -> dict[str, str]:
-    """Columns a model should not learn from as they are: identifiers and undeclared dates.
-
-    An identifier takes a new value for every row, so as a category it would refuse every new
-    one; a date as text would be a category of days seen in training. Returns column -> why.
-    """
-    found = {}
-    for column in frame.columns:
-        values = frame[column].dropna()
-        name = str(column)
-        if values.empty:
-            continue
-        text = not is_numeric_dtype(values) and not _all_bool(values)
-        if text and values.map(lambda v: bool(_DATE_TEXT.match(str(v)))).mean() >= 0.9:
-            found[name] = (
-                f"looks like a date: declare it with --date {name} or leave it out with "
-                f"--drop {name}"
-            )
-            continue
-        unique = values.nunique() == len(values) and len(values) >= MIN_ID_ROWS
-        named_like_id = bool(_ID_NAME.search(name))
-        if unique and (text or named_like_id):
-            found[name] = (
-                f"looks like an identifier ({len(values)} rows, all distinct): "
-                f"leave it out with --drop {name}"
-            )
-    return found
-
-
-def probe_features(contract: InputContract, estimator: Any, sample: Row) -> list[FeatureSpec]:
-    """Ask the fitted estimator what it handles: per feature, a missing value (nullable) and,
-    per category, an unseen value (open). A feature passes when predicting a copy of
-    ``sample`` with only that value changed succeeds and gives a finite result."""
-    features = list(contract.features)
-    for index, feature in enumerate(features):
-        updates: dict[str, bool] = {}
-        if _scores(contract, estimator, _with(sample, index, math.nan)):
-            updates["nullable"] = True
-        if feature.dtype == "category" and _scores(
-            contract, estimator, _with(sample, index, UNSEEN_CATEGORY)
-        ):
-            updates["open_categories"] = True
-        if updates:
-            features[index] = feature.model_copy(update=updates)
-    return features
-
-
-def _with(row: Row, index: int, value: Any) -> Row:
-    return (*row[:index], value, *row[index + 1 :])
-
-
-def _scores(contract: InputContract, estimator: Any, row: Row) -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            output = np.asarray(estimator.predict(contract.matrix([row])))
-    except Exception:  # any failure means "not handled"
-        return False
-    return output.dtype == object or bool(np.isfinite(output.astype(np.float64)).all())

@@ -11,14 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_integer_dtype, is_numeric_dtype
 from sklearn import datasets
-from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.compose import ColumnTransformer
-from sklearn.exceptions import NotFittedError
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 from sklearn.metrics import (
@@ -31,12 +28,11 @@ from sklearn.metrics import (
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from sklearn.utils.validation import check_is_fitted
 
 from app.artifacts import ModelMetadata, Task, check_name, list_versions, save_version
 from app.drift import reference_profile
 from app.errors import ArtifactError
-from app.features import infer_features, probe_features, read_frame, suspicious_columns
+from app.feature_survey import infer_features, probe_features, read_frame, suspicious_columns
 
 MIN_ROWS = 10
 MAX_CLASSIFICATION_INTEGER_LABELS = 20
@@ -44,7 +40,6 @@ MAX_CLASSES = 100  # more distinct labels than this is an identifier or a number
 MIN_ROWS_PER_CLASS = 3  # on average
 TEST_SIZE = 0.25
 SEED = 0
-NOT_AN_ESTIMATOR = "not a joblib or pickle file of a scikit-learn estimator"
 
 
 @dataclass(frozen=True)
@@ -126,7 +121,7 @@ def train_csv(
     like an identifier or an undeclared date is refused, naming the option that handles it.
     """
     check_name(name)
-    frame = _read_csv(csv)
+    frame = read_csv(csv)
     if target not in frame.columns:
         raise ArtifactError(f"{csv}: no column {target!r} (columns: {', '.join(frame.columns)})")
     unknown = [c for c in (*drop, *dates) if c not in frame.columns or c == target]
@@ -214,13 +209,13 @@ def fit_and_save(
     features = infer_features(train_x, dates)
     draft = ModelMetadata(name=name, task=task, features=features, description=description)
     contract = draft.contract()
-    train_rows = _rows(train_x)
+    train_rows = frame_rows(train_x)
     train_matrix = contract.matrix(train_rows)
     try:
         estimator.fit(train_matrix, train_y.to_numpy())
     except ValueError as exc:  # e.g. a training part left with one class
         raise ArtifactError(f"{name}: training failed: {exc}") from exc
-    predicted = estimator.predict(contract.matrix(_rows(test_x)))
+    predicted = estimator.predict(contract.matrix(frame_rows(test_x)))
     draft = draft.model_copy(
         update={
             "features": probe_features(contract, estimator, train_rows[0]),
@@ -228,132 +223,11 @@ def fit_and_save(
             "has_proba": task == "classification" and hasattr(estimator, "predict_proba"),
             "metrics": evaluate(task, test_y.to_numpy(), predicted),
             "training_rows": len(train_x),
-            **_target_range(task, train_y),
+            **target_range(task, train_y),
             "reference_profile": reference_profile(np.asarray(train_matrix), features),
         }
     )
     return save_version(root, draft, estimator, promote=promote)
-
-
-def register_estimator(
-    root: Path,
-    artifact: Path,
-    name: str,
-    sample_csv: Path,
-    *,
-    target: str | None = None,
-    promote: bool = False,
-) -> ModelMetadata:
-    """Register a model trained elsewhere; its schema and profile come from a sample of inputs.
-
-    Categorical features accept the values present in the sample, and unseen ones too when the
-    model handles them; features the model takes missing accept null. With ``target``, that
-    column of the sample holds the true answers: it is not a feature, and the model is scored on
-    the sample (metrics, and a regressor's target range).
-    """
-    check_name(name)
-    estimator = _load_estimator(artifact)
-    if is_classifier(estimator):
-        task: Task = "classification"
-    elif is_regressor(estimator):
-        task = "regression"
-    else:
-        raise ArtifactError(f"{artifact}: not a scikit-learn classifier or regressor")
-    sample = _read_csv(sample_csv)
-    labels = None
-    if target is not None:
-        if target not in sample.columns:
-            raise ArtifactError(f"{sample_csv}: no column {target!r} (the --target)")
-        labels = sample.pop(target)
-    names_in = getattr(estimator, "feature_names_in_", None)
-    if names_in is not None:
-        columns = [str(c) for c in names_in]
-        missing = [c for c in columns if c not in sample.columns]
-        if missing:
-            raise ArtifactError(f"{sample_csv}: missing feature columns {', '.join(missing)}")
-        sample = sample[columns]
-    expected = getattr(estimator, "n_features_in_", sample.shape[1])
-    if sample.shape[1] != expected:
-        extra = "" if target or sample.shape[1] <= expected else " (name a target column: --target)"
-        raise ArtifactError(
-            f"{sample_csv}: {sample.shape[1]} columns, the model expects {expected} features{extra}"
-        )
-    frame = read_frame(sample)
-    features = infer_features(frame)
-    draft = ModelMetadata(
-        name=name,
-        task=task,
-        features=features,
-        classes=estimator.classes_.tolist() if task == "classification" else None,
-        has_proba=task == "classification" and hasattr(estimator, "predict_proba"),
-        input_format="dataframe" if names_in is not None else "array",
-        description=f"Registered from {artifact.name}; schema from {sample_csv.name}"
-        + (f", scored on its column {target!r}." if target else "."),
-    )
-    rows = _rows(frame)
-    contract = draft.contract()
-    try:
-        predicted = estimator.predict(contract.matrix(rows))
-    except Exception as exc:
-        raise ArtifactError(f"{artifact}: the model does not accept {sample_csv}: {exc}") from exc
-    profile = reference_profile(np.asarray(contract.matrix(rows), dtype=object), features)
-    update: dict[str, Any] = {
-        "features": probe_features(contract, estimator, rows[0]),
-        "reference_profile": profile,
-        "sample_rows": len(rows),
-    }
-    if labels is not None:
-        update |= _score_on_sample(
-            draft, labels, np.asarray(predicted), f"{sample_csv}: {target!r}"
-        )
-    return save_version(root, draft.model_copy(update=update), estimator, promote=promote)
-
-
-def _load_estimator(artifact: Path) -> Any:
-    """The fitted scikit-learn estimator in a joblib or pickle file, or one line saying why not."""
-    try:
-        estimator = joblib.load(artifact)
-    except OSError as exc:
-        if exc.errno is None:  # gzip and friends: a damaged or foreign file, not an I/O error
-            raise ArtifactError(f"{artifact}: {NOT_AN_ESTIMATOR}") from exc
-        raise ArtifactError(f"{artifact}: cannot read: {exc.strerror}") from exc
-    except (ImportError, AttributeError) as exc:  # a class defined in a module absent here
-        raise ArtifactError(f"{artifact}: needs code that is not importable here: {exc}") from exc
-    except Exception as exc:  # unpickling other bytes fails in many ways, none worth repeating
-        raise ArtifactError(f"{artifact}: {NOT_AN_ESTIMATOR}") from exc
-    if not isinstance(estimator, BaseEstimator):
-        raise ArtifactError(f"{artifact}: not a scikit-learn classifier or regressor")
-    try:
-        check_is_fitted(estimator)
-    except NotFittedError as exc:
-        raise ArtifactError(f"{artifact}: the estimator is not fitted") from exc
-    return estimator
-
-
-def _score_on_sample(
-    draft: ModelMetadata, labels: pd.Series, predicted: Any, source: str
-) -> dict[str, Any]:
-    """Metrics of the model on the sample's labelled rows, and a regressor's target range."""
-    known = labels.notna().to_numpy()
-    if not known.any():
-        raise ArtifactError(f"{source} has no values")
-    actual = labels[known]
-    if draft.task == "classification":
-        classes = draft.classes or []
-        if all(isinstance(c, str) for c in classes):
-            actual = actual.astype(str)  # "1" read back from a CSV as 1
-        strangers = set(actual) - set(classes)
-        if strangers:
-            raise ArtifactError(
-                f"{source} holds {len(strangers)} value(s) that are not classes of the model"
-            )
-    elif is_bool_dtype(actual) or not is_numeric_dtype(actual):
-        raise ArtifactError(f"{source} is not numeric; a regressor's target is")
-    try:
-        metrics = evaluate(draft.task, actual.to_numpy(), predicted[known])
-    except ValueError as exc:  # e.g. a non-finite prediction
-        raise ArtifactError(f"{source}: cannot score the model on it: {exc}") from exc
-    return {"metrics": metrics, **_target_range(draft.task, actual)}
 
 
 def _check_rows(name: str, rows: int) -> None:
@@ -382,7 +256,7 @@ def _check_classes(source: str, labels: pd.Series) -> None:
         )
 
 
-def _target_range(task: Task, labels: pd.Series) -> dict[str, float]:
+def target_range(task: Task, labels: pd.Series) -> dict[str, float]:
     """A regressor's training target range: what bounds its ground truth and predictions."""
     if task != "regression":
         return {}
@@ -411,7 +285,7 @@ def evaluate(task: Task, actual: Any, predicted: Any) -> dict[str, float]:
     }
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def read_csv(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path)
     except (OSError, ValueError) as exc:
@@ -421,7 +295,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _rows(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
+def frame_rows(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
     return list(frame.itertuples(index=False, name=None))
 
 

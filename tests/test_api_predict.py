@@ -29,8 +29,9 @@ from sklearn.preprocessing import FunctionTransformer
 
 from app.artifacts import load_estimator, read_metadata, set_alias, sha256_bytes
 from app.main import create_app
+from app.registration import register_estimator
 from app.settings import Settings
-from app.training import register_estimator, train_demo
+from app.training import train_demo
 
 DATA = {  # real rows to predict, under the demo models' feature names
     "iris": load_iris(as_frame=True).data.set_axis(list(IRIS_SETOSA), axis=1),
