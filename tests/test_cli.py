@@ -511,15 +511,15 @@ def test_create_app_refuses_a_missing_models_dir(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_a_port_in_use_in_one_line(
-    demo_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    demo_models: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         argv = ["--models-dir", str(demo_models), "serve", "--port", str(port)]
-        os.environ["STEWARD_DATA_DIR"] = str(tmp_path / "data")
-        try:
-            code, out, err = run(capsys, *argv)
-        finally:
-            del os.environ["STEWARD_DATA_DIR"]
+        code, out, err = run(capsys, *argv)
     assert (code, out) == (1, "")
     assert_one_line_error(err, f"cannot listen on 127.0.0.1:{port}")
