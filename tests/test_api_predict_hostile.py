@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import DIABETES_ROW, IRIS_SETOSA, assert_error, predict
+from helpers import DIABETES_ROW, IRIS_SETOSA, assert_error, metric, predict
 from httpx2 import Response
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -89,8 +89,8 @@ def test_with_no_range_policy_what_the_model_cannot_score_is_422_never_500_or_nu
     assert len(error["details"]) == min(len(row), 20)  # the first 20 values named
     assert "outside the training range" in error["message"]
     assert literal[:6] not in json.dumps(error)
-    errors = "steward_errors_total"
-    assert unbounded.get("/metrics").text.count(f'{errors}{{model="{model}",stage="unscorable"}} 1')
+    assert metric(unbounded, "steward_errors_total", model=model, stage="unscorable") == 1
+    assert metric(unbounded, "steward_errors_total", model=model, stage="model") == 0
     assert_healthy(unbounded)
     assert predict(unbounded, model, _row(unbounded, model)).status_code == 200
 
