@@ -288,6 +288,11 @@ class InputContract:
         instances: list[BaseModel] = request.instances  # type: ignore[attr-defined]
         return [tuple(vars(instance).values()) for instance in instances]
 
+    def key_count(self, request: BaseModel) -> int:
+        """Keys in a validated request's JSON: ``instances`` and each instance's fields."""
+        instances: list[BaseModel] = request.instances  # type: ignore[attr-defined]
+        return 1 + sum(len(instance.model_fields_set) for instance in instances)
+
     def matrix(self, rows: Sequence[Row]) -> Any:
         """The estimator's input: a float array (all numeric), an object array, or a DataFrame."""
         converters = self.converters

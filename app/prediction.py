@@ -214,7 +214,9 @@ class Predictor:
 
     def _validate(self, model: LoadedModel, body: bytes) -> list[Row]:
         try:
-            request = parse_json(model.request_model.model_validate_json, body)
+            request = parse_json(
+                model.request_model.model_validate_json, body, keys=model.contract.key_count
+            )
         except (InvalidJSON, ValidationFailed):
             self.metrics.count_error(model.name, "validation")
             raise

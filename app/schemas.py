@@ -126,23 +126,42 @@ FeedbackRequest = Annotated[
 FEEDBACK_REQUEST: TypeAdapter[FeedbackItem | FeedbackBatch] = TypeAdapter(FeedbackRequest)
 
 
-def parse_json(validate_json: Callable[[bytes], T], body: bytes, skip: tuple[str, ...] = ()) -> T:
+def parse_json(
+    validate_json: Callable[[bytes], T],
+    body: bytes,
+    skip: tuple[str, ...] = (),
+    keys: Callable[[T], int] | None = None,
+) -> T:
     """Validate a raw JSON body, whatever its Content-Type; errors in the one error shape.
 
     An empty or unparseable body is InvalidJSON (400), and so is an object with a key twice:
     parsers disagree on which one wins (a proxy may check the first, we would use the last).
     Values that do not fit are ValidationFailed (422), naming each field.
+
+    ``keys`` counts the keys of a validated value, when that is known; a body with exactly as
+    many colons holds no key twice (every key is followed by one, a colon in a string only adds
+    to the count), which spares the second parse on the hot path.
     """
     if not body.strip():
         raise InvalidJSON("request body is empty; expected a JSON object")
-    try:  # the parser pydantic uses, asked to catch what pydantic's own call lets through
+    if keys is None:
+        refuse_duplicate_keys(body)
+    try:
+        value = validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc.errors(include_url=False), skip) from exc
+    if keys is not None and body.count(b":") != keys(value):
+        refuse_duplicate_keys(body)
+    return value
+
+
+def refuse_duplicate_keys(body: bytes) -> None:
+    """InvalidJSON if an object in ``body`` has a key twice (jiter: the parser pydantic uses,
+    asked to catch what pydantic's own call lets through). Costs a full parse."""
+    try:
         jiter.from_json(body, catch_duplicate_keys=True, cache_mode="keys")
     except ValueError as exc:
         raise InvalidJSON(f"request body is not valid JSON: {_without_key(str(exc))}") from exc
-    try:
-        return validate_json(body)
-    except ValidationError as exc:
-        raise validation_error(exc.errors(include_url=False), skip) from exc
 
 
 def _without_key(message: str) -> str:
