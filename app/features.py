@@ -141,6 +141,9 @@ def _date_within(low: float, high: float) -> Callable[[datetime], datetime]:
 
 
 def _iso_day(days: float) -> str:
+    """The date ``days`` after 1970-01-01, within what a date can be (years 1 to 9999)."""
+    first, last = datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)
+    days = min(max(days, (first - _EPOCH).days), (last - _EPOCH).days)
     return (_EPOCH + timedelta(days=days)).date().isoformat()
 
 
