@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -282,9 +283,10 @@ class InputContract:
             tuple(features), model, dataframe, converters if any(converters) else (), numeric
         )
 
-    @property
-    def names(self) -> list[str]:
-        return [f.name for f in self.features]
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        """The feature names, in the order the model takes them."""
+        return tuple(f.name for f in self.features)
 
     def rows(self, request: BaseModel) -> list[Row]:
         """A validated request's instances as value tuples in feature order (f0..fN)."""
@@ -305,7 +307,7 @@ class InputContract:
                 for row in rows
             ]
         if self.dataframe:
-            return pd.DataFrame.from_records(rows, columns=self.names)
+            return pd.DataFrame.from_records(rows, columns=list(self.names))
         return np.array(rows, dtype=np.float64 if self.numeric else object)
 
     def outside_training_range(self, rows: Sequence[Row]) -> list[dict[str, str]]:

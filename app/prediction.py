@@ -230,7 +230,7 @@ class Predictor:
         outputs: Sequence[RowOutput],
     ) -> None:
         now = datetime.now(UTC)
-        names = model.feature_names
+        names = model.contract.names
         records = [
             PredictionRecord(
                 id=prediction_id,

@@ -62,10 +62,6 @@ class LoadedModel:
         return self.contract.request_model
 
     @cached_property
-    def feature_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.metadata.features)
-
-    @cached_property
     def class_keys(self) -> list[str]:
         """The classes as JSON object keys, in predict_proba order."""
         return [str(c) for c in self.metadata.classes or ()]
