@@ -7,7 +7,8 @@ import pytest
 
 from app.artifacts import ARTIFACT, METADATA, set_alias
 from app.errors import ModelUnavailable, UnknownModel, UnknownVersion
-from app.registry import LoadedModel, Registry
+from app.loading import LoadedModel
+from app.registry import ModelEntry, Registry
 from app.training import train_demo
 
 
@@ -20,9 +21,9 @@ def loaded(models_dir: Path) -> Registry:
 def test_loads_the_production_version_of_every_model(models_dir: Path) -> None:
     registry = loaded(models_dir)
     assert registry.names == ["breast-cancer", "diabetes", "iris"]
-    assert registry.refusals == {}
+    assert [entry.state.refusals for entry in registry.entries] == [{}, {}, {}]
     for name in registry.names:
-        (model,) = registry.loaded_versions(name)
+        (model,) = registry.entry(name).state.loaded.values()
         assert (model.name, model.version) == (name, 1)
         assert model.sklearn_mismatch is None
 
@@ -47,10 +48,11 @@ def test_resolves_numbers_and_aliases(models_dir: Path) -> None:
 def test_on_load_is_told_each_loaded_version_and_its_aliases(models_dir: Path) -> None:
     seen: list[tuple[str, int, list[str]]] = []
 
-    def on_load(model: LoadedModel, aliases: list[str]) -> None:
-        seen.append((model.name, model.version, aliases))
+    def on_load(entry: ModelEntry, model: LoadedModel) -> None:
+        seen.append((model.name, model.version, entry.state.aliases_of(model.version)))
 
-    registry = Registry(models_dir, 100, on_load=on_load)
+    registry = Registry(models_dir, 100)
+    registry.on_load.append(on_load)
     registry.load()
     assert sorted(seen) == [
         ("breast-cancer", 1, ["production"]),
@@ -63,7 +65,7 @@ def test_tampered_artifact_is_refused_and_the_others_serve(models_dir: Path) -> 
     artifact = models_dir / "iris" / "1" / ARTIFACT
     artifact.write_bytes(artifact.read_bytes() + b"tampered")
     registry = loaded(models_dir)
-    (refusal,) = registry.refusals.values()
+    (refusal,) = [r for entry in registry.entries for r in entry.state.refusals.values()]
     assert (refusal.model, refusal.version, refusal.reason) == ("iris", 1, "checksum_mismatch")
     assert "sha256" in refusal.message
     with pytest.raises(ModelUnavailable):
@@ -82,20 +84,20 @@ def test_unloadable_artifact_is_refused(models_dir: Path) -> None:
     metadata["sha256"] = hashlib.sha256(garbage).hexdigest()  # checksum right, content wrong
     (folder / METADATA).write_text(json.dumps(metadata))
     registry = loaded(models_dir)
-    assert registry.refusals[("diabetes", 1)].reason == "load_error"
+    assert registry.entry("diabetes").state.refusals[1].reason == "load_error"
     assert registry.resolve("iris").version == 1
 
 
 def test_unreadable_metadata_is_refused(models_dir: Path) -> None:
     (models_dir / "iris" / "1" / METADATA).write_text("{not json")
     registry = loaded(models_dir)
-    assert registry.refusals[("iris", 1)].reason == "metadata_error"
+    assert registry.entry("iris").state.refusals[1].reason == "metadata_error"
 
 
 def test_unreadable_aliases_are_refused(models_dir: Path) -> None:
     (models_dir / "iris" / "aliases.json").write_text('{"production": "one"}')
     registry = loaded(models_dir)
-    assert registry.refusals[("iris", None)].reason == "aliases_unreadable"
+    assert registry.entry("iris").state.refusals[None].reason == "aliases_unreadable"
 
 
 def test_other_scikit_learn_version_is_reported(models_dir: Path) -> None:
@@ -107,14 +109,14 @@ def test_other_scikit_learn_version_is_reported(models_dir: Path) -> None:
     model = registry.resolve("iris")
     assert model.sklearn_mismatch is not None
     assert "0.24.2" in model.sklearn_mismatch
-    assert registry.refusals == {}  # reported, still served
+    assert registry.entry("iris").state.refusals == {}  # reported, still served
 
 
 def test_model_without_production_is_listed_not_served(models_dir: Path) -> None:
     (models_dir / "iris" / "aliases.json").unlink()
     registry = loaded(models_dir)
     assert "iris" in registry.names
-    assert registry.loaded_versions("iris") == []
+    assert registry.entry("iris").state.loaded == {}
     with pytest.raises(UnknownVersion, match="no production version"):
         registry.resolve("iris")
     assert registry.resolve("iris", "1").version == 1  # by number it still resolves
