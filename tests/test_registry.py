@@ -1,6 +1,8 @@
-"""The registry: what loads, what is refused and why, how requests resolve."""
+"""The registry: what loads, what is refused and why, how requests resolve, how versions are
+swapped at run time, and what its hooks are told."""
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,25 @@ def loaded(models_dir: Path) -> Registry:
     registry = Registry(models_dir, max_instances=100)
     registry.load()
     return registry
+
+
+class Events:
+    """Every hook call of a registry, in order, as plain tuples."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.seen: list[tuple[object, ...]] = []
+        registry.on_load.append(lambda e, m: self.seen.append(("load", e.name, m.version)))
+        registry.on_swap.append(lambda e, *moved: self.seen.append(("swap", e.name, *moved)))
+        registry.on_refuse.append(
+            lambda e, r: self.seen.append(("refuse", e.name, r.version, r.reason))
+        )
+        registry.on_unload.append(lambda e, m: self.seen.append(("unload", e.name, m.version)))
+
+
+def tamper(models_dir: Path, name: str, version: int) -> None:
+    """Change a version's artifact after registration: its checksum no longer matches."""
+    artifact = models_dir / name / str(version) / ARTIFACT
+    artifact.write_bytes(artifact.read_bytes() + b"tampered")
 
 
 def test_loads_the_production_version_of_every_model(models_dir: Path) -> None:
@@ -134,3 +155,111 @@ def test_empty_or_missing_registry(tmp_path: Path) -> None:
     assert registry.names == []
     with pytest.raises(UnknownModel):
         registry.resolve("iris")
+
+
+def test_a_swap_loads_the_version_first_then_moves_the_alias_in_memory(models_dir: Path) -> None:
+    train_demo(models_dir)  # version 2 of each demo; production stays 1
+    registry = Registry(models_dir, max_instances=100)
+    events = Events(registry)
+    registry.load()
+    assert ("load", "iris", 1) in events.seen
+    events.seen.clear()
+
+    assert registry.point("iris", "production", 2).version == 2
+    assert events.seen == [("load", "iris", 2), ("swap", "iris", "production", 1, 2)]
+    assert registry.resolve("iris").version == 2
+    assert registry.entry("iris").state.aliases == {"production": 2}
+    assert registry.cached("iris", "1") is not None  # the old version stays loaded until unloaded
+    assert registry.production()["iris"].version == 2
+    aliases = json.loads((models_dir / "iris" / "aliases.json").read_text())
+    assert aliases == {"production": 1}  # in memory only: the file is not this method's
+
+    registry.point("iris", "production", 2)  # already there: no event
+    registry.point("iris", "candidate", 1)  # a new alias: no old version, nothing loaded
+    assert events.seen[2:] == [("swap", "iris", "candidate", None, 1)]
+
+
+def test_unload_takes_a_version_without_alias_out_of_memory(models_dir: Path) -> None:
+    train_demo(models_dir)
+    registry = loaded(models_dir)
+    events = Events(registry)
+    registry.point("iris", "production", 2)
+    with pytest.raises(ValueError, match="production"):
+        registry.unload("iris", 2)  # still served
+    registry.unload("iris", 1)
+    registry.unload("iris", 1)  # not loaded any more: nothing happens
+    assert events.seen[-1:] == [("unload", "iris", 1)]
+    assert sorted(registry.entry("iris").state.loaded) == [2]
+    assert registry.cached("iris", "1") is None  # a request for it by number loads it again
+    assert registry.resolve("iris", "1").version == 1
+    assert events.seen[-1:] == [("load", "iris", 1)]
+
+
+def test_a_refused_swap_keeps_the_old_version_serving(models_dir: Path) -> None:
+    train_demo(models_dir)
+    tamper(models_dir, "iris", 2)
+    registry = loaded(models_dir)
+    events = Events(registry)
+    with pytest.raises(ModelUnavailable, match="checksum_mismatch"):
+        registry.point("iris", "production", 2)
+    assert events.seen == [("refuse", "iris", 2, "checksum_mismatch")]
+    assert registry.entry("iris").state.aliases == {"production": 1}
+    assert registry.resolve("iris").version == 1
+    with pytest.raises(ModelUnavailable, match="checksum_mismatch"):
+        registry.point("iris", "production", 2)  # refused once: not announced again
+    assert len(events.seen) == 1
+
+
+def test_a_refusal_on_a_later_load_fires_on_refuse_once(models_dir: Path) -> None:
+    train_demo(models_dir)
+    tamper(models_dir, "iris", 2)
+    registry = loaded(models_dir)
+    events = Events(registry)
+    for _ in range(2):
+        with pytest.raises(ModelUnavailable):
+            registry.resolve("iris", "2")
+    assert events.seen == [("refuse", "iris", 2, "checksum_mismatch")]
+    assert registry.refused() == {}  # production still serves: the model is not refused
+    assert registry.entry("iris").state.refusals[2].reason == "checksum_mismatch"
+
+
+def test_a_failing_hook_is_logged_and_the_swap_stands(
+    models_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train_demo(models_dir)
+    registry = loaded(models_dir)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("subscriber bug")
+
+    registry.on_swap.append(broken)
+    events = Events(registry)
+    registry.point("iris", "production", 2)
+    assert events.seen[-1] == ("swap", "iris", "production", 1, 2)
+    assert registry.resolve("iris").version == 2
+    assert "subscriber bug" in caplog.text
+
+
+def test_requests_resolve_the_old_or_the_new_version_never_neither(models_dir: Path) -> None:
+    """A reader resolving production from another thread while production moves back and
+    forth, each old version unloaded after the move, always finds a loaded version."""
+    train_demo(models_dir)
+    registry = loaded(models_dir)
+    seen: set[int | None] = set()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            model = registry.cached("iris")
+            seen.add(model.version if model is not None else None)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for new, old in [(2, 1), (1, 2)] * 10:
+            registry.point("iris", "production", new)
+            registry.unload("iris", old)
+    finally:
+        done.set()
+        reader.join()
+    assert seen == {1, 2}
