@@ -185,7 +185,7 @@ class Metrics:
         registry.on_unload.append(self._unloaded)
 
     def _loaded(self, entry: ModelEntry, model: LoadedModel) -> None:
-        """A version is served: publish its info and create its series at 0."""
+        """A version is loaded: publish its info and create its series at 0."""
         metadata = model.metadata
         name, version = metadata.name, str(metadata.version)
         self._publish_info(entry, model.version)
