@@ -17,6 +17,9 @@ in a worker thread, and the loop keeps serving meanwhile.
 
 If the model fails on a batch of several requests, each request is run again on its own, so
 one request's bad rows fail that request only.
+
+A lane is dropped when its version leaves memory: the requests queued on it still run, then its
+worker ends.
 """
 
 import asyncio
@@ -56,6 +59,7 @@ class _Lane(Generic[Row, Out]):
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     worker: "asyncio.Task[None] | None" = None
     inline: bool = False  # run calls on the loop thread; decided by the last call's time
+    dropped: bool = False  # run what is queued, then end
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,12 @@ class Batcher(Generic[Key, Row, Out]):
         self.inline_max = inline_max
         self.on_batch = on_batch
         self._lanes: dict[Key, _Lane[Row, Out]] = {}
+        self._draining: set[_Lane[Row, Out]] = set()  # dropped, still running queued requests
+
+    @property
+    def keys(self) -> list[Key]:
+        """The keys with an open lane."""
+        return list(self._lanes)
 
     async def run(self, key: Key, rows: Sequence[Row]) -> list[Out]:
         """The outputs for ``rows``, computed in a batch with whatever else is queued for ``key``.
@@ -100,9 +110,24 @@ class Batcher(Generic[Key, Row, Out]):
         lane.wakeup.set()
         return await job.result
 
+    def drop(self, key: Key) -> None:
+        """Close ``key``'s lane: the requests queued on it still run, then its worker ends (a
+        later request for ``key`` opens a new lane). Callable from any thread."""
+        lane = self._lanes.get(key)
+        if lane is not None and lane.worker is not None:
+            lane.worker.get_loop().call_soon_threadsafe(self._drop, key, lane)
+
+    def _drop(self, key: Key, lane: _Lane[Row, Out]) -> None:
+        if self._lanes.get(key) is lane:
+            del self._lanes[key]
+            self._draining.add(lane)
+            lane.dropped = True
+            lane.wakeup.set()
+
     async def close(self) -> None:
         """Stop every worker; requests still queued are failed (shutdown waits for none)."""
-        lanes, self._lanes = list(self._lanes.values()), {}
+        lanes = [*self._lanes.values(), *self._draining]
+        self._lanes, self._draining = {}, set()
         for lane in lanes:
             if lane.worker is not None:
                 lane.worker.cancel()
@@ -115,7 +140,7 @@ class Batcher(Generic[Key, Row, Out]):
                     job.result.set_exception(BatcherClosed("the server is shutting down"))
 
     async def _work(self, key: Key, lane: _Lane[Row, Out]) -> None:
-        while True:
+        while not lane.dropped:
             await lane.wakeup.wait()
             lane.wakeup.clear()
             while lane.jobs:
@@ -129,6 +154,7 @@ class Batcher(Generic[Key, Row, Out]):
                             job.result.set_exception(exc)
                 # Let the requests just answered finish, and new ones queue, before the next.
                 await asyncio.sleep(0)
+        self._draining.discard(lane)
 
     async def _gather(self, lane: _Lane[Row, Out]) -> list[_Job[Row, Out]]:
         """Queued jobs up to ``max_rows`` rows; open for more only while more keep arriving."""

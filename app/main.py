@@ -21,7 +21,7 @@ from app.feedback import FeedbackRecorder
 from app.metrics import Metrics, MetricsMiddleware
 from app.prediction import Predictor
 from app.readiness import Readiness
-from app.registry import LoadedModel, Registry
+from app.registry import Registry
 from app.routes import docs, feedback, health, models, predict
 from app.settings import Settings
 from app.store import PredictionLog, open_store
@@ -37,22 +37,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Built here, not in the lifespan, because the middleware needs it when the app is built.
     metrics = Metrics(CollectorRegistry(), settings.max_class_labels)
 
-    def track(model: LoadedModel, aliases: list[str]) -> None:
-        metrics.track_model(model.metadata, aliases, model.sklearn_mismatch is not None)
-
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         store = open_store(settings.store_url)
         registry = Registry(
             settings.models_dir,
             settings.max_instances,
-            on_load=track,
             input_range_multiple=settings.input_range_multiple,
             target_range_multiple=settings.target_range_multiple,
         )
+        metrics.follow(registry)
         registry.load()
-        for refusal in registry.refusals.values():
-            metrics.model_refused.labels(refusal.model, refusal.reason).set(1)
         log = PredictionLog(
             store, metrics, batch_size=settings.log_batch_size, max_pending=settings.log_max_pending
         )

@@ -15,6 +15,8 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.artifacts import Label, ModelMetadata
+from app.loading import LoadedModel, Refusal
+from app.registry import ModelEntry, Registry
 
 UNKNOWN_MODEL = "_unknown"
 OTHER_CLASS = "_other"
@@ -131,7 +133,7 @@ class Metrics:
         )
         self.model_refused = Gauge(
             "steward_model_refused",
-            "1 for each model whose production version was refused at load, by reason.",
+            "1 for each model with a refused version (or aliases file), by reason.",
             ["model", "reason"],
             registry=registry,
         )
@@ -158,6 +160,7 @@ class Metrics:
         )
         self._class_labels: dict[tuple[str, int], dict[Label, str]] = {}
         self._series: dict[tuple[str, int], ModelSeries] = {}
+        self._info: dict[tuple[str, int], tuple[str, ...]] = {}  # model_info series published
         self._errors: dict[tuple[str, str], Counter] = {}
         for stage in ERROR_STAGES:
             self.errors.labels(UNKNOWN_MODEL, stage)
@@ -174,14 +177,19 @@ class Metrics:
             self._class_labels[(metadata.name, metadata.version)] = labels
         return labels.get(label, OTHER_CLASS)
 
-    def track_model(
-        self, metadata: ModelMetadata, aliases: Sequence[str], sklearn_mismatch: bool
-    ) -> None:
-        """A version is served: publish its info and create its series at 0."""
+    def follow(self, registry: Registry) -> None:
+        """Keep the model series in step with ``registry``: subscribe to its hooks."""
+        registry.on_load.append(self._loaded)
+        registry.on_swap.append(self._swapped)
+        registry.on_refuse.append(self._refused)
+        registry.on_unload.append(self._unloaded)
+
+    def _loaded(self, entry: ModelEntry, model: LoadedModel) -> None:
+        """A version is loaded: publish its info and create its series at 0."""
+        metadata = model.metadata
         name, version = metadata.name, str(metadata.version)
-        for alias in aliases or ("",):
-            self.model_info.labels(name, version, alias).set(1)
-        self.sklearn_mismatch.labels(name, version).set(int(sklearn_mismatch))
+        self._publish_info(entry, model.version)
+        self.sklearn_mismatch.labels(name, version).set(int(model.sklearn_mismatch is not None))
         self.predictions.labels(name, version)
         self.inference_duration.labels(name, version)
         self.batch_rows.labels(name, version)
@@ -207,6 +215,37 @@ class Metrics:
             self.squared_error.labels(name, version)
         for outcome in outcomes:
             self.feedback.labels(name, version, outcome)
+
+    def _swapped(self, entry: ModelEntry, alias: str, old: int | None, new: int) -> None:
+        """An alias moved: from the old version's info series to the new one's."""
+        if old is not None:
+            self._publish_info(entry, old)
+        self._publish_info(entry, new)
+
+    def _refused(self, entry: ModelEntry, refusal: Refusal) -> None:
+        self.model_refused.labels(entry.name, refusal.reason).set(1)
+
+    def _unloaded(self, entry: ModelEntry, model: LoadedModel) -> None:
+        """A version left memory: its gauges go. Its counters stay (what it served is history,
+        and rate() needs them), and so do its class labels (feedback for its predictions)."""
+        self._publish_info(entry, model.version)
+        self.sklearn_mismatch.remove(model.name, str(model.version))
+        self._series.pop((model.name, model.version), None)
+
+    def _publish_info(self, entry: ModelEntry, version: int) -> None:
+        """``steward_model_info`` of one version as the entry has it now: a series per alias
+        pointing at it, ``alias=""`` while it is loaded with none, no series once unloaded."""
+        state = entry.state
+        aliases: tuple[str, ...] = ()
+        if version in state.loaded:
+            aliases = tuple(state.aliases_of(version)) or ("",)
+        key = (entry.name, version)
+        for alias in set(self._info.pop(key, ())) - set(aliases):
+            self.model_info.remove(entry.name, str(version), alias)
+        for alias in aliases:
+            self.model_info.labels(entry.name, str(version), alias).set(1)
+        if aliases:
+            self._info[key] = aliases
 
     def count_error(self, model: str | None, stage: str) -> None:
         key = (model or UNKNOWN_MODEL, stage)

@@ -32,8 +32,9 @@ from app.errors import (
     ValidationFailed,
 )
 from app.features import Row
+from app.loading import LoadedModel
 from app.metrics import Metrics
-from app.registry import LoadedModel, Registry
+from app.registry import ModelEntry, Registry
 from app.schemas import parse_json
 from app.store import PredictionLog, PredictionRecord
 
@@ -137,6 +138,7 @@ class Predictor:
         self._scores_typical_row: weakref.WeakKeyDictionary[LoadedModel, bool] = (
             weakref.WeakKeyDictionary()
         )
+        registry.on_unload.append(self._unloaded)
 
     async def predict(self, name: str | None, version: str | None, body: bytes) -> bytes:
         """The JSON response body for a /predict request."""
@@ -191,6 +193,10 @@ class Predictor:
             f"{model.name} v{model.version} is failing (even on a typical input); "
             "see the server log"
         )
+
+    def _unloaded(self, entry: ModelEntry, model: LoadedModel) -> None:
+        """A version left memory: its lane closes once the requests queued on it have run."""
+        self.batcher.drop(model)
 
     def _observe(self, model: LoadedModel, batch: BatchStats) -> None:
         self.metrics.series(model.metadata).observe_batch(batch.rows, batch.seconds)

@@ -49,7 +49,7 @@ class Readiness:
 
     def check(self) -> ReadinessReport:
         """The report of a ready instance; NotReady (503) naming each blocking problem."""
-        serving = self._serving()
+        serving = {name: model.version for name, model in self.registry.production().items()}
         refused = self._refused_models()
         blocking = self._store_problems()
         for name in self.required_models:
@@ -78,25 +78,14 @@ class Readiness:
             pending_log_rows=self.log.pending,
         )
 
-    def _serving(self) -> dict[str, int]:
-        serving = {}
-        for name in self.registry.names:
-            production = self.registry.aliases(name).get("production")
-            loaded = {m.version for m in self.registry.loaded_versions(name)}
-            if production is not None and production in loaded:
-                serving[name] = production
-        return serving
-
     def _refused_models(self) -> dict[str, ReadinessProblem]:
         """Models whose production version (or aliases file) was refused, by name."""
-        refused = {}
-        # A snapshot: a lazy load in another thread may add a refusal meanwhile.
-        for (name, version), refusal in list(self.registry.refusals.items()):
-            if version is None or version == self.registry.aliases(name).get("production"):
-                refused[name] = ReadinessProblem(
-                    component=f"model:{name}", reason=refusal.reason, message=refusal.message
-                )
-        return refused
+        return {
+            name: ReadinessProblem(
+                component=f"model:{name}", reason=refusal.reason, message=refusal.message
+            )
+            for name, refusal in self.registry.refused().items()
+        }
 
     def _store_problems(self) -> list[ReadinessProblem]:
         problems = []

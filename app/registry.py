@@ -1,86 +1,186 @@
-"""The served models: loads each model's production version at startup, resolves requests.
+"""The served models: one entry per model, loaded at start-up, resolved per request, and
+switched at run time.
 
-A version that cannot be trusted (checksum mismatch, unreadable metadata, unpicklable artifact)
-is refused: logged, kept in ``refusals`` (named by /readyz and a metric), and never served; the
-other models still serve. Other versions load on first use, through the same checks.
+A version that cannot be trusted (app/loading.py) is refused: logged, kept on its model's entry
+(named by /models, /readyz and a metric), and never served; the other models still serve. Other
+versions load on first use, through the same checks.
+
+Whoever keeps something per model version (metrics series, batcher lanes) subscribes to the
+registry's hooks (``on_load``, ``on_swap``, ``on_refuse``, ``on_unload``); nobody polls it.
 """
 
 import contextlib
 import logging
 import threading
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-import sklearn
-from pydantic import BaseModel
-
-from app.artifacts import (
-    ChecksumMismatch,
-    ModelMetadata,
-    list_models,
-    list_versions,
-    load_estimator,
-    read_aliases,
-    read_metadata,
-)
+from app.artifacts import ModelMetadata, list_models, list_versions, read_aliases, read_metadata
 from app.errors import ArtifactError, ModelUnavailable, UnknownModel, UnknownVersion
-from app.features import InputContract, widen
+from app.loading import LoadedModel, Refusal, Refused, load_version
+from app.schemas import LoadedVersion, ModelDetail, ModelSummary
 
 logger = logging.getLogger(__name__)
 
 _MODEL_DETAIL = [{"field": "model", "message": "not a model of this server (GET /models)"}]
 
 
-@dataclass(frozen=True, eq=False)
-class LoadedModel:
-    """A version ready to serve: its estimator and the input contract built from its metadata.
+@dataclass(frozen=True)
+class ModelState:
+    """One model at one moment: versions on disk, aliases, loaded versions, refusals.
 
-    ``output_range`` bounds a regressor's predictions (its training target range, widened);
-    a prediction outside it is refused as unscorable rather than served.
+    Never changed in place: the registry replaces an entry's state whole, so whoever reads one
+    state sees an alias and the version it points at from the same moment.
     """
 
-    metadata: ModelMetadata
-    estimator: Any
-    contract: InputContract
-    output_range: tuple[float, float] | None = None
-    sklearn_mismatch: str | None = None
+    versions: tuple[int, ...]
+    aliases: Mapping[str, int] = field(default_factory=dict)
+    loaded: Mapping[int, LoadedModel] = field(default_factory=dict)
+    refusals: Mapping[int | None, Refusal] = field(default_factory=dict)  # None: aliases file
 
     @property
-    def name(self) -> str:
-        return self.metadata.name
+    def production(self) -> LoadedModel | None:
+        """The production version when it is loaded: what a request names by default."""
+        number = self.aliases.get("production")
+        return None if number is None else self.loaded.get(number)
 
     @property
-    def version(self) -> int:
-        return self.metadata.version
+    def refusal(self) -> Refusal | None:
+        """Why no production version serves, when a refusal is the reason: the production
+        version's, or the aliases file's."""
+        if None in self.refusals:
+            return self.refusals[None]
+        number = self.aliases.get("production")
+        return None if number is None else self.refusals.get(number)
 
-    @property
-    def request_model(self) -> type[BaseModel]:
-        return self.contract.request_model
-
-    @cached_property
-    def class_keys(self) -> list[str]:
-        """The classes as JSON object keys, in predict_proba order."""
-        return [str(c) for c in self.metadata.classes or ()]
+    def aliases_of(self, version: int) -> list[str]:
+        """The aliases pointing at ``version``, sorted."""
+        return sorted(alias for alias, number in self.aliases.items() if number == version)
 
 
-@dataclass(frozen=True)
-class Refusal:
-    model: str
-    version: int | None
-    reason: str
-    message: str
+class ModelEntry:
+    """One model of the registry. ``state`` is read from any thread without a lock: take it
+    once per question. Only the Registry replaces it, under the registry's lock."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = name
+        self.state = ModelState(versions=tuple(list_versions(root, name)))
+        self._root = root
+        self._metadata: dict[int, ModelMetadata] = {}
+
+    def number(self, version: str | None, state: ModelState | None = None) -> int:
+        """The version number a request names: an alias, a number, or (None) production;
+        looked up in ``state`` when the caller already took one."""
+        state = state or self.state
+        ref = version or "production"
+        if ref in state.aliases:
+            return state.aliases[ref]
+        if ref.isascii() and ref.isdigit():  # "²" and "٣" are digits to str.isdigit
+            return int(ref)
+        if version is None:
+            raise UnknownVersion(f"model {self.name!r} has no production version")
+        raise UnknownVersion(
+            f"model {self.name!r} has no such version or alias",
+            [
+                {
+                    "field": "version",
+                    "message": "a version number or one of: " + ", ".join(state.aliases),
+                }
+            ],
+        )
+
+    def cached(self, version: str | None = None) -> LoadedModel | None:
+        """The loaded version a request names, if in memory (no disk access).
+
+        Raises UnknownVersion / ModelUnavailable; None means "load it" (Registry.resolve).
+        """
+        state = self.state
+        number = self.number(version, state)
+        loaded = state.loaded.get(number)
+        if loaded is not None:
+            return loaded
+        refusal = state.refusals.get(number)
+        if refusal is not None:
+            raise refusal.unavailable()
+        return None
+
+    def metadata(self, version: int) -> ModelMetadata:
+        """Metadata of any version, served or not (feedback for older predictions)."""
+        loaded = self.state.loaded.get(version)
+        if loaded is not None:
+            return loaded.metadata
+        if version not in self._metadata:
+            self._metadata[version] = read_metadata(self._root, self.name, version)
+        return self._metadata[version]
+
+    def summary(self) -> ModelSummary:
+        """What GET /models shows of this model."""
+        state = self.state
+        production, refusal = state.production, state.refusal
+        return ModelSummary(
+            name=self.name,
+            task=production.metadata.task if production else None,
+            versions=list(state.versions),
+            aliases=dict(state.aliases),
+            serving=production.version if production else None,
+            refused=refusal.message if refusal else None,
+        )
+
+    def detail(self) -> ModelDetail:
+        """What GET /models/{model} shows: aliases, loaded versions, refusals, and the metadata
+        of every version (one whose metadata is unreadable is listed by number only)."""
+        state = self.state
+        versions = []
+        for number in state.versions:
+            try:
+                versions.append(self.metadata(number))
+            except ArtifactError:
+                continue  # named under refusals once someone asks for it
+        return ModelDetail(
+            name=self.name,
+            aliases=dict(state.aliases),
+            loaded=[
+                LoadedVersion(
+                    version=number,
+                    aliases=state.aliases_of(number),
+                    sklearn_mismatch=model.sklearn_mismatch,
+                )
+                for number, model in sorted(state.loaded.items())
+            ],
+            refusals=[
+                {"version": r.version, "reason": r.reason, "message": r.message}
+                for r in state.refusals.values()
+            ],
+            versions=versions,
+        )
+
+
+# The hooks' signatures (see Registry).
+VersionHook = Callable[[ModelEntry, LoadedModel], None]
+SwapHook = Callable[[ModelEntry, str, int | None, int], None]
+RefuseHook = Callable[[ModelEntry, Refusal], None]
 
 
 class Registry:
+    """Every model of the registry directory, one ModelEntry each, and hooks on their changes.
+
+    Hooks are lists of callables; append one to subscribe. A hook runs in the thread that
+    caused the event, under the registry's lock, in the order events happen, so it sees the
+    entry's state as the event left it: keep it short. One that raises is logged; the others
+    still run, and the event stands.
+
+    - ``on_load(entry, model)``: a version passed every check and is loaded.
+    - ``on_swap(entry, alias, old, new)``: ``alias`` moved from version ``old`` (None: it was
+      not set) to version ``new``, which is loaded.
+    - ``on_refuse(entry, refusal)``: a version, or the aliases file, was refused (once each).
+    - ``on_unload(entry, model)``: a version left memory; no new request resolves to it.
+    """
+
     def __init__(
         self,
         root: Path,
         max_instances: int,
-        on_load: Callable[[LoadedModel, list[str]], None] | None = None,
         *,
         input_range_multiple: float = 0.0,
         target_range_multiple: float = 0.0,
@@ -89,51 +189,66 @@ class Registry:
         self.max_instances = max_instances
         self.input_range_multiple = input_range_multiple
         self.target_range_multiple = target_range_multiple
-        self.on_load = on_load
-        self.refusals: dict[tuple[str, int | None], Refusal] = {}
-        self._aliases: dict[str, dict[str, int]] = {}
-        self._versions: dict[str, list[int]] = {}
-        self._loaded: dict[tuple[str, int], LoadedModel] = {}
-        self._metadata: dict[tuple[str, int], ModelMetadata] = {}
-        self._lock = threading.Lock()
+        self.on_load: list[VersionHook] = []
+        self.on_swap: list[SwapHook] = []
+        self.on_refuse: list[RefuseHook] = []
+        self.on_unload: list[VersionHook] = []
+        self._entries: dict[str, ModelEntry] = {}
+        self._lock = threading.RLock()  # re-entrant: a hook that calls resolve does not deadlock
 
     def load(self) -> None:
-        """Load the production version of every model in the registry."""
+        """Read every model of the registry directory and load its production version."""
         for name in list_models(self.root):
-            self._versions[name] = list_versions(self.root, name)
-            try:
-                self._aliases[name] = read_aliases(self.root, name)
-            except ArtifactError as exc:
-                self._refuse(name, None, "aliases_unreadable", exc)
-                continue
-            production = self._aliases[name].get("production")
-            if production is None:
-                logger.warning("model %s has no production version; not served by default", name)
-                continue
-            with contextlib.suppress(ModelUnavailable):  # refused and logged by _load
-                self.resolve(name, str(production))
+            entry = self._entries[name] = ModelEntry(self.root, name)
+            with self._lock:
+                try:
+                    aliases = read_aliases(self.root, name)
+                except ArtifactError as exc:
+                    self._refuse(entry, None, "aliases_unreadable", exc)
+                    continue
+                entry.state = replace(entry.state, aliases=aliases)
+                production = aliases.get("production")
+                if production is None:
+                    logger.warning(
+                        "model %s has no production version; not served by default", name
+                    )
+                    continue
+                with contextlib.suppress(ModelUnavailable):  # refused and logged by _load
+                    self._load(entry, production)
 
     @property
     def names(self) -> list[str]:
-        return sorted(self._versions)
+        return sorted(self._entries)
 
-    def aliases(self, name: str) -> dict[str, int]:
-        return dict(self._aliases.get(name, {}))
+    @property
+    def entries(self) -> list[ModelEntry]:
+        """Every model, by name."""
+        return [entry for _, entry in sorted(self._entries.items())]
 
-    def versions(self, name: str) -> list[int]:
-        if name not in self._versions:
+    def entry(self, name: str) -> ModelEntry:
+        entry = self._entries.get(name)
+        if entry is None:
             raise UnknownModel("no such model", _MODEL_DETAIL)
-        return list(self._versions[name])
+        return entry
 
-    def loaded_versions(self, name: str) -> list[LoadedModel]:
-        return [m for (n, _), m in sorted(self._loaded.items()) if n == name]
+    def summaries(self) -> list[ModelSummary]:
+        """What GET /models shows: every model with its versions, aliases and serving state."""
+        return [entry.summary() for entry in self.entries]
+
+    def production(self) -> dict[str, LoadedModel]:
+        """The models that serve their production version, with that version, by name."""
+        return {e.name: model for e in self.entries if (model := e.state.production)}
+
+    def refused(self) -> dict[str, Refusal]:
+        """The models kept from serving their production version by a refusal, by name."""
+        return {e.name: refusal for e in self.entries if (refusal := e.state.refusal)}
 
     def default_name(self, configured: str | None) -> str:
         """The model behind POST /predict: the configured one, else the only one."""
         if configured:
             return configured
-        if len(self._versions) == 1:
-            return next(iter(self._versions))
+        if len(self._entries) == 1:
+            return next(iter(self._entries))
         raise UnknownModel(
             "no default model: set STEWARD_DEFAULT_MODEL or use /predict/{model}",
             [{"field": "model", "message": f"one of {', '.join(self.names) or '(none)'}"}],
@@ -144,102 +259,110 @@ class Registry:
 
         Raises UnknownModel / UnknownVersion / ModelUnavailable; None means "call resolve".
         """
-        number = self._version_number(name, version)
-        loaded = self._loaded.get((name, number))
-        if loaded is not None:
-            return loaded
-        refusal = self.refusals.get((name, number))
-        if refusal is not None:
-            raise ModelUnavailable(refusal.message, [{"reason": refusal.reason}])
-        return None
+        return self.entry(name).cached(version)
 
     def resolve(self, name: str, version: str | None = None) -> LoadedModel:
         """Like ``cached``, loading the version from disk when needed (blocking)."""
-        loaded = self.cached(name, version)
+        entry = self.entry(name)
+        loaded = entry.cached(version)
         if loaded is not None:
             return loaded
-        number = self._version_number(name, version)
+        number = entry.number(version)
         with self._lock:
-            loaded = self._loaded.get((name, number))
-            if loaded is None:
-                if number not in self._versions[name]:
-                    self._versions[name] = list_versions(self.root, name)  # registered since?
-                    if number not in self._versions[name]:
-                        raise UnknownVersion(f"model {name!r} has no such version")
-                loaded = self._load(name, number)
-        return loaded
+            return self._load(entry, number)
 
     def metadata(self, name: str, version: int) -> ModelMetadata:
         """Metadata of any version, served or not (feedback for older predictions)."""
-        key = (name, version)
-        if key in self._loaded:
-            return self._loaded[key].metadata
-        if key not in self._metadata:
-            self._metadata[key] = read_metadata(self.root, name, version)
-        return self._metadata[key]
+        entry = self._entries.get(name)
+        if entry is None:  # gone from the registry since its predictions were logged
+            return read_metadata(self.root, name, version)
+        return entry.metadata(version)
 
-    def _version_number(self, name: str, version: str | None) -> int:
-        if name not in self._versions:
-            raise UnknownModel("no such model", _MODEL_DETAIL)
-        aliases = self._aliases.get(name, {})
-        ref = version or "production"
-        if ref in aliases:
-            return aliases[ref]
-        if ref.isascii() and ref.isdigit():  # "²" and "٣" are digits to str.isdigit
-            return int(ref)
-        if version is None:
-            raise UnknownVersion(f"model {name!r} has no production version")
-        raise UnknownVersion(
-            f"model {name!r} has no such version or alias",
-            [{"field": "version", "message": "a version number or one of: " + ", ".join(aliases)}],
-        )
+    def point(self, name: str, alias: str, version: int) -> LoadedModel:
+        """Point ``alias`` of model ``name`` at ``version`` in memory: a run-time swap.
 
-    def _load(self, name: str, number: int) -> LoadedModel:
+        The version is loaded first, through every check of a start-up load; only then does
+        the alias move, in one step, so each request resolves the old version or the new one,
+        never neither. Fires ``on_swap`` when the alias moved. A version refused now fires
+        ``on_refuse`` (one refused before is not announced again); either way the alias stays
+        where it was, its old version keeps serving, and ModelUnavailable is raised.
+
+        aliases.json is not written: this is the switch that a change of that file, or the
+        admin API, drives. The old version stays loaded until ``unload``.
+        """
+        entry = self.entry(name)
+        with self._lock:
+            model = self._load(entry, version)
+            state = entry.state
+            old = state.aliases.get(alias)
+            if old != version:
+                entry.state = replace(state, aliases={**state.aliases, alias: version})
+                logger.info("%s: %s is v%d (was %s)", name, alias, version, old)
+                self._fire(self.on_swap, entry, alias, old, version)
+        return model
+
+    def unload(self, name: str, version: int) -> None:
+        """Take a version no alias points at out of memory (the old one, after a swap).
+
+        Fires ``on_unload``. Requests that resolved it before finish on it; a later request
+        for it by number loads it again. Raises ValueError while an alias points at it; a
+        version not loaded is left alone.
+        """
+        entry = self.entry(name)
+        with self._lock:
+            state = entry.state
+            model = state.loaded.get(version)
+            if model is None:
+                return
+            aliases = state.aliases_of(version)
+            if aliases:
+                raise ValueError(f"{name} v{version} is {', '.join(aliases)}: move the alias first")
+            loaded = {number: m for number, m in state.loaded.items() if number != version}
+            entry.state = replace(state, loaded=loaded)
+            logger.info("unloaded %s v%d", name, version)
+            self._fire(self.on_unload, entry, model)
+
+    def _load(self, entry: ModelEntry, number: int) -> LoadedModel:
+        """Version ``number`` of ``entry``, loaded now if it is not yet. Under the lock."""
+        state = entry.state
+        if number in state.loaded:
+            return state.loaded[number]
+        if number in state.refusals:
+            raise state.refusals[number].unavailable()
+        if number not in state.versions:
+            versions = tuple(list_versions(self.root, entry.name))  # registered since?
+            entry.state = replace(state, versions=versions)
+            if number not in versions:
+                raise UnknownVersion(f"model {entry.name!r} has no such version")
         try:
-            metadata = read_metadata(self.root, name, number)
-            if (metadata.name, metadata.version) != (name, number):
-                raise ArtifactError(f"metadata names {metadata.name} v{metadata.version}")
-        except ArtifactError as exc:
-            raise self._refuse(name, number, "metadata_error", exc) from exc
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                estimator = load_estimator(self.root, metadata)
-            if not callable(getattr(estimator, "predict", None)):
-                raise ArtifactError("the artifact has no predict method")
-        except ChecksumMismatch as exc:
-            raise self._refuse(name, number, "checksum_mismatch", exc) from exc
-        except Exception as exc:  # unpickling can raise anything
-            raise self._refuse(name, number, "load_error", exc) from exc
-        mismatch = None
-        version_warnings = [str(w.message) for w in caught]
-        if metadata.sklearn_version != sklearn.__version__ or version_warnings:
-            mismatch = (
-                f"saved with scikit-learn {metadata.sklearn_version}, running {sklearn.__version__}"
+            loaded = load_version(
+                self.root,
+                entry.name,
+                number,
+                max_instances=self.max_instances,
+                input_range_multiple=self.input_range_multiple,
+                target_range_multiple=self.target_range_multiple,
             )
-            logger.warning("%s v%d: %s %s", name, number, mismatch, " ".join(version_warnings))
-        loaded = LoadedModel(
-            metadata=metadata,
-            estimator=estimator,
-            contract=metadata.contract(
-                max_instances=self.max_instances, range_multiple=self.input_range_multiple
-            ),
-            output_range=widen(
-                metadata.target_min, metadata.target_max, self.target_range_multiple
-            ),
-            sklearn_mismatch=mismatch,
-        )
-        self._loaded[(name, number)] = loaded
-        if self.on_load is not None:
-            aliases = [a for a, v in self._aliases.get(name, {}).items() if v == number]
-            self.on_load(loaded, aliases)
-        logger.info("loaded %s v%d", name, number)
+        except Refused as exc:
+            raise self._refuse(entry, number, exc.reason, exc) from exc
+        entry.state = replace(entry.state, loaded={**entry.state.loaded, number: loaded})
+        logger.info("loaded %s v%d", entry.name, number)
+        self._fire(self.on_load, entry, loaded)
         return loaded
 
     def _refuse(
-        self, name: str, version: int | None, reason: str, exc: Exception
+        self, entry: ModelEntry, version: int | None, reason: str, exc: Exception
     ) -> ModelUnavailable:
-        refusal = Refusal(name, version, reason, f"{name}: refused ({reason}): {exc}")
-        self.refusals[(name, version)] = refusal
+        refusal = Refusal(entry.name, version, reason, f"{entry.name}: refused ({reason}): {exc}")
+        entry.state = replace(entry.state, refusals={**entry.state.refusals, version: refusal})
         logger.error("%s", refusal.message)
-        return ModelUnavailable(refusal.message, [{"reason": reason}])
+        self._fire(self.on_refuse, entry, refusal)
+        return refusal.unavailable()
+
+    @staticmethod
+    def _fire(hooks: Sequence[Callable[..., None]], *args: object) -> None:
+        for hook in hooks:
+            try:
+                hook(*args)
+            except Exception:  # a subscriber's bug must not undo a load or a swap
+                logger.exception("registry hook %r failed", hook)

@@ -17,9 +17,10 @@ from helpers import (
     wait_until,
 )
 
-from app.artifacts import ARTIFACT
+from app.artifacts import ARTIFACT, set_alias
 from app.main import create_app
 from app.settings import Settings
+from app.training import train_demo
 
 
 @contextmanager
@@ -91,6 +92,29 @@ def test_a_refused_model_leaves_the_instance_ready_but_degraded(settings: Settin
         models = {m["name"]: m for m in client.get("/models").json()}
         assert models["breast-cancer"]["serving"] is None
         assert "checksum_mismatch" in models["breast-cancer"]["refused"]
+
+
+def test_a_version_refused_on_a_later_load_is_counted_and_production_still_serves(
+    settings: Settings,
+) -> None:
+    """An older version, tampered, is refused when a request first asks for it: the metric
+    says so at once; the model still serves its production version, so it is not degraded."""
+    train_demo(settings.models_dir)
+    for model in ("breast-cancer", "diabetes", "iris"):
+        set_alias(settings.models_dir, model, "production", 2)
+    tamper(settings, "iris")  # version 1
+    with TestClient(create_app(settings)) as client:
+        collectors = client.app_state["metrics"].registry
+        refused = {"model": "iris", "reason": "checksum_mismatch"}
+        assert collectors.get_sample_value("steward_model_refused", refused) is None
+        response = client.post("/predict/iris?version=1", json={"instances": [IRIS_SETOSA]})
+        assert_error(response, 503, "model_unavailable")
+        assert collectors.get_sample_value("steward_model_refused", refused) == 1
+        assert client.get("/readyz").json()["status"] == "ready"
+        iris = client.get("/models/iris").json()
+        assert [(r["version"], r["reason"]) for r in iris["refusals"]] == [(1, "checksum_mismatch")]
+        assert {m["name"]: m for m in client.get("/models").json()}["iris"]["refused"] is None
+        assert predict(client, "iris", IRIS_SETOSA).json()["version"] == 2
 
 
 def test_ready_with_every_model_serving_says_ready(client: TestClient) -> None:

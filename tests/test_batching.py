@@ -167,3 +167,36 @@ def test_a_failure_outside_the_model_call_fails_its_batch_and_the_lane_lives_on(
     assert [str(e) for e in failed] == ["metrics broke", "metrics broke"]
     assert after == [30]
     assert "failed outside the model call" in caplog.text
+
+
+def test_a_dropped_lane_runs_what_is_queued_then_its_worker_ends() -> None:
+    """Dropped (from another thread, as a registry hook may) while a call runs: the requests
+    queued behind it are still answered, then the lane's worker ends; a later request for the
+    same key opens a new lane."""
+    model, started, release = Model(), threading.Event(), threading.Event()
+
+    def blocking(key: str, rows: list[int]) -> list[int]:
+        started.set()
+        release.wait(timeout=10)
+        return model(key, rows)
+
+    batcher: Batcher[str, int, int] = Batcher(blocking, max_rows=100, max_wait=0)
+
+    async def scenario() -> list[Any]:
+        first = asyncio.ensure_future(batcher.run("m", [1]))
+        await asyncio.to_thread(started.wait, 10)  # the first call runs in a worker thread
+        (worker,) = [t for t in asyncio.all_tasks() if t.get_name() == "batcher:m"]
+        queued = [asyncio.ensure_future(batcher.run("m", [row])) for row in (2, 3)]
+        await asyncio.sleep(0)  # both queued behind the running call
+        await asyncio.to_thread(batcher.drop, "m")
+        assert batcher.keys == []
+        release.set()
+        results = await asyncio.gather(first, *queued)
+        await asyncio.wait_for(worker, timeout=10)  # ends once what was queued has run
+        results.append(await batcher.run("m", [4]))
+        assert batcher.keys == ["m"]
+        await batcher.close()
+        return results
+
+    assert run(scenario()) == [[10], [20], [30], [40]]
+    assert model.calls == [("m", [1]), ("m", [2, 3]), ("m", [4])]

@@ -1,13 +1,16 @@
-"""The registry: what loads, what is refused and why, how requests resolve."""
+"""The registry: what loads, what is refused and why, how requests resolve, how versions are
+swapped at run time, and what its hooks are told."""
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
 from app.artifacts import ARTIFACT, METADATA, set_alias
 from app.errors import ModelUnavailable, UnknownModel, UnknownVersion
-from app.registry import LoadedModel, Registry
+from app.loading import LoadedModel
+from app.registry import ModelEntry, Registry
 from app.training import train_demo
 
 
@@ -17,12 +20,31 @@ def loaded(models_dir: Path) -> Registry:
     return registry
 
 
+class Events:
+    """Every hook call of a registry, in order, as plain tuples."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.seen: list[tuple[object, ...]] = []
+        registry.on_load.append(lambda e, m: self.seen.append(("load", e.name, m.version)))
+        registry.on_swap.append(lambda e, *moved: self.seen.append(("swap", e.name, *moved)))
+        registry.on_refuse.append(
+            lambda e, r: self.seen.append(("refuse", e.name, r.version, r.reason))
+        )
+        registry.on_unload.append(lambda e, m: self.seen.append(("unload", e.name, m.version)))
+
+
+def tamper(models_dir: Path, name: str, version: int) -> None:
+    """Change a version's artifact after registration: its checksum no longer matches."""
+    artifact = models_dir / name / str(version) / ARTIFACT
+    artifact.write_bytes(artifact.read_bytes() + b"tampered")
+
+
 def test_loads_the_production_version_of_every_model(models_dir: Path) -> None:
     registry = loaded(models_dir)
     assert registry.names == ["breast-cancer", "diabetes", "iris"]
-    assert registry.refusals == {}
+    assert [entry.state.refusals for entry in registry.entries] == [{}, {}, {}]
     for name in registry.names:
-        (model,) = registry.loaded_versions(name)
+        (model,) = registry.entry(name).state.loaded.values()
         assert (model.name, model.version) == (name, 1)
         assert model.sklearn_mismatch is None
 
@@ -47,10 +69,11 @@ def test_resolves_numbers_and_aliases(models_dir: Path) -> None:
 def test_on_load_is_told_each_loaded_version_and_its_aliases(models_dir: Path) -> None:
     seen: list[tuple[str, int, list[str]]] = []
 
-    def on_load(model: LoadedModel, aliases: list[str]) -> None:
-        seen.append((model.name, model.version, aliases))
+    def on_load(entry: ModelEntry, model: LoadedModel) -> None:
+        seen.append((model.name, model.version, entry.state.aliases_of(model.version)))
 
-    registry = Registry(models_dir, 100, on_load=on_load)
+    registry = Registry(models_dir, 100)
+    registry.on_load.append(on_load)
     registry.load()
     assert sorted(seen) == [
         ("breast-cancer", 1, ["production"]),
@@ -63,7 +86,7 @@ def test_tampered_artifact_is_refused_and_the_others_serve(models_dir: Path) -> 
     artifact = models_dir / "iris" / "1" / ARTIFACT
     artifact.write_bytes(artifact.read_bytes() + b"tampered")
     registry = loaded(models_dir)
-    (refusal,) = registry.refusals.values()
+    (refusal,) = [r for entry in registry.entries for r in entry.state.refusals.values()]
     assert (refusal.model, refusal.version, refusal.reason) == ("iris", 1, "checksum_mismatch")
     assert "sha256" in refusal.message
     with pytest.raises(ModelUnavailable):
@@ -82,20 +105,20 @@ def test_unloadable_artifact_is_refused(models_dir: Path) -> None:
     metadata["sha256"] = hashlib.sha256(garbage).hexdigest()  # checksum right, content wrong
     (folder / METADATA).write_text(json.dumps(metadata))
     registry = loaded(models_dir)
-    assert registry.refusals[("diabetes", 1)].reason == "load_error"
+    assert registry.entry("diabetes").state.refusals[1].reason == "load_error"
     assert registry.resolve("iris").version == 1
 
 
 def test_unreadable_metadata_is_refused(models_dir: Path) -> None:
     (models_dir / "iris" / "1" / METADATA).write_text("{not json")
     registry = loaded(models_dir)
-    assert registry.refusals[("iris", 1)].reason == "metadata_error"
+    assert registry.entry("iris").state.refusals[1].reason == "metadata_error"
 
 
 def test_unreadable_aliases_are_refused(models_dir: Path) -> None:
     (models_dir / "iris" / "aliases.json").write_text('{"production": "one"}')
     registry = loaded(models_dir)
-    assert registry.refusals[("iris", None)].reason == "aliases_unreadable"
+    assert registry.entry("iris").state.refusals[None].reason == "aliases_unreadable"
 
 
 def test_other_scikit_learn_version_is_reported(models_dir: Path) -> None:
@@ -107,14 +130,14 @@ def test_other_scikit_learn_version_is_reported(models_dir: Path) -> None:
     model = registry.resolve("iris")
     assert model.sklearn_mismatch is not None
     assert "0.24.2" in model.sklearn_mismatch
-    assert registry.refusals == {}  # reported, still served
+    assert registry.entry("iris").state.refusals == {}  # reported, still served
 
 
 def test_model_without_production_is_listed_not_served(models_dir: Path) -> None:
     (models_dir / "iris" / "aliases.json").unlink()
     registry = loaded(models_dir)
     assert "iris" in registry.names
-    assert registry.loaded_versions("iris") == []
+    assert registry.entry("iris").state.loaded == {}
     with pytest.raises(UnknownVersion, match="no production version"):
         registry.resolve("iris")
     assert registry.resolve("iris", "1").version == 1  # by number it still resolves
@@ -132,3 +155,111 @@ def test_empty_or_missing_registry(tmp_path: Path) -> None:
     assert registry.names == []
     with pytest.raises(UnknownModel):
         registry.resolve("iris")
+
+
+def test_a_swap_loads_the_version_first_then_moves_the_alias_in_memory(models_dir: Path) -> None:
+    train_demo(models_dir)  # version 2 of each demo; production stays 1
+    registry = Registry(models_dir, max_instances=100)
+    events = Events(registry)
+    registry.load()
+    assert ("load", "iris", 1) in events.seen
+    events.seen.clear()
+
+    assert registry.point("iris", "production", 2).version == 2
+    assert events.seen == [("load", "iris", 2), ("swap", "iris", "production", 1, 2)]
+    assert registry.resolve("iris").version == 2
+    assert registry.entry("iris").state.aliases == {"production": 2}
+    assert registry.cached("iris", "1") is not None  # the old version stays loaded until unloaded
+    assert registry.production()["iris"].version == 2
+    aliases = json.loads((models_dir / "iris" / "aliases.json").read_text())
+    assert aliases == {"production": 1}  # in memory only: the file is not this method's
+
+    registry.point("iris", "production", 2)  # already there: no event
+    registry.point("iris", "candidate", 1)  # a new alias: no old version, nothing loaded
+    assert events.seen[2:] == [("swap", "iris", "candidate", None, 1)]
+
+
+def test_unload_takes_a_version_without_alias_out_of_memory(models_dir: Path) -> None:
+    train_demo(models_dir)
+    registry = loaded(models_dir)
+    events = Events(registry)
+    registry.point("iris", "production", 2)
+    with pytest.raises(ValueError, match="production"):
+        registry.unload("iris", 2)  # still served
+    registry.unload("iris", 1)
+    registry.unload("iris", 1)  # not loaded any more: nothing happens
+    assert events.seen[-1:] == [("unload", "iris", 1)]
+    assert sorted(registry.entry("iris").state.loaded) == [2]
+    assert registry.cached("iris", "1") is None  # a request for it by number loads it again
+    assert registry.resolve("iris", "1").version == 1
+    assert events.seen[-1:] == [("load", "iris", 1)]
+
+
+def test_a_refused_swap_keeps_the_old_version_serving(models_dir: Path) -> None:
+    train_demo(models_dir)
+    tamper(models_dir, "iris", 2)
+    registry = loaded(models_dir)
+    events = Events(registry)
+    with pytest.raises(ModelUnavailable, match="checksum_mismatch"):
+        registry.point("iris", "production", 2)
+    assert events.seen == [("refuse", "iris", 2, "checksum_mismatch")]
+    assert registry.entry("iris").state.aliases == {"production": 1}
+    assert registry.resolve("iris").version == 1
+    with pytest.raises(ModelUnavailable, match="checksum_mismatch"):
+        registry.point("iris", "production", 2)  # refused once: not announced again
+    assert len(events.seen) == 1
+
+
+def test_a_refusal_on_a_later_load_fires_on_refuse_once(models_dir: Path) -> None:
+    train_demo(models_dir)
+    tamper(models_dir, "iris", 2)
+    registry = loaded(models_dir)
+    events = Events(registry)
+    for _ in range(2):
+        with pytest.raises(ModelUnavailable):
+            registry.resolve("iris", "2")
+    assert events.seen == [("refuse", "iris", 2, "checksum_mismatch")]
+    assert registry.refused() == {}  # production still serves: the model is not refused
+    assert registry.entry("iris").state.refusals[2].reason == "checksum_mismatch"
+
+
+def test_a_failing_hook_is_logged_and_the_swap_stands(
+    models_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train_demo(models_dir)
+    registry = loaded(models_dir)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("subscriber bug")
+
+    registry.on_swap.append(broken)
+    events = Events(registry)
+    registry.point("iris", "production", 2)
+    assert events.seen[-1] == ("swap", "iris", "production", 1, 2)
+    assert registry.resolve("iris").version == 2
+    assert "subscriber bug" in caplog.text
+
+
+def test_requests_resolve_the_old_or_the_new_version_never_neither(models_dir: Path) -> None:
+    """A reader resolving production from another thread while production moves back and
+    forth, each old version unloaded after the move, always finds a loaded version."""
+    train_demo(models_dir)
+    registry = loaded(models_dir)
+    seen: set[int | None] = set()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            model = registry.cached("iris")
+            seen.add(model.version if model is not None else None)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for new, old in [(2, 1), (1, 2)] * 10:
+            registry.point("iris", "production", new)
+            registry.unload("iris", old)
+    finally:
+        done.set()
+        reader.join()
+    assert seen == {1, 2}

@@ -73,17 +73,7 @@ def use_error_shape(schema: dict[str, Any]) -> None:
 def add_model_paths(schema: dict[str, Any], registry: Registry) -> None:
     components = schema["components"]["schemas"]
     generic = schema["paths"]["/predict/{model}"]["post"]
-    for name in registry.names:
-        model = next(
-            (
-                m
-                for m in registry.loaded_versions(name)
-                if m.version == registry.aliases(name).get("production")
-            ),
-            None,
-        )
-        if model is None:
-            continue
+    for name, model in registry.production().items():
         body, named = model_schemas(name, model.request_model)
         components.update(named)
         responses = dict(generic["responses"])

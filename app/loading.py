@@ -1,0 +1,122 @@
+"""One model version from disk into memory, through the checks that decide whether to trust it.
+
+A version is refused when its metadata is unreadable or names another version, when its
+artifact is not the file the metadata describes (sha256), or when the artifact does not unpickle
+into something with a ``predict`` method. A version saved with another scikit-learn than the one
+running is loaded, and the mismatch reported.
+"""
+
+import logging
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import sklearn
+from pydantic import BaseModel
+
+from app.artifacts import ChecksumMismatch, ModelMetadata, load_estimator, read_metadata
+from app.errors import ArtifactError, ModelUnavailable
+from app.features import InputContract, widen
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A version ready to serve: its estimator and the input contract built from its metadata.
+
+    ``output_range`` bounds a regressor's predictions (its training target range, widened);
+    a prediction outside it is refused as unscorable rather than served.
+    """
+
+    metadata: ModelMetadata
+    estimator: Any
+    contract: InputContract
+    output_range: tuple[float, float] | None = None
+    sklearn_mismatch: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def version(self) -> int:
+        return self.metadata.version
+
+    @property
+    def request_model(self) -> type[BaseModel]:
+        return self.contract.request_model
+
+    @cached_property
+    def class_keys(self) -> list[str]:
+        """The classes as JSON object keys, in predict_proba order."""
+        return [str(c) for c in self.metadata.classes or ()]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a version (``version`` None: the model's aliases file) is not served."""
+
+    model: str
+    version: int | None
+    reason: str
+    message: str
+
+    def unavailable(self) -> ModelUnavailable:
+        """The error of a request for what was refused."""
+        return ModelUnavailable(self.message, [{"reason": self.reason}])
+
+
+class Refused(Exception):
+    """A version failed a check; ``reason`` names which (metadata_error, checksum_mismatch,
+    load_error), the message says what was found."""
+
+    def __init__(self, reason: str, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.reason = reason
+
+
+def load_version(
+    root: Path,
+    name: str,
+    version: int,
+    *,
+    max_instances: int,
+    input_range_multiple: float,
+    target_range_multiple: float,
+) -> LoadedModel:
+    """Read version ``version`` of model ``name`` and check it; raises Refused. Blocking."""
+    try:
+        metadata = read_metadata(root, name, version)
+        if (metadata.name, metadata.version) != (name, version):
+            raise ArtifactError(f"metadata names {metadata.name} v{metadata.version}")
+    except ArtifactError as exc:
+        raise Refused("metadata_error", exc) from exc
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            estimator = load_estimator(root, metadata)
+        if not callable(getattr(estimator, "predict", None)):
+            raise ArtifactError("the artifact has no predict method")
+    except ChecksumMismatch as exc:
+        raise Refused("checksum_mismatch", exc) from exc
+    except Exception as exc:  # unpickling can raise anything
+        raise Refused("load_error", exc) from exc
+    mismatch = None
+    version_warnings = [str(w.message) for w in caught]
+    if metadata.sklearn_version != sklearn.__version__ or version_warnings:
+        mismatch = (
+            f"saved with scikit-learn {metadata.sklearn_version}, running {sklearn.__version__}"
+        )
+        logger.warning("%s v%d: %s %s", name, version, mismatch, " ".join(version_warnings))
+    return LoadedModel(
+        metadata=metadata,
+        estimator=estimator,
+        contract=metadata.contract(
+            max_instances=max_instances, range_multiple=input_range_multiple
+        ),
+        output_range=widen(metadata.target_min, metadata.target_max, target_range_multiple),
+        sklearn_mismatch=mismatch,
+    )
