@@ -2,6 +2,10 @@
 
 Every error is one line on stderr, ``steward: error: ...``. Exit status: 0 done, 1 the command
 failed, 2 the command line is wrong (the line points to ``--help``).
+
+A command imports the heavy parts it needs when it runs (training: scikit-learn and pandas;
+serve: the server), so ``--help``, ``--version`` and ``models`` answer at once
+(tests/test_imports.py holds them to it).
 """
 
 import argparse
@@ -99,7 +103,7 @@ def _fail(message: str) -> None:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from app import training  # scikit-learn import kept off the other commands' start-up
+    from app import training
 
     if args.what == "demo":
         given = [
