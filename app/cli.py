@@ -10,6 +10,7 @@ serve: the server), so ``--help``, ``--version`` and ``models`` answer at once
 
 import argparse
 import logging
+import math
 import socket
 import sys
 import traceback
@@ -203,7 +204,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         host=host,
         port=port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        # Whole seconds for uvicorn, rounded up: 0.5 must not become "cancel requests at once".
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),
     )
     return 0
 
