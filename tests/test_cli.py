@@ -10,7 +10,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import STEWARD, free_port
+from server import STEWARD, free_port
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from app import __version__

@@ -15,7 +15,7 @@ from typing import Any
 import httpx2
 import pytest
 import yaml
-from helpers import free_port, running
+from server import free_port, serving
 
 from app.settings import Settings
 
@@ -151,7 +151,7 @@ def test_compose_wires_the_real_files() -> None:
 
 def test_image_command_and_healthcheck_run_here(tmp_path: Path) -> None:
     """The container's CMD and HEALTHCHECK, run as they are, on a free port."""
-    port = str(free_port())
+    port = free_port()
     volume = tmp_path / "var-lib-steward"
     env = os.environ | {
         key: value.replace(json.loads(instruction("VOLUME"))[0], str(volume))
@@ -159,10 +159,10 @@ def test_image_command_and_healthcheck_run_here(tmp_path: Path) -> None:
         if key.startswith("STEWARD_")
     }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    command = [part.replace(str(listen_port()), port) for part in image_command()]
-    url = f"http://127.0.0.1:{port}"
-    with running(command, env=env, log=tmp_path / "cmd.log", ready_url=f"{url}/healthz"):
-        check = [part.replace(str(listen_port()), port) for part in image_healthcheck()]
+    command = [part.replace(str(listen_port()), str(port)) for part in image_command()]
+    with serving(command, port=port, env=env, log=tmp_path / "cmd.log", ready="/healthz") as served:
+        url = served.url
+        check = [part.replace(str(listen_port()), str(port)) for part in image_healthcheck()]
         assert check[0] == "python"
         result = subprocess.run([sys.executable, *check[1:]], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr

@@ -17,7 +17,7 @@ from typing import Any
 import httpx2
 import pytest
 import yaml
-from helpers import DIABETES_ROW, IRIS_SETOSA, STEWARD, free_port, running, wait_until
+from helpers import DIABETES_ROW, IRIS_SETOSA, wait_until
 from promql import (
     ALERTS,
     ROOT,
@@ -26,6 +26,7 @@ from promql import (
     docs_expressions,
     with_all_models,
 )
+from server import STEWARD, free_port, serving
 
 from app.artifacts import ARTIFACT, METADATA
 
@@ -108,7 +109,7 @@ def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         ],
     }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-    steward_argv = [str(STEWARD), "serve", "--port", str(steward_port)]
+    steward_argv: list[str | Path] = [STEWARD, "serve", "--port", str(steward_port)]
     prometheus_argv = [
         PROMETHEUS,
         f"--config.file={work / 'prometheus.yml'}",
@@ -116,9 +117,15 @@ def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         f"--web.listen-address=127.0.0.1:{prometheus_port}",
     ]
     with (
-        running(steward_argv, env=env, log=work / "steward.log", ready_url=f"{steward}/healthz"),
-        running(
-            prometheus_argv, env=env, log=work / "prometheus.log", ready_url=f"{prometheus}/-/ready"
+        serving(
+            steward_argv, port=steward_port, env=env, log=work / "steward.log", ready="/healthz"
+        ),
+        serving(
+            prometheus_argv,
+            port=prometheus_port,
+            env=env,
+            log=work / "prometheus.log",
+            ready="/-/ready",
         ),
     ):
         stack = Stack(steward, prometheus, accuracy=0.0)
