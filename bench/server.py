@@ -6,6 +6,9 @@ bench/ on its path: ``pythonpath`` in pyproject.toml), so both start ``steward s
 way. Standard library only: ``make bench`` runs without the test dependencies.
 """
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +40,11 @@ class Server:
         self.log = log
         with log.open("wb") as output:
             self.process = subprocess.Popen(
-                [str(arg) for arg in argv], env=dict(env), stdout=output, stderr=output
+                [str(arg) for arg in argv],
+                env=dict(env),
+                stdout=output,
+                stderr=output,
+                start_new_session=True,  # its own process group: see stop()
             )
 
     def wait_ready(self, path: str, seconds: float = 60) -> None:
@@ -58,8 +65,13 @@ class Server:
             time.sleep(0.1)
 
     def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, SIGKILL after ``timeout`` seconds; the exit status. Stopping twice is fine."""
-        return stop(self.process, timeout)
+        """SIGTERM to the process alone (as ``docker stop`` to PID 1), SIGKILL after ``timeout``
+        seconds, then SIGKILL to whatever it started and left behind. The exit status; stopping
+        twice is fine."""
+        code = stop(self.process, timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        return code
 
     def rss_mib(self) -> float:
         return self._status_kib("VmRSS") / 1024

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from server import STEWARD, free_port
+from server import STEWARD, free_port, serving
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from app import __version__
@@ -532,6 +533,26 @@ def test_serve_refuses_to_start_in_one_line(
     assert "hunter2" not in err
     if "STEWARD_DATABASE_URL" in variables:
         assert err.rstrip().endswith("(STEWARD_DATABASE_URL)")
+
+
+def test_serve_takes_its_port_and_log_level_from_the_settings(
+    demo_models: Path, tmp_path: Path
+) -> None:
+    """No option: STEWARD_PORT is where it listens (the container relies on it, and on
+    STEWARD_HOST: tests/test_containers.py), STEWARD_LOG_LEVEL=warning leaves out info lines."""
+    port = free_port()
+    env = _env(
+        {
+            "STEWARD_MODELS_DIR": str(demo_models),
+            "STEWARD_DATA_DIR": str(tmp_path / "data"),
+            "STEWARD_PORT": str(port),
+            "STEWARD_LOG_LEVEL": "warning",
+        }
+    )
+    log = tmp_path / "serve.log"
+    with serving([STEWARD, "serve"], port=port, env=env, log=log, ready="/readyz") as served:
+        assert served.stop() in (0, -signal.SIGTERM)
+    assert "INFO" not in log.read_text()
 
 
 def test_create_app_refuses_a_missing_models_dir(tmp_path: Path) -> None:
