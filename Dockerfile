@@ -1,4 +1,5 @@
-# Steward: one uvicorn process serving the app factory. Configuration: STEWARD_* variables.
+# Steward: one `steward serve` process. Configuration: STEWARD_* variables, every one of them
+# (docs/operations.md); the image sets where it keeps its files and where it listens.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -6,7 +7,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     STEWARD_MODELS_DIR=/var/lib/steward/models \
-    STEWARD_DATA_DIR=/var/lib/steward/data
+    STEWARD_DATA_DIR=/var/lib/steward/data \
+    STEWARD_HOST=0.0.0.0 \
+    STEWARD_PORT=8000
 
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/steward steward
 WORKDIR /opt/steward
@@ -25,8 +28,8 @@ USER steward
 VOLUME ["/var/lib/steward"]
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['STEWARD_PORT'] + '/healthz', timeout=2)"]
 
 # The demo models are trained on first start (when the registry volume has none), then exec
-# hands PID 1 to uvicorn so SIGTERM drains the prediction log.
-CMD ["sh", "-c", "steward train demo --if-missing && exec uvicorn --factory app.main:create_app --host 0.0.0.0 --port 8000"]
+# hands PID 1 to `steward serve`, so SIGTERM reaches it and drains the prediction log.
+CMD ["sh", "-c", "steward train demo --if-missing && exec steward serve"]

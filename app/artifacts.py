@@ -6,6 +6,9 @@
 
 A version directory appears whole or not at all (written aside, then renamed into place), and
 aliases are replaced atomically, so a reader never sees half of either.
+
+joblib and scikit-learn are imported by the two functions that read and write an estimator,
+so listing the registry or moving an alias (`steward models`, `steward promote`) stays light.
 """
 
 import contextlib
@@ -19,8 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import joblib
-import sklearn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.errors import ArtifactError
@@ -153,6 +154,8 @@ def load_estimator(root: Path, metadata: ModelMetadata) -> Any:
             f"{metadata.name} v{metadata.version}: sha256 of {ARTIFACT} is {digest}, "
             f"metadata says {metadata.sha256}"
         )
+    import joblib
+
     return joblib.load(io.BytesIO(data))
 
 
@@ -188,6 +191,9 @@ def save_version(
 
     ``production`` is pointed at the new version when the model had none, or when ``promote``.
     """
+    import joblib
+    import sklearn
+
     name = check_name(draft.name)
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)

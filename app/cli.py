@@ -2,10 +2,15 @@
 
 Every error is one line on stderr, ``steward: error: ...``. Exit status: 0 done, 1 the command
 failed, 2 the command line is wrong (the line points to ``--help``).
+
+A command imports the heavy parts it needs when it runs (training: scikit-learn and pandas;
+serve: the server), so ``--help``, ``--version`` and ``models`` answer at once
+(tests/test_imports.py holds them to it).
 """
 
 import argparse
 import logging
+import math
 import socket
 import sys
 import traceback
@@ -99,7 +104,7 @@ def _fail(message: str) -> None:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from app import training  # scikit-learn import kept off the other commands' start-up
+    from app import training
 
     if args.what == "demo":
         given = [
@@ -199,7 +204,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         host=host,
         port=port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        # Whole seconds for uvicorn, rounded up: 0.5 must not become "cancel requests at once".
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),
     )
     return 0
 

@@ -26,7 +26,6 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -307,6 +306,8 @@ class InputContract:
                 for row in rows
             ]
         if self.dataframe:
+            import pandas as pd  # only DataFrame models need it: the CLI's listings stay light
+
             return pd.DataFrame.from_records(rows, columns=list(self.names))
         return np.array(rows, dtype=np.float64 if self.numeric else object)
 

@@ -23,12 +23,12 @@ from app.prediction import Predictor
 from app.readiness import Readiness
 from app.registry import Registry
 from app.routes import docs, feedback, health, models, predict
-from app.settings import Settings
+from app.settings import Settings, load_settings
 from app.store import PredictionLog, open_store
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     if not settings.models_dir.is_dir():  # a typo here would serve nothing, and say nothing
         raise InvalidSettings(
             f"STEWARD_MODELS_DIR: no directory at {settings.models_dir} "
@@ -58,8 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics,
             settings.default_model,
             batch_max_rows=settings.batch_max_rows,
-            batch_max_wait=settings.batch_max_wait_ms / 1000,
-            batch_inline_max=settings.batch_inline_max_ms / 1000,
+            batch_max_wait=settings.batch_max_wait_seconds,
+            batch_inline_max=settings.batch_inline_max_seconds,
             log_wait=settings.log_wait_seconds,
         )
         # Everything loaded so far (modules, models) lives as long as the process: take it out

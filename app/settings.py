@@ -1,5 +1,6 @@
 """Runtime configuration: one Settings class, read from ``STEWARD_*`` environment variables."""
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -9,6 +10,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from app.errors import InvalidSettings
 
 ENV_PREFIX = "STEWARD_"
+# Durations an older Steward read in milliseconds (STEWARD_<NAME>_MS), now in seconds
+# (STEWARD_<NAME>_SECONDS). The old variable is refused, not ignored: an upgrade must not
+# silently drop an operator's tuning.
+FORMERLY_MILLISECONDS = ("batch_max_wait", "batch_inline_max")
 
 
 class Settings(BaseSettings):
@@ -58,17 +63,17 @@ class Settings(BaseSettings):
         description="Adaptive batching: most rows in one model call made of several requests "
         "(a larger request still runs, alone).",
     )
-    batch_max_wait_ms: float = Field(
-        2.0,
+    batch_max_wait_seconds: float = Field(
+        0.002,
         ge=0,
-        le=1000,
+        le=1,
         description="Adaptive batching: longest a batch stays open while requests keep arriving; "
         "a lone request never waits.",
     )
-    batch_inline_max_ms: float = Field(
-        2.0,
+    batch_inline_max_seconds: float = Field(
+        0.002,
         ge=0,
-        le=1000,
+        le=1,
         description="Model calls that took at most this long run on the event-loop thread "
         "(cheaper than a thread hop); slower models run in a worker thread.",
     )
@@ -114,15 +119,28 @@ class Settings(BaseSettings):
 def load_settings(**values: Any) -> Settings:
     """Settings from the environment, ``values`` taking precedence.
 
-    A bad value is an InvalidSettings error of one line naming each variable and its rule, never
-    the value itself (a database URL holds a password).
+    A bad value, or a variable that was renamed, is an InvalidSettings error of one line naming
+    each variable and its rule, never the value itself (a database URL holds a password).
     """
+    problems = _renamed_variables()
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except ValidationError as exc:
-        problems = [
+        problems += [
             f"{ENV_PREFIX}{'_'.join(str(part) for part in error['loc']).upper()}: "
             f"{error['msg'][:1].lower()}{error['msg'][1:]}"
             for error in exc.errors(include_url=False, include_input=False)
         ]
-        raise InvalidSettings(f"invalid settings: {'; '.join(problems)}") from None
+    if problems:
+        raise InvalidSettings(f"invalid settings: {'; '.join(problems)}")
+    return settings
+
+
+def _renamed_variables() -> list[str]:
+    given = {name.upper() for name in os.environ}  # variables are read case-insensitively
+    problems = []
+    for setting in FORMERLY_MILLISECONDS:
+        old, new = (f"{ENV_PREFIX}{setting.upper()}_{unit}" for unit in ("MS", "SECONDS"))
+        if old in given:
+            problems.append(f"{old}: renamed {new}, in seconds (2 ms is 0.002)")
+    return problems

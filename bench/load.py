@@ -1,18 +1,12 @@
-"""Load generation with wrk, and the processes under load: start, watch, stop.
+"""Load generation with wrk, and plain HTTP calls to the server under load.
 
 wrk runs one thread per run (the machine has two cores; the server gets the other one) and
 reports through a Lua ``done`` hook as one JSON line, so nothing parses wrk's prose.
 """
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import time
-import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,70 +91,6 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> Result:
         p99_ms=raw["p99_us"] / 1000,
         errors=raw["errors"],
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Server:
-    """A real server process on loopback: waits until ``ready_path`` answers, tracks its RSS."""
-
-    def __init__(self, argv: Sequence[str], env: dict[str, str], log: Path, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self._log = log.open("wb")
-        self.process = subprocess.Popen(
-            list(argv), env=os.environ | env, stdout=self._log, stderr=self._log
-        )
-        self.log = log
-
-    def wait_ready(self, path: str, seconds: float = 60) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log.read_text()}")
-            try:
-                with urllib.request.urlopen(self.url + path, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.url}{path} never answered 200:\n{self.log.read_text()}")
-
-    def rss_mib(self) -> float:
-        return _status_kib(self.process.pid, "VmRSS") / 1024
-
-    def peak_rss_mib(self) -> float:
-        return _status_kib(self.process.pid, "VmHWM") / 1024
-
-    def stop(self) -> int:
-        """SIGTERM (a graceful shutdown drains the prediction log), then wait."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=120)
-        self._log.close()
-        return code
-
-    def __enter__(self) -> "Server":
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        """Never leave a server behind, whatever happened to the run."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-
-
-def _status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} for process {pid}")
 
 
 def get(url: str) -> bytes:

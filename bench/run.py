@@ -11,6 +11,7 @@ vs acknowledged, the deepest log backlog seen and the server's peak RSS.
 
 import argparse
 import json
+import os
 import platform
 import sqlite3
 import subprocess
@@ -19,11 +20,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from load import Result, Server, free_port, get, lua_feedback, lua_post, post_json, wrk
+from load import Result, get, lua_feedback, lua_post, post_json, wrk
 from prometheus_client.parser import text_string_to_metric_families
+from server import STEWARD, Server, free_port, serving
 
 BIN = Path(sys.executable).parent
 BENCH = Path(__file__).resolve().parent
@@ -49,7 +52,7 @@ def bench(work: Path, args: argparse.Namespace) -> None:
     """Everything the run writes (registry, prediction log, wrk scripts) goes under ``work``."""
     models_dir = work / "models"
     subprocess.run(
-        [BIN / "steward", "--models-dir", models_dir, "train", "demo"],
+        [STEWARD, "--models-dir", models_dir, "train", "demo"],
         check=True,
         capture_output=True,
     )
@@ -72,13 +75,12 @@ def bench(work: Path, args: argparse.Namespace) -> None:
         watch.stop()
         acknowledged = counter(steward.url, "steward_predictions_total")
         peak_rss = steward.peak_rss_mib()
-        steward.stop()
+        steward.stop(timeout=120)  # the graceful shutdown writes the whole log
     written = rows_written(work / "data")
 
     with start_naive(work, models_dir) as naive:
         theirs = drive(naive.url, scripts, models, connections, args.seconds)
         naive_rss = naive.peak_rss_mib()
-        naive.stop()
 
     print_table(ours, theirs, models, connections)
     print()
@@ -115,27 +117,25 @@ def body(models_dir: Path, name: str, rows: int) -> str:
     return json.dumps({"instances": [row] * rows})
 
 
-def start_steward(work: Path, models_dir: Path) -> Server:
+def start_steward(work: Path, models_dir: Path) -> AbstractContextManager[Server]:
     port = free_port()
-    env = {
+    env = os.environ | {
         "STEWARD_MODELS_DIR": str(models_dir),
         "STEWARD_DATA_DIR": str(work / "data"),
         "STEWARD_LOG_LEVEL": "warning",
     }
-    server = Server([str(BIN / "steward"), "serve", "--port", str(port)], env, work / "s.log", port)
-    server.wait_ready("/readyz")
-    return server
+    argv: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
+    return serving(argv, port=port, env=env, log=work / "steward.log", ready="/readyz")
 
 
-def start_naive(work: Path, models_dir: Path) -> Server:
+def start_naive(work: Path, models_dir: Path) -> AbstractContextManager[Server]:
     port = free_port()
-    argv = [
-        str(BIN / "uvicorn"), "--factory", "naive:create_app", "--app-dir", str(BENCH),
+    argv: list[str | Path] = [
+        BIN / "uvicorn", "--factory", "naive:create_app", "--app-dir", BENCH,
         "--port", str(port), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
-    server = Server(argv, {"NAIVE_MODELS_DIR": str(models_dir)}, work / "naive.log", port)
-    server.wait_ready("/docs")
-    return server
+    env = os.environ | {"NAIVE_MODELS_DIR": str(models_dir)}
+    return serving(argv, port=port, env=env, log=work / "naive.log", ready="/docs")
 
 
 Key = tuple[str, int | str]
@@ -197,8 +197,9 @@ def print_table(
         "p99 ratio",
     )
     rows = []
+    columns: list[int | str] = [*connections, "batch"]
     for name in models:
-        for c in [*connections, "batch"]:
+        for c in columns:
             s, n = ours[(name, c)], theirs[(name, c)]
             scale = BATCH_ROWS if c == "batch" else 1
             label = f"{BATCH_CONNECTIONS} ({BATCH_ROWS} rows/req, rows/s)" if c == "batch" else c
@@ -234,7 +235,7 @@ def soak(work: Path, models_dir: Path, seconds: float) -> None:
         result = wrk(f"{steward.url}/predict/iris", script, 64, seconds)
         sampler.stop()
         acknowledged = counter(steward.url, "steward_predictions_total")
-        steward.stop()
+        steward.stop(timeout=120)
     written = rows_written(work / "data")
     print_markdown(("t (s)", "RSS MiB"), [(f"{t:.0f}", f"{v:.1f}") for t, v in samples])
     settled = [v for t, v in samples if t >= seconds / 10] or [v for _, v in samples]
@@ -283,7 +284,7 @@ def samples(url: str, name: str) -> list[Any]:
 
 
 def gauge(url: str, name: str) -> float:
-    return sum(s.value for s in samples(url, name))
+    return float(sum(s.value for s in samples(url, name)))
 
 
 def counter(url: str, name: str) -> int:

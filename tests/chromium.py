@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from helpers import stop
+from server import stop
 
 CHROMIUM = shutil.which("chromium")
 # Chromium wants its pipe on fds 3 and 4: the shell moves our stdin and stdout pipes there.

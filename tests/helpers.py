@@ -1,21 +1,17 @@
-"""Small helpers shared by the tests: request rows, metric reading, store inspection."""
+"""Small helpers shared by the tests: request rows, metric reading, store inspection.
 
-import socket
+A real server process is started with bench/server.py, which the benchmark uses too.
+"""
+
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx2
 from fastapi.testclient import TestClient
 from httpx2 import Response
 from prometheus_client.parser import text_string_to_metric_families
-
-STEWARD = Path(sys.executable).parent / "steward"  # the installed console script
 
 IRIS_SETOSA = {
     "sepal_length_cm": 5.1,
@@ -90,13 +86,6 @@ def stored_rows(data_dir: Path) -> list[sqlite3.Row]:
         return list(conn.execute("SELECT * FROM predictions ORDER BY created_at, id"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def wait_until(condition: Callable[[], bool], seconds: float = 30, interval: float = 0.1) -> bool:
     """Poll ``condition`` until it holds (True) or ``seconds`` have passed (False)."""
     deadline = time.monotonic() + seconds
@@ -105,38 +94,3 @@ def wait_until(condition: Callable[[], bool], seconds: float = 30, interval: flo
             return False
         time.sleep(interval)
     return True
-
-
-@contextmanager
-def running(
-    argv: Sequence[str | Path], *, env: dict[str, str], log: Path, ready_url: str
-) -> Iterator["subprocess.Popen[bytes]"]:
-    """Run a real process (output to ``log``) until ``ready_url`` answers 200; stop it after."""
-    with log.open("wb") as output:
-        process = subprocess.Popen(list(argv), env=env, stdout=output, stderr=output)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"{argv[0]} exited:\n{log.read_text()}")
-        try:
-            return httpx2.get(ready_url, timeout=1).status_code == 200
-        except httpx2.TransportError:
-            return False
-
-    try:
-        if not wait_until(ready):
-            raise AssertionError(f"{ready_url} never answered 200:\n{log.read_text()}")
-        yield process
-    finally:
-        stop(process, timeout=30)
-
-
-def stop(process: "subprocess.Popen[Any]", timeout: float) -> None:
-    """SIGTERM, then SIGKILL if the process is still there after ``timeout`` seconds."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

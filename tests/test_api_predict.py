@@ -1,6 +1,7 @@
 """POST /predict/{model} and /predict: round trips, versions, and every bad input."""
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,8 @@ DATA = {  # real rows to predict, under the demo models' feature names
     "diabetes": load_diabetes(as_frame=True).data.set_axis(list(DIABETES_ROW), axis=1),
 }
 
+UUID7_HEX = re.compile(r"[0-9a-f]{12}7[0-9a-f]{3}[89ab][0-9a-f]{15}")
+
 
 def test_classifier_with_probabilities(client: TestClient) -> None:
     response = predict(client, "iris", IRIS_SETOSA, IRIS_VIRGINICA)
@@ -72,7 +75,8 @@ def test_ids_are_unique_and_unguessable(client: TestClient) -> None:
     ids = prediction_ids(predict(client, "iris", *[IRIS_SETOSA] * 50))
     ids += prediction_ids(predict(client, "iris", IRIS_SETOSA))
     assert len(set(ids)) == 51
-    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)  # hex
+    # 32 lower-case hex digits, no dashes; version 7 (13th digit), RFC variant (17th: 8-b).
+    assert all(UUID7_HEX.fullmatch(i) for i in ids), ids
     # UUIDv7: 74 random bits after a millisecond timestamp, so ids sort by time.
     assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
     assert ids[-1][:12] >= ids[0][:12]

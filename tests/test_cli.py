@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import STEWARD, free_port
+from server import STEWARD, free_port, serving
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from app import __version__
@@ -18,7 +19,7 @@ from app.artifacts import list_versions, read_aliases, read_metadata
 from app.cli import main
 from app.errors import InvalidSettings
 from app.main import create_app
-from app.settings import Settings
+from app.settings import Settings, load_settings
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -250,6 +251,8 @@ def test_models_dir_before_or_after_the_command(
         ("STEWARD_PORT", "eighty", "input should be a valid integer"),
         ("STEWARD_MAX_INSTANCES", "0", "input should be greater than or equal to 1"),
         ("STEWARD_LOG_WAIT_SECONDS", "inf", "input should be a finite number"),
+        # Milliseconds kept after the rename to seconds: 2 ms would be 2 s.
+        ("STEWARD_BATCH_MAX_WAIT_SECONDS", "2", "input should be less than or equal to 1"),
         ("STEWARD_LOG_LEVEL", "chatty", "input should be 'critical', 'error', 'warning'"),
     ],
 )
@@ -267,6 +270,31 @@ def test_bad_setting_is_one_line_naming_the_variable(
     assert_one_line_error(err, f"steward: error: invalid settings: {variable}: {rule}")
     assert value not in err.removeprefix(f"steward: error: invalid settings: {variable}")
     assert "pydantic" not in err
+
+
+@pytest.mark.parametrize(
+    ("variable", "successor"),
+    [
+        ("STEWARD_BATCH_MAX_WAIT_MS", "STEWARD_BATCH_MAX_WAIT_SECONDS"),
+        ("steward_batch_inline_max_ms", "STEWARD_BATCH_INLINE_MAX_SECONDS"),  # any case is read
+    ],
+)
+def test_a_variable_renamed_to_seconds_is_refused_naming_its_successor(
+    monkeypatch: pytest.MonkeyPatch, variable: str, successor: str
+) -> None:
+    """An operator upgrading with the old variable set loses nothing silently."""
+    monkeypatch.setenv(variable, "5")
+    monkeypatch.setenv("STEWARD_PORT", "eighty")
+    with pytest.raises(InvalidSettings) as refused:
+        load_settings()
+    assert str(refused.value) == (
+        f"invalid settings: {variable.upper()}: renamed {successor}, in seconds (2 ms is 0.002); "
+        "STEWARD_PORT: input should be a valid integer, unable to parse string as an integer"
+    )
+    monkeypatch.delenv(variable)
+    monkeypatch.setenv(successor, "0.005")
+    monkeypatch.setenv("STEWARD_PORT", "8001")
+    assert getattr(load_settings(), successor.removeprefix("STEWARD_").lower()) == 0.005
 
 
 # --- train: a target that is not classes is refused in one line ----------------------------
@@ -439,6 +467,10 @@ def test_register_with_target_records_a_regressors_metrics_and_target_range(
 SERVE_REFUSALS = {
     "bad-port": ({"STEWARD_PORT": "eighty"}, "STEWARD_PORT: input should be a valid integer"),
     "bad-limit": ({"STEWARD_MAX_INSTANCES": "0"}, "STEWARD_MAX_INSTANCES: input should be greater"),
+    "renamed-to-seconds": (
+        {"STEWARD_BATCH_MAX_WAIT_MS": "2"},
+        "STEWARD_BATCH_MAX_WAIT_MS: renamed STEWARD_BATCH_MAX_WAIT_SECONDS, in seconds",
+    ),
     "no-models-dir": (
         {"STEWARD_MODELS_DIR": "{tmp}/no-such-dir"},
         "STEWARD_MODELS_DIR: no directory at",
@@ -501,6 +533,26 @@ def test_serve_refuses_to_start_in_one_line(
     assert "hunter2" not in err
     if "STEWARD_DATABASE_URL" in variables:
         assert err.rstrip().endswith("(STEWARD_DATABASE_URL)")
+
+
+def test_serve_takes_its_port_and_log_level_from_the_settings(
+    demo_models: Path, tmp_path: Path
+) -> None:
+    """No option: STEWARD_PORT is where it listens (the container relies on it, and on
+    STEWARD_HOST: tests/test_containers.py), STEWARD_LOG_LEVEL=warning leaves out info lines."""
+    port = free_port()
+    env = _env(
+        {
+            "STEWARD_MODELS_DIR": str(demo_models),
+            "STEWARD_DATA_DIR": str(tmp_path / "data"),
+            "STEWARD_PORT": str(port),
+            "STEWARD_LOG_LEVEL": "warning",
+        }
+    )
+    log = tmp_path / "serve.log"
+    with serving([STEWARD, "serve"], port=port, env=env, log=log, ready="/readyz") as served:
+        assert served.stop() in (0, -signal.SIGTERM)
+    assert "INFO" not in log.read_text()
 
 
 def test_create_app_refuses_a_missing_models_dir(tmp_path: Path) -> None:

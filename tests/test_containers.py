@@ -1,7 +1,8 @@
 """Dockerfile and docker-compose.yml, checked without a Docker engine.
 
-They are parsed and held to the files they mount and the app they start; then the image's own
-command and health check run here, as they would in the container.
+They are parsed and held to the files they mount and the settings they give `steward serve`;
+then the image's own command and health check run here, with its environment, as they would in
+the container.
 """
 
 import json
@@ -15,9 +16,9 @@ from typing import Any
 import httpx2
 import pytest
 import yaml
-from helpers import free_port, running
+from server import STEWARD, free_port, serving
 
-from app.settings import Settings
+from app.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).parent.parent
 
@@ -70,12 +71,22 @@ def mounts(service: str) -> dict[str, str]:
     }
 
 
-def listen_port() -> int:
-    words = image_command()[-1].split()
-    return int(words[words.index("--port") + 1])
+def without_steward_variables() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
 
 
-def test_image_basics() -> None:
+@pytest.fixture
+def image_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings `steward serve` reads in the container: the image's ENV, nothing else."""
+    for key in os.environ:
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)
+    for key, value in image_env().items():
+        monkeypatch.setenv(key, value)
+    return load_settings()
+
+
+def test_image_basics(image_settings: Settings) -> None:
     assert instruction("FROM").startswith("python:3.11-slim")
     assert instruction("USER") == "steward"
     assert any("useradd --system" in rest for key, rest in dockerfile() if key == "RUN")
@@ -84,27 +95,32 @@ def test_image_basics() -> None:
     source = next(i for i, s in enumerate(order) if s.startswith("COPY app"))
     assert order.index("COPY pyproject.toml ./") < dependencies < source, "deps layer before source"
     assert "/healthz" in " ".join(image_healthcheck())
-    assert f"EXPOSE {listen_port()}" in order
+    assert f"EXPOSE {image_settings.port}" in order
 
 
-def test_image_serves_the_app_factory() -> None:
-    command = image_command()[-1]
-    assert "exec uvicorn --factory app.main:create_app" in command
-    assert "--host 0.0.0.0" in command
+def test_image_runs_steward_serve_configured_by_its_settings_alone() -> None:
+    """Trains the demo models if missing, then `exec steward serve` with no option: every
+    STEWARD_* variable applies (an option would override one), and exec makes the server
+    PID 1, the process SIGTERM reaches."""
+    shell, flag, script = image_command()
+    assert (shell, flag) == ("sh", "-c")
+    steps = [shlex.split(step) for step in script.split("&&")]
+    assert steps == [["steward", "train", "demo", "--if-missing"], ["exec", "steward", "serve"]]
 
 
-def test_image_configuration_is_steward_settings_on_the_volume() -> None:
+def test_image_configuration_is_steward_settings(image_settings: Settings) -> None:
     env = image_env()
+    fields = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    assert {key for key in env if key.startswith(ENV_PREFIX)} <= fields
     (volume,) = json.loads(instruction("VOLUME"))
-    fields = {f"STEWARD_{name.upper()}" for name in Settings.model_fields}
-    for key, value in env.items():
-        if key.startswith("STEWARD_"):
-            assert key in fields, key
-            assert value.startswith(volume + "/"), key
-    assert {"STEWARD_MODELS_DIR", "STEWARD_DATA_DIR"} <= set(env)
+    assert image_settings.models_dir == Path(volume) / "models"
+    assert image_settings.data_dir == Path(volume) / "data"
+    assert image_settings.host == "0.0.0.0"  # reachable from outside the container
+    assert image_settings.port == Settings.model_fields["port"].default  # spelled out for:
+    assert "os.environ['STEWARD_PORT']" in image_healthcheck()[-1]  # follows it when set at run
 
 
-def test_compose_wires_the_real_files() -> None:
+def test_compose_wires_the_real_files(image_settings: Settings) -> None:
     services = compose()["services"]
     assert set(services) == {"steward", "prometheus", "grafana", "postgres"}
     assert services["postgres"]["profiles"] == ["postgres"]
@@ -114,7 +130,7 @@ def test_compose_wires_the_real_files() -> None:
 
     steward = services["steward"]
     assert steward["build"] == "."
-    assert steward["ports"] == [f"{listen_port()}:{listen_port()}"]
+    assert steward["ports"] == [f"{image_settings.port}:{image_settings.port}"]
     assert steward["healthcheck"]["test"] == ["CMD", *image_healthcheck()]
     (volume,) = json.loads(instruction("VOLUME"))
     assert mounts("steward")["steward-data"] == volume
@@ -128,7 +144,7 @@ def test_compose_wires_the_real_files() -> None:
     for rule_file in config["rule_files"]:
         assert (ROOT / "prometheus" / rule_file).is_file()
     (steward_job,) = [j for j in config["scrape_configs"] if j["job_name"] == "steward"]
-    assert steward_job["static_configs"][0]["targets"] == [f"steward:{listen_port()}"]
+    assert steward_job["static_configs"][0]["targets"] == [f"steward:{image_settings.port}"]
     prometheus_port = flags["--web.listen-address"].rsplit(":", 1)[1]
 
     grafana = services["grafana"]
@@ -150,27 +166,33 @@ def test_compose_wires_the_real_files() -> None:
 
 
 def test_image_command_and_healthcheck_run_here(tmp_path: Path) -> None:
-    """The container's CMD and HEALTHCHECK, run as they are, on a free port."""
-    port = str(free_port())
-    volume = tmp_path / "var-lib-steward"
-    env = os.environ | {
-        key: value.replace(json.loads(instruction("VOLUME"))[0], str(volume))
+    """The container's CMD and HEALTHCHECK, run as they are with the image's environment (its
+    volume and port moved here): the demo models are trained, the server takes its address
+    from the settings, and SIGTERM reaches it."""
+    port = free_port()
+    (volume,) = json.loads(instruction("VOLUME"))
+    env = without_steward_variables() | {
+        key: value.replace(volume, str(tmp_path / "volume"))
         for key, value in image_env().items()
-        if key.startswith("STEWARD_")
+        if key.startswith(ENV_PREFIX)
     }
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    command = [part.replace(str(listen_port()), port) for part in image_command()]
-    url = f"http://127.0.0.1:{port}"
-    with running(command, env=env, log=tmp_path / "cmd.log", ready_url=f"{url}/healthz"):
-        check = [part.replace(str(listen_port()), port) for part in image_healthcheck()]
+    env |= {"STEWARD_PORT": str(port), "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}
+    log = tmp_path / "cmd.log"
+    with serving(image_command(), port=port, env=env, log=log, ready="/healthz") as served:
+        check = image_healthcheck()
         assert check[0] == "python"
-        result = subprocess.run([sys.executable, *check[1:]], capture_output=True, text=True)
+        result = subprocess.run([sys.executable, *check[1:]], env=env, capture_output=True)
         assert result.returncode == 0, result.stderr
-        assert httpx2.get(f"{url}/readyz").status_code == 200
-        names = [m["name"] for m in httpx2.get(f"{url}/models").json()]
+        assert httpx2.get(f"{served.url}/readyz").status_code == 200
+        names = [m["name"] for m in httpx2.get(f"{served.url}/models").json()]
+        program = Path(f"/proc/{served.process.pid}/cmdline").read_bytes().split(b"\0")
+        assert program[-3:] == [str(STEWARD).encode(), b"serve", b""]  # exec: not sh, PID 1
     assert names == ["breast-cancer", "diabetes", "iris"]  # trained on first start
-    assert (volume / "models" / "iris" / "1").is_dir()
-    assert (volume / "data" / "steward.db").is_file()
+    assert (tmp_path / "volume" / "models" / "iris" / "1").is_dir()
+    assert (tmp_path / "volume" / "data" / "steward.db").is_file()
+    output = log.read_text()
+    assert f"Uvicorn running on http://0.0.0.0:{port} " in output  # STEWARD_HOST, STEWARD_PORT
+    assert "Application shutdown complete" in output, output  # SIGTERM reached the server
 
 
 @pytest.mark.parametrize("ignored", ["models", "data", ".venv", ".git", "tests"])

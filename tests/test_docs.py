@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 from chromium import Page, headless_page
 from fastapi.testclient import TestClient
-from helpers import STEWARD, free_port, running, wait_until
+from helpers import wait_until
 from prometheus_client import CollectorRegistry
+from server import STEWARD, free_port, serving
 from sklearn.linear_model import LogisticRegression
 
 from app.metrics import Metrics
@@ -59,9 +60,8 @@ def server(models_dir: Path, tmp_path: Path) -> Iterator[str]:
     }
     port = free_port()
     argv: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    with running(argv, env=env, log=tmp_path / "server.log", ready_url=f"{url}/readyz"):
-        yield url
+    with serving(argv, port=port, env=env, log=tmp_path / "server.log", ready="/readyz") as served:
+        yield served.url
 
 
 def refs(node: Any) -> list[str]:

@@ -12,29 +12,29 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from helpers import (
-    DIABETES_ROW,
-    IRIS_SETOSA,
-    STEWARD,
-    free_port,
-    running,
-    stored_rows,
-    wait_until,
-)
+from helpers import DIABETES_ROW, IRIS_SETOSA, stored_rows, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+from server import STEWARD, Server, free_port, serving
 
 
 @dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
+class Steward:
+    """A `steward serve` process, and the folder of its prediction log."""
+
+    server: Server
     data_dir: Path
-    log: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def log(self) -> Path:
+        return self.server.log
 
     def stop(self) -> None:
         """SIGTERM, then check the shutdown was graceful (uvicorn re-raises the signal)."""
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=30)
+        code = self.server.stop(timeout=30)
         output = self.log.read_text()
         assert code in (0, -signal.SIGTERM), output
         assert "Application shutdown complete" in output, output
@@ -42,7 +42,7 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path) -> Iterator[Steward]:
     env = os.environ | {
         "STEWARD_MODELS_DIR": str(tmp_path / "models"),
         "STEWARD_DATA_DIR": str(tmp_path / "data"),
@@ -53,14 +53,12 @@ def server(tmp_path: Path) -> Iterator[Server]:
     assert trained.returncode == 0, trained.stderr
     assert "iris: version 1 (production)" in trained.stdout
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
     argv: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
-    with running(argv, env=env, log=log, ready_url=f"{url}/readyz") as process:
-        yield Server(process, url, tmp_path / "data", log)
+    with serving(argv, port=port, env=env, log=tmp_path / "server.log", ready="/readyz") as served:
+        yield Steward(served, tmp_path / "data")
 
 
-def test_predict_feedback_metrics_over_http(server: Server) -> None:
+def test_predict_feedback_metrics_over_http(server: Steward) -> None:
     with httpx2.Client(base_url=server.url, timeout=10) as http:
         response = http.post("/predict/iris", json={"instances": [IRIS_SETOSA]})
         assert response.status_code == 200
@@ -86,7 +84,7 @@ def test_predict_feedback_metrics_over_http(server: Server) -> None:
     assert len(stored_rows(server.data_dir)) == 2
 
 
-def test_sigterm_under_load_loses_no_acknowledged_prediction(server: Server) -> None:
+def test_sigterm_under_load_loses_no_acknowledged_prediction(server: Steward) -> None:
     def burst(_: int) -> list[str]:
         ids = []
         with httpx2.Client(base_url=server.url, timeout=10) as http:
@@ -105,7 +103,7 @@ def test_sigterm_under_load_loses_no_acknowledged_prediction(server: Server) -> 
     assert stored == set(acknowledged)
 
 
-def test_readme_curl_session_works_as_written(server: Server) -> None:
+def test_readme_curl_session_works_as_written(server: Steward) -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     session = readme.split("<!-- curl-session -->\n```sh\n", 1)[1].split("```", 1)[0]
     script = session.replace("http://127.0.0.1:8000", server.url)
@@ -120,7 +118,7 @@ def test_readme_curl_session_works_as_written(server: Server) -> None:
     assert 'steward_feedback_total{model="iris",outcome="correct",version="1"} 1.0' in lines
 
 
-def test_a_client_that_leaves_mid_body_is_499_not_a_server_error(server: Server) -> None:
+def test_a_client_that_leaves_mid_body_is_499_not_a_server_error(server: Steward) -> None:
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as raw:
         raw.sendall(
@@ -158,12 +156,12 @@ def test_a_row_the_store_cannot_hold_wedges_nothing_and_loses_nothing(tmp_path: 
     argv: list[str | Path] = [STEWARD, "train", "--csv", csv, "--target", "churned"]
     trained = subprocess.run([*argv, "--name", "churn"], env=env, capture_output=True, text=True)
     assert trained.returncode == 0, trained.stderr
-    url = f"http://127.0.0.1:{free_port()}"
-    serve: list[str | Path] = [STEWARD, "serve", "--port", url.rsplit(":", 1)[1]]
+    port = free_port()
+    serve: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
     log = tmp_path / "server.log"
-    with running(serve, env=env, log=log, ready_url=f"{url}/readyz") as process:
-        server = Server(process, url, tmp_path / "data", log)
-        with httpx2.Client(base_url=url, timeout=30) as http:
+    with serving(serve, port=port, env=env, log=log, ready="/readyz") as served:
+        server = Steward(served, tmp_path / "data")
+        with httpx2.Client(base_url=server.url, timeout=30) as http:
 
             def ready() -> dict[str, object]:
                 response = http.get("/readyz")

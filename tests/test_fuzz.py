@@ -23,13 +23,13 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
 import pytest
-from helpers import STEWARD, free_port, running, wait_until
+from helpers import wait_until
 from prometheus_client.parser import text_string_to_metric_families
+from server import STEWARD, Server, free_port, serving
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"  # the installed console script
 SEED = 8
@@ -37,13 +37,6 @@ MAX_EXAMPLES = 50  # test cases per operation in one fuzzing cycle
 MAX_SECONDS = 25  # the whole schemathesis run; the test's other steps take ~10 s more
 CHECKS = ["not_a_server_error", "status_code_conformance", "response_schema_conformance"]
 CSV_MODEL = "churn"
-
-
-@dataclass
-class Server:
-    process: "subprocess.Popen[bytes]"
-    url: str
-    log: Path
 
 
 def write_customers_csv(path: Path) -> None:
@@ -78,11 +71,9 @@ def server(tmp_path: Path, models_dir: Path) -> Iterator[Server]:
     )
     assert trained.returncode == 0, trained.stderr
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
     argv: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
-    with running(argv, env=env, log=log, ready_url=f"{url}/readyz") as process:
-        yield Server(process, url, log)
+    with serving(argv, port=port, env=env, log=tmp_path / "server.log", ready="/readyz") as served:
+        yield served
 
 
 def schemathesis_run(schema: Path, url: str) -> tuple[int | None, str]:

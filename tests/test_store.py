@@ -5,7 +5,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -250,6 +250,114 @@ def test_a_full_log_whose_store_fails_refuses_put_at_once(
     assert wait_until(lambda: log.last_error is not None, seconds=10, interval=0.01)
     with pytest.raises(StoreUnavailable, match="disk is failing"):
         asyncio.run(log.put([record()], wait=3600))
+
+
+class GatedStore(SqlStore):
+    """A real SQLite store whose writer takes one batch per permit: a store that is behind
+    for exactly as long as the test says."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(open_store(url).engine)
+        self.permits = threading.Semaphore(0)
+
+    def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
+        self.permits.acquire()
+        super().write_predictions(records)
+
+
+@pytest.fixture
+def gated(sqlite_path: Path) -> Iterator[tuple[PredictionLog, GatedStore]]:
+    """A log of 10 rows at most, written 5 at a time, on a store that writes when let."""
+    store = GatedStore(f"sqlite:///{sqlite_path}")
+    writer = PredictionLog(store, Metrics(CollectorRegistry()), batch_size=5, max_pending=10)
+    writer.start()
+    yield writer, store
+    store.permits.release(100)
+    writer.close(5)
+
+
+def test_waiting_puts_are_woken_in_line_as_the_writer_makes_room(
+    gated: tuple[PredictionLog, GatedStore], sqlite_path: Path
+) -> None:
+    log, store = gated
+    first, second, third = [record() for _ in range(4)], [record() for _ in range(4)], [record()]
+    woken: list[str] = []
+
+    async def put(name: str, rows: list[PredictionRecord]) -> None:
+        await log.put(rows, wait=3600)  # only room made can end this wait
+        woken.append(name)
+
+    async def scenario() -> None:
+        log.append([record() for _ in range(10)])  # full; the writer waits for a permit
+        waiting = [
+            asyncio.create_task(put("first", first)),
+            asyncio.create_task(put("second", second)),
+        ]
+        await asyncio.sleep(0)  # each put runs up to its wait
+        assert woken == []
+        with pytest.raises(StoreUnavailable, match="behind by 10 rows"):
+            log.append([record()])  # no wait: refused at once
+
+        store.permits.release()  # 5 rows written: room for the first put (4), not the second
+        await waiting[0]
+        assert woken == ["first"]
+        waiting.append(asyncio.create_task(put("third", third)))
+        await asyncio.sleep(0)
+        assert woken == ["first"]  # there is room for its one row, but the second came first
+
+        store.permits.release(2)  # 5 more written, then the first put's 4 follow them
+        await asyncio.gather(*waiting)
+        assert woken == ["first", "second", "third"]
+
+    asyncio.run(scenario())
+    store.permits.release(100)
+    log.flush(timeout=10)
+    assert count(sqlite_path) == 19
+    with sqlite3.connect(sqlite_path) as conn:
+        written = [row[0] for row in conn.execute("SELECT id FROM predictions ORDER BY rowid")]
+    assert written[10:] == [r.id for r in first + second + third]  # appended in line
+
+
+def test_a_waiting_put_is_refused_as_soon_as_the_store_fails(
+    gated: tuple[PredictionLog, GatedStore], sqlite_path: Path
+) -> None:
+    log, store = gated
+
+    async def scenario() -> None:
+        log.append([record() for _ in range(10)])
+        waiting = asyncio.create_task(log.put([record()], wait=3600))
+        await asyncio.sleep(0)
+        fail_inserts(sqlite_path)
+        store.permits.release()  # the write fails, and so does the write probe: the store is down
+        with pytest.raises(StoreUnavailable, match=r"behind by 10 rows \(.*disk is failing"):
+            await waiting
+
+    asyncio.run(scenario())
+    with sqlite3.connect(sqlite_path) as conn:
+        conn.execute("DROP TRIGGER fail")
+    store.permits.release(100)
+    log.flush(timeout=10)
+    assert count(sqlite_path) == 10  # every acknowledged row, and not the refused one
+
+
+def test_a_waiting_put_is_refused_as_soon_as_the_log_closes(
+    gated: tuple[PredictionLog, GatedStore], sqlite_path: Path
+) -> None:
+    log, store = gated
+
+    async def scenario() -> None:
+        log.append([record() for _ in range(10)])
+        waiting = asyncio.create_task(log.put([record()], wait=3600))
+        await asyncio.sleep(0)
+        closing = asyncio.create_task(asyncio.to_thread(log.close, 60))
+        with pytest.raises(StoreUnavailable, match="shutting down"):
+            await waiting  # refused while the store has written nothing yet
+        assert count(sqlite_path) == 0
+        store.permits.release(100)
+        await closing
+
+    asyncio.run(scenario())
+    assert count(sqlite_path) == 10
 
 
 def test_flush_if_pending_returns_with_its_rows_written(

@@ -10,7 +10,8 @@ A failed batch is either the store failing or rows it refuses, and the writer te
   ``check_writable``, which inserts a prediction of its own, fails): the batch is kept and
   retried with backoff, ``last_error`` says why, and appends beyond ``max_pending`` are refused
   (503) rather than acknowledged and lost. While the store is merely behind, ``put`` makes
-  requests wait for room instead.
+  requests wait for room instead: in line, each woken by the writer when the rows it wrote
+  make room for that request's rows, which the writer appends for it.
 - the store works but refused the rows (RowsRefused, and the probe succeeds): the batch is split
   in halves, down to single rows; every row the store takes is written, in order, and a single
   row it refuses is quarantined: a safe rendering goes to ``prediction_quarantine``, an error is
@@ -20,12 +21,13 @@ A failed batch is either the store failing or rows it refuses, and the writer te
 """
 
 import asyncio
+import contextlib
 import logging
 import reprlib
 import threading
-import time
 from collections import deque
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 
@@ -41,7 +43,6 @@ from app.store.base import (
 logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
-BACKPRESSURE_POLL_SECONDS = 0.002
 REASON_CHARS = 300
 ROW_REPR_CHARS = 4000
 
@@ -52,6 +53,24 @@ class LogFull(StoreUnavailable):
 
 class StoreDown(Exception):
     """The store is down (an outage error, or its write probe failed): keep every row, retry."""
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A ``put`` waiting in line for room; the writer thread decides its outcome, then wakes it."""
+
+    records: Sequence[PredictionRecord]
+    woken: "asyncio.Future[None]"
+    refusal: StoreUnavailable | None = None
+
+    def wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nobody is waiting
+            self.woken.get_loop().call_soon_threadsafe(_resolve, self.woken)
+
+
+def _resolve(future: "asyncio.Future[None]") -> None:
+    if not future.done():  # its put was cancelled meanwhile
+        future.set_result(None)
 
 
 class PredictionLog:
@@ -74,6 +93,7 @@ class PredictionLog:
         self._appended = 0
         self._done = 0  # rows written or quarantined, always the oldest appended ones
         self._closing = False
+        self._waiters: deque[_Waiter] = deque()  # puts waiting for room, oldest first
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
 
@@ -87,33 +107,75 @@ class PredictionLog:
     def append(self, records: Sequence[PredictionRecord]) -> None:
         """Queue rows for writing; refuses (StoreUnavailable) instead of growing unbounded."""
         with self._cond:
-            if self._closing:
-                raise StoreUnavailable("the prediction log is shutting down")
-            if len(self._pending) + len(records) > self.max_pending:
-                raise LogFull(
-                    f"the prediction store is behind by {len(self._pending)} rows"
-                    + (f" ({self.last_error})" if self.last_error else "")
-                )
-            self._pending.extend(records)
-            for record in records:
-                self._appended += 1
-                self._pending_ids[record.id] = self._appended
-            self.metrics.log_pending.set(len(self._pending))
-            self._cond.notify()
+            self._take(records)
 
     async def put(self, records: Sequence[PredictionRecord], wait: float) -> None:
         """``append`` with backpressure: a log that is full only because the writer is behind
         (the store takes writes) gets up to ``wait`` seconds to make room, so a burst slows
-        down instead of failing. A failing store is refused at once, as ``append`` does."""
-        deadline = time.monotonic() + wait
-        while True:
+        down instead of failing. Waiting puts are served in order: the writer appends their
+        rows as the rows it writes make room, and wakes them. A failing store or a closing log
+        is refused at once, as ``append`` does, waiting puts included."""
+        with self._cond:
             try:
-                self.append(records)
+                self._take(records)
                 return
             except LogFull:
-                if self.last_error is not None or time.monotonic() >= deadline:
+                if self.last_error is not None or wait <= 0 or len(records) > self.max_pending:
                     raise
-            await asyncio.sleep(BACKPRESSURE_POLL_SECONDS)
+            waiter = _Waiter(records, asyncio.get_running_loop().create_future())
+            self._waiters.append(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await waiter.woken
+        finally:  # timed out or cancelled: leave the line, unless the writer took the rows
+            with self._cond:
+                still_waiting = waiter in self._waiters
+                if still_waiting:
+                    self._waiters.remove(waiter)
+        if still_waiting:
+            raise self._full()
+        if waiter.refusal is not None:
+            raise waiter.refusal
+
+    def _take(self, records: Sequence[PredictionRecord]) -> None:
+        """Append ``records`` now or refuse them (called with the lock held). Room goes to
+        waiting puts first: a newcomer does not pass them."""
+        if self._closing:
+            raise StoreUnavailable("the prediction log is shutting down")
+        if self._waiters or len(self._pending) + len(records) > self.max_pending:
+            raise self._full()
+        self._extend(records)
+
+    def _full(self) -> LogFull:
+        return LogFull(
+            f"the prediction store is behind by {len(self._pending)} rows"
+            + (f" ({self.last_error})" if self.last_error else "")
+        )
+
+    def _extend(self, records: Sequence[PredictionRecord]) -> None:
+        self._pending.extend(records)
+        for record in records:
+            self._appended += 1
+            self._pending_ids[record.id] = self._appended
+        self.metrics.log_pending.set(len(self._pending))
+        self._cond.notify()
+
+    def _admit_waiters(self) -> None:
+        """Room was made: append the rows of waiting puts for them, oldest first, while they
+        fit, and wake each (called with the lock held, by the writer)."""
+        while self._waiters and (
+            len(self._pending) + len(self._waiters[0].records) <= self.max_pending
+        ):
+            waiter = self._waiters.popleft()
+            self._extend(waiter.records)
+            waiter.wake()
+
+    def _refuse_waiters(self, refusal: StoreUnavailable) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.refusal = refusal
+            waiter.wake()
 
     def flush_if_pending(self, ids: Collection[str], timeout: float = 10.0) -> None:
         """Wait until none of ``ids`` is still waiting to be written (feedback needs them).
@@ -145,6 +207,7 @@ class PredictionLog:
         """Stop accepting rows, write every pending one (waiting up to ``timeout``)."""
         with self._cond:
             self._closing = True
+            self._refuse_waiters(StoreUnavailable("the prediction log is shutting down"))
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -169,7 +232,9 @@ class PredictionLog:
                     self._isolate(batch, refusal)
             except StoreDown as exc:  # keep the rest of the batch; retry until the store is back
                 failures += 1
-                self.last_error = str(exc)
+                with self._cond:
+                    self.last_error = str(exc)
+                    self._refuse_waiters(self._full())
                 self.metrics.count_error(None, "store")
                 logger.warning(
                     "prediction log write failed (%d rows kept): %s", self.pending, self.last_error
@@ -253,6 +318,7 @@ class PredictionLog:
             self.metrics.log_pending.set(len(self._pending))
             if written:
                 self.metrics.log_written.inc(len(rows))
+            self._admit_waiters()
             self._cond.notify_all()
 
 
