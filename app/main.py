@@ -11,18 +11,15 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
-from app import __version__
-from app.body_limit import BodySizeLimit
-from app.errors import InvalidSettings, install_error_handlers
+from app import __version__, api
+from app.errors import InvalidSettings
 from app.feedback import FeedbackRecorder
-from app.metrics import Metrics, MetricsMiddleware
+from app.metrics import Metrics
 from app.prediction import Predictor
 from app.readiness import Readiness
 from app.registry import LoadedModel, Registry
-from app.routes import docs, feedback, health, models, predict
 from app.settings import Settings
 from app.store import PredictionLog, open_store
 
@@ -100,10 +97,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    install_error_handlers(app)
-    for router in (predict.router, feedback.router, models.router, health.router, docs.router):
-        app.include_router(router)
-    app.mount(docs.ASSETS_PATH, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every status
+    api.install(app, settings, metrics)
     return app

@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.routes.deps import FeedbackDep
+from app.api.deps import FeedbackDep
 from app.schemas import (
     FEEDBACK_FORMS,
     FEEDBACK_REQUEST,
@@ -29,7 +29,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     503: {"model": ErrorResponse, "description": "The prediction store is down."},
 }
-# The schema itself is added to the OpenAPI components by routes/docs.py.
+# The schema itself is added to the OpenAPI components by api/docs.py.
 BODY_DOC = {
     "requestBody": {
         "required": True,

@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
+from app.api.deps import RegistryDep
 from app.errors import ArtifactError
-from app.routes.deps import RegistryDep
 from app.schemas import ErrorResponse, LoadedVersion, ModelDetail, ModelSummary
 
 router = APIRouter(tags=["models"])

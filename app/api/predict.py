@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from app.routes.deps import PredictorDep
+from app.api.deps import PredictorDep
 from app.schemas import ErrorResponse, PredictResponse
 
 router = APIRouter(tags=["predict"])
