@@ -1,32 +1,44 @@
-"""The error tree: each error knows its HTTP status and a stable code.
+"""The error tree: each error knows its HTTP status, a stable code and its metric stage.
 
 Every error the service returns looks like::
 
     {"error": {"code": "validation_error", "message": "...", "details": [{"field": ..., ...}]}}
 
-The handlers that render that shape are HTTP: app/api/errors.py. Nothing here imports FastAPI
-or Starlette.
+The handlers that render that shape, and count each error once under its ``stage``, are HTTP:
+app/api/errors.py. Nothing here imports FastAPI or Starlette.
 """
 
 import re
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from pydantic_core import ErrorDetails
 
 Detail = dict[str, Any]
+Stage = Literal[
+    "validation", "unscorable", "unknown_model", "unknown_version", "model", "store", "feedback"
+]
+"""Where a request failed: the ``stage`` label of ``steward_errors_total``."""
 
 
 class StewardError(Exception):
-    """Base of every error the service reports; carries its HTTP status and a stable code."""
+    """Base of every error the service reports: its HTTP status, a stable code, and the metric
+    stage it is counted under where it is rendered (None: not counted as an error).
+
+    ``model`` names the model the error concerns, when known (None: ``_unknown`` in metrics).
+    """
 
     status_code = 500
     code = "internal_error"
+    stage: ClassVar[Stage | None] = None
 
-    def __init__(self, message: str, details: Sequence[Detail] = ()) -> None:
+    def __init__(
+        self, message: str, details: Sequence[Detail] = (), *, model: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = list(details)
+        self.model = model
 
     def payload(self) -> dict[str, Any]:
         """The error in the service's one JSON shape."""
@@ -36,6 +48,7 @@ class StewardError(Exception):
 class InvalidJSON(StewardError):
     status_code = 400
     code = "invalid_json"
+    stage = "validation"
 
 
 class PayloadTooLarge(StewardError):
@@ -46,21 +59,32 @@ class PayloadTooLarge(StewardError):
 class ValidationFailed(StewardError):
     status_code = 422
     code = "validation_error"
+    stage: ClassVar[Stage | None] = "validation"  # annotated: a subclass is not counted
+
+
+class InvalidGroundTruth(ValidationFailed):
+    """Feedback this prediction cannot take (not one of its classes, a number out of range, an
+    error too large to score): counted as the feedback outcome ``invalid``, not as an error."""
+
+    stage = None
 
 
 class UnknownModel(StewardError):
     status_code = 404
     code = "unknown_model"
+    stage = "unknown_model"
 
 
 class UnknownVersion(StewardError):
     status_code = 404
     code = "unknown_version"
+    stage = "unknown_version"
 
 
 class UnknownPrediction(StewardError):
     status_code = 404
     code = "unknown_prediction"
+    stage = "feedback"
 
 
 class FeedbackConflict(StewardError):
@@ -74,6 +98,7 @@ class UnscorableInput(StewardError):
 
     status_code = 422
     code = "unscorable_input"
+    stage = "unscorable"
 
 
 class ModelUnavailable(StewardError):
@@ -81,6 +106,7 @@ class ModelUnavailable(StewardError):
 
     status_code = 503
     code = "model_unavailable"
+    stage = "model"
 
 
 class ModelFailure(StewardError):
@@ -88,11 +114,13 @@ class ModelFailure(StewardError):
 
     status_code = 500
     code = "model_failure"
+    stage = "model"
 
 
 class StoreUnavailable(StewardError):
     status_code = 503
     code = "store_unavailable"
+    stage = "store"
 
 
 class ClientClosedRequest(StewardError):

@@ -21,6 +21,7 @@ import anyio.to_thread
 from app.artifacts import ModelMetadata
 from app.errors import (
     FeedbackConflict,
+    InvalidGroundTruth,
     StewardError,
     StoreUnavailable,
     UnknownPrediction,
@@ -82,6 +83,7 @@ class FeedbackRecorder:
         results = []
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, StewardError):
+                self.metrics.count_error(outcome.model, outcome.stage)  # as a single one would be
                 error = ErrorBody(
                     code=outcome.code, message=outcome.message, details=outcome.details
                 )
@@ -123,7 +125,6 @@ class FeedbackRecorder:
 
     def _judge(self, item: FeedbackItem, prediction: StoredPrediction | None) -> Outcome | Label:
         if prediction is None:
-            self.metrics.count_error(None, "feedback")
             return UnknownPrediction(
                 "no prediction with this id",
                 [{"field": "prediction_id", "message": "unknown id", "type": "unknown"}],
@@ -132,7 +133,7 @@ class FeedbackRecorder:
         problem = _ground_truth_problem(metadata, item.ground_truth, self.target_range_multiple)
         if problem is not None:
             self.metrics.observe_feedback(metadata, "invalid")
-            return ValidationFailed(problem[0], [_detail("ground_truth", *problem)])
+            return InvalidGroundTruth(problem[0], [_detail("ground_truth", *problem)])
         if prediction.ground_truth is not None:
             if prediction.ground_truth == item.ground_truth:
                 self.metrics.observe_feedback(metadata, "duplicate")
@@ -155,7 +156,9 @@ class FeedbackRecorder:
                 message = (
                     f"the logged prediction cannot be scored: its error would exceed {HARD_LIMIT:g}"
                 )
-                return ValidationFailed(message, [_detail("prediction_id", message, "unscorable")])
+                return InvalidGroundTruth(
+                    message, [_detail("prediction_id", message, "unscorable")]
+                )
         return Label(
             prediction_id=item.prediction_id,
             ground_truth=item.ground_truth,

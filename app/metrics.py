@@ -7,23 +7,16 @@ model (the rest share ``_other``). docs/metrics.md lists each metric with its Pr
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.artifacts import Label, ModelMetadata
+from app.errors import Stage
 
 UNKNOWN_MODEL = "_unknown"
 OTHER_CLASS = "_other"
-ERROR_STAGES = (
-    "validation",
-    "unscorable",
-    "unknown_model",
-    "unknown_version",
-    "model",
-    "store",
-    "feedback",
-)
+ERROR_STAGES: tuple[Stage, ...] = get_args(Stage)
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
 
@@ -202,7 +195,11 @@ class Metrics:
         for outcome in outcomes:
             self.feedback.labels(name, version, outcome)
 
-    def count_error(self, model: str | None, stage: str) -> None:
+    def count_error(self, model: str | None, stage: Stage | None) -> None:
+        """One error of ``model`` (None: ``_unknown``) at ``stage``; an error with no stage
+        (a conflict, a refusal counted as a feedback outcome) is not counted."""
+        if stage is None:
+            return
         key = (model or UNKNOWN_MODEL, stage)
         child = self._errors.get(key)
         if child is None:

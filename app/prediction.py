@@ -19,18 +19,7 @@ import orjson
 
 from app.artifacts import Label
 from app.batching import Batcher, BatcherClosed, BatchStats
-from app.errors import (
-    InvalidJSON,
-    ModelFailure,
-    ModelUnavailable,
-    NotReady,
-    StewardError,
-    StoreUnavailable,
-    UnknownModel,
-    UnknownVersion,
-    UnscorableInput,
-    ValidationFailed,
-)
+from app.errors import ModelFailure, NotReady, StewardError, UnscorableInput
 from app.features import Row
 from app.metrics import Metrics
 from app.registry import LoadedModel, Registry
@@ -141,13 +130,17 @@ class Predictor:
     async def predict(self, name: str | None, version: str | None, body: bytes) -> bytes:
         """The JSON response body for a /predict request."""
         model = await self._resolve(name, version)
-        rows = self._validate(model, body)
         try:
-            outputs = await self.batcher.run(model, rows)
-        except Exception as exc:
-            raise await self._failure(model, rows, exc) from exc
-        ids = new_ids(len(rows))
-        await self._log(model, ids, rows, outputs)
+            rows = self._validate(model, body)
+            try:
+                outputs = await self.batcher.run(model, rows)
+            except Exception as exc:
+                raise await self._failure(model, rows, exc) from exc
+            ids = new_ids(len(rows))
+            await self._log(model, ids, rows, outputs)
+        except StewardError as error:
+            error.model = model.name  # counted under this model where it is rendered
+            raise
         self.metrics.series(model.metadata).count_predictions([label for label, _ in outputs])
         return orjson.dumps(
             {
@@ -177,7 +170,6 @@ class Predictor:
             works = await anyio.to_thread.run_sync(scores_typical_row, model)
             self._scores_typical_row[model] = works
         if works:
-            self.metrics.count_error(model.name, "unscorable")
             outside = model.contract.outside_training_range(rows)
             reason = "; ".join(sorted({d["field"].split(".", 2)[2] for d in outside}))
             return UnscorableInput(
@@ -185,7 +177,6 @@ class Predictor:
                 + (f" (outside the training range: {reason})" if reason else ""),
                 outside[:MAX_DETAILS],
             )
-        self.metrics.count_error(model.name, "model")
         logger.error("%s v%d fails even on a typical row: %r", model.name, model.version, exc)
         return ModelFailure(
             f"{model.name} v{model.version} is failing (even on a typical input); "
@@ -196,30 +187,16 @@ class Predictor:
         self.metrics.series(model.metadata).observe_batch(batch.rows, batch.seconds)
 
     async def _resolve(self, name: str | None, version: str | None) -> LoadedModel:
-        try:
-            name = name or self.registry.default_name(self.default_model)
-            model = self.registry.cached(name, version)
-            if model is None:
-                model = await anyio.to_thread.run_sync(self.registry.resolve, name, version)
-        except UnknownModel:
-            self.metrics.count_error(None, "unknown_model")
-            raise
-        except UnknownVersion:
-            self.metrics.count_error(name, "unknown_version")
-            raise
-        except ModelUnavailable:
-            self.metrics.count_error(name, "model")
-            raise
+        name = name or self.registry.default_name(self.default_model)
+        model = self.registry.cached(name, version)
+        if model is None:
+            model = await anyio.to_thread.run_sync(self.registry.resolve, name, version)
         return model
 
     def _validate(self, model: LoadedModel, body: bytes) -> list[Row]:
-        try:
-            request = parse_json(
-                model.request_model.model_validate_json, body, keys=model.contract.key_count
-            )
-        except (InvalidJSON, ValidationFailed):
-            self.metrics.count_error(model.name, "validation")
-            raise
+        request = parse_json(
+            model.request_model.model_validate_json, body, keys=model.contract.key_count
+        )
         return model.contract.rows(request)
 
     async def _log(
@@ -244,8 +221,4 @@ class Predictor:
             )
             for prediction_id, row, (label, probabilities) in zip(ids, rows, outputs, strict=True)
         ]
-        try:
-            await self.log.put(records, self.log_wait)
-        except StoreUnavailable:
-            self.metrics.count_error(model.name, "store")
-            raise
+        await self.log.put(records, self.log_wait)

@@ -150,7 +150,7 @@ class Registry:
             return loaded
         refusal = self.refusals.get((name, number))
         if refusal is not None:
-            raise ModelUnavailable(refusal.message, [{"reason": refusal.reason}])
+            raise ModelUnavailable(refusal.message, [{"reason": refusal.reason}], model=name)
         return None
 
     def resolve(self, name: str, version: str | None = None) -> LoadedModel:
@@ -165,7 +165,7 @@ class Registry:
                 if number not in self._versions[name]:
                     self._versions[name] = list_versions(self.root, name)  # registered since?
                     if number not in self._versions[name]:
-                        raise UnknownVersion(f"model {name!r} has no such version")
+                        raise UnknownVersion(f"model {name!r} has no such version", model=name)
                 loaded = self._load(name, number)
         return loaded
 
@@ -188,10 +188,11 @@ class Registry:
         if ref.isascii() and ref.isdigit():  # "²" and "٣" are digits to str.isdigit
             return int(ref)
         if version is None:
-            raise UnknownVersion(f"model {name!r} has no production version")
+            raise UnknownVersion(f"model {name!r} has no production version", model=name)
         raise UnknownVersion(
             f"model {name!r} has no such version or alias",
             [{"field": "version", "message": "a version number or one of: " + ", ".join(aliases)}],
+            model=name,
         )
 
     def _load(self, name: str, number: int) -> LoadedModel:
@@ -242,4 +243,4 @@ class Registry:
         refusal = Refusal(name, version, reason, f"{name}: refused ({reason}): {exc}")
         self.refusals[(name, version)] = refusal
         logger.error("%s", refusal.message)
-        return ModelUnavailable(refusal.message, [{"reason": reason}])
+        return ModelUnavailable(refusal.message, [{"reason": reason}], model=name)

@@ -225,3 +225,17 @@ def test_store_backlog_beyond_the_limit_is_refused_not_lost(
             assert metric(client, "steward_errors_total", model="iris", stage="store") == 1
         wait_ready(client)
     assert sorted(r["id"] for r in stored_rows(settings.data_dir)) == sorted(accepted)
+
+
+def test_a_store_failure_answering_feedback_is_503_counted_as_store(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        (pid,) = prediction_ids(predict(client, "iris", IRIS_SETOSA))
+        with sqlite3.connect(settings.data_dir / "steward.db") as conn:  # inserts still work
+            conn.execute(
+                "CREATE TRIGGER fail_labels BEFORE UPDATE ON predictions "
+                "BEGIN SELECT RAISE(ABORT, 'disk is failing'); END"
+            )
+        response = client.post("/feedback", json={"prediction_id": pid, "ground_truth": "setosa"})
+        assert_error(response, 503, "store_unavailable")
+        assert metric(client, "steward_errors_total", model="_unknown", stage="store") == 1
+        assert metric(client, "steward_errors_total", model="iris", stage="store") == 0

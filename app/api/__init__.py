@@ -17,7 +17,7 @@ from app.settings import Settings
 
 def install(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     """Give ``app`` every route, the one error shape, the body limit and the HTTP metrics."""
-    install_error_handlers(app)
+    install_error_handlers(app, metrics)
     for router in (predict.router, feedback.router, models.router, health.router, docs.router):
         app.include_router(router)
     app.mount(docs.ASSETS_PATH, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")

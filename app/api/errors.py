@@ -1,4 +1,9 @@
-"""The exception handlers: every error, FastAPI's and Starlette's included, in one JSON shape."""
+"""The exception handlers: every error, FastAPI's and Starlette's included, in one JSON shape.
+
+A StewardError is counted here, once, under its model and stage (``steward_errors_total``): the
+core raises errors and never counts them. Refusals made before a route runs (FastAPI's checks of
+query parameters, the body-size limit, unknown routes and methods) show in the HTTP metrics only.
+"""
 
 import logging
 
@@ -9,25 +14,35 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from app.errors import ClientClosedRequest, StewardError, error_payload, validation_error
+from app.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def error_response(error: StewardError) -> JSONResponse:
     return JSONResponse(error.payload(), status_code=error.status_code)
 
 
-async def _steward_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StewardError)
-    return error_response(exc)
+def install_error_handlers(app: Starlette, metrics: Metrics) -> None:
+    """Render every error, including FastAPI's validation errors and 404/405, in one shape."""
+
+    async def steward_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StewardError)
+        metrics.count_error(exc.model, exc.stage)
+        return error_response(exc)
+
+    app.add_exception_handler(StewardError, steward_error)
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
+    app.add_exception_handler(Exception, _unexpected_error)
 
 
 async def _request_validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     return error_response(validation_error(exc.errors(), skip=("body",)))
-
-
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 async def _http_error(_: Request, exc: Exception) -> Response:
@@ -46,12 +61,3 @@ async def _client_disconnect(_: Request, exc: Exception) -> Response:
 async def _unexpected_error(_: Request, exc: Exception) -> Response:
     logger.exception("unhandled error", exc_info=exc)
     return error_response(StewardError("internal server error"))
-
-
-def install_error_handlers(app: Starlette) -> None:
-    """Render every error, including FastAPI's validation errors and 404/405, in one shape."""
-    app.add_exception_handler(StewardError, _steward_error)
-    app.add_exception_handler(RequestValidationError, _request_validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(ClientDisconnect, _client_disconnect)
-    app.add_exception_handler(Exception, _unexpected_error)
