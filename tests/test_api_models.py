@@ -3,7 +3,7 @@
 import json
 
 from fastapi.testclient import TestClient
-from helpers import assert_error
+from helpers import assert_error, metric
 
 from app.artifacts import METADATA
 from app.main import create_app
@@ -37,6 +37,7 @@ def test_model_detail(client: TestClient) -> None:
 
 def test_unknown_model_is_404(client: TestClient) -> None:
     assert_error(client.get("/models/nope"), 404, "unknown_model")
+    assert metric(client, "steward_errors_total", model="_unknown", stage="unknown_model") == 1
 
 
 def test_sklearn_mismatch_is_shown(settings: Settings) -> None:
