@@ -7,7 +7,6 @@ Serve with ``uvicorn --factory app.main:create_app`` (settings from STEWARD_* va
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -20,6 +19,7 @@ from app.metrics import Metrics
 from app.prediction import Predictor
 from app.readiness import Readiness
 from app.registry import LoadedModel, Registry
+from app.services import Services
 from app.settings import Settings
 from app.store import PredictionLog, open_store
 
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.track_model(model.metadata, aliases, model.sklearn_mismatch is not None)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
         store = open_store(settings.store_url)
         registry = Registry(
             settings.models_dir,
@@ -64,24 +64,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batch_inline_max=settings.batch_inline_max_ms / 1000,
             log_wait=settings.log_wait_seconds,
         )
+        services = Services(
+            settings=settings,
+            metrics=metrics,
+            registry=registry,
+            store=store,
+            log=log,
+            predictor=predictor,
+            feedback=FeedbackRecorder(
+                registry,
+                store,
+                log,
+                metrics,
+                settings.max_feedback_items,
+                settings.target_range_multiple,
+            ),
+            readiness=Readiness(registry, store, log, settings.required_models),
+        )
         # Everything loaded so far (modules, models) lives as long as the process: take it out
         # of the collector's full scans, which otherwise pause the loop ~100 ms under load.
         gc.freeze()
         try:
-            yield {
-                "metrics": metrics,
-                "registry": registry,
-                "predictor": predictor,
-                "readiness": Readiness(registry, store, log, settings.required_models),
-                "feedback": FeedbackRecorder(
-                    registry,
-                    store,
-                    log,
-                    metrics,
-                    settings.max_feedback_items,
-                    settings.target_range_multiple,
-                ),
-            }
+            yield {"services": services}  # requests reach it through app/api/deps.py
         finally:
             await predictor.close()
             await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)

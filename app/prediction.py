@@ -127,9 +127,17 @@ class Predictor:
             weakref.WeakKeyDictionary()
         )
 
-    async def predict(self, name: str | None, version: str | None, body: bytes) -> bytes:
-        """The JSON response body for a /predict request."""
-        model = await self._resolve(name, version)
+    async def resolve(self, name: str | None, version: str | None) -> LoadedModel:
+        """The loaded version that ``name`` (None: the default model) and ``version`` (None:
+        production) name; a version not loaded yet is loaded in a worker thread."""
+        name = name or self.registry.default_name(self.default_model)
+        model = self.registry.cached(name, version)
+        if model is None:
+            model = await anyio.to_thread.run_sync(self.registry.resolve, name, version)
+        return model
+
+    async def predict(self, model: LoadedModel, body: bytes) -> bytes:
+        """The JSON response body for a /predict request to ``model``."""
         try:
             rows = self._validate(model, body)
             try:
@@ -185,13 +193,6 @@ class Predictor:
 
     def _observe(self, model: LoadedModel, batch: BatchStats) -> None:
         self.metrics.series(model.metadata).observe_batch(batch.rows, batch.seconds)
-
-    async def _resolve(self, name: str | None, version: str | None) -> LoadedModel:
-        name = name or self.registry.default_name(self.default_model)
-        model = self.registry.cached(name, version)
-        if model is None:
-            model = await anyio.to_thread.run_sync(self.registry.resolve, name, version)
-        return model
 
     def _validate(self, model: LoadedModel, body: bytes) -> list[Row]:
         request = parse_json(

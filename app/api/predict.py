@@ -1,19 +1,15 @@
 """POST /predict/{model} and POST /predict (the default model)."""
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.deps import PredictorDep
+from app.api.deps import DefaultModel, PredictorDep, ResolvedModel
 from app.schemas import ErrorResponse, PredictResponse
 
 router = APIRouter(tags=["predict"])
 
-VersionQuery = Annotated[
-    str | None,
-    Query(max_length=32, description="A version number or an alias; default: production."),
-]
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": PredictResponse, "description": "One prediction per instance, in order."},
     400: {"model": ErrorResponse, "description": "The body is not JSON."},
@@ -45,16 +41,14 @@ def _json(body: bytes) -> Response:
 
 
 @router.post("/predict/{model}", response_model=None, responses=RESPONSES, openapi_extra=BODY_DOC)
-async def predict(
-    model: str, request: Request, predictor: PredictorDep, version: VersionQuery = None
-) -> Response:
+async def predict(model: ResolvedModel, request: Request, predictor: PredictorDep) -> Response:
     """Predict with a model: one prediction (with an id for /feedback) per instance."""
-    return _json(await predictor.predict(model, version, await request.body()))
+    return _json(await predictor.predict(model, await request.body()))
 
 
 @router.post("/predict", response_model=None, responses=RESPONSES, openapi_extra=BODY_DOC)
 async def predict_default(
-    request: Request, predictor: PredictorDep, version: VersionQuery = None
+    model: DefaultModel, request: Request, predictor: PredictorDep
 ) -> Response:
     """Predict with the default model."""
-    return _json(await predictor.predict(None, version, await request.body()))
+    return _json(await predictor.predict(model, await request.body()))
