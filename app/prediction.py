@@ -1,4 +1,4 @@
-"""Rows -> feature matrix in metadata order -> one model call per batch -> ids -> log.
+"""Rows -> feature matrix in metadata order -> one model call per batch -> ids -> log -> result.
 
 A model call that fails, or answers something unservable (NaN probabilities, a value far
 outside the training targets), is the input's fault when the model still scores a typical row:
@@ -11,11 +11,11 @@ import os
 import time
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio.to_thread
 import numpy as np
-import orjson
 
 from app.artifacts import Label
 from app.batching import Batcher, BatcherClosed, BatchStats
@@ -32,6 +32,17 @@ MAX_DETAILS = 20  # details of an unscorable request: the first out-of-range val
 
 
 RowOutput = tuple[Label, dict[str, float] | None]  # prediction, class probabilities if any
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionResult:
+    """What a /predict request gets: the version that served it and, per row in order, its
+    prediction id and output. The wire format is the route's (app/api/predict.py)."""
+
+    model: str
+    version: int
+    ids: list[str]
+    outputs: list[RowOutput]
 
 
 class UnusableOutput(ValueError):
@@ -136,8 +147,8 @@ class Predictor:
             model = await anyio.to_thread.run_sync(self.registry.resolve, name, version)
         return model
 
-    async def predict(self, model: LoadedModel, body: bytes) -> bytes:
-        """The JSON response body for a /predict request to ``model``."""
+    async def predict(self, model: LoadedModel, body: bytes) -> PredictionResult:
+        """Validate a /predict body for ``model``, predict its rows, log them, count them."""
         try:
             rows = self._validate(model, body)
             try:
@@ -150,18 +161,7 @@ class Predictor:
             error.model = model.name  # counted under this model where it is rendered
             raise
         self.metrics.series(model.metadata).count_predictions([label for label, _ in outputs])
-        return orjson.dumps(
-            {
-                "model": model.name,
-                "version": model.version,
-                "predictions": [
-                    {"id": i, "prediction": label, "probabilities": probabilities}
-                    if probabilities is not None
-                    else {"id": i, "prediction": label}
-                    for i, (label, probabilities) in zip(ids, outputs, strict=True)
-                ],
-            }
-        )
+        return PredictionResult(model.name, model.version, ids, outputs)
 
     async def close(self) -> None:
         await self.batcher.close()

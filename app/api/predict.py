@@ -2,10 +2,12 @@
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api.deps import DefaultModel, PredictorDep, ResolvedModel
+from app.prediction import PredictionResult
 from app.schemas import ErrorResponse, PredictResponse
 
 router = APIRouter(tags=["predict"])
@@ -36,7 +38,21 @@ BODY_DOC = {
 }
 
 
-def _json(body: bytes) -> Response:
+def _json(result: PredictionResult) -> Response:
+    """The result as the documented PredictResponse, encoded by orjson: 16 us for 64 rows,
+    where building the pydantic models and dumping them takes 133 us (docs/performance.md)."""
+    body = orjson.dumps(
+        {
+            "model": result.model,
+            "version": result.version,
+            "predictions": [
+                {"id": i, "prediction": label}
+                if probabilities is None
+                else {"id": i, "prediction": label, "probabilities": probabilities}
+                for i, (label, probabilities) in zip(result.ids, result.outputs, strict=True)
+            ],
+        }
+    )
     return Response(body, media_type="application/json")
 
 
