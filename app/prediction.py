@@ -208,18 +208,9 @@ class Predictor:
         outputs: Sequence[RowOutput],
     ) -> None:
         now = datetime.now(UTC)
-        names = model.contract.names
-        records = [
-            PredictionRecord(
-                id=prediction_id,
-                model=model.name,
-                version=model.version,
-                created_at=now,
-                inputs=dict(zip(names, row, strict=True)),
-                output={"prediction": label}
-                if probabilities is None
-                else {"prediction": label, "probabilities": probabilities},
-            )
+        name, version, names = model.name, model.version, model.contract.names
+        records = [  # the writer thread makes the JSON of them
+            PredictionRecord(prediction_id, name, version, now, names, row, label, probabilities)
             for prediction_id, row, (label, probabilities) in zip(ids, rows, outputs, strict=True)
         ]
         await self.log.put(records, self.log_wait)
