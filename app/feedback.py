@@ -31,11 +31,15 @@ from app.features import widen
 from app.metrics import Metrics
 from app.registry import Registry
 from app.schemas import (
+    FEEDBACK_FORMS,
+    FEEDBACK_REQUEST,
     ErrorBody,
+    FeedbackBatch,
     FeedbackBatchResponse,
     FeedbackItem,
     FeedbackItemResult,
     FeedbackResult,
+    parse_json,
 )
 from app.store import Label, PredictionLog, PredictionStore, StoredPrediction
 
@@ -64,6 +68,14 @@ class FeedbackRecorder:
         self.metrics = metrics
         self.max_items = max_items
         self.target_range_multiple = target_range_multiple
+
+    async def receive(self, body: bytes) -> FeedbackResult | FeedbackBatchResponse:
+        """A /feedback body: one item (its error raised), or a batch (``items``: a result per
+        item). A body that is not JSON, or neither form, is InvalidJSON or ValidationFailed."""
+        request = parse_json(FEEDBACK_REQUEST.validate_json, body, FEEDBACK_FORMS)
+        if isinstance(request, FeedbackBatch):
+            return await self.record_batch(request.items)
+        return await self.record_one(request)
 
     async def record_one(self, item: FeedbackItem) -> FeedbackResult:
         """Record one item; its error, if any, is raised."""
