@@ -151,10 +151,7 @@ class Predictor:
         """Validate a /predict body for ``model``, predict its rows, log them, count them."""
         try:
             rows = self._validate(model, body)
-            try:
-                outputs = await self.batcher.run(model, rows)
-            except Exception as exc:
-                raise await self._failure(model, rows, exc) from exc
+            outputs = await self._infer(model, rows)
             ids = new_ids(len(rows))
             await self._log(model, ids, rows, outputs)
         except StewardError as error:
@@ -165,6 +162,18 @@ class Predictor:
 
     async def close(self) -> None:
         await self.batcher.close()
+
+    def _validate(self, model: LoadedModel, body: bytes) -> list[Row]:
+        request = parse_json(
+            model.request_model.model_validate_json, body, keys=model.contract.key_count
+        )
+        return model.contract.rows(request)
+
+    async def _infer(self, model: LoadedModel, rows: list[Row]) -> list[RowOutput]:
+        try:
+            return await self.batcher.run(model, rows)
+        except Exception as exc:
+            raise await self._failure(model, rows, exc) from exc
 
     async def _failure(
         self, model: LoadedModel, rows: Sequence[Row], exc: Exception
@@ -193,12 +202,6 @@ class Predictor:
 
     def _observe(self, model: LoadedModel, batch: BatchStats) -> None:
         self.metrics.series(model.metadata).observe_batch(batch.rows, batch.seconds)
-
-    def _validate(self, model: LoadedModel, body: bytes) -> list[Row]:
-        request = parse_json(
-            model.request_model.model_validate_json, body, keys=model.contract.key_count
-        )
-        return model.contract.rows(request)
 
     async def _log(
         self,
