@@ -1,7 +1,8 @@
 """The HTTP wing: routers, error handlers, middleware and docs assets, installed on one app.
 
 Thin adapters: each route translates HTTP, calls one function of the core, and maps the result.
-The core (every other module of ``app``) imports nothing from here, nor FastAPI or Starlette.
+The core (every module of ``app`` but this package and main.py) imports nothing from here, nor
+FastAPI or Starlette.
 """
 
 from fastapi import FastAPI
