@@ -1,37 +1,44 @@
-"""One error tree (HTTP status + stable code) and the handlers that render its one JSON shape.
+"""The error tree: each error knows its HTTP status, a stable code and its metric stage.
 
 Every error the service returns looks like::
 
     {"error": {"code": "validation_error", "message": "...", "details": [{"field": ..., ...}]}}
+
+The handlers that render that shape, and count each error once under its ``stage``, are HTTP:
+app/api/errors.py. Nothing here imports FastAPI or Starlette.
 """
 
-import logging
 import re
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from fastapi.exceptions import RequestValidationError
 from pydantic_core import ErrorDetails
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-
-logger = logging.getLogger(__name__)
 
 Detail = dict[str, Any]
+Stage = Literal[
+    "validation", "unscorable", "unknown_model", "unknown_version", "model", "store", "feedback"
+]
+"""Where a request failed: the ``stage`` label of ``steward_errors_total``."""
 
 
 class StewardError(Exception):
-    """Base of every error the service reports; carries its HTTP status and a stable code."""
+    """Base of every error the service reports: its HTTP status, a stable code, and the metric
+    stage it is counted under where it is rendered (None: not counted as an error).
+
+    ``model`` names the model the error concerns, when known (None: ``_unknown`` in metrics).
+    """
 
     status_code = 500
     code = "internal_error"
+    stage: ClassVar[Stage | None] = None
 
-    def __init__(self, message: str, details: Sequence[Detail] = ()) -> None:
+    def __init__(
+        self, message: str, details: Sequence[Detail] = (), *, model: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = list(details)
+        self.model = model
 
     def payload(self) -> dict[str, Any]:
         """The error in the service's one JSON shape."""
@@ -41,6 +48,7 @@ class StewardError(Exception):
 class InvalidJSON(StewardError):
     status_code = 400
     code = "invalid_json"
+    stage = "validation"
 
 
 class PayloadTooLarge(StewardError):
@@ -51,21 +59,32 @@ class PayloadTooLarge(StewardError):
 class ValidationFailed(StewardError):
     status_code = 422
     code = "validation_error"
+    stage: ClassVar[Stage | None] = "validation"  # annotated: a subclass is not counted
+
+
+class InvalidGroundTruth(ValidationFailed):
+    """Feedback this prediction cannot take (not one of its classes, a number out of range, an
+    error too large to score): counted as the feedback outcome ``invalid``, not as an error."""
+
+    stage = None
 
 
 class UnknownModel(StewardError):
     status_code = 404
     code = "unknown_model"
+    stage = "unknown_model"
 
 
 class UnknownVersion(StewardError):
     status_code = 404
     code = "unknown_version"
+    stage = "unknown_version"
 
 
 class UnknownPrediction(StewardError):
     status_code = 404
     code = "unknown_prediction"
+    stage = "feedback"
 
 
 class FeedbackConflict(StewardError):
@@ -79,6 +98,7 @@ class UnscorableInput(StewardError):
 
     status_code = 422
     code = "unscorable_input"
+    stage = "unscorable"
 
 
 class ModelUnavailable(StewardError):
@@ -86,6 +106,7 @@ class ModelUnavailable(StewardError):
 
     status_code = 503
     code = "model_unavailable"
+    stage = "model"
 
 
 class ModelFailure(StewardError):
@@ -93,11 +114,13 @@ class ModelFailure(StewardError):
 
     status_code = 500
     code = "model_failure"
+    stage = "model"
 
 
 class StoreUnavailable(StewardError):
     status_code = 503
     code = "store_unavailable"
+    stage = "store"
 
 
 class ClientClosedRequest(StewardError):
@@ -169,47 +192,3 @@ def validation_error(errors: Sequence[ErrorDetails], skip: Collection[str] = ())
     details = field_errors(errors, skip)
     fields = ", ".join(d["field"] or "body" for d in details[:5])
     return ValidationFailed(f"invalid request: {fields}", details)
-
-
-def error_response(error: StewardError) -> JSONResponse:
-    return JSONResponse(error.payload(), status_code=error.status_code)
-
-
-async def _steward_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StewardError)
-    return error_response(exc)
-
-
-async def _request_validation_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    return error_response(validation_error(exc.errors(), skip=("body",)))
-
-
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
-
-
-async def _http_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-    return JSONResponse(
-        error_payload(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
-    )
-
-
-async def _client_disconnect(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ClientDisconnect)
-    return error_response(ClientClosedRequest("the client closed the connection"))
-
-
-async def _unexpected_error(_: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error", exc_info=exc)
-    return error_response(StewardError("internal server error"))
-
-
-def install_error_handlers(app: Starlette) -> None:
-    """Render every error, including FastAPI's validation errors and 404/405, in one shape."""
-    app.add_exception_handler(StewardError, _steward_error)
-    app.add_exception_handler(RequestValidationError, _request_validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(ClientDisconnect, _client_disconnect)
-    app.add_exception_handler(Exception, _unexpected_error)

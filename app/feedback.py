@@ -21,6 +21,7 @@ import anyio.to_thread
 from app.artifacts import ModelMetadata
 from app.errors import (
     FeedbackConflict,
+    InvalidGroundTruth,
     StewardError,
     StoreUnavailable,
     UnknownPrediction,
@@ -30,11 +31,15 @@ from app.features import widen
 from app.metrics import Metrics
 from app.registry import Registry
 from app.schemas import (
+    FEEDBACK_FORMS,
+    FEEDBACK_REQUEST,
     ErrorBody,
+    FeedbackBatch,
     FeedbackBatchResponse,
     FeedbackItem,
     FeedbackItemResult,
     FeedbackResult,
+    parse_json,
 )
 from app.store import Label, PredictionLog, PredictionStore, StoredPrediction
 
@@ -64,6 +69,14 @@ class FeedbackRecorder:
         self.max_items = max_items
         self.target_range_multiple = target_range_multiple
 
+    async def receive(self, body: bytes) -> FeedbackResult | FeedbackBatchResponse:
+        """A /feedback body: one item (its error raised), or a batch (``items``: a result per
+        item). A body that is not JSON, or neither form, is InvalidJSON or ValidationFailed."""
+        request = parse_json(FEEDBACK_REQUEST.validate_json, body, FEEDBACK_FORMS)
+        if isinstance(request, FeedbackBatch):
+            return await self.record_batch(request.items)
+        return await self.record_one(request)
+
     async def record_one(self, item: FeedbackItem) -> FeedbackResult:
         """Record one item; its error, if any, is raised."""
         (outcome,) = await anyio.to_thread.run_sync(self.record, [item])
@@ -82,6 +95,7 @@ class FeedbackRecorder:
         results = []
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, StewardError):
+                self.metrics.count_error(outcome.model, outcome.stage)  # as a single one would be
                 error = ErrorBody(
                     code=outcome.code, message=outcome.message, details=outcome.details
                 )
@@ -123,7 +137,6 @@ class FeedbackRecorder:
 
     def _judge(self, item: FeedbackItem, prediction: StoredPrediction | None) -> Outcome | Label:
         if prediction is None:
-            self.metrics.count_error(None, "feedback")
             return UnknownPrediction(
                 "no prediction with this id",
                 [{"field": "prediction_id", "message": "unknown id", "type": "unknown"}],
@@ -132,7 +145,7 @@ class FeedbackRecorder:
         problem = _ground_truth_problem(metadata, item.ground_truth, self.target_range_multiple)
         if problem is not None:
             self.metrics.observe_feedback(metadata, "invalid")
-            return ValidationFailed(problem[0], [_detail("ground_truth", *problem)])
+            return InvalidGroundTruth(problem[0], [_detail("ground_truth", *problem)])
         if prediction.ground_truth is not None:
             if prediction.ground_truth == item.ground_truth:
                 self.metrics.observe_feedback(metadata, "duplicate")
@@ -155,7 +168,9 @@ class FeedbackRecorder:
                 message = (
                     f"the logged prediction cannot be scored: its error would exceed {HARD_LIMIT:g}"
                 )
-                return ValidationFailed(message, [_detail("prediction_id", message, "unscorable")])
+                return InvalidGroundTruth(
+                    message, [_detail("prediction_id", message, "unscorable")]
+                )
         return Label(
             prediction_id=item.prediction_id,
             ground_truth=item.ground_truth,

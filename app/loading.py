@@ -66,7 +66,7 @@ class Refusal:
 
     def unavailable(self) -> ModelUnavailable:
         """The error of a request for what was refused."""
-        return ModelUnavailable(self.message, [{"reason": self.reason}])
+        return ModelUnavailable(self.message, [{"reason": self.reason}], model=self.model)
 
 
 class Refused(Exception):

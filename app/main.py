@@ -7,22 +7,19 @@ Serve with ``uvicorn --factory app.main:create_app`` (settings from STEWARD_* va
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
-from app import __version__
-from app.body_limit import BodySizeLimit
-from app.errors import InvalidSettings, install_error_handlers
+from app import __version__, api
+from app.errors import InvalidSettings
 from app.feedback import FeedbackRecorder
-from app.metrics import Metrics, MetricsMiddleware
+from app.metrics import Metrics
 from app.prediction import Predictor
 from app.readiness import Readiness
 from app.registry import Registry
-from app.routes import docs, feedback, health, models, predict
+from app.services import Services
 from app.settings import Settings, load_settings
 from app.store import PredictionLog, open_store
 
@@ -38,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics(CollectorRegistry(), settings.max_class_labels)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
         store = open_store(settings.store_url)
         registry = Registry(
             settings.models_dir,
@@ -62,24 +59,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batch_inline_max=settings.batch_inline_max_seconds,
             log_wait=settings.log_wait_seconds,
         )
+        services = Services(
+            settings=settings,
+            metrics=metrics,
+            registry=registry,
+            store=store,
+            log=log,
+            predictor=predictor,
+            feedback=FeedbackRecorder(
+                registry,
+                store,
+                log,
+                metrics,
+                settings.max_feedback_items,
+                settings.target_range_multiple,
+            ),
+            readiness=Readiness(registry, store, log, settings.required_models),
+        )
         # Everything loaded so far (modules, models) lives as long as the process: take it out
         # of the collector's full scans, which otherwise pause the loop ~100 ms under load.
         gc.freeze()
         try:
-            yield {
-                "metrics": metrics,
-                "registry": registry,
-                "predictor": predictor,
-                "readiness": Readiness(registry, store, log, settings.required_models),
-                "feedback": FeedbackRecorder(
-                    registry,
-                    store,
-                    log,
-                    metrics,
-                    settings.max_feedback_items,
-                    settings.target_range_multiple,
-                ),
-            }
+            yield {"services": services}  # requests reach it through app/api/deps.py
         finally:
             await predictor.close()
             await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)
@@ -95,10 +96,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    install_error_handlers(app)
-    for router in (predict.router, feedback.router, models.router, health.router, docs.router):
-        app.include_router(router)
-    app.mount(docs.ASSETS_PATH, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every status
+    api.install(app, settings, metrics)
     return app

@@ -1,4 +1,4 @@
-"""Every Prometheus collector of the service, on one injected registry, and the HTTP middleware.
+"""Every Prometheus collector of the service, on one injected registry, and its domain events.
 
 Label values are bounded: route templates (never raw paths), model names and versions from the
 registry (an unknown model is ``_unknown``), and at most ``max_class_labels`` class labels per
@@ -6,32 +6,19 @@ model (the rest share ``_other``). docs/metrics.md lists each metric with its Pr
 """
 
 import math
-import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.artifacts import Label, ModelMetadata
+from app.errors import Stage
 from app.loading import LoadedModel, Refusal
 from app.registry import ModelEntry, Registry
 
 UNKNOWN_MODEL = "_unknown"
 OTHER_CLASS = "_other"
-UNMATCHED_ROUTE = "_unmatched"
-OTHER_METHOD = "_other"  # clients may send any token as a method; labels stay bounded
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-ERROR_STAGES = (
-    "validation",
-    "unscorable",
-    "unknown_model",
-    "unknown_version",
-    "model",
-    "store",
-    "feedback",
-)
+ERROR_STAGES: tuple[Stage, ...] = get_args(Stage)
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
 
@@ -247,7 +234,11 @@ class Metrics:
         if aliases:
             self._info[key] = aliases
 
-    def count_error(self, model: str | None, stage: str) -> None:
+    def count_error(self, model: str | None, stage: Stage | None) -> None:
+        """One error of ``model`` (None: ``_unknown``) at ``stage``; an error with no stage
+        (a conflict, a refusal counted as a feedback outcome) is not counted."""
+        if stage is None:
+            return
         key = (model or UNKNOWN_MODEL, stage)
         child = self._errors.get(key)
         if child is None:
@@ -328,66 +319,5 @@ class ModelSeries:
             self._classes.get(label, self._other).inc(count)
 
 
-class MetricsMiddleware:
-    """Pure-ASGI middleware: request count and latency by method, route template and status.
-
-    An exception escaping the app counts as a 500. Scrapes and health probes are not counted.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        metrics: Metrics,
-        skip_paths: frozenset[str] = frozenset({"/metrics", "/healthz", "/readyz"}),
-    ) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.skip_paths = skip_paths
-        # Label children by (method, route template, status): bounded by the app's routes.
-        self._children: dict[tuple[str, str, int], tuple[Histogram, Counter]] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.skip_paths:
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        started = time.perf_counter()
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        except BaseException:
-            status = 500
-            raise
-        finally:
-            method = scope["method"] if scope["method"] in HTTP_METHODS else OTHER_METHOD
-            key = (method, _route_template(scope), status)
-            children = self._children.get(key)
-            if children is None:
-                children = self._children[key] = (
-                    self.metrics.http_duration.labels(key[0], key[1]),
-                    self.metrics.http_requests.labels(key[0], key[1], str(status)),
-                )
-            children[0].observe(time.perf_counter() - started)
-            children[1].inc()
-
-
 def _bool_label(value: bool) -> str:
     return "true" if value else "false"
-
-
-def _route_template(scope: Scope) -> str:
-    """The matched route's path template; routing is redone only for early answers (413)."""
-    route = scope.get("route")
-    if route is None and "app" in scope:
-        for candidate in getattr(scope["app"], "routes", ()):
-            match, _ = candidate.matches(scope)
-            if match != Match.NONE:
-                route = candidate
-                break
-    return getattr(route, "path", UNMATCHED_ROUTE)

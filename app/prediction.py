@@ -1,4 +1,4 @@
-"""Rows -> feature matrix in metadata order -> one model call per batch -> ids -> log.
+"""Rows -> feature matrix in metadata order -> one model call per batch -> ids -> log -> result.
 
 A model call that fails, or answers something unservable (NaN probabilities, a value far
 outside the training targets), is the input's fault when the model still scores a typical row:
@@ -11,26 +11,15 @@ import os
 import time
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio.to_thread
 import numpy as np
-import orjson
 
 from app.artifacts import Label
 from app.batching import Batcher, BatcherClosed, BatchStats
-from app.errors import (
-    InvalidJSON,
-    ModelFailure,
-    ModelUnavailable,
-    NotReady,
-    StewardError,
-    StoreUnavailable,
-    UnknownModel,
-    UnknownVersion,
-    UnscorableInput,
-    ValidationFailed,
-)
+from app.errors import ModelFailure, NotReady, StewardError, UnscorableInput
 from app.features import Row
 from app.loading import LoadedModel
 from app.metrics import Metrics
@@ -44,6 +33,17 @@ MAX_DETAILS = 20  # details of an unscorable request: the first out-of-range val
 
 
 RowOutput = tuple[Label, dict[str, float] | None]  # prediction, class probabilities if any
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionResult:
+    """What a /predict request gets: the version that served it and, per row in order, its
+    prediction id and output. The wire format is the route's (app/api/predict.py)."""
+
+    model: str
+    version: int
+    ids: list[str]
+    outputs: list[RowOutput]
 
 
 class UnusableOutput(ValueError):
@@ -140,32 +140,42 @@ class Predictor:
         )
         registry.on_unload.append(self._unloaded)
 
-    async def predict(self, name: str | None, version: str | None, body: bytes) -> bytes:
-        """The JSON response body for a /predict request."""
-        model = await self._resolve(name, version)
-        rows = self._validate(model, body)
+    async def resolve(self, name: str | None, version: str | None) -> LoadedModel:
+        """The loaded version that ``name`` (None: the default model) and ``version`` (None:
+        production) name; a version not loaded yet is loaded in a worker thread."""
+        name = name or self.registry.default_name(self.default_model)
+        model = self.registry.cached(name, version)
+        if model is None:
+            model = await anyio.to_thread.run_sync(self.registry.resolve, name, version)
+        return model
+
+    async def predict(self, model: LoadedModel, body: bytes) -> PredictionResult:
+        """Validate a /predict body for ``model``, predict its rows, log them, count them."""
         try:
-            outputs = await self.batcher.run(model, rows)
-        except Exception as exc:
-            raise await self._failure(model, rows, exc) from exc
-        ids = new_ids(len(rows))
-        await self._log(model, ids, rows, outputs)
+            rows = self._validate(model, body)
+            outputs = await self._infer(model, rows)
+            ids = new_ids(len(rows))
+            await self._log(model, ids, rows, outputs)
+        except StewardError as error:
+            error.model = model.name  # counted under this model where it is rendered
+            raise
         self.metrics.series(model.metadata).count_predictions([label for label, _ in outputs])
-        return orjson.dumps(
-            {
-                "model": model.name,
-                "version": model.version,
-                "predictions": [
-                    {"id": i, "prediction": label, "probabilities": probabilities}
-                    if probabilities is not None
-                    else {"id": i, "prediction": label}
-                    for i, (label, probabilities) in zip(ids, outputs, strict=True)
-                ],
-            }
-        )
+        return PredictionResult(model.name, model.version, ids, outputs)
 
     async def close(self) -> None:
         await self.batcher.close()
+
+    def _validate(self, model: LoadedModel, body: bytes) -> list[Row]:
+        request = parse_json(
+            model.request_model.model_validate_json, body, keys=model.contract.key_count
+        )
+        return model.contract.rows(request)
+
+    async def _infer(self, model: LoadedModel, rows: list[Row]) -> list[RowOutput]:
+        try:
+            return await self.batcher.run(model, rows)
+        except Exception as exc:
+            raise await self._failure(model, rows, exc) from exc
 
     async def _failure(
         self, model: LoadedModel, rows: Sequence[Row], exc: Exception
@@ -179,7 +189,6 @@ class Predictor:
             works = await anyio.to_thread.run_sync(scores_typical_row, model)
             self._scores_typical_row[model] = works
         if works:
-            self.metrics.count_error(model.name, "unscorable")
             outside = model.contract.outside_training_range(rows)
             reason = "; ".join(sorted({d["field"].split(".", 2)[2] for d in outside}))
             return UnscorableInput(
@@ -187,7 +196,6 @@ class Predictor:
                 + (f" (outside the training range: {reason})" if reason else ""),
                 outside[:MAX_DETAILS],
             )
-        self.metrics.count_error(model.name, "model")
         logger.error("%s v%d fails even on a typical row: %r", model.name, model.version, exc)
         return ModelFailure(
             f"{model.name} v{model.version} is failing (even on a typical input); "
@@ -201,33 +209,6 @@ class Predictor:
     def _observe(self, model: LoadedModel, batch: BatchStats) -> None:
         self.metrics.series(model.metadata).observe_batch(batch.rows, batch.seconds)
 
-    async def _resolve(self, name: str | None, version: str | None) -> LoadedModel:
-        try:
-            name = name or self.registry.default_name(self.default_model)
-            model = self.registry.cached(name, version)
-            if model is None:
-                model = await anyio.to_thread.run_sync(self.registry.resolve, name, version)
-        except UnknownModel:
-            self.metrics.count_error(None, "unknown_model")
-            raise
-        except UnknownVersion:
-            self.metrics.count_error(name, "unknown_version")
-            raise
-        except ModelUnavailable:
-            self.metrics.count_error(name, "model")
-            raise
-        return model
-
-    def _validate(self, model: LoadedModel, body: bytes) -> list[Row]:
-        try:
-            request = parse_json(
-                model.request_model.model_validate_json, body, keys=model.contract.key_count
-            )
-        except (InvalidJSON, ValidationFailed):
-            self.metrics.count_error(model.name, "validation")
-            raise
-        return model.contract.rows(request)
-
     async def _log(
         self,
         model: LoadedModel,
@@ -236,22 +217,9 @@ class Predictor:
         outputs: Sequence[RowOutput],
     ) -> None:
         now = datetime.now(UTC)
-        names = model.contract.names
-        records = [
-            PredictionRecord(
-                id=prediction_id,
-                model=model.name,
-                version=model.version,
-                created_at=now,
-                inputs=dict(zip(names, row, strict=True)),
-                output={"prediction": label}
-                if probabilities is None
-                else {"prediction": label, "probabilities": probabilities},
-            )
+        name, version, names = model.name, model.version, model.contract.names
+        records = [  # the writer thread makes the JSON of them
+            PredictionRecord(prediction_id, name, version, now, names, row, label, probabilities)
             for prediction_id, row, (label, probabilities) in zip(ids, rows, outputs, strict=True)
         ]
-        try:
-            await self.log.put(records, self.log_wait)
-        except StoreUnavailable:
-            self.metrics.count_error(model.name, "store")
-            raise
+        await self.log.put(records, self.log_wait)

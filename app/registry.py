@@ -79,7 +79,7 @@ class ModelEntry:
         if ref.isascii() and ref.isdigit():  # "²" and "٣" are digits to str.isdigit
             return int(ref)
         if version is None:
-            raise UnknownVersion(f"model {self.name!r} has no production version")
+            raise UnknownVersion(f"model {self.name!r} has no production version", model=self.name)
         raise UnknownVersion(
             f"model {self.name!r} has no such version or alias",
             [
@@ -88,6 +88,7 @@ class ModelEntry:
                     "message": "a version number or one of: " + ", ".join(state.aliases),
                 }
             ],
+            model=self.name,
         )
 
     def cached(self, version: str | None = None) -> LoadedModel | None:
@@ -333,7 +334,7 @@ class Registry:
             versions = tuple(list_versions(self.root, entry.name))  # registered since?
             entry.state = replace(state, versions=versions)
             if number not in versions:
-                raise UnknownVersion(f"model {entry.name!r} has no such version")
+                raise UnknownVersion(f"model {entry.name!r} has no such version", model=entry.name)
         try:
             loaded = load_version(
                 self.root,

@@ -440,9 +440,8 @@ def test_a_logged_prediction_too_far_out_to_score_is_refused(settings: Settings)
     """An absurd prediction logged earlier (an older build served them) is never scored."""
     (pid,) = new_ids(1)
     store = open_store(settings.store_url)
-    record = PredictionRecord(
-        pid, "diabetes", 1, datetime.now(UTC), DIABETES_ROW, {"prediction": -4.18e301}
-    )
+    names, values = tuple(DIABETES_ROW), tuple(DIABETES_ROW.values())
+    record = PredictionRecord(pid, "diabetes", 1, datetime.now(UTC), names, values, -4.18e301)
     store.write_predictions([record])
     store.close()
     with TestClient(create_app(settings)) as client:

@@ -19,6 +19,7 @@ from helpers import (
 
 from app.artifacts import ARTIFACT, set_alias
 from app.main import create_app
+from app.services import Services
 from app.settings import Settings
 from app.training import train_demo
 
@@ -104,7 +105,8 @@ def test_a_version_refused_on_a_later_load_is_counted_and_production_still_serve
         set_alias(settings.models_dir, model, "production", 2)
     tamper(settings, "iris")  # version 1
     with TestClient(create_app(settings)) as client:
-        collectors = client.app_state["metrics"].registry
+        services: Services = client.app_state["services"]
+        collectors = services.metrics.registry
         refused = {"model": "iris", "reason": "checksum_mismatch"}
         assert collectors.get_sample_value("steward_model_refused", refused) is None
         response = client.post("/predict/iris?version=1", json={"instances": [IRIS_SETOSA]})
@@ -249,3 +251,17 @@ def test_store_backlog_beyond_the_limit_is_refused_not_lost(
             assert metric(client, "steward_errors_total", model="iris", stage="store") == 1
         wait_ready(client)
     assert sorted(r["id"] for r in stored_rows(settings.data_dir)) == sorted(accepted)
+
+
+def test_a_store_failure_answering_feedback_is_503_counted_as_store(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        (pid,) = prediction_ids(predict(client, "iris", IRIS_SETOSA))
+        with sqlite3.connect(settings.data_dir / "steward.db") as conn:  # inserts still work
+            conn.execute(
+                "CREATE TRIGGER fail_labels BEFORE UPDATE ON predictions "
+                "BEGIN SELECT RAISE(ABORT, 'disk is failing'); END"
+            )
+        response = client.post("/feedback", json={"prediction_id": pid, "ground_truth": "setosa"})
+        assert_error(response, 503, "store_unavailable")
+        assert metric(client, "steward_errors_total", model="_unknown", stage="store") == 1
+        assert metric(client, "steward_errors_total", model="iris", stage="store") == 0

@@ -3,13 +3,11 @@
 import json
 
 from fastapi.testclient import TestClient
-from helpers import IRIS_SETOSA, assert_error, predict
+from helpers import IRIS_SETOSA, assert_error, metric, predict
 
 from app.artifacts import METADATA
 from app.main import create_app
-from app.metrics import Metrics
-from app.prediction import Predictor
-from app.registry import Registry
+from app.services import Services
 from app.settings import Settings
 from app.training import train_demo
 
@@ -41,6 +39,7 @@ def test_model_detail(client: TestClient) -> None:
 
 def test_unknown_model_is_404(client: TestClient) -> None:
     assert_error(client.get("/models/nope"), 404, "unknown_model")
+    assert metric(client, "steward_errors_total", model="_unknown", stage="unknown_model") == 1
 
 
 def test_sklearn_mismatch_is_shown(settings: Settings) -> None:
@@ -61,9 +60,8 @@ def test_a_swap_at_run_time_reaches_predict_models_readyz_and_metrics(settings: 
     the old version is unloaded its series and its batcher lane are gone."""
     train_demo(settings.models_dir)  # version 2 of each demo; production stays 1
     with TestClient(create_app(settings)) as client:
-        registry: Registry = client.app_state["registry"]
-        predictor: Predictor = client.app_state["predictor"]
-        metrics: Metrics = client.app_state["metrics"]
+        services: Services = client.app_state["services"]
+        registry, predictor, metrics = services.registry, services.predictor, services.metrics
 
         def info(version: str, alias: str) -> float | None:
             labels = {"model": "iris", "version": version, "alias": alias}

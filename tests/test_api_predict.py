@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import jsonschema_rs
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,6 +32,7 @@ from sklearn.preprocessing import FunctionTransformer
 from app.artifacts import load_estimator, read_metadata, set_alias, sha256_bytes
 from app.main import create_app
 from app.registration import register_estimator
+from app.schemas import PredictResponse
 from app.settings import Settings
 from app.training import train_demo
 
@@ -69,6 +71,54 @@ def test_regressor(client: TestClient) -> None:
     assert isinstance(prediction["prediction"], float)
     assert 25 < prediction["prediction"] < 350
     assert "probabilities" not in prediction
+
+
+def documented_response(openapi: dict[str, Any], path: str) -> jsonschema_rs.Validator:
+    """A validator of the 200 body that /openapi.json documents for ``POST path``."""
+    response = openapi["paths"][path]["post"]["responses"]["200"]
+    schema = response["content"]["application/json"]["schema"]
+    return jsonschema_rs.validator_for({**schema, "components": openapi["components"]})
+
+
+def test_responses_are_the_documented_predict_response(tmp_path: Path, models_dir: Path) -> None:
+    """What the route encodes (orjson, from the predictor's typed result) is what the docs
+    promise: PredictResponse itself, strictly, and the JSON Schema of /openapi.json."""
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "d", default_model="iris")
+    with TestClient(create_app(settings)) as client:
+        openapi = client.get("/openapi.json").json()
+        features = client.get("/models/breast-cancer").json()["versions"][0]["features"]
+        cases = [
+            ("/predict/iris", "/predict/{model}", [IRIS_SETOSA, IRIS_VIRGINICA, IRIS_SETOSA]),
+            ("/predict/diabetes", "/predict/{model}", [DIABETES_ROW, DIABETES_ROW]),
+            (
+                "/predict/breast-cancer",
+                "/predict/{model}",
+                [{f["name"]: f["min"] for f in features}],
+            ),
+            ("/predict", "/predict", [IRIS_VIRGINICA]),
+        ]
+        responses = {path: client.post(path, json={"instances": rows}) for path, _, rows in cases}
+    for path, template, rows in cases:
+        response = responses[path]
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert len(body["predictions"]) == len(rows)
+        parsed = PredictResponse.model_validate_json(response.content, strict=True)
+        assert parsed.model_dump(exclude_unset=True) == body  # nothing the model leaves out
+        for documented in (path, template):
+            documented_response(openapi, documented).validate(body)
+    probabilities = {p: "probabilities" in r.json()["predictions"][0] for p, r in responses.items()}
+    assert probabilities == {
+        "/predict/iris": True,
+        "/predict/diabetes": False,
+        "/predict/breast-cancer": False,
+        "/predict": True,
+    }
+    assert isinstance(responses["/predict/diabetes"].json()["predictions"][0]["prediction"], float)
+    # The documented schema is not vacuous: a body of another shape fails it.
+    validator = documented_response(openapi, "/predict/iris")
+    assert not validator.is_valid({"model": "iris", "version": "1", "predictions": []})
+    assert not validator.is_valid({"model": "iris", "version": 1, "predictions": [{"id": "a"}]})
 
 
 def test_ids_are_unique_and_unguessable(client: TestClient) -> None:

@@ -93,6 +93,8 @@ def test_scripted_classifier_sequence(client: TestClient) -> None:
     assert metric(client, "steward_errors_total", model="_unknown", stage="unknown_model") == 1
     assert metric(client, "steward_errors_total", model="_unknown", stage="feedback") == 1
     assert metric(client, "steward_errors_total", model="iris", stage="model") == 0
+    # "dog" is counted once, as the outcome "invalid" above, not as an error too.
+    assert metric(client, "steward_errors_total", model="_unknown", stage="validation") == 0
 
     http = "steward_http_requests_total"
     route = {"method": "POST", "route": "/predict/{model}"}
@@ -110,6 +112,34 @@ def test_scripted_classifier_sequence(client: TestClient) -> None:
         )
         == 12
     )
+
+
+def test_feedback_errors_are_counted_once_where_they_are_answered(client: TestClient) -> None:
+    """A body that is not JSON or does not fit counts as `validation`, an unknown id as
+    `feedback` (alone or in a batch), a ground truth the model cannot have only as the outcome
+    `invalid`; none of them under a model (the body names none that is known)."""
+    pid, other = prediction_ids(predict(client, "iris", IRIS_SETOSA, IRIS_SETOSA))
+    assert client.post("/feedback", content=b"{").status_code == 400
+    assert client.post("/feedback", json={"prediction_id": pid}).status_code == 422
+    assert send(client, pid, "dog") == 422
+    assert send(client, "0" * 32, "setosa") == 404
+    items = [
+        {"prediction_id": "1" * 32, "ground_truth": "setosa"},
+        {"prediction_id": other, "ground_truth": "dog"},
+        {"prediction_id": pid, "ground_truth": "setosa"},
+    ]
+    batch = client.post("/feedback", json={"items": items})
+    assert (batch.json()["accepted"], batch.json()["failed"]) == (1, 2)
+
+    def errors(model: str, stage: str) -> float:
+        return metric(client, "steward_errors_total", model=model, stage=stage)
+
+    assert errors("_unknown", "validation") == 2
+    assert errors("_unknown", "feedback") == 2
+    assert errors("iris", "validation") == 0
+    assert metric_sum(client, "steward_errors_total", stage="store") == 0
+    assert metric(client, "steward_feedback_total", **IRIS, outcome="invalid") == 2
+    assert metric(client, "steward_feedback_total", **IRIS, outcome="correct") == 1
 
 
 def test_scripted_regressor_sequence(client: TestClient) -> None:

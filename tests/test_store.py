@@ -28,6 +28,7 @@ from app.store import (
 )
 from app.store.sql import quarantine
 
+SETOSA = {"prediction": "setosa"}  # the output column of record()
 POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -54,14 +55,20 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def record(model: str = "iris", **output: object) -> PredictionRecord:
+NAMES = ("a", "colour", "note")
+INPUTS = {"a": 1.5, "colour": "red", "note": "ünïcode"}  # the inputs column of record()
+
+
+def record(model: str = "iris", probabilities: dict[str, float] | None = None) -> PredictionRecord:
     return PredictionRecord(
         id=uuid.uuid4().hex,
         model=model,
         version=1,
         created_at=datetime.now(UTC),
-        inputs={"a": 1.5, "colour": "red", "note": "ünïcode"},
-        output={"prediction": "setosa", **output},
+        names=NAMES,
+        row=(1.5, "red", "ünïcode"),
+        prediction="setosa",
+        probabilities=probabilities,
     )
 
 
@@ -83,14 +90,39 @@ def test_written_rows_read_back(store: SqlStore) -> None:
     store.write_predictions(rows)
     found = store.get_predictions([r.id for r in rows] + ["unknown"])
     assert set(found) == {r.id for r in rows}
+    assert found[rows[0].id].output == {"prediction": "setosa"}
+    assert found[rows[1].id].output == {
+        "prediction": "setosa",
+        "probabilities": {"setosa": 0.9, "virginica": 0.1},
+    }
     for row in rows:
         stored = found[row.id]
         assert (stored.model, stored.version) == (row.model, row.version)
-        assert stored.inputs == row.inputs
-        assert stored.output == row.output
+        assert stored.inputs == INPUTS
         assert abs((stored.created_at - row.created_at).total_seconds()) < 1e-3
         assert stored.ground_truth is None
         assert stored.feedback_at is None
+
+
+def test_json_columns_are_stored_as_compact_json_in_feature_order(tmp_path: Path) -> None:
+    """The exact text of the JSON columns (SQLite): what the log has always written, now made
+    from the record's pieces in the writer thread."""
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    day = datetime(2026, 5, 1, 12, 30, tzinfo=UTC)
+    names = ("b", "a", "day", "n", "flag", "missing")
+    row = record()._replace(
+        names=names, row=(2.5, "red", day, 3, True, None), probabilities={"x": 0.75, "1": 0.25}
+    )
+    value = record()._replace(names=names[:1], row=(1.0,), prediction=151.25)
+    store.write_predictions([row, value])
+    store.close()
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        stored = dict(conn.execute("SELECT id, inputs || ' ' || output FROM predictions"))
+    assert stored == {
+        row.id: '{"b":2.5,"a":"red","day":"2026-05-01T12:30:00+00:00","n":3,"flag":true,'
+        '"missing":null} {"prediction":"setosa","probabilities":{"x":0.75,"1":0.25}}',
+        value.id: '{"b":1.0} {"prediction":151.25}',
+    }
 
 
 def test_empty_calls(store: SqlStore) -> None:
@@ -381,7 +413,7 @@ def test_ids_of_several_requests_in_one_write(store: SqlStore) -> None:
     assert len(stored) == 7000
     for row in rows[5990:6010]:
         got = stored[row.id]
-        assert (got.created_at, got.inputs, got.output) == (row.created_at, row.inputs, row.output)
+        assert (got.created_at, got.inputs, got.output) == (row.created_at, INPUTS, SETOSA)
 
 
 # --- rows the store refuses: isolated and quarantined, on every backend ----------------------
@@ -400,7 +432,9 @@ def store_log(store: SqlStore) -> Iterator[PredictionLog]:
 def unstorable(prediction_id: str | None = None) -> PredictionRecord:
     row = record()
     return row._replace(
-        id=prediction_id or row.id, inputs={"a": 1.5, "visits": BEYOND_64_BITS, "colour": "red"}
+        id=prediction_id or row.id,
+        names=("a", "visits", "colour"),
+        row=(1.5, BEYOND_64_BITS, "red"),
     )
 
 

@@ -9,18 +9,34 @@ from app.errors import StoreUnavailable
 
 
 class PredictionRecord(NamedTuple):
-    """One predicted row as acknowledged to the client.
+    """One predicted row as acknowledged to the client, in the pieces the request path has.
 
     A NamedTuple, not a frozen dataclass: just as immutable, and made once per predicted row
-    on the request path, where a frozen dataclass's ``__init__`` costs several times more.
+    on the request path, where a frozen dataclass's ``__init__`` costs several times more. Its
+    JSON columns, ``inputs`` and ``output``, are built where they are read: by the log's writer
+    thread, off the event loop.
     """
 
     id: str
     model: str
     version: int
     created_at: datetime
-    inputs: dict[str, Any]
-    output: dict[str, Any]
+    names: tuple[str, ...]  # the version's feature names, one tuple shared by all its rows
+    row: tuple[Any, ...]  # the validated values, in the order of ``names``
+    prediction: str | int | float  # a class label, or a regressor's value
+    probabilities: dict[str, float] | None = None  # by class, when the model gives them
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """The ``inputs`` column: the row by feature name."""
+        return dict(zip(self.names, self.row, strict=True))
+
+    @property
+    def output(self) -> dict[str, Any]:
+        """The ``output`` column: the prediction, and the class probabilities if any."""
+        if self.probabilities is None:
+            return {"prediction": self.prediction}
+        return {"prediction": self.prediction, "probabilities": self.probabilities}
 
 
 @dataclass(frozen=True, slots=True)

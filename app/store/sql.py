@@ -304,6 +304,8 @@ class _BulkInsert:
         return f"{self._head} VALUES {', '.join([self._values] * rows)}"
 
     def _rows(self, records: Sequence[PredictionRecord]) -> list[tuple[Any, ...]]:
+        """The column values of ``records``, JSON columns included: built here, in the log's
+        writer thread, not on the request path."""
         rows = []
         last_time: datetime | None = None
         created: Any = None

@@ -14,8 +14,8 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 from swagger_ui_bundle import swagger_ui_path
 
+from app.api.deps import RegistryDep
 from app.registry import Registry
-from app.routes.deps import RegistryDep
 from app.schemas import FEEDBACK_REQUEST
 
 ASSETS_PATH = "/docs/assets"

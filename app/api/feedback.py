@@ -4,16 +4,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.routes.deps import FeedbackDep
-from app.schemas import (
-    FEEDBACK_FORMS,
-    FEEDBACK_REQUEST,
-    ErrorResponse,
-    FeedbackBatch,
-    FeedbackBatchResponse,
-    FeedbackResult,
-    parse_json,
-)
+from app.api.deps import FeedbackDep
+from app.schemas import ErrorResponse, FeedbackBatchResponse, FeedbackResult
 
 router = APIRouter(tags=["feedback"])
 
@@ -29,7 +21,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     503: {"model": ErrorResponse, "description": "The prediction store is down."},
 }
-# The schema itself is added to the OpenAPI components by routes/docs.py.
+# The schema itself is added to the OpenAPI components by api/docs.py.
 BODY_DOC = {
     "requestBody": {
         "required": True,
@@ -45,7 +37,4 @@ async def feedback(
     request: Request, recorder: FeedbackDep
 ) -> FeedbackResult | FeedbackBatchResponse:
     """Record ground truth: one item, or a batch (``items``) with a result per item."""
-    body = parse_json(FEEDBACK_REQUEST.validate_json, await request.body(), FEEDBACK_FORMS)
-    if isinstance(body, FeedbackBatch):
-        return await recorder.record_batch(body.items)
-    return await recorder.record_one(body)
+    return await recorder.receive(await request.body())

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.routes.deps import RegistryDep
+from app.api.deps import RegistryDep
 from app.schemas import ErrorResponse, ModelDetail, ModelSummary
 
 router = APIRouter(tags=["models"])

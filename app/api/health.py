@@ -4,8 +4,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.deps import MetricsDep, ReadinessDep
 from app.readiness import ReadinessReport
-from app.routes.deps import MetricsDep, ReadinessDep
 from app.schemas import ErrorResponse
 
 router = APIRouter(tags=["operations"])

@@ -1,8 +1,10 @@
 """Pure-ASGI guard: request bodies over the configured size get 413 before any route reads them."""
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import InvalidJSON, PayloadTooLarge, StewardError, error_response
+from app.api.errors import error_response
+from app.errors import InvalidJSON, PayloadTooLarge, StewardError
 
 
 class BodySizeLimit:
@@ -14,9 +16,9 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = Headers(scope=scope).get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):  # "²".isdigit() too
                 await self._refuse(
                     InvalidJSON("invalid Content-Length header"), scope, receive, send
                 )

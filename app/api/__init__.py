@@ -1,0 +1,26 @@
+"""The HTTP wing: routers, error handlers, middleware and docs assets, installed on one app.
+
+Thin adapters: each route translates HTTP, calls one function of the core, and maps the result.
+The core (every module of ``app`` but this package and main.py) imports nothing from here, nor
+FastAPI or Starlette.
+"""
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.api import docs, feedback, health, models, predict
+from app.api.body_limit import BodySizeLimit
+from app.api.errors import install_error_handlers
+from app.api.http_metrics import MetricsMiddleware
+from app.metrics import Metrics
+from app.settings import Settings
+
+
+def install(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Give ``app`` every route, the one error shape, the body limit and the HTTP metrics."""
+    install_error_handlers(app, metrics)
+    for router in (predict.router, feedback.router, models.router, health.router, docs.router):
+        app.include_router(router)
+    app.mount(docs.ASSETS_PATH, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every status

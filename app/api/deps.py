@@ -1,0 +1,74 @@
+"""Named dependencies: the services the lifespan built, and the model a predict request names.
+
+Every one reaches the lifespan's ``Services`` through ``services(request)``, the one typed way
+in. They call it rather than depend on it: FastAPI solves a shared sub-dependency again for each
+dependency that uses it (cached or not), about 10 µs a request each on /predict.
+"""
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from app.feedback import FeedbackRecorder
+from app.metrics import Metrics
+from app.prediction import Predictor
+from app.readiness import Readiness
+from app.loading import LoadedModel
+from app.registry import Registry
+from app.services import Services
+
+VersionQuery = Annotated[
+    str | None,
+    Query(max_length=32, description="A version number or an alias; default: production."),
+]
+
+
+def services(request: Request) -> Services:
+    """The services of the app serving ``request`` (its lifespan state)."""
+    built: Services = request.state.services
+    return built
+
+
+# Async, every one: FastAPI runs a sync dependency in the thread pool.
+
+
+async def _registry(request: Request) -> Registry:
+    return services(request).registry
+
+
+async def _predictor(request: Request) -> Predictor:
+    return services(request).predictor
+
+
+async def _feedback(request: Request) -> FeedbackRecorder:
+    return services(request).feedback
+
+
+async def _metrics(request: Request) -> Metrics:
+    return services(request).metrics
+
+
+async def _readiness(request: Request) -> Readiness:
+    return services(request).readiness
+
+
+async def _resolved_model(
+    model: str, request: Request, version: VersionQuery = None
+) -> LoadedModel:
+    """The version of the path's model that ``?version=`` names: UnknownModel, UnknownVersion
+    or ModelUnavailable if there is none to serve."""
+    return await services(request).predictor.resolve(model, version)
+
+
+async def _default_model(request: Request, version: VersionQuery = None) -> LoadedModel:
+    """The same for the default model (POST /predict)."""
+    return await services(request).predictor.resolve(None, version)
+
+
+RegistryDep = Annotated[Registry, Depends(_registry)]
+PredictorDep = Annotated[Predictor, Depends(_predictor)]
+FeedbackDep = Annotated[FeedbackRecorder, Depends(_feedback)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+ReadinessDep = Annotated[Readiness, Depends(_readiness)]
+ResolvedModel = Annotated[LoadedModel, Depends(_resolved_model)]
+DefaultModel = Annotated[LoadedModel, Depends(_default_model)]

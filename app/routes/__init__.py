@@ -1,1 +1,0 @@
-"""Thin HTTP adapters: translate HTTP, call one function, map the result."""
