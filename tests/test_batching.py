@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -136,12 +137,24 @@ def test_close_fails_what_is_still_queued() -> None:
     assert model.calls == []
 
 
-def test_batch_stats_are_counted_per_call() -> None:
+class SlowModel(Model):
+    """A model whose every call takes at least ``CALL_SECONDS``."""
+
+    CALL_SECONDS = 0.02
+
+    def __call__(self, key: str, rows: list[int]) -> list[int]:
+        time.sleep(self.CALL_SECONDS)
+        return super().__call__(key, rows)
+
+
+def test_batch_stats_are_counted_per_call_with_the_call_time() -> None:
     stats: list[BatchStats] = []
-    batcher = Batcher(Model(), max_rows=2, max_wait=1.0, on_batch=lambda k, s: stats.append(s))
+    model = SlowModel()
+    batcher = Batcher(model, max_rows=2, max_wait=1.0, on_batch=lambda k, s: stats.append(s))
     run(gather(batcher, ("m", [1]), ("m", [2]), ("m", [3])))
     assert [(s.requests, s.rows) for s in stats] == [(2, 2), (1, 1)]
-    assert all(s.seconds >= 0 for s in stats)
+    # Each call slept CALL_SECONDS: a stat that did not time the call would be short of it.
+    assert [s.seconds >= SlowModel.CALL_SECONDS for s in stats] == [True, True]
 
 
 def test_a_failure_outside_the_model_call_fails_its_batch_and_the_lane_lives_on(

@@ -218,7 +218,7 @@ def test_log_writes_everything_in_batches(log: PredictionLog, sqlite_path: Path)
     log.flush()
     assert count(sqlite_path) == 950
     assert log.pending == 0
-    assert log.metrics.log_written._value.get() == 950
+    assert written(log) == 950
 
 
 def test_log_close_drains(log: PredictionLog, sqlite_path: Path) -> None:
