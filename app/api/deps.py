@@ -10,10 +10,10 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 
 from app.feedback import FeedbackRecorder
+from app.loading import LoadedModel
 from app.metrics import Metrics
 from app.prediction import Predictor
 from app.readiness import Readiness
-from app.loading import LoadedModel
 from app.registry import Registry
 from app.services import Services
 
