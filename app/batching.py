@@ -26,10 +26,11 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio.to_thread
 
@@ -90,6 +91,9 @@ class Batcher(Generic[Key, Row, Out]):
         self.on_batch = on_batch
         self._lanes: dict[Key, _Lane[Row, Out]] = {}
         self._draining: set[_Lane[Row, Out]] = set()  # dropped, still running queued requests
+        # Dropped keys, remembered weakly: a request that took its key before the drop and
+        # reaches run() after it gets a lane of its own that ends once it has run.
+        self._dropped: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @property
     def keys(self) -> list[Key]:
@@ -103,7 +107,12 @@ class Batcher(Generic[Key, Row, Out]):
         """
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = _Lane()
+            lane = _Lane()
+            if key in self._dropped:
+                lane.dropped = True
+                self._draining.add(lane)
+            else:
+                self._lanes[key] = lane
             lane.worker = asyncio.create_task(self._work(key, lane), name=f"batcher:{key}")
         job: _Job[Row, Out] = _Job(rows, asyncio.get_running_loop().create_future())
         lane.jobs.append(job)
@@ -111,13 +120,16 @@ class Batcher(Generic[Key, Row, Out]):
         return await job.result
 
     def drop(self, key: Key) -> None:
-        """Close ``key``'s lane: the requests queued on it still run, then its worker ends (a
-        later request for ``key`` opens a new lane). Callable from any thread."""
+        """Close ``key``'s lane: the requests queued on it still run, then its worker ends. A
+        later request for ``key`` (one that took it before the drop) runs on a lane of its own,
+        which ends after it. ``key`` must be weakly referenceable (a model version is): it is
+        remembered as long as someone holds it. Callable from any thread."""
         lane = self._lanes.get(key)
         if lane is not None and lane.worker is not None:
             lane.worker.get_loop().call_soon_threadsafe(self._drop, key, lane)
 
     def _drop(self, key: Key, lane: _Lane[Row, Out]) -> None:
+        self._dropped.add(key)
         if self._lanes.get(key) is lane:
             del self._lanes[key]
             self._draining.add(lane)
@@ -140,7 +152,7 @@ class Batcher(Generic[Key, Row, Out]):
                     job.result.set_exception(BatcherClosed("the server is shutting down"))
 
     async def _work(self, key: Key, lane: _Lane[Row, Out]) -> None:
-        while not lane.dropped:
+        while True:
             await lane.wakeup.wait()
             lane.wakeup.clear()
             while lane.jobs:
@@ -154,6 +166,8 @@ class Batcher(Generic[Key, Row, Out]):
                             job.result.set_exception(exc)
                 # Let the requests just answered finish, and new ones queue, before the next.
                 await asyncio.sleep(0)
+            if lane.dropped:  # nothing more can queue on it
+                break
         self._draining.discard(lane)
 
     async def _gather(self, lane: _Lane[Row, Out]) -> list[_Job[Row, Out]]:
