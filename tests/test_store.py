@@ -392,6 +392,60 @@ def test_a_waiting_put_is_refused_as_soon_as_the_log_closes(
     assert count(sqlite_path) == 10
 
 
+def test_a_put_that_leaves_the_line_lets_the_next_one_in(
+    gated: tuple[PredictionLog, GatedStore], sqlite_path: Path
+) -> None:
+    """The first in line needs more room than there is and gives up (its client left): the
+    one behind it fits, and gets in at once, not after the writer's next batch."""
+    log, store = gated
+    big, small = [record() for _ in range(8)], [record()]
+
+    async def scenario() -> None:
+        log.append([record() for _ in range(10)])
+        first = asyncio.create_task(log.put(big, wait=3600))
+        second = asyncio.create_task(log.put(small, wait=3600))
+        await asyncio.sleep(0)
+        store.permits.release()  # 5 written: room for 5, not for the first put's 8
+        assert await asyncio.to_thread(wait_until, lambda: log.pending == 5, 10, 0.01)
+        assert not first.done() and not second.done()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.wait_for(second, timeout=10)  # no permit given: only the leaving lets it in
+        assert log.pending == 6
+
+    asyncio.run(scenario())
+    store.permits.release(100)
+    log.flush(timeout=10)
+    with sqlite3.connect(sqlite_path) as conn:
+        ids = {row[0] for row in conn.execute("SELECT id FROM predictions")}
+    assert small[0].id in ids
+    assert not ids & {r.id for r in big}
+
+
+def test_a_put_that_waits_too_long_is_refused_and_each_refusal_is_its_own(
+    gated: tuple[PredictionLog, GatedStore],
+) -> None:
+    log, store = gated
+
+    async def scenario() -> list[BaseException]:
+        log.append([record() for _ in range(10)])
+        with pytest.raises(StoreUnavailable, match="behind by 10 rows"):
+            await log.put([record()], wait=0.05)  # no room was made in time
+        waiting = [asyncio.create_task(log.put([record()], wait=3600)) for _ in range(2)]
+        await asyncio.sleep(0)
+        closing = asyncio.create_task(asyncio.to_thread(log.close, 60))
+        refused = await asyncio.gather(*waiting, return_exceptions=True)
+        store.permits.release(100)
+        await closing
+        return [r for r in refused if isinstance(r, BaseException)]
+
+    first, second = asyncio.run(scenario())
+    assert isinstance(first, StoreUnavailable)
+    assert isinstance(second, StoreUnavailable)
+    assert first is not second  # a request annotates its own error (the model it served)
+
+
 def test_flush_if_pending_returns_with_its_rows_written(
     log: PredictionLog, sqlite_path: Path
 ) -> None:

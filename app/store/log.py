@@ -26,7 +26,7 @@ import logging
 import reprlib
 import threading
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
@@ -133,6 +133,7 @@ class PredictionLog:
                 still_waiting = waiter in self._waiters
                 if still_waiting:
                     self._waiters.remove(waiter)
+                    self._admit_waiters()  # the ones behind it may fit now
         if still_waiting:
             raise self._full()
         if waiter.refusal is not None:
@@ -171,10 +172,11 @@ class PredictionLog:
             self._extend(waiter.records)
             waiter.wake()
 
-    def _refuse_waiters(self, refusal: StoreUnavailable) -> None:
+    def _refuse_waiters(self, refusal: Callable[[], StoreUnavailable]) -> None:
+        """Refuse every waiting put, each with an error of its own (requests annotate them)."""
         while self._waiters:
             waiter = self._waiters.popleft()
-            waiter.refusal = refusal
+            waiter.refusal = refusal()
             waiter.wake()
 
     def flush_if_pending(self, ids: Collection[str], timeout: float = 10.0) -> None:
@@ -207,7 +209,7 @@ class PredictionLog:
         """Stop accepting rows, write every pending one (waiting up to ``timeout``)."""
         with self._cond:
             self._closing = True
-            self._refuse_waiters(StoreUnavailable("the prediction log is shutting down"))
+            self._refuse_waiters(lambda: StoreUnavailable("the prediction log is shutting down"))
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -234,7 +236,7 @@ class PredictionLog:
                 failures += 1
                 with self._cond:
                     self.last_error = str(exc)
-                    self._refuse_waiters(self._full())
+                    self._refuse_waiters(self._full)
                 self.metrics.count_error(None, "store")
                 logger.warning(
                     "prediction log write failed (%d rows kept): %s", self.pending, self.last_error
