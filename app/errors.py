@@ -59,7 +59,7 @@ class PayloadTooLarge(StewardError):
 class ValidationFailed(StewardError):
     status_code = 422
     code = "validation_error"
-    stage: ClassVar[Stage | None] = "validation"  # annotated: a subclass is not counted
+    stage: ClassVar[Stage | None] = "validation"  # Stage | None: InvalidGroundTruth has none
 
 
 class InvalidGroundTruth(ValidationFailed):

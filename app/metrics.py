@@ -5,16 +5,20 @@ registry (an unknown model is ``_unknown``), and at most ``max_class_labels`` cl
 model (the rest share ``_other``). docs/metrics.md lists each metric with its PromQL.
 """
 
+from __future__ import annotations
+
 import math
 from collections.abc import Sequence
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.artifacts import Label, ModelMetadata
 from app.errors import Stage
-from app.loading import LoadedModel, Refusal
-from app.registry import ModelEntry, Registry
+
+if TYPE_CHECKING:  # metrics, store and registry sit side by side: no import at run time
+    from app.loading import LoadedModel, Refusal
+    from app.registry import ModelEntry, Registry
 
 UNKNOWN_MODEL = "_unknown"
 OTHER_CLASS = "_other"
@@ -245,7 +249,7 @@ class Metrics:
             child = self._errors[key] = self.errors.labels(*key)
         child.inc()
 
-    def series(self, metadata: ModelMetadata) -> "ModelSeries":
+    def series(self, metadata: ModelMetadata) -> ModelSeries:
         """The served version's label children, made once: requests do no label lookups."""
         key = (metadata.name, metadata.version)
         series = self._series.get(key)

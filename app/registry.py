@@ -130,7 +130,8 @@ class ModelEntry:
 
     def detail(self) -> ModelDetail:
         """What GET /models/{model} shows: aliases, loaded versions, refusals, and the metadata
-        of every version (one whose metadata is unreadable is listed by number only)."""
+        of every version (one whose metadata is unreadable is left out here; GET /models lists
+        every version number)."""
         state = self.state
         versions = []
         for number in state.versions:
@@ -167,9 +168,12 @@ class Registry:
     """Every model of the registry directory, one ModelEntry each, and hooks on their changes.
 
     Hooks are lists of callables; append one to subscribe. A hook runs in the thread that
-    caused the event, under the registry's lock, in the order events happen, so it sees the
-    entry's state as the event left it: keep it short. One that raises is logged; the others
-    still run, and the event stands.
+    caused the event (a worker thread for a load on first use), under the registry's lock, so
+    events reach each hook one at a time. A hook must be short and must not block: never wait
+    on the event loop from one (hand work to the loop with ``call_soon_threadsafe``, as the
+    batcher does), and call ``resolve``, ``point`` and ``unload``, which load from disk under
+    that lock, from a worker thread, not from the event loop. One that raises is logged; the
+    others still run, and the event stands.
 
     - ``on_load(entry, model)``: a version passed every check and is loaded.
     - ``on_swap(entry, alias, old, new)``: ``alias`` moved from version ``old`` (None: it was
