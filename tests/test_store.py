@@ -407,7 +407,7 @@ def test_a_put_that_leaves_the_line_lets_the_next_one_in(
         await asyncio.sleep(0)
         store.permits.release()  # 5 written: room for 5, not for the first put's 8
         assert await asyncio.to_thread(wait_until, lambda: log.pending == 5, 10, 0.01)
-        assert not first.done() and not second.done()
+        assert (first.done(), second.done()) == (False, False)
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
