@@ -149,6 +149,8 @@ def parse_json(
     try:
         value = validate_json(body)
     except ValidationError as exc:
+        if keys is not None:  # a key twice is the fault, not the copy that won and failed
+            refuse_duplicate_keys(body)
         raise validation_error(exc.errors(include_url=False), skip) from exc
     if keys is not None and body.count(b":") != keys(value):
         refuse_duplicate_keys(body)
