@@ -201,6 +201,31 @@ def test_labels_are_bounded(client: TestClient) -> None:
     assert routes == {"/predict/{model}", "/feedback", "_unmatched"}
 
 
+def test_requests_answered_before_routing_or_by_a_mount_get_their_route(
+    client: TestClient,
+) -> None:
+    """A 413 is answered before routing, docs assets by a mount: each is labelled with the
+    template of the route it matches; only a path that matches none is ``_unmatched``."""
+    too_big = client.post("/predict/iris", content=b"x" * 2_000_000)
+    assert too_big.status_code == 413
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+    assert client.get("/no/such/path").status_code == 404
+    counts = {
+        (labels["method"], labels["route"], labels["status"]): value
+        for labels, value in (
+            (sample.labels, sample.value)
+            for family in text_string_to_metric_families(client.get("/metrics").text)
+            for sample in family.samples
+            if sample.name == "steward_http_requests_total"
+        )
+    }
+    assert counts == {
+        ("POST", "/predict/{model}", "413"): 1,
+        ("GET", "/docs/assets", "200"): 1,
+        ("GET", "_unmatched", "404"): 1,
+    }
+
+
 def test_scrapes_and_probes_are_not_counted(client: TestClient) -> None:
     for path in ("/metrics", "/healthz", "/readyz"):
         client.get(path)

@@ -7,6 +7,7 @@ FastAPI or Starlette.
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Mount
 
 from app.api import docs, feedback, health, models, predict
 from app.api.body_limit import BodySizeLimit
@@ -19,8 +20,13 @@ from app.settings import Settings
 def install(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     """Give ``app`` every route, the one error shape, the body limit and the HTTP metrics."""
     install_error_handlers(app, metrics)
-    for router in (predict.router, feedback.router, models.router, health.router, docs.router):
+    routers = (predict.router, feedback.router, models.router, health.router, docs.router)
+    for router in routers:
         app.include_router(router)
-    app.mount(docs.ASSETS_PATH, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
+    assets = Mount(docs.ASSETS_PATH, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
+    app.router.routes.append(assets)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every status
+    # Outermost: sees every status. The routes flat (an app lists included routers as one
+    # route each), for requests answered before routing.
+    routes = [route for router in routers for route in router.routes] + [assets]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
