@@ -272,8 +272,16 @@ def test_a_store_made_before_the_quality_index_gets_it_at_open(store: SqlStore) 
         conn.execute(text("DROP INDEX ix_predictions_model_created_at"))
     assert "ix_predictions_model_created_at" not in indexes(store)
     url = store.engine.url.render_as_string(hide_password=False)
-    reopened = [open_store(url) for _ in range(2)]  # the second finds it made
+    reopened: list[SqlStore] = []
+    threads = [  # replicas starting at once: one makes it, the others find it made
+        threading.Thread(target=lambda: reopened.append(open_store(url))) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     try:
+        assert len(reopened) == 4
         assert "ix_predictions_model_created_at" in indexes(store)
     finally:
         for opened in reopened:
