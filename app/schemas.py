@@ -234,3 +234,32 @@ class ModelDetail(BaseModel):
     loaded: list[LoadedVersion]
     refusals: list[dict[str, Any]]
     versions: list[ModelMetadata]
+
+
+class VersionQuality(BaseModel):
+    """One version's live quality over the window, from the prediction log and its feedback."""
+
+    version: int
+    predictions: int = Field(description="Predictions this version made in the window.")
+    labelled: int = Field(description="Those with ground truth.")
+    accuracy: float | None = Field(
+        description="Classifiers: correct / labelled; null when nothing is labelled."
+    )
+    mae: float | None = Field(
+        description="Regressors: mean |prediction - ground truth|; null when nothing is labelled."
+    )
+    rmse: float | None = Field(
+        description="Regressors: root mean squared error; null when nothing is labelled."
+    )
+
+
+class ModelReport(ModelDetail):
+    """GET /models/{model}: what the registry knows, and the live quality of each version."""
+
+    quality: list[VersionQuality] = Field(
+        description="Every version on disk or in the log, by version number; champion "
+        "(production) and challenger (candidate) are named by ``aliases``."
+    )
+    quality_window_seconds: float = Field(
+        description="The span before now whose predictions ``quality`` covers."
+    )

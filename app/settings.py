@@ -92,6 +92,13 @@ class Settings(BaseSettings):
         description="How long /predict waits for room when the log is full only because the "
         "store is behind (backpressure); then 503. A failing store is refused at once.",
     )
+    quality_window_seconds: float = Field(
+        7 * 86400.0,
+        gt=0,
+        le=3650 * 86400,
+        description="Live quality per version (GET /models/{model}) covers the predictions made "
+        "in this span before now (by their created_at), labelled since or not.",
+    )
     shutdown_timeout_seconds: float = Field(
         30.0, gt=0, description="How long shutdown waits for the prediction log to drain."
     )

@@ -145,7 +145,7 @@ def test_openapi_refs_resolve_and_every_schema_is_used(client: TestClient) -> No
     assert sorted(set(components) - used) == []
     # Validation errors are documented in the one error shape that the handlers render.
     assert set(refs(schema["paths"]["/models/{model}"])) == {
-        REF + "ModelDetail",
+        REF + "ModelReport",
         REF + "ErrorResponse",
     }
 

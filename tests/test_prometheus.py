@@ -28,7 +28,7 @@ from promql import (
 )
 from server import STEWARD, free_port, serving
 
-from app.artifacts import ARTIFACT, METADATA
+from app.artifacts import ARTIFACT, METADATA, set_alias
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -39,8 +39,10 @@ INSTALL_HINT = "Debian's prometheus package is missing: run `make test`, which i
 class Stack:
     steward: str
     prometheus: str
-    # Each iris prediction the server returned, with the ground truth then sent for it.
+    # Each iris prediction the server returned, with the ground truth then sent for it: by the
+    # production version (the champion), and by the candidate (the challenger).
     iris_feedback: list[tuple[str, str]] = field(default_factory=list)
+    candidate_feedback: list[tuple[str, str]] = field(default_factory=list)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         response = httpx2.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
@@ -70,19 +72,36 @@ def add_refused_model(models: Path) -> None:
     artifact.write_bytes(artifact.read_bytes() + b"\0")
 
 
-def drive_traffic(url: str) -> list[tuple[str, str]]:
-    """Scripted traffic for a classifier and a regressor; returns each iris prediction served
-    with the ground truth sent for it."""
-    truths = ["setosa"] * 6 + ["virginica"] * 2  # every row is predicted setosa
-    iris_feedback = []
+def add_candidate(models: Path) -> None:
+    """Iris version 2 (a copy of version 1), the candidate alias pointing at it."""
+    shutil.copytree(models / "iris" / "1", models / "iris" / "2")
+    metadata = json.loads((models / "iris" / "2" / METADATA).read_text())
+    (models / "iris" / "2" / METADATA).write_text(json.dumps(metadata | {"version": 2}))
+    set_alias(models, "iris", "candidate", 2)
+
+
+def predict_and_label(http: httpx2.Client, path: str, truths: list[str]) -> list[tuple[str, str]]:
+    """One iris prediction per truth, each labelled with it; (predicted, truth) pairs."""
+    served = []
+    for truth in truths:
+        response = http.post(path, json={"instances": [IRIS_SETOSA]})
+        (prediction,) = response.json()["predictions"]
+        assert prediction["prediction"] == "setosa"
+        body = {"prediction_id": prediction["id"], "ground_truth": truth}
+        assert http.post("/feedback", json=body).status_code == 200
+        served.append((prediction["prediction"], truth))
+    return served
+
+
+def drive_traffic(url: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Scripted traffic for a classifier (its production and its candidate version) and a
+    regressor; returns each iris prediction served with the ground truth sent for it, by the
+    production version and by the candidate. Every iris row is predicted setosa."""
     with httpx2.Client(base_url=url, timeout=10) as http:
-        for truth in truths:
-            response = http.post("/predict/iris", json={"instances": [IRIS_SETOSA]})
-            (prediction,) = response.json()["predictions"]
-            assert prediction["prediction"] == "setosa"
-            body = {"prediction_id": prediction["id"], "ground_truth": truth}
-            assert http.post("/feedback", json=body).status_code == 200
-            iris_feedback.append((prediction["prediction"], truth))
+        iris_feedback = predict_and_label(http, "/predict/iris", ["setosa"] * 6 + ["virginica"] * 2)
+        candidate_feedback = predict_and_label(
+            http, "/predict/iris?version=candidate", ["setosa"] + ["virginica"] * 3
+        )
         rows = {"instances": [DIABETES_ROW, {**DIABETES_ROW, "bmi": -0.05}, DIABETES_ROW]}
         predicted = http.post("/predict/diabetes", json=rows).json()["predictions"]
         for prediction, value in zip(predicted, [150, 90.5, 200], strict=True):
@@ -91,7 +110,7 @@ def drive_traffic(url: str) -> list[tuple[str, str]]:
         assert http.post("/predict/iris", json={"instances": []}).status_code == 422
         assert http.post("/predict/nope", json={"instances": [IRIS_SETOSA]}).status_code == 404
         assert http.post("/predict/broken", json={"instances": [IRIS_SETOSA]}).status_code == 503
-    return iris_feedback
+    return iris_feedback, candidate_feedback
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +120,7 @@ def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     models = work / "models"
     shutil.copytree(demo_models, models)
     add_refused_model(models)
+    add_candidate(models)
     env = os.environ | {"STEWARD_MODELS_DIR": str(models), "STEWARD_DATA_DIR": str(work / "data")}
     steward_port, prometheus_port = free_port(), free_port()
     config = {
@@ -131,15 +151,20 @@ def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         ) as prometheus,
     ):
         stack = Stack(steward.url, prometheus.url)
-        # Let Prometheus see every series at 0 first, so rates count all that follows.
-        wait_for(lambda: len(stack.query('steward_feedback_total{model="iris"}')) == 5, "scrape")
-        stack.iris_feedback = drive_traffic(steward.url)
+        # Load the candidate (versions load on first use), then let Prometheus see every series
+        # at 0 first, so rates count all that follows.
+        candidate = httpx2.post(
+            f"{steward.url}/predict/iris?version=candidate", json={"instances": [IRIS_SETOSA]}
+        )
+        assert candidate.json()["version"] == 2
+        wait_for(lambda: len(stack.query('steward_feedback_total{model="iris"}')) == 10, "scrape")
+        stack.iris_feedback, stack.candidate_feedback = drive_traffic(steward.url)
 
         def scraped_everything() -> bool:
             labelled = stack.query(
                 'sum(steward_feedback_total{outcome=~"correct|incorrect|labelled"})'
             )
-            return bool(labelled) and float(labelled[0]["value"][1]) == 11
+            return bool(labelled) and float(labelled[0]["value"][1]) == 15
 
         wait_for(scraped_everything, "the scripted traffic to be scraped")
         time.sleep(2)  # two more scrapes: every rate() window ends after the traffic
@@ -201,9 +226,36 @@ def test_prometheus_accuracy_is_that_of_the_predictions_served(stack: Stack) -> 
     """The documented accuracy expression, asked of Prometheus, against the accuracy of what the
     server answered (its predictions vs the ground truth sent for them)."""
     (accuracy_expr,) = [e for e in docs_expressions() if 'outcome="correct"}[1h]))\n/' in e]
-    by_model = {r["metric"]["model"]: float(r["value"][1]) for r in stack.query(accuracy_expr)}
-    outcomes = [predicted == truth for predicted, truth in stack.iris_feedback]
-    assert len(outcomes) == 8
+    by_version = {
+        (r["metric"]["model"], r["metric"]["version"]): float(r["value"][1])
+        for r in stack.query(accuracy_expr)
+    }
+    assert by_version[("iris", "1")] == pytest.approx(accuracy(stack.iris_feedback), abs=1e-9)
+    assert by_version[("iris", "2")] == pytest.approx(accuracy(stack.candidate_feedback), abs=1e-9)
+
+
+def test_champion_vs_challenger_is_the_accuracy_of_each_alias(stack: Stack) -> None:
+    """The documented champion-vs-challenger expression: each alias of iris with its version
+    and the accuracy of the predictions that version served."""
+    (expr,) = [
+        e for e in docs_expressions() if "group_right" in e and "steward_feedback_total" in e
+    ]
+    by_alias = {
+        r["metric"]["alias"]: (r["metric"]["version"], float(r["value"][1]))
+        for r in stack.query(expr)
+        if r["metric"]["model"] == "iris"
+    }
+    assert set(by_alias) == {"production", "candidate"}
+    assert by_alias["production"][0] == "1"
+    assert by_alias["candidate"][0] == "2"
+    assert by_alias["production"][1] == pytest.approx(accuracy(stack.iris_feedback), abs=1e-9)
+    assert by_alias["candidate"][1] == pytest.approx(accuracy(stack.candidate_feedback), abs=1e-9)
+    assert accuracy(stack.iris_feedback) != accuracy(stack.candidate_feedback)
+
+
+def accuracy(feedback: list[tuple[str, str]]) -> float:
+    """The accuracy of the predictions served, against the ground truth sent for them."""
+    outcomes = [predicted == truth for predicted, truth in feedback]
     assert True in outcomes, "a ratio to get right: some predictions correct"
     assert False in outcomes, "a ratio to get right: some predictions wrong"
-    assert by_model["iris"] == pytest.approx(outcomes.count(True) / len(outcomes), abs=1e-9)
+    return outcomes.count(True) / len(outcomes)

@@ -6,14 +6,14 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
 import pytest
 from helpers import wait_until
 from prometheus_client import CollectorRegistry
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 
 from app.errors import StoreUnavailable
 from app.metrics import Metrics
@@ -24,9 +24,10 @@ from app.store import (
     QuarantinedPrediction,
     RowsRefused,
     SqlStore,
+    VersionCounts,
     open_store,
 )
-from app.store.sql import quarantine
+from app.store.sql import quarantine, version_counts_query
 
 SETOSA = {"prediction": "setosa"}  # the output column of record()
 POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -182,6 +183,113 @@ def test_duplicate_ids_are_refused_whole(store: SqlStore) -> None:
 def test_check_writable(store: SqlStore) -> None:
     store.check_writable()
     store.check_writable()
+
+
+# --- live quality: per-version counts in a window -----------------------------------------
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+WEEK_AGO = NOW - timedelta(days=7)
+
+
+def scored(
+    model: str, version: int, age: timedelta, correct: bool | None, error: float | None
+) -> tuple[PredictionRecord, Label | None]:
+    """A prediction made ``age`` before NOW and, unless both are None, its label."""
+    row = record(model)._replace(version=version, created_at=NOW - age)
+    if correct is None and error is None:
+        return row, None
+    return row, Label(row.id, "truth", correct, error, NOW)
+
+
+def write_scored(store: SqlStore, items: list[tuple[PredictionRecord, Label | None]]) -> None:
+    store.write_predictions([row for row, _ in items])
+    labels = [item for _, item in items if item is not None]
+    assert store.label(labels) == {item.prediction_id for item in labels}
+
+
+def test_version_counts_per_version_in_the_window(store: SqlStore) -> None:
+    second, hour, day = timedelta(seconds=1), timedelta(hours=1), timedelta(days=1)
+    write_scored(
+        store,
+        [
+            # iris v1: 4 in the window, 3 labelled (2 right); 1 more, labelled wrong, 8 days old
+            scored("iris", 1, hour, True, None),
+            scored("iris", 1, day, True, None),
+            scored("iris", 1, 2 * day, False, None),
+            scored("iris", 1, hour, None, None),
+            scored("iris", 1, 8 * day, False, None),
+            # iris v2: 2 in the window, none labelled
+            scored("iris", 2, hour, None, None),
+            scored("iris", 2, 6 * day, None, None),
+            # another model: never counted for iris
+            scored("other", 1, hour, True, None),
+            # a regressor: errors 1, 3 and one unlabelled in the window; error 100 out of it
+            scored("diabetes", 1, hour, None, 1.0),
+            scored("diabetes", 1, hour, None, 3.0),
+            scored("diabetes", 1, hour, None, None),
+            scored("diabetes", 1, 30 * day, None, 100.0),
+        ],
+    )
+    assert store.version_counts("iris", WEEK_AGO) == [
+        VersionCounts(1, predictions=4, labelled=3, correct=2, abs_error_sum=0.0,
+                      squared_error_sum=0.0),
+        VersionCounts(2, predictions=2, labelled=0, correct=0, abs_error_sum=0.0,
+                      squared_error_sum=0.0),
+    ]  # fmt: skip
+    assert store.version_counts("iris", None)[0] == VersionCounts(1, 5, 4, 2, 0.0, 0.0)
+    assert store.version_counts("diabetes", WEEK_AGO) == [VersionCounts(1, 3, 2, 0, 4.0, 10.0)]
+    assert store.version_counts("diabetes", None) == [VersionCounts(1, 4, 3, 0, 104.0, 10_010.0)]
+    # the window's start is inclusive, and a start in any zone is the same instant
+    two_days_ago = NOW - 2 * day
+    eastern = two_days_ago.astimezone(timezone(timedelta(hours=-5)))
+    for since, predicted in ((two_days_ago, 4), (eastern, 4), (two_days_ago + second, 3)):
+        assert store.version_counts("iris", since)[0].predictions == predicted, since
+    assert store.version_counts("nope", None) == []
+    assert store.version_counts("iris", NOW + hour) == []
+
+
+def test_version_counts_of_errors_large_but_finite(store: SqlStore) -> None:
+    """Each error at most 1e100 (app/feedback.py): their squares still sum to a finite number."""
+    write_scored(store, [scored("diabetes", 1, timedelta(0), None, 1e100) for _ in range(3)])
+    (counts,) = store.version_counts("diabetes", None)
+    assert counts.labelled == 3
+    assert counts.abs_error_sum == pytest.approx(3e100, rel=1e-12)
+    assert counts.squared_error_sum == pytest.approx(3e200, rel=1e-12)
+
+
+def test_version_counts_query_is_bounded_by_the_model_and_time_index(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    query = version_counts_query("iris", NOW)
+    sql = str(query.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True}))
+    with store.engine.connect() as conn:
+        plan = " ".join(row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    store.close()
+    assert "SEARCH predictions USING INDEX ix_predictions_model_created_at" in plan, plan
+
+
+def test_a_store_made_before_the_quality_index_gets_it_at_open(store: SqlStore) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_predictions_model_created_at"))
+    assert "ix_predictions_model_created_at" not in indexes(store)
+    url = store.engine.url.render_as_string(hide_password=False)
+    reopened: list[SqlStore] = []
+    threads = [  # replicas starting at once: one makes it, the others find it made
+        threading.Thread(target=lambda: reopened.append(open_store(url))) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert len(reopened) == 4
+        assert "ix_predictions_model_created_at" in indexes(store)
+    finally:
+        for opened in reopened:
+            opened.close()
+
+
+def indexes(store: SqlStore) -> set[str]:
+    return {str(index["name"]) for index in inspect(store.engine).get_indexes("predictions")}
 
 
 # --- the log writer, on a real SQLite store ----------------------------------------------

@@ -16,6 +16,8 @@ from app.prediction import Predictor
 from app.readiness import Readiness
 from app.registry import Registry
 from app.services import Services
+from app.settings import Settings
+from app.store import PredictionStore
 
 VersionQuery = Annotated[
     str | None,
@@ -52,6 +54,14 @@ async def _readiness(request: Request) -> Readiness:
     return services(request).readiness
 
 
+async def _store(request: Request) -> PredictionStore:
+    return services(request).store
+
+
+async def _settings(request: Request) -> Settings:
+    return services(request).settings
+
+
 async def _resolved_model(
     model: str, request: Request, version: VersionQuery = None
 ) -> LoadedModel:
@@ -70,5 +80,7 @@ PredictorDep = Annotated[Predictor, Depends(_predictor)]
 FeedbackDep = Annotated[FeedbackRecorder, Depends(_feedback)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 ReadinessDep = Annotated[Readiness, Depends(_readiness)]
+StoreDep = Annotated[PredictionStore, Depends(_store)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
 ResolvedModel = Annotated[LoadedModel, Depends(_resolved_model)]
 DefaultModel = Annotated[LoadedModel, Depends(_default_model)]

@@ -1,9 +1,11 @@
-"""GET /models and GET /models/{model}: versions, aliases, metadata."""
+"""GET /models and GET /models/{model}: versions, aliases, metadata, live quality."""
 
+import anyio.to_thread
 from fastapi import APIRouter
 
-from app.api.deps import RegistryDep
-from app.schemas import ErrorResponse, ModelDetail, ModelSummary
+from app.api.deps import RegistryDep, SettingsDep, StoreDep
+from app.quality import report
+from app.schemas import ErrorResponse, ModelReport, ModelSummary
 
 router = APIRouter(tags=["models"])
 
@@ -14,7 +16,13 @@ def list_models(registry: RegistryDep) -> list[ModelSummary]:
     return registry.summaries()
 
 
-@router.get("/models/{model}", responses={404: {"model": ErrorResponse}})
-def get_model(model: str, registry: RegistryDep) -> ModelDetail:
-    """One model: aliases, loaded versions, refusals and the metadata of every version."""
-    return registry.entry(model).detail()
+@router.get(
+    "/models/{model}", responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+)
+async def get_model(
+    model: str, registry: RegistryDep, store: StoreDep, settings: SettingsDep
+) -> ModelReport:
+    """One model: aliases, loaded versions, refusals, the metadata of every version, and each
+    version's live quality (champion vs challenger) over the quality window."""
+    entry = registry.entry(model)
+    return await anyio.to_thread.run_sync(report, entry, store, settings.quality_window_seconds)

@@ -7,6 +7,7 @@ from app.store.base import (
     QuarantinedPrediction,
     RowsRefused,
     StoredPrediction,
+    VersionCounts,
 )
 from app.store.log import PredictionLog
 from app.store.sql import SqlStore, open_store
@@ -20,5 +21,6 @@ __all__ = [
     "RowsRefused",
     "SqlStore",
     "StoredPrediction",
+    "VersionCounts",
     "open_store",
 ]

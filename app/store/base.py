@@ -66,6 +66,19 @@ class Label:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class VersionCounts:
+    """One version's predictions in a window and what their ground truth says: the sums that
+    accuracy (classifiers), MAE and RMSE (regressors) are made of (app/quality.py)."""
+
+    version: int
+    predictions: int
+    labelled: int
+    correct: int  # labelled predictions that were right (classifiers; 0 for regressors)
+    abs_error_sum: float  # sum of |prediction - ground truth| (regressors; 0 for classifiers)
+    squared_error_sum: float
+
+
 class RowsRefused(StoreUnavailable):
     """The store refused the rows themselves (a constraint, a value it cannot encode or hold),
     not for want of a connection, a lock or disk space: a plain StoreUnavailable says that."""
@@ -101,6 +114,12 @@ class PredictionStore(Protocol):
         Returns the ids labelled by this call; an id already labelled (or unknown) is left as
         it was, so concurrent feedback for one id labels it exactly once.
         """
+        ...
+
+    def version_counts(self, model: str, since: datetime | None) -> list[VersionCounts]:
+        """Per version of ``model`` (by version number), its predictions made at or after
+        ``since`` (all of them when None) and the labels they have; a version without a
+        prediction in the window is absent. One aggregate query."""
         ...
 
     def quarantine(self, row: QuarantinedPrediction) -> None:

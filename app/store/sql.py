@@ -27,12 +27,15 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
+    case,
     create_engine,
     delete,
     event,
+    func,
     insert,
     make_url,
     select,
@@ -42,11 +45,13 @@ from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
     DisconnectionError,
+    IntegrityError,
     InterfaceError,
     OperationalError,
     SQLAlchemyError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.schema import CreateIndex
 
 from app.errors import StoreUnavailable
 from app.store.base import (
@@ -55,6 +60,7 @@ from app.store.base import (
     QuarantinedPrediction,
     RowsRefused,
     StoredPrediction,
+    VersionCounts,
 )
 
 schema = MetaData()
@@ -75,7 +81,13 @@ predictions = Table(
     Column("abs_error", Float, nullable=True),
     Column("feedback_at", DateTime(timezone=True), nullable=True),
     Index("ix_predictions_model_version_created_at", "model", "version", "created_at"),
+    # Live quality (version_counts): one model's rows in a time window, whatever the version.
+    Index("ix_predictions_model_created_at", "model", "created_at"),
 )
+
+# Indexes added after the first release: create_all makes a table's indexes only with the table,
+# so a store created by an older Steward gets these at open, each IF NOT EXISTS.
+LATER_INDEXES = ("ix_predictions_model_created_at",)
 
 # Rows the store refused (one bad row never blocks the log): kept for an operator, as text. Loose
 # types on purpose: whatever made the row unstorable must not make its quarantine fail too.
@@ -140,6 +152,28 @@ def _store_errors(
         raise error(f"prediction store failed to {action}: {exc.__cause__ or exc}") from exc
 
 
+def version_counts_query(model: str, since: datetime | None) -> Select[Any]:
+    """SqlStore.version_counts' one aggregate query: bounded by ix_predictions_model_created_at."""
+    c = predictions.c
+    query = (
+        select(
+            c.version,
+            func.count().label("predictions"),
+            func.count(c.ground_truth).label("labelled"),
+            func.count(case((c.correct.is_(True), 1))).label("correct"),
+            func.coalesce(func.sum(c.abs_error), 0.0).label("abs_error_sum"),
+            func.coalesce(func.sum(c.abs_error * c.abs_error), 0.0).label("squared_error_sum"),
+        )
+        .where(c.model == model)
+        .group_by(c.version)
+        .order_by(c.version)
+    )
+    if since is None:
+        return query
+    # SQLite compares the stored UTC text: the bound must be UTC too.
+    return query.where(c.created_at >= (_utc(since) or since).astimezone(UTC))
+
+
 class SqlStore:
     """PredictionStore on any SQLAlchemy engine."""
 
@@ -150,6 +184,7 @@ class SqlStore:
         )
         with _store_errors("create its schema"):
             schema.create_all(engine)
+            _create_later_indexes(engine)
             self._insert = _BulkInsert(engine.dialect, _max_parameters(engine))
 
     def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
@@ -208,6 +243,21 @@ class SqlStore:
                 if result.rowcount == 1:
                     labelled.add(item.prediction_id)
         return labelled
+
+    def version_counts(self, model: str, since: datetime | None) -> list[VersionCounts]:
+        with _store_errors("read live quality"), self.engine.connect() as conn:
+            rows = conn.execute(version_counts_query(model, since)).all()
+        return [
+            VersionCounts(
+                version=row.version,
+                predictions=row.predictions,
+                labelled=row.labelled,
+                correct=row.correct,
+                abs_error_sum=float(row.abs_error_sum),
+                squared_error_sum=float(row.squared_error_sum),
+            )
+            for row in rows
+        ]
 
     def quarantine(self, row: QuarantinedPrediction) -> None:
         with _store_errors("quarantine a prediction"), self._writing() as conn:
@@ -316,6 +366,23 @@ class _BulkInsert:
                 (r.id, r.model, r.version, created, self._inputs(r.inputs), self._output(r.output))
             )
         return rows
+
+
+def _create_later_indexes(engine: Engine) -> None:
+    """Create the indexes of LATER_INDEXES that a store opened by an older Steward lacks.
+
+    Safe when several replicas start at once: IF NOT EXISTS, and on PostgreSQL the loser of a
+    race to create the same index (a unique violation in its catalog) finds it made.
+    """
+    for index in predictions.indexes:
+        if index.name not in LATER_INDEXES:
+            continue
+        try:
+            with engine.begin() as conn:
+                conn.execute(CreateIndex(index, if_not_exists=True))
+        except IntegrityError:
+            with engine.begin() as conn:
+                conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 def _same(value: Any) -> Any:

@@ -1,0 +1,106 @@
+"""Live quality per version, from a real SQLite store and the demo models' real metadata."""
+
+import math
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from app.artifacts import ModelMetadata, read_metadata
+from app.quality import DEFAULT_WINDOW_SECONDS, live_quality
+from app.schemas import VersionQuality
+from app.settings import Settings
+from app.store import Label, PredictionRecord, SqlStore, open_store
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    yield opened
+    opened.close()
+
+
+def versions(demo_models: Path, model: str, *numbers: int) -> dict[int, ModelMetadata]:
+    """The model's version 1 metadata, under each of ``numbers``: only its task matters here."""
+    metadata = read_metadata(demo_models, model, 1)
+    return {n: metadata.model_copy(update={"version": n}) for n in numbers}
+
+
+def log(
+    store: SqlStore,
+    model: str,
+    version: int,
+    *truths: tuple[bool | None, float | None] | None,
+    age: timedelta = timedelta(hours=1),
+) -> None:
+    """One prediction per item of ``truths``: None for unlabelled, else (correct, abs_error)."""
+    rows = [
+        PredictionRecord(uuid.uuid4().hex, model, version, NOW - age, ("x",), (1.0,), "p")
+        for _ in truths
+    ]
+    store.write_predictions(rows)
+    labels = [
+        Label(row.id, "truth", truth[0], truth[1], NOW)
+        for row, truth in zip(rows, truths, strict=True)
+        if truth is not None
+    ]
+    assert store.label(labels) == {label.prediction_id for label in labels}
+
+
+def test_champion_and_challenger_accuracy(store: SqlStore, demo_models: Path) -> None:
+    right, wrong = (True, None), (False, None)
+    log(store, "iris", 1, right, right, wrong, None)
+    log(store, "iris", 2, right, wrong, wrong, wrong, right)
+    log(store, "iris", 1, wrong, wrong, age=timedelta(days=8))  # outside the default window
+    found = live_quality(store, "iris", versions(demo_models, "iris", 1, 2, 3), now=NOW)
+    assert found == [
+        VersionQuality(version=1, predictions=4, labelled=3, accuracy=2 / 3, mae=None, rmse=None),
+        VersionQuality(version=2, predictions=5, labelled=5, accuracy=0.4, mae=None, rmse=None),
+        VersionQuality(version=3, predictions=0, labelled=0, accuracy=None, mae=None, rmse=None),
+    ]
+    (everything, *_) = live_quality(store, "iris", versions(demo_models, "iris", 1), None, NOW)
+    assert (everything.predictions, everything.labelled, everything.accuracy) == (6, 5, 0.4)
+
+
+def test_regressor_mae_and_rmse(store: SqlStore, demo_models: Path) -> None:
+    log(store, "diabetes", 1, (None, 1.0), (None, 3.0), (None, 0.0), None)
+    log(store, "diabetes", 2, None, None)
+    (one, two) = live_quality(store, "diabetes", versions(demo_models, "diabetes", 1, 2), now=NOW)
+    assert one == VersionQuality(
+        version=1, predictions=4, labelled=3, accuracy=None, mae=4 / 3, rmse=math.sqrt(10 / 3)
+    )
+    assert two == VersionQuality(
+        version=2, predictions=2, labelled=0, accuracy=None, mae=None, rmse=None
+    )
+
+
+def test_a_version_the_log_holds_without_metadata_shows_counts_only(
+    store: SqlStore, demo_models: Path
+) -> None:
+    log(store, "iris", 7, (True, None), None)
+    assert live_quality(store, "iris", versions(demo_models, "iris", 1), now=NOW) == [
+        VersionQuality(version=1, predictions=0, labelled=0, accuracy=None, mae=None, rmse=None),
+        VersionQuality(version=7, predictions=2, labelled=1, accuracy=None, mae=None, rmse=None),
+    ]
+
+
+def test_a_model_with_no_predictions(store: SqlStore) -> None:
+    assert live_quality(store, "nope", {}) == []
+
+
+def test_errors_whose_squares_overflow_give_null_not_infinity(
+    store: SqlStore, demo_models: Path
+) -> None:
+    """Errors beyond what feedback accepts (1e100), as an older log might hold: each squares to
+    infinity in SQLite; RMSE is null, MAE (finite) is kept."""
+    log(store, "diabetes", 1, (None, 1e200), (None, 1e200))
+    (found,) = live_quality(store, "diabetes", versions(demo_models, "diabetes", 1), now=NOW)
+    assert (found.mae, found.rmse) == (1e200, None)
+
+
+def test_the_default_window_is_the_settings_default() -> None:
+    assert DEFAULT_WINDOW_SECONDS == Settings().quality_window_seconds == 7 * 86400
