@@ -92,6 +92,13 @@ class Settings(BaseSettings):
         description="How long /predict waits for room when the log is full only because the "
         "store is behind (backpressure); then 503. A failing store is refused at once.",
     )
+    reload_interval_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How often the server rescans the registry directory for alias changes, "
+        "new versions and new models, and swaps them in while serving; 0 turns it off "
+        "(POST /admin/reload still rescans).",
+    )
     shutdown_timeout_seconds: float = Field(
         30.0, gt=0, description="How long shutdown waits for the prediction log to drain."
     )
