@@ -114,11 +114,13 @@ class Watcher:
         registry = self.registry
         entry = registry.entry(name)
         if new := registry.refresh_versions(name):
+            logger.info("%s: new versions %s", name, ", ".join(map(str, new)))
             report.versions[name] = new
         try:
             wanted = read_aliases(registry.root, name)
         except ArtifactError as exc:
-            self._refuse(name, "aliases_unreadable", f"{exc}; the last good aliases stay", report)
+            kept = "; the last good aliases stay" if entry.state.aliases else ""
+            self._refuse(name, "aliases_unreadable", f"{exc}{kept}", report)
             return
         problems: list[ReloadProblem] = []
         left: set[int] = set()

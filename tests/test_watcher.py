@@ -112,6 +112,27 @@ def test_a_version_that_fails_its_warm_up_is_refused_and_the_old_one_serves(
     assert broken not in registry.entry("iris").state.loaded
 
 
+def test_a_model_whose_aliases_were_unreadable_at_start_up_serves_once_fixed(
+    models_dir: Path,
+) -> None:
+    (models_dir / "iris" / ALIASES).write_text("[1]")
+    registry = Registry(models_dir, 100, warm_up=scores_typical_row)
+    registry.load()
+    assert registry.refused()["iris"].reason == "aliases_unreadable"
+    watcher = Watcher(registry, 0)
+    assert [p.reason for p in watcher.scan().refused] == ["aliases_unreadable"]
+    assert registry.refused()["iris"].reason == "aliases_unreadable"
+    refused: list[str] = []
+    registry.on_refuse.append(lambda e, r: refused.append(r.message))
+    watcher.scan()
+    assert refused == []  # the refusal of start-up, not a new one
+    (models_dir / "iris" / ALIASES).write_text('{"production": 1}')
+    report = watcher.scan()
+    assert report.moved == [AliasMove(model="iris", alias="production", old=None, new=1)]
+    assert registry.production()["iris"].version == 1
+    assert registry.refused() == {}
+
+
 # --- a serving app ---------------------------------------------------------------------------
 
 
