@@ -241,7 +241,9 @@ class Registry:
                 self._load(entry, production, warm=warm)
             except ModelUnavailable:
                 pass  # refused and logged by _load
-            except UnknownVersion as exc:
+            except UnknownVersion as exc:  # kept out of memory: a rescan tries it again
+                served = {alias: v for alias, v in aliases.items() if alias != "production"}
+                entry.state = replace(entry.state, aliases=served)
                 self._refuse(entry, None, "unknown_version", f"production is v{production}: {exc}")
             return entry
 

@@ -132,12 +132,14 @@ class Watcher:
                 registry.point(name, alias, version)
             except (ModelUnavailable, UnknownVersion) as exc:
                 refusal = entry.state.refusals.get(version)
+                reason = refusal.reason if refusal else "unknown_version"
                 keeps = f"v{old} keeps serving" if old is not None else "it stays unset"
+                why = exc.message.removeprefix(f"{name}: refused ({reason}): ")
                 problems.append(
                     ReloadProblem(
                         model=name,
-                        reason=refusal.reason if refusal else "unknown_version",
-                        message=f"{alias} -> v{version} not applied ({keeps}): {exc.message}",
+                        reason=reason,
+                        message=f"{alias} -> v{version} not applied ({keeps}): {why}",
                     )
                 )
                 continue

@@ -133,6 +133,25 @@ def test_a_model_whose_aliases_were_unreadable_at_start_up_serves_once_fixed(
     assert registry.refused() == {}
 
 
+def test_a_production_version_missing_at_start_up_is_refused_until_it_exists(
+    models_dir: Path,
+) -> None:
+    (models_dir / "iris" / ALIASES).write_text('{"production": 2}')
+    registry = Registry(models_dir, 100, warm_up=scores_typical_row)
+    registry.load()
+    assert registry.refused()["iris"].reason == "unknown_version"
+    assert "iris" not in registry.production()
+    watcher = Watcher(registry, 0)
+    (problem,) = watcher.scan().refused
+    assert problem.message.startswith("production -> v2 not applied (it stays unset)")
+    assert registry.refused()["iris"].reason == "unknown_version"
+    train_demo(models_dir)  # now iris v2 exists
+    report = watcher.scan()
+    assert report.moved == [AliasMove(model="iris", alias="production", old=None, new=2)]
+    assert registry.production()["iris"].version == 2
+    assert registry.refused() == {}
+
+
 # --- a serving app ---------------------------------------------------------------------------
 
 
