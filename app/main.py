@@ -16,12 +16,13 @@ from app import __version__, api
 from app.errors import InvalidSettings
 from app.feedback import FeedbackRecorder
 from app.metrics import Metrics
-from app.prediction import Predictor
+from app.prediction import Predictor, scores_typical_row
 from app.readiness import Readiness
 from app.registry import Registry
 from app.services import Services
 from app.settings import Settings, load_settings
 from app.store import PredictionLog, open_store
+from app.watcher import Watcher
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_instances,
             input_range_multiple=settings.input_range_multiple,
             target_range_multiple=settings.target_range_multiple,
+            warm_up=scores_typical_row,
         )
         metrics.follow(registry)
         registry.load()
@@ -75,13 +77,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.target_range_multiple,
             ),
             readiness=Readiness(registry, store, log, settings.required_models),
+            watcher=Watcher(registry, settings.reload_interval_seconds),
         )
         # Everything loaded so far (modules, models) lives as long as the process: take it out
         # of the collector's full scans, which otherwise pause the loop ~100 ms under load.
         gc.freeze()
+        services.watcher.start()
         try:
             yield {"services": services}  # requests reach it through app/api/deps.py
         finally:
+            await services.watcher.close()  # no swap while the rest shuts down
             await predictor.close()
             await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)
             store.close()

@@ -173,6 +173,7 @@ class Metrics:
         registry.on_load.append(self._loaded)
         registry.on_swap.append(self._swapped)
         registry.on_refuse.append(self._refused)
+        registry.on_clear.append(self._cleared)
         registry.on_unload.append(self._unloaded)
 
     def _loaded(self, entry: ModelEntry, model: LoadedModel) -> None:
@@ -207,14 +208,20 @@ class Metrics:
         for outcome in outcomes:
             self.feedback.labels(name, version, outcome)
 
-    def _swapped(self, entry: ModelEntry, alias: str, old: int | None, new: int) -> None:
-        """An alias moved: from the old version's info series to the new one's."""
-        if old is not None:
-            self._publish_info(entry, old)
-        self._publish_info(entry, new)
+    def _swapped(self, entry: ModelEntry, alias: str, old: int | None, new: int | None) -> None:
+        """An alias moved (or went): from the old version's info series to the new one's."""
+        for version in (old, new):
+            if version is not None:
+                self._publish_info(entry, version)
 
     def _refused(self, entry: ModelEntry, refusal: Refusal) -> None:
         self.model_refused.labels(entry.name, refusal.reason).set(1)
+
+    def _cleared(self, entry: ModelEntry, refusal: Refusal) -> None:
+        """A refusal went (the aliases file was fixed): its series goes, unless another refusal
+        of the model has the same reason."""
+        if all(r.reason != refusal.reason for r in entry.state.refusals.values()):
+            self.model_refused.remove(entry.name, refusal.reason)
 
     def _unloaded(self, entry: ModelEntry, model: LoadedModel) -> None:
         """A version left memory: its gauges go. Its counters stay (what it served is history,

@@ -6,10 +6,10 @@ A version that cannot be trusted (app/loading.py) is refused: logged, kept on it
 versions load on first use, through the same checks.
 
 Whoever keeps something per model version (metrics series, batcher lanes) subscribes to the
-registry's hooks (``on_load``, ``on_swap``, ``on_refuse``, ``on_unload``); nobody polls it.
+registry's hooks (``on_load``, ``on_swap``, ``on_refuse``, ``on_clear``, ``on_unload``); nobody
+polls it. What changes on disk while serving reaches the registry through app/watcher.py.
 """
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -160,7 +160,7 @@ class ModelEntry:
 
 # The hooks' signatures (see Registry).
 VersionHook = Callable[[ModelEntry, LoadedModel], None]
-SwapHook = Callable[[ModelEntry, str, int | None, int], None]
+SwapHook = Callable[[ModelEntry, str, int | None, int | None], None]
 RefuseHook = Callable[[ModelEntry, Refusal], None]
 
 
@@ -177,8 +177,10 @@ class Registry:
 
     - ``on_load(entry, model)``: a version passed every check and is loaded.
     - ``on_swap(entry, alias, old, new)``: ``alias`` moved from version ``old`` (None: it was
-      not set) to version ``new``, which is loaded.
+      not set) to version ``new``, which is loaded (None: the alias was removed).
     - ``on_refuse(entry, refusal)``: a version, or the aliases file, was refused (once each).
+    - ``on_clear(entry, refusal)``: the aliases file's refusal no longer holds (it was fixed).
+      A version's refusal lasts: a version directory never changes once written.
     - ``on_unload(entry, model)``: a version left memory; no new request resolves to it.
     """
 
@@ -189,14 +191,21 @@ class Registry:
         *,
         input_range_multiple: float = 0.0,
         target_range_multiple: float = 0.0,
+        warm_up: Callable[[LoadedModel], bool] | None = None,
     ) -> None:
+        """``warm_up(model)`` (blocking) says whether a version works: one prediction on a
+        typical row. Every version loaded after start-up passes it or is refused
+        (``warmup_failed``); the production versions of ``load`` are served without it (with
+        nothing else to serve, a broken model answers 500 rather than nothing)."""
         self.root = root
         self.max_instances = max_instances
         self.input_range_multiple = input_range_multiple
         self.target_range_multiple = target_range_multiple
+        self.warm_up = warm_up
         self.on_load: list[VersionHook] = []
         self.on_swap: list[SwapHook] = []
         self.on_refuse: list[RefuseHook] = []
+        self.on_clear: list[RefuseHook] = []
         self.on_unload: list[VersionHook] = []
         self._entries: dict[str, ModelEntry] = {}
         self._lock = threading.RLock()  # re-entrant: a hook that calls resolve does not deadlock
@@ -204,22 +213,39 @@ class Registry:
     def load(self) -> None:
         """Read every model of the registry directory and load its production version."""
         for name in list_models(self.root):
-            entry = self._entries[name] = ModelEntry(self.root, name)
-            with self._lock:
-                try:
-                    aliases = read_aliases(self.root, name)
-                except ArtifactError as exc:
-                    self._refuse(entry, None, "aliases_unreadable", exc)
-                    continue
-                entry.state = replace(entry.state, aliases=aliases)
-                production = aliases.get("production")
-                if production is None:
-                    logger.warning(
-                        "model %s has no production version; not served by default", name
-                    )
-                    continue
-                with contextlib.suppress(ModelUnavailable):  # refused and logged by _load
-                    self._load(entry, production)
+            self._add(name, warm=False)
+
+    def add(self, name: str) -> ModelEntry:
+        """A model that appeared in the registry directory since ``load``: its entry, with its
+        production version loaded (and warmed up) if it has one that passes. Idempotent."""
+        return self._entries.get(name) or self._add(name, warm=True)
+
+    def _add(self, name: str, *, warm: bool) -> ModelEntry:
+        with self._lock:
+            if name in self._entries:
+                return self._entries[name]
+            entry = ModelEntry(self.root, name)
+            # Replaced, not changed in place: readers iterate the entries without the lock.
+            self._entries = {**self._entries, name: entry}
+            try:
+                aliases = read_aliases(self.root, name)
+            except ArtifactError as exc:
+                self._refuse(entry, None, "aliases_unreadable", exc)
+                return entry
+            entry.state = replace(entry.state, aliases=aliases)
+            production = aliases.get("production")
+            if production is None:
+                logger.warning("model %s has no production version; not served by default", name)
+                return entry
+            try:
+                self._load(entry, production, warm=warm)
+            except ModelUnavailable:
+                pass  # refused and logged by _load
+            except UnknownVersion as exc:  # kept out of memory: a rescan tries it again
+                served = {alias: v for alias, v in aliases.items() if alias != "production"}
+                entry.state = replace(entry.state, aliases=served)
+                self._refuse(entry, None, "unknown_version", f"production is v{production}: {exc}")
+            return entry
 
     @property
     def names(self) -> list[str]:
@@ -274,7 +300,7 @@ class Registry:
             return loaded
         number = entry.number(version)
         with self._lock:
-            return self._load(entry, number)
+            return self._load(entry, number, warm=True)
 
     def metadata(self, name: str, version: int) -> ModelMetadata:
         """Metadata of any version, served or not (feedback for older predictions)."""
@@ -286,7 +312,8 @@ class Registry:
     def point(self, name: str, alias: str, version: int) -> LoadedModel:
         """Point ``alias`` of model ``name`` at ``version`` in memory: a run-time swap.
 
-        The version is loaded first, through every check of a start-up load; only then does
+        The version is loaded first, through every check of a start-up load and a warm-up
+        (see ``__init__``; a version loaded before is not warmed up again); only then does
         the alias move, in one step, so each request resolves the old version or the new one,
         never neither. Fires ``on_swap`` when the alias moved. A version refused now fires
         ``on_refuse`` (one refused before is not announced again); either way the alias stays
@@ -297,7 +324,7 @@ class Registry:
         """
         entry = self.entry(name)
         with self._lock:
-            model = self._load(entry, version)
+            model = self._load(entry, version, warm=True)
             state = entry.state
             old = state.aliases.get(alias)
             if old != version:
@@ -327,8 +354,61 @@ class Registry:
             logger.info("unloaded %s v%d", name, version)
             self._fire(self.on_unload, entry, model)
 
-    def _load(self, entry: ModelEntry, number: int) -> LoadedModel:
-        """Version ``number`` of ``entry``, loaded now if it is not yet. Under the lock."""
+    def unset(self, name: str, alias: str) -> int | None:
+        """Remove ``alias`` in memory (it left the aliases file); the version it named, if any.
+        Fires ``on_swap`` with ``new`` None. The version stays loaded until ``unload``."""
+        entry = self.entry(name)
+        with self._lock:
+            state = entry.state
+            old = state.aliases.get(alias)
+            if old is not None:
+                aliases = {a: number for a, number in state.aliases.items() if a != alias}
+                entry.state = replace(state, aliases=aliases)
+                logger.info("%s: %s removed (was v%d)", name, alias, old)
+                self._fire(self.on_swap, entry, alias, old, None)
+            return old
+
+    def refresh_versions(self, name: str) -> list[int]:
+        """Read the model's version numbers from disk again; the ones new since last read."""
+        entry = self.entry(name)
+        with self._lock:
+            state = entry.state
+            versions = tuple(list_versions(self.root, name))
+            if versions != state.versions:
+                entry.state = replace(state, versions=versions)
+            return sorted(set(versions) - set(state.versions))
+
+    def refuse_aliases(self, name: str, reason: str, problem: str) -> Refusal | None:
+        """The aliases file cannot be applied whole (unreadable, or naming a version that cannot
+        serve): refused, while the aliases already in memory keep serving. The refusal when it
+        is new (fires ``on_refuse``), None when the same one is already recorded."""
+        entry = self.entry(name)
+        with self._lock:
+            same = Refusal(name, None, reason, self._message(entry, reason, problem))
+            if entry.state.refusals.get(None) == same:
+                return None
+            self._refuse(entry, None, reason, problem)
+            return entry.state.refusals[None]
+
+    def clear_aliases_refusal(self, name: str) -> Refusal | None:
+        """The aliases file applies whole again: its refusal, if any, is dropped (fires
+        ``on_clear``) and returned."""
+        entry = self.entry(name)
+        with self._lock:
+            state = entry.state
+            refusal = state.refusals.get(None)
+            if refusal is not None:
+                refusals: dict[int | None, Refusal] = {
+                    v: r for v, r in state.refusals.items() if v is not None
+                }
+                entry.state = replace(state, refusals=refusals)
+                logger.info("%s: aliases apply again (%s cleared)", name, refusal.reason)
+                self._fire(self.on_clear, entry, refusal)
+            return refusal
+
+    def _load(self, entry: ModelEntry, number: int, *, warm: bool) -> LoadedModel:
+        """Version ``number`` of ``entry``, loaded now if it is not yet (and then warmed up
+        when ``warm``). Under the lock."""
         state = entry.state
         if number in state.loaded:
             return state.loaded[number]
@@ -350,19 +430,26 @@ class Registry:
             )
         except Refused as exc:
             raise self._refuse(entry, number, exc.reason, exc) from exc
+        if warm and self.warm_up is not None and not self.warm_up(loaded):
+            problem = f"v{number} cannot score a typical row (its training medians)"
+            raise self._refuse(entry, number, "warmup_failed", problem)
         entry.state = replace(entry.state, loaded={**entry.state.loaded, number: loaded})
         logger.info("loaded %s v%d", entry.name, number)
         self._fire(self.on_load, entry, loaded)
         return loaded
 
     def _refuse(
-        self, entry: ModelEntry, version: int | None, reason: str, exc: Exception
+        self, entry: ModelEntry, version: int | None, reason: str, problem: Exception | str
     ) -> ModelUnavailable:
-        refusal = Refusal(entry.name, version, reason, f"{entry.name}: refused ({reason}): {exc}")
+        refusal = Refusal(entry.name, version, reason, self._message(entry, reason, problem))
         entry.state = replace(entry.state, refusals={**entry.state.refusals, version: refusal})
         logger.error("%s", refusal.message)
         self._fire(self.on_refuse, entry, refusal)
         return refusal.unavailable()
+
+    @staticmethod
+    def _message(entry: ModelEntry, reason: str, problem: Exception | str) -> str:
+        return f"{entry.name}: refused ({reason}): {problem}"
 
     @staticmethod
     def _fire(hooks: Sequence[Callable[..., None]], *args: object) -> None:

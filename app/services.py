@@ -9,6 +9,7 @@ from app.readiness import Readiness
 from app.registry import Registry
 from app.settings import Settings
 from app.store import PredictionLog, PredictionStore
+from app.watcher import Watcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,3 +24,4 @@ class Services:
     predictor: Predictor
     feedback: FeedbackRecorder
     readiness: Readiness
+    watcher: Watcher

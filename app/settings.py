@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         description="Live quality per version (GET /models/{model}) covers the predictions made "
         "in this span before now (by their created_at), labelled since or not.",
     )
+    reload_interval_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How often the server rescans the registry directory for alias changes, "
+        "new versions and new models, and swaps them in while serving; 0 turns it off "
+        "(POST /admin/reload still rescans).",
+    )
     shutdown_timeout_seconds: float = Field(
         30.0, gt=0, description="How long shutdown waits for the prediction log to drain."
     )

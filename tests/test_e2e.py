@@ -5,6 +5,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ import pytest
 from helpers import DIABETES_ROW, IRIS_SETOSA, stored_rows, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from server import STEWARD, Server, free_port, serving
+
+from app.training import train_demo
 
 
 @dataclass
@@ -207,3 +210,71 @@ def test_a_row_the_store_cannot_hold_wedges_nothing_and_loses_nothing(tmp_path: 
     assert kept == bad  # an acknowledged row the store refused is kept there for an operator
     assert f"prediction {bad[0]} of churn v1 quarantined" in log.read_text()
     assert str(2**70) not in log.read_text()
+
+
+def test_a_promotion_under_load_fails_no_request_and_each_response_names_its_version(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """Clients keep posting to a real `steward serve` while `steward promote`, from another
+    process, moves iris to v2: no request fails, each client sees v1 then v2 (never back), and
+    the prediction log holds every acknowledged row under the version its response named."""
+    train_demo(models_dir)  # v2 of each demo; production stays 1
+    env = os.environ | {
+        "STEWARD_MODELS_DIR": str(models_dir),
+        "STEWARD_DATA_DIR": str(tmp_path / "data"),
+        "STEWARD_RELOAD_INTERVAL_SECONDS": "0.2",
+    }
+    port = free_port()
+    argv: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
+    log = tmp_path / "server.log"
+    clients = 6
+    seen: list[list[tuple[int, list[str]]]] = [[] for _ in range(clients)]
+    failures: list[str] = []
+    done = threading.Event()
+
+    def load(index: int, url: str) -> None:
+        with httpx2.Client(base_url=url, timeout=30) as http:
+            for _ in range(20_000):  # bounded; ends when the main thread has seen enough
+                if done.is_set():
+                    return
+                try:
+                    response = http.post("/predict/iris", json={"instances": [IRIS_SETOSA] * 2})
+                except httpx2.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text}")
+                    continue
+                body = response.json()
+                seen[index].append((body["version"], [p["id"] for p in body["predictions"]]))
+
+    def each_saw(version: int, times: int) -> bool:
+        return all(sum(v == version for v, _ in mine) >= times for mine in seen)
+
+    with serving(argv, port=port, env=env, log=log, ready="/readyz") as served:
+        server = Steward(served, tmp_path / "data")
+        threads = [threading.Thread(target=load, args=(i, server.url)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        try:
+            assert wait_until(lambda: each_saw(1, 5), seconds=60), failures
+            promoted = subprocess.run(
+                [STEWARD, "promote", "iris", "2"], env=env, capture_output=True, text=True
+            )
+            assert promoted.returncode == 0, promoted.stderr
+            assert wait_until(lambda: each_saw(2, 20) or bool(failures), seconds=60), failures
+        finally:
+            done.set()
+            for thread in threads:
+                thread.join()
+        server.stop()
+    assert failures == []
+    for mine in seen:
+        versions = [version for version, _ in mine]
+        assert versions == sorted(versions), versions  # v1, then v2, never back
+        assert set(versions) == {1, 2}
+    answered = {pid: version for mine in seen for version, ids in mine for pid in ids}
+    logged = {row["id"]: row["version"] for row in stored_rows(tmp_path / "data")}
+    assert logged == answered
+    assert "iris: production is v2 (was 1)" in log.read_text()
+    assert "unloaded iris v1" in log.read_text()

@@ -263,3 +263,62 @@ def test_requests_resolve_the_old_or_the_new_version_never_neither(models_dir: P
         done.set()
         reader.join()
     assert seen == {1, 2}
+
+
+def test_a_version_loaded_after_start_up_is_warmed_up_or_refused(models_dir: Path) -> None:
+    """The warm-up decides for a swap's target and a version first asked for by number; a
+    production version loaded at start-up is served without it."""
+    train_demo(models_dir)
+    verdicts = {1: False, 2: False}
+    registry = Registry(models_dir, 100, warm_up=lambda model: verdicts[model.version])
+    events = Events(registry)
+    registry.load()
+    assert registry.resolve("iris").version == 1  # start-up: no warm-up
+    with pytest.raises(ModelUnavailable, match="warmup_failed"):
+        registry.point("iris", "production", 2)
+    assert registry.resolve("iris").version == 1
+    assert ("refuse", "iris", 2, "warmup_failed") in events.seen
+    assert ("load", "iris", 2) not in events.seen  # refused before it was ever served
+    with pytest.raises(ModelUnavailable, match="warmup_failed"):
+        registry.resolve("diabetes", "2")
+
+
+def test_an_alias_removed_and_the_aliases_refusal_cleared_are_announced(models_dir: Path) -> None:
+    train_demo(models_dir)
+    registry = loaded(models_dir)
+    events = Events(registry)
+    cleared: list[str] = []
+    registry.on_clear.append(lambda e, r: cleared.append(r.reason))
+    registry.point("iris", "candidate", 2)
+    assert registry.unset("iris", "candidate") == 2
+    assert registry.unset("iris", "candidate") is None  # gone already: nothing
+    assert events.seen[-1] == ("swap", "iris", "candidate", 2, None)
+    assert registry.entry("iris").state.aliases == {"production": 1}
+
+    assert registry.refuse_aliases("iris", "aliases_unreadable", "bad JSON") is not None
+    assert registry.refuse_aliases("iris", "aliases_unreadable", "bad JSON") is None  # once
+    assert registry.refused()["iris"].reason == "aliases_unreadable"
+    assert registry.resolve("iris").version == 1  # still serving
+    assert registry.clear_aliases_refusal("iris") is not None
+    assert registry.clear_aliases_refusal("iris") is None
+    assert (cleared, registry.refused()) == (["aliases_unreadable"], {})
+    assert [e for e in events.seen if e[0] == "refuse"] == [
+        ("refuse", "iris", None, "aliases_unreadable")
+    ]
+
+
+def test_add_and_refresh_versions_pick_up_what_appeared_on_disk(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "later"
+    root.mkdir()
+    registry = loaded(root)
+    (root / "iris").symlink_to(models_dir / "iris", target_is_directory=True)
+    entry = registry.add("iris")
+    assert registry.add("iris") is entry  # idempotent
+    assert registry.names == ["iris"]
+    assert registry.resolve("iris").version == 1
+    assert registry.refresh_versions("iris") == []
+    train_demo(models_dir)
+    assert registry.refresh_versions("iris") == [2]
+    assert entry.state.versions == (1, 2)

@@ -1,0 +1,167 @@
+"""Hot swap: the registry directory, rescanned while serving, drives the registry.
+
+Every ``interval`` seconds (and on ``reload``, which ``POST /admin/reload`` calls) the directory
+is read again in a worker thread: a new model gets its entry and its production version; new
+versions are listed; each model's aliases file is compared, by content, with the aliases in
+memory, and each difference is applied with ``Registry.point`` (load, checks, warm-up, then the
+switch) or ``Registry.unset``. A version that lost its last alias is unloaded: requests already
+on it finish on it. A change that cannot be applied (a version refused, an alias naming a
+version not on disk, an unreadable file) leaves the last good state serving and refuses the
+aliases file until a later content applies whole.
+
+Aliases are read with ``app.artifacts.read_aliases``, whatever the file's format.
+"""
+
+import asyncio
+import contextlib
+import logging
+import threading
+
+import anyio.to_thread
+from pydantic import BaseModel, Field
+
+from app.artifacts import list_models, read_aliases
+from app.errors import ArtifactError, ModelUnavailable, UnknownVersion
+from app.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+
+class AliasMove(BaseModel):
+    """An alias switched in memory: ``old`` None when it was not set, ``new`` None when removed."""
+
+    model: str
+    alias: str
+    old: int | None
+    new: int | None
+
+
+class ReloadProblem(BaseModel):
+    """A change found on disk and not applied; the last good state keeps serving."""
+
+    model: str
+    reason: str
+    message: str
+
+
+class ReloadReport(BaseModel):
+    """What one rescan changed."""
+
+    added: list[str] = Field(default_factory=list, description="Models new to the server.")
+    versions: dict[str, list[int]] = Field(
+        default_factory=dict, description="Versions new on disk, by model."
+    )
+    moved: list[AliasMove] = Field(default_factory=list)
+    unloaded: dict[str, list[int]] = Field(
+        default_factory=dict, description="Versions out of memory after their alias moved."
+    )
+    refused: list[ReloadProblem] = Field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.versions or self.moved or self.unloaded or self.refused)
+
+
+class Watcher:
+    """Rescans the registry directory every ``interval`` seconds (0: only on ``reload``)."""
+
+    def __init__(self, registry: Registry, interval: float) -> None:
+        self.registry = registry
+        self.interval = interval
+        self._lock = threading.Lock()  # one scan at a time: the periodic one or a reload
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the periodic rescan on the running event loop (nothing when interval is 0)."""
+        if self.interval > 0 and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="registry-watcher")
+
+    async def close(self) -> None:
+        """Stop the periodic rescan; a scan under way finishes first."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def reload(self) -> ReloadReport:
+        """Rescan now, in a worker thread."""
+        return await anyio.to_thread.run_sync(self.scan)
+
+    def scan(self) -> ReloadReport:
+        """Rescan the registry directory and apply what changed. Blocking."""
+        report = ReloadReport()
+        with self._lock:
+            known = set(self.registry.names)
+            for name in list_models(self.registry.root):
+                if name in known:
+                    self._sync(name, report)
+                else:
+                    self.registry.add(name)
+                    logger.info("new model %s", name)
+                    report.added.append(name)
+        return report
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.reload()
+            except Exception:  # a bug here must not stop the next rescans
+                logger.exception("registry rescan failed")
+
+    def _sync(self, name: str, report: ReloadReport) -> None:
+        registry = self.registry
+        entry = registry.entry(name)
+        if new := registry.refresh_versions(name):
+            logger.info("%s: new versions %s", name, ", ".join(map(str, new)))
+            report.versions[name] = new
+        try:
+            wanted = read_aliases(registry.root, name)
+        except ArtifactError as exc:
+            kept = "; the last good aliases stay" if entry.state.aliases else ""
+            self._refuse(name, "aliases_unreadable", f"{exc}{kept}", report)
+            return
+        problems: list[ReloadProblem] = []
+        left: set[int] = set()
+        for alias, version in sorted(wanted.items()):
+            old = entry.state.aliases.get(alias)
+            if old == version:
+                continue
+            try:
+                registry.point(name, alias, version)
+            except (ModelUnavailable, UnknownVersion) as exc:
+                refusal = entry.state.refusals.get(version)
+                reason = refusal.reason if refusal else "unknown_version"
+                keeps = f"v{old} keeps serving" if old is not None else "it stays unset"
+                why = exc.message.removeprefix(f"{name}: refused ({reason}): ")
+                problems.append(
+                    ReloadProblem(
+                        model=name,
+                        reason=reason,
+                        message=f"{alias} -> v{version} not applied ({keeps}): {why}",
+                    )
+                )
+                continue
+            report.moved.append(AliasMove(model=name, alias=alias, old=old, new=version))
+            if old is not None:
+                left.add(old)
+        for alias in sorted(set(entry.state.aliases) - set(wanted)):
+            old = registry.unset(name, alias)
+            report.moved.append(AliasMove(model=name, alias=alias, old=old, new=None))
+            if old is not None:
+                left.add(old)
+        for version in sorted(left):
+            if not entry.state.aliases_of(version) and version in entry.state.loaded:
+                registry.unload(name, version)
+                report.unloaded.setdefault(name, []).append(version)
+        if problems:
+            message = "; ".join(p.message for p in problems)
+            self._refuse(name, problems[0].reason, message, report)
+        else:
+            registry.clear_aliases_refusal(name)
+
+    def _refuse(self, name: str, reason: str, message: str, report: ReloadReport) -> None:
+        """Record the aliases file's refusal (logged and announced once by the registry)."""
+        self.registry.refuse_aliases(name, reason, message)
+        report.refused.append(ReloadProblem(model=name, reason=reason, message=message))
