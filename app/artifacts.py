@@ -42,7 +42,7 @@ METADATA = "metadata.json"
 ALIASES = "aliases.json"
 ALIASES_LOCK = ".aliases.lock"
 ALIAS_NAMES = ("production", "candidate")
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: "$" lets a final newline in
 
 Label = str | int | float
 Task = Literal["classification", "regression"]
