@@ -42,6 +42,7 @@ METADATA = "metadata.json"
 ALIASES = "aliases.json"
 ALIASES_LOCK = ".aliases.lock"
 ALIAS_NAMES = ("production", "candidate")
+MAX_ACTOR = 200  # characters of an alias change's "by"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: "$" lets a final newline in
 
 Label = str | int | float
@@ -121,7 +122,7 @@ class AliasChange(BaseModel):
     from_: StrictInt | None = Field(alias="from")
     to: StrictInt
     at: datetime
-    by: str = Field(min_length=1, max_length=200)
+    by: str = Field(min_length=1, max_length=MAX_ACTOR)
     action: Literal["promote", "rollback"] = "promote"
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from app.artifacts import (
     ALIAS_NAMES,
+    MAX_ACTOR,
     NAME_PATTERN,
     AliasChange,
     AliasFile,
@@ -79,6 +80,7 @@ def promote(
     """Point ``alias`` of model ``name`` at ``version``, which must exist with readable
     metadata. ``by`` names who asked (default: ``user@host`` of this process)."""
     _check_model(root, name)
+    _check_actor(by)
     if alias not in ALIAS_NAMES:
         raise ValidationFailed(
             f"alias must be one of {', '.join(ALIAS_NAMES)}",
@@ -94,6 +96,7 @@ def rollback(root: Path, name: str, *, by: str | None = None) -> AliasState:
     """Point ``production`` back where it was before the latest promote not yet undone (see
     the module's docstring); LifecycleConflict when the history has nothing to go back to."""
     _check_model(root, name)
+    _check_actor(by)
     with aliases_locked(root, name):  # the history read is the one the change extends
         target = previous_production(read_alias_file(root, name))
         if target is None:
@@ -163,6 +166,14 @@ def _check_model(root: Path, name: str) -> None:
         )
     if name not in list_models(root):
         raise UnknownModel(f"no model {name!r} in {root}", model=name)
+
+
+def _check_actor(by: str | None) -> None:
+    if by is not None and not (0 < len(by) <= MAX_ACTOR and by.isprintable()):
+        raise ValidationFailed(
+            f"by (who made the change) must be 1-{MAX_ACTOR} printable characters",
+            [{"field": "by", "message": f"1-{MAX_ACTOR} printable characters"}],
+        )
 
 
 def _check_version(root: Path, name: str, version: int) -> ModelMetadata:

@@ -144,6 +144,17 @@ def test_unknown_models_versions_and_aliases_are_refused(root: Path) -> None:
             lifecycle.promote(root, "adder", version)
     with pytest.raises(ValidationFailed, match="alias must be one of production, candidate"):
         lifecycle.promote(root, "adder", 2, "staging")
+    for by in ("", "x" * 201, "ana\nroot@vm"):
+        with pytest.raises(
+            ValidationFailed,
+            match=r"^by \(who made the change\) must be 1-200 printable characters$",
+        ):
+            lifecycle.promote(root, "adder", 2, by=by)
+        with pytest.raises(
+            ValidationFailed,
+            match=r"^by \(who made the change\) must be 1-200 printable characters$",
+        ):
+            lifecycle.rollback(root, "adder", by=by)
     assert path.read_bytes() == before
     assert not (root / "nope").exists()
 
