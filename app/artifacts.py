@@ -2,36 +2,48 @@
 
     models/<name>/<version>/model.joblib    the fitted estimator (joblib)
     models/<name>/<version>/metadata.json   ModelMetadata, including the artifact's sha256
-    models/<name>/aliases.json              {"production": 3, "candidate": 4}
+    models/<name>/aliases.json              {"aliases": {"production": 3, "candidate": 4},
+                                             "history": [{"alias", "from", "to", "at", "by",
+                                                          "action"}, ...]}
+    models/<name>/.aliases.lock             flock()ed by whoever changes aliases.json
 
 A version directory appears whole or not at all (written aside, then renamed into place), and
-aliases are replaced atomically, so a reader never sees half of either.
+aliases.json is replaced atomically, so a reader never sees half of either. Writers of
+aliases.json take the model's lock around read-modify-write, so two processes promoting at once
+both land, in order, in the history. A file in the first format, ``{"production": 3}``, is read
+as those aliases with no history yet; the next change writes the new format.
 
 joblib and scikit-learn are imported by the two functions that read and write an estimator,
 so listing the registry or moving an alias (`steward models`, `steward promote`) stays light.
 """
 
 import contextlib
+import fcntl
+import getpass
 import hashlib
 import io
 import json
 import os
 import re
+import socket
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from app.errors import ArtifactError
+from app.errors import AliasesUnreadable, ArtifactError, UnknownVersion
 from app.features import FeatureSpec, InputContract
 
 ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
 ALIASES = "aliases.json"
+ALIASES_LOCK = ".aliases.lock"
 ALIAS_NAMES = ("production", "candidate")
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+MAX_ACTOR = 200  # characters of an alias change's "by"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: "$" lets a final newline in
 
 Label = str | int | float
 Task = Literal["classification", "regression"]
@@ -99,6 +111,30 @@ class ModelMetadata(BaseModel):
         )
 
 
+class AliasChange(BaseModel):
+    """One entry of an aliases file's history: ``alias`` moved from ``from`` (None: it was not
+    set) to ``to``, at ``at`` (UTC), by ``by`` (``user@host`` of the process, or the actor the
+    caller named, e.g. ``admin-api``); ``action`` says whether it was a rollback."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    alias: str
+    from_: StrictInt | None = Field(alias="from")
+    to: StrictInt
+    at: datetime
+    by: str = Field(min_length=1, max_length=MAX_ACTOR)
+    action: Literal["promote", "rollback"] = "promote"
+
+
+class AliasFile(BaseModel):
+    """A model's aliases.json: where each alias points, and every change that led there."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    aliases: dict[str, StrictInt]
+    history: list[AliasChange] = Field(default_factory=list)
+
+
 class ChecksumMismatch(ArtifactError):
     """The artifact on disk is not the one its metadata describes."""
 
@@ -160,28 +196,109 @@ def load_estimator(root: Path, metadata: ModelMetadata) -> Any:
 
 
 def read_aliases(root: Path, name: str) -> dict[str, int]:
+    """Where each alias of ``name`` points ({} when it has no aliases.json)."""
+    return read_alias_file(root, name).aliases
+
+
+def read_alias_file(root: Path, name: str) -> AliasFile:
+    """``name``'s aliases and their history; AliasesUnreadable if the file is not one."""
     path = root / name / ALIASES
-    if not path.exists():
-        return {}
     try:
-        raw = json.loads(path.read_text())
+        text = path.read_text()
+    except FileNotFoundError:
+        return AliasFile(aliases={})
     except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{name}: unreadable {ALIASES}: {exc}") from exc
-    if not isinstance(raw, dict) or not all(
-        isinstance(k, str) and type(v) is int for k, v in raw.items()
-    ):
-        raise ArtifactError(f"{name}: {ALIASES} must map alias names to version numbers")
-    return raw
+        raise _unreadable(path, str(exc)) from exc
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise _unreadable(path, f"not JSON ({exc})") from exc
+    if isinstance(raw, dict) and all(type(v) is int for v in raw.values()):
+        return AliasFile(aliases=raw)  # the first format: aliases only, no history yet
+    if not isinstance(raw, dict) or "aliases" not in raw:
+        raise _unreadable(path, "not a map of alias names to version numbers")
+    try:
+        return AliasFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the top level"
+        raise _unreadable(path, f"{where}: {first['msg']}") from exc
 
 
-def set_alias(root: Path, name: str, alias: str, version: int) -> None:
-    """Point ``alias`` at ``version``, replacing aliases.json atomically."""
+def _unreadable(path: Path, reason: str) -> AliasesUnreadable:
+    return AliasesUnreadable(
+        f"{path} is not a valid aliases file ({reason}); it was left as it is: fix it by hand "
+        'to {"aliases": {"production": N}, "history": []} (or {"production": N}), or move it '
+        "aside and promote a version again"
+    )
+
+
+def set_alias(
+    root: Path, name: str, alias: str, version: int, *, by: str | None = None
+) -> AliasFile:
+    """Point ``alias`` at ``version`` under the model's lock (see ``record_alias``); returns
+    the file as it now is."""
     if alias not in ALIAS_NAMES:
         raise ArtifactError(f"unknown alias {alias!r}; expected one of {', '.join(ALIAS_NAMES)}")
     if version not in list_versions(root, name):
-        raise ArtifactError(f"{name} has no version {version}")
-    aliases = read_aliases(root, name) | {alias: version}
-    _write_atomically(root / name / ALIASES, json.dumps(aliases, indent=2, sort_keys=True) + "\n")
+        raise UnknownVersion(f"{name} has no version {version}", model=name)
+    with aliases_locked(root, name):
+        return record_alias(root, name, alias, version, by=by)[0]
+
+
+def record_alias(
+    root: Path,
+    name: str,
+    alias: str,
+    version: int,
+    *,
+    by: str | None = None,
+    action: Literal["promote", "rollback"] = "promote",
+) -> tuple[AliasFile, AliasChange | None]:
+    """Point ``alias`` at ``version`` and append the change to the history, replacing
+    aliases.json atomically; the caller holds ``aliases_locked``. Returns the file as written
+    and the change (None: the alias already pointed there, nothing was written). An unreadable
+    file is refused, never overwritten."""
+    current = read_alias_file(root, name)
+    previous = current.aliases.get(alias)
+    if previous == version:
+        return current, None
+    change = AliasChange(
+        alias=alias,
+        from_=previous,
+        to=version,
+        at=datetime.now(UTC),
+        by=by or process_actor(),
+        action=action,
+    )
+    written = AliasFile(
+        aliases=current.aliases | {alias: version}, history=[*current.history, change]
+    )
+    text = json.dumps(written.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True)
+    _write_atomically(root / name / ALIASES, text + "\n")
+    return written, change
+
+
+@contextlib.contextmanager
+def aliases_locked(root: Path, name: str) -> Iterator[None]:
+    """Hold ``name``'s aliases lock (an exclusive flock, across processes) for a
+    read-modify-write of aliases.json. The lock file stays: removing it would let two writers
+    lock two different files."""
+    fd = os.open(root / name / ALIASES_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def process_actor() -> str:
+    """Who this process acts for, as an alias history records it: ``user@host``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry and no $USER
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
 
 
 def save_version(

@@ -14,19 +14,20 @@ import math
 import socket
 import sys
 import traceback
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from app import __version__
+from app import __version__, lifecycle, status
 from app.artifacts import (
     ALIAS_NAMES,
     NAME_PATTERN,
+    AliasChange,
     ModelMetadata,
     list_models,
     list_versions,
     read_aliases,
-    set_alias,
 )
 from app.errors import StewardError, StoreUnavailable
 from app.settings import Settings, load_settings
@@ -40,7 +41,7 @@ right: it joins the ground truth clients send later to the predictions it made, 
 accuracy, latency and errors to Prometheus.
 
 This command trains and registers model versions into the registry (a folder), lists them,
-points aliases at them, and starts the server."""
+points aliases at them and rolls them back, starts the server, and asks it what it serves."""
 
 EPILOG = """\
 examples:
@@ -48,7 +49,10 @@ examples:
   steward serve                       serve every model on http://127.0.0.1:8000
   steward train --csv churn.csv --target churned --name churn
   steward register model.joblib --name churn --sample inputs.csv --target churned
-  steward promote churn 2             point production at version 2 (also how to roll back)
+  steward promote churn 2             point production at version 2
+  steward rollback churn              production back to the version before
+  steward versions churn              every version: metrics, aliases, alias history
+  steward status                      what the running server serves
 
 settings come from STEWARD_* environment variables (STEWARD_MODELS_DIR, STEWARD_DATA_DIR,
 STEWARD_DATABASE_URL, STEWARD_HOST, STEWARD_PORT, ...: see docs/operations.md); --models-dir,
@@ -169,16 +173,74 @@ def _models(_: argparse.Namespace, settings: Settings) -> int:
         versions = ",".join(str(v) for v in list_versions(settings.models_dir, name))
         aliases = read_aliases(settings.models_dir, name)
         rows.append((name, versions, " ".join(f"{a}={v}" for a, v in sorted(aliases.items()))))
-    widths = [max(len(r[i]) for r in rows) for i in range(2)]
-    for row in rows:
-        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip())
+    _table(rows)
     return 0
+
+
+# What a change on disk means for running servers (app/watcher.py).
+SWAP_NOTE = "running servers swap to it within STEWARD_RELOAD_INTERVAL_SECONDS"
 
 
 def _promote(args: argparse.Namespace, settings: Settings) -> int:
-    set_alias(settings.models_dir, args.model, args.alias, args.version)
-    print(f"{args.model}: {args.alias} -> version {args.version} (servers read it on restart)")
+    state = lifecycle.promote(settings.models_dir, args.model, args.version, args.alias)
+    if state.change is None:
+        print(f"{args.model}: {args.alias} is already version {args.version}")
+    else:
+        print(f"{args.model}: {_change(state.change)}")
     return 0
+
+
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+    state = lifecycle.rollback(settings.models_dir, args.model)
+    assert state.change is not None  # a roll-back always moves production
+    print(f"{args.model}: rolled back, {_change(state.change)}")
+    return 0
+
+
+def _change(change: AliasChange) -> str:
+    was = "unset" if change.from_ is None else str(change.from_)
+    return f"{change.alias} -> version {change.to} (was {was}; {SWAP_NOTE})"
+
+
+def _versions(args: argparse.Namespace, settings: Settings) -> int:
+    """Offline metrics and aliases per version, then the alias history. Live quality per
+    version (from the prediction store, app/quality.py) is to join as columns of this table."""
+    report = lifecycle.describe(settings.models_dir, args.model)
+    rows = [("VERSION", "CREATED", "TASK", "ALIASES", "OFFLINE METRICS")]
+    for v in report.versions:
+        created = f"{v.created_at:%Y-%m-%d %H:%M}" if v.created_at else "-"
+        scores = " ".join(f"{k}={x:.4g}" for k, x in v.metrics.items())
+        detail = f"unreadable: {v.unreadable}" if v.unreadable else scores
+        rows.append((str(v.version), created, v.task or "-", ",".join(v.aliases) or "-", detail))
+    _table(rows)
+    print()
+    if not report.history:
+        print("alias history: none yet")
+        return 0
+    history = [("AT", "ALIAS", "FROM", "TO", "BY", "ACTION")]
+    for c in report.history:
+        moved = "-" if c.from_ is None else str(c.from_)
+        at = f"{c.at:%Y-%m-%d %H:%M:%S}Z"
+        history.append((at, c.alias, moved, str(c.to), c.by, c.action))
+    _table(history)
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    url = args.url or status.server_url(settings.host, settings.port)
+    if args.model is None:
+        lines = status.render_models(status.fetch(url))
+    else:
+        lines = status.render_model(status.fetch(url, args.model))
+    print("\n".join(lines))
+    return 0
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [f"{cell:<{width}}" for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -254,6 +316,13 @@ def _port(value: str) -> int:
     if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
         raise argparse.ArgumentTypeError("a port is a whole number from 1 to 65535")
     return int(value)
+
+
+def _url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError("a URL is http://HOST:PORT (or https://)")
+    return value
 
 
 def _input_file(value: str) -> Path:
@@ -359,16 +428,57 @@ def _parser() -> argparse.ArgumentParser:
     promote = _command(
         commands,
         "promote",
-        "point an alias at a version (also how to roll back)",
-        "Point an alias (production by default) at a version. Servers read aliases at start-up.",
+        "point an alias at a version",
+        "Point an alias (production by default) at a version, and add the change to the\n"
+        "model's alias history (who, when, from, to). Running servers read aliases at start-up:\n"
+        "restart them to serve the version.",
         "examples:\n  steward promote iris 2\n  steward promote iris 3 --alias candidate",
     )
-    promote.add_argument("model", type=_model_name, metavar="MODEL", help="model name")
+    _model_argument(promote)
     promote.add_argument("version", type=_version, metavar="VERSION", help="version number")
     promote.add_argument(
         "--alias", choices=ALIAS_NAMES, default="production", help="default: production"
     )
     promote.set_defaults(command=_promote)
+
+    rollback = _command(
+        commands,
+        "rollback",
+        "point production back at the version before",
+        "Point production back at the version it pointed at before its latest promote; again,\n"
+        "and it goes one further back. Recorded in the alias history. Running servers read\n"
+        "aliases at start-up: restart them to serve the version.",
+        "examples:\n  steward rollback iris",
+    )
+    _model_argument(rollback)
+    rollback.set_defaults(command=_rollback)
+
+    versions = _command(
+        commands,
+        "versions",
+        "a model's versions, their metrics and aliases, and the alias history",
+        "List every version of a model: when it was created, its task, its offline metrics\n"
+        "(held out at training, or on the registered sample) and the aliases pointing at it;\n"
+        "then every alias change: when, which alias, from and to which version, by whom.",
+        "examples:\n  steward versions iris",
+    )
+    _model_argument(versions)
+    versions.set_defaults(command=_versions)
+
+    status_ = _command(
+        commands,
+        "status",
+        "ask the running server what it serves",
+        "Ask a running server (GET /models, or GET /models/MODEL) which version of each model\n"
+        "it serves, its aliases, and why a version was refused. The server is found at\n"
+        "STEWARD_HOST:STEWARD_PORT, or --url.",
+        "examples:\n  steward status\n  steward status iris --url http://steward:8000",
+    )
+    status_.add_argument("model", nargs="?", type=_model_name, metavar="MODEL", help="one model")
+    status_.add_argument(
+        "--url", type=_url, help="the server (default: http://STEWARD_HOST:STEWARD_PORT)"
+    )
+    status_.set_defaults(command=_status)
 
     serve = _command(
         commands,
@@ -411,6 +521,10 @@ def _models_dir_option(parser: argparse.ArgumentParser, default: object) -> None
         default=default,
         help="registry root (default: STEWARD_MODELS_DIR or ./models)",
     )
+
+
+def _model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=_model_name, metavar="MODEL", help="model name")
 
 
 def _promote_flag(parser: argparse.ArgumentParser) -> None:

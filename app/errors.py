@@ -141,6 +141,21 @@ class ArtifactError(StewardError):
     code = "artifact_error"
 
 
+class AliasesUnreadable(ArtifactError):
+    """A model's aliases.json is not one (written by hand?): nothing overwrites it."""
+
+    status_code = 409
+    code = "aliases_unreadable"
+
+
+class LifecycleConflict(StewardError):
+    """A promote or roll-back the registry's state does not allow (nothing to roll back to, a
+    version whose metadata cannot be read); nothing was changed."""
+
+    status_code = 409
+    code = "lifecycle_conflict"
+
+
 class InvalidSettings(StewardError):
     """A setting the service cannot start with: named, with its rule, never its value."""
 

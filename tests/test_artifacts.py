@@ -9,6 +9,7 @@ from sklearn.linear_model import LinearRegression
 
 from app.artifacts import (
     ALIASES,
+    ALIASES_LOCK,
     ARTIFACT,
     ChecksumMismatch,
     ModelMetadata,
@@ -21,7 +22,7 @@ from app.artifacts import (
     set_alias,
     sha256_bytes,
 )
-from app.errors import ArtifactError
+from app.errors import ArtifactError, UnknownVersion
 from app.features import FeatureSpec
 
 
@@ -49,7 +50,8 @@ def test_save_version_writes_artifact_metadata_and_checksum(tmp_path: Path) -> N
     model = load_estimator(tmp_path, metadata)
     assert model.predict(np.array([[1.0, 2.0]]))[0] == pytest.approx(3.0)
     assert list_models(tmp_path) == ["adder"]
-    assert not [p for p in (tmp_path / "adder").iterdir() if p.name.startswith(".")]
+    hidden = [p.name for p in (tmp_path / "adder").iterdir() if p.name.startswith(".")]
+    assert hidden == [ALIASES_LOCK]  # no staging folder or temporary file left behind
 
 
 def test_versions_count_up_and_production_is_set_once(tmp_path: Path) -> None:
@@ -82,8 +84,9 @@ def test_aliases_are_replaced_whole(tmp_path: Path) -> None:
     save_version(tmp_path, draft(), fitted())
     set_alias(tmp_path, "adder", "candidate", 2)
     assert read_aliases(tmp_path, "adder") == {"candidate": 2, "production": 1}
-    assert sorted(p.name for p in (tmp_path / "adder").iterdir()) == ["1", "2", ALIASES]
-    with pytest.raises(ArtifactError, match="no version 3"):
+    listing = sorted(p.name for p in (tmp_path / "adder").iterdir())
+    assert listing == [ALIASES_LOCK, "1", "2", ALIASES]
+    with pytest.raises(UnknownVersion, match="no version 3"):
         set_alias(tmp_path, "adder", "production", 3)
     with pytest.raises(ArtifactError, match="unknown alias"):
         set_alias(tmp_path, "adder", "staging", 1)
@@ -97,7 +100,7 @@ def test_checksum_mismatch_is_detected(tmp_path: Path) -> None:
         load_estimator(tmp_path, metadata)
 
 
-@pytest.mark.parametrize("name", ["", "Iris", "../etc", "a b", "-x", "x" * 65, "é"])
+@pytest.mark.parametrize("name", ["", "Iris", "../etc", "a b", "-x", "x" * 65, "é", "iris\n"])
 def test_bad_model_names_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ArtifactError, match="invalid model name"):
         save_version(tmp_path, draft(name), fitted())

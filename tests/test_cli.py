@@ -120,15 +120,27 @@ def test_promote_and_roll_back(tmp_path: Path, capsys: pytest.CaptureFixture[str
     run(capsys, "--models-dir", models, "train", "demo")
     run(capsys, "--models-dir", models, "train", "demo")
     code, out, _ = run(capsys, "--models-dir", models, "promote", "iris", "2")
-    assert (code, out.split(" (")[0]) == (0, "iris: production -> version 2")
-    assert read_aliases(tmp_path / "models", "iris") == {"production": 2}
-    assert (
-        run(capsys, "--models-dir", models, "promote", "iris", "1", "--alias", "candidate")[0] == 0
+    assert (code, out) == (
+        0,
+        "iris: production -> version 2 (was 1; running servers swap to it within "
+        "STEWARD_RELOAD_INTERVAL_SECONDS)\n",
     )
-    assert run(capsys, "--models-dir", models, "promote", "iris", "1")[0] == 0  # roll back
+    assert read_aliases(tmp_path / "models", "iris") == {"production": 2}
+    code, out, _ = run(capsys, "--models-dir", models, "promote", "iris", "2")
+    assert (code, out) == (0, "iris: production is already version 2\n")
+    code, out, _ = run(
+        capsys, "--models-dir", models, "promote", "iris", "1", "--alias", "candidate"
+    )
+    assert (code, out.split(" (")[0]) == (0, "iris: candidate -> version 1")
+    assert "(was unset;" in out
+    code, out, _ = run(capsys, "--models-dir", models, "rollback", "iris")
+    assert (code, out.split(" (")[0]) == (0, "iris: rolled back, production -> version 1")
     assert read_aliases(tmp_path / "models", "iris") == {"candidate": 1, "production": 1}
+    code, out, err = run(capsys, "--models-dir", models, "rollback", "iris")
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, "iris: no earlier production version to roll back to")
     code, _, err = run(capsys, "--models-dir", models, "promote", "iris", "9")
-    assert (code, err) == (1, "steward: error: iris has no version 9\n")
+    assert (code, err) == (1, "steward: error: iris has no version 9 (versions: 1, 2)\n")
 
 
 def _env(variables: dict[str, str]) -> dict[str, str]:
@@ -172,6 +184,16 @@ def assert_one_line_error(err: str, *parts: str) -> None:
         (["promote", "iris", "1.5"], "argument VERSION: a version is a whole number"),
         (["promote", "../../etc", "1"], "argument MODEL: a model name is"),
         (["promote", "iris", "1", "--alias", "staging"], "invalid choice: 'staging'"),
+        (["promote", "iris"], "required: VERSION"),
+        (["rollback"], "required: MODEL"),
+        (["rollback", "iris", "2"], "unrecognized arguments: 2"),
+        (["rollback", "Iris"], "argument MODEL: a model name is"),
+        (["versions"], "required: MODEL"),
+        (["versions", "../x"], "argument MODEL: a model name is"),
+        (["status", "x" * 100], "argument MODEL: a model name is"),
+        (["status", "--url", "file:///etc/passwd"], "argument --url: a URL is http://"),
+        (["status", "--url", "localhost:8000"], "argument --url: a URL is http://"),
+        (["status", "--url", "http://"], "argument --url: a URL is http://"),
         (["serve", "--port", "http"], "argument --port: a port is a whole number"),
         (["serve", "--port", "70000"], "argument --port: a port is a whole number"),
     ],
@@ -198,7 +220,7 @@ def test_help_is_written_for_users(capsys: pytest.CaptureFixture[str]) -> None:
     assert (code, err) == (0, "")
     assert out.startswith("usage: steward ")
     assert "Steward serves scikit-learn models over HTTP" in out
-    for command in ("train", "register", "models", "promote", "serve"):
+    for command in COMMANDS:
         assert f"    {command} " in out
     assert "examples:" in out
     assert "STEWARD_* environment variables" in out
@@ -206,7 +228,10 @@ def test_help_is_written_for_users(capsys: pytest.CaptureFixture[str]) -> None:
     assert "call one function" not in out  # the module's docstring is for its readers
 
 
-@pytest.mark.parametrize("command", ["train", "register", "models", "promote", "serve"])
+COMMANDS = ("train", "register", "models", "promote", "rollback", "versions", "status", "serve")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_each_command_has_its_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
     code, out, _ = run(capsys, command, "--help")
     assert code == 0

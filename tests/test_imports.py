@@ -148,3 +148,25 @@ def test_models_lists_a_real_registry_without_the_server_or_scikit_learn(
         "diabetes       1         production=1",
         "iris           1         production=1",
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "output"),
+    [
+        (["promote", "iris", "1"], 0, "iris: production is already version 1\n"),
+        (["versions", "iris"], 0, "VERSION  CREATED"),
+        (["rollback", "iris"], 1, ""),  # nothing to roll back to: the error, still light
+        (["status", "--url", "http://127.0.0.1:9"], 1, ""),  # nothing listens on port 9
+    ],
+)
+def test_alias_commands_import_neither_the_server_nor_scikit_learn(
+    demo_models: Path, argv: list[str], code: int, output: str
+) -> None:
+    attempts, done = imports_refused(_cli("--models-dir", str(demo_models), *argv), HEAVY, _env())
+    assert attempts == []
+    assert done.returncode == code, done.stderr
+    assert done.stdout.startswith(output)
+    if code == 0:
+        assert done.stderr == ""
+    else:
+        assert done.stderr.startswith("steward: error: "), done.stderr

@@ -1,0 +1,102 @@
+"""What a running server serves, asked over HTTP (`steward status`).
+
+The registry on disk says what should serve; this asks the server what does (`GET /models`,
+`GET /models/{model}`). Standard library only, so the command stays light.
+"""
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from app.errors import StewardError, UnknownModel
+
+TIMEOUT_SECONDS = 5.0
+
+
+class ServerUnreachable(StewardError):
+    """No Steward server answered at the URL."""
+
+    code = "server_unreachable"
+
+
+def server_url(host: str, port: int) -> str:
+    """The URL a local client reaches a server bound to ``host``:``port`` at."""
+    if host in ("0.0.0.0", ""):  # bound to every address: ask over loopback
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def fetch(url: str, model: str | None = None) -> Any:
+    """The server's `GET /models` (no model) or `GET /models/{model}`, decoded."""
+    base = url.rstrip("/")
+    path = "/models" if model is None else f"/models/{urllib.parse.quote(model, safe='')}"
+    try:
+        with urllib.request.urlopen(base + path, timeout=TIMEOUT_SECONDS) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404 and model is not None:
+            raise UnknownModel(f"the server at {base} serves no model {model!r}") from exc
+        raise ServerUnreachable(f"the server at {base} answered {exc.code} to GET {path}") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ServerUnreachable(
+            f"no Steward server answered at {base} ({reason}): start one with `steward serve`, "
+            "or give its address with --url"
+        ) from exc
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise ServerUnreachable(
+            f"{base}{path} did not answer JSON: is it a Steward server?"
+        ) from exc
+
+
+def render_models(summaries: list[dict[str, Any]]) -> list[str]:
+    """`GET /models` as a table: what each model serves, its aliases, why it is refused."""
+    if not summaries:
+        return ["the server serves no models"]
+    rows = [("MODEL", "SERVING", "ALIASES", "REFUSED")]
+    for summary in summaries:
+        serving = summary.get("serving")
+        rows.append(
+            (
+                str(summary.get("name")),
+                "-" if serving is None else str(serving),
+                _aliases(summary.get("aliases") or {}),
+                str(summary.get("refused") or ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return [
+        "  ".join(f"{cell:<{widths[i]}}" for i, cell in enumerate(row[:3])) + "  " + row[3]
+        for row in rows
+    ]
+
+
+def render_model(detail: dict[str, Any]) -> list[str]:
+    """`GET /models/{model}`: its aliases, the versions in memory, and refusals."""
+    loaded = [
+        f"{v.get('version')}" + (f" ({', '.join(v['aliases'])})" if v.get("aliases") else "")
+        for v in detail.get("loaded") or []
+    ]
+    lines = [
+        f"model:   {detail.get('name')}",
+        f"aliases: {_aliases(detail.get('aliases') or {}) or '-'}",
+        f"loaded:  {', '.join(loaded) or 'none'}",
+    ]
+    for refusal in detail.get("refusals") or []:
+        lines.append(
+            f"refused: version {refusal.get('version')}: {refusal.get('reason')}: "
+            f"{refusal.get('message')}"
+        )
+    return lines
+
+
+def _aliases(aliases: dict[str, Any]) -> str:
+    return " ".join(f"{alias}={version}" for alias, version in sorted(aliases.items()))

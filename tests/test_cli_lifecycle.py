@@ -1,0 +1,141 @@
+"""`steward rollback`, `versions` and `status`: the registry's alias history and a real server."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from server import STEWARD, free_port, serving
+
+from app.artifacts import ALIASES, process_actor
+from app.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> str:
+    assert err.startswith("steward: error: "), err
+    assert err.count("\n") == 1, err
+    assert err.endswith("\n"), err
+    return err
+
+
+def test_versions_shows_metrics_aliases_and_history(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--models-dir", str(models_dir)]
+    shutil.copytree(models_dir / "iris" / "1", models_dir / "iris" / "2")
+    assert run(capsys, *where, "promote", "iris", "2", "--alias", "candidate")[0] == 0
+    code, out, err = run(capsys, *where, "versions", "iris")
+    assert (code, err) == (0, "")
+    table, history = out.split("\n\n")
+    lines = table.splitlines()
+    assert lines[0].split() == ["VERSION", "CREATED", "TASK", "ALIASES", "OFFLINE", "METRICS"]
+    assert [line.split()[0] for line in lines[1:]] == ["1", "2"]
+    assert " production " in lines[1]
+    assert " candidate " in lines[2]
+    for line in lines[1:]:
+        assert " classification " in line
+        assert "accuracy=" in line
+    rows = history.splitlines()
+    assert rows[0].split() == ["AT", "ALIAS", "FROM", "TO", "BY", "ACTION"]
+    assert [row.split()[2:] for row in rows[1:]] == [
+        ["production", "-", "1", process_actor(), "promote"],  # set when v1 was trained
+        ["candidate", "-", "2", process_actor(), "promote"],
+    ]
+
+
+def test_versions_of_a_legacy_file_and_a_broken_version(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (models_dir / "iris" / ALIASES).write_text('{"production": 1}')
+    (models_dir / "iris" / "2").mkdir()  # a version folder with no metadata
+    code, out, _ = run(capsys, "--models-dir", str(models_dir), "versions", "iris")
+    assert code == 0
+    assert "\n2        -" in out
+    assert "unreadable: iris v2: unreadable metadata.json" in out
+    assert out.endswith("\n\nalias history: none yet\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["versions", "nope"], "no model 'nope' in "),
+        (["rollback", "nope"], "no model 'nope' in "),
+        (["promote", "nope", "1"], "no model 'nope' in "),
+        (["rollback", "iris"], "iris: no earlier production version to roll back to"),
+    ],
+)
+def test_unknown_models_and_nothing_to_roll_back(
+    models_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, out, err = run(capsys, "--models-dir", str(models_dir), *argv)
+    assert (code, out) == (1, "")
+    assert message in one_line_error(err)
+
+
+def test_a_corrupt_aliases_file_is_named_and_kept(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = models_dir / "iris" / ALIASES
+    path.write_text('{"production": 1, "candidate": "two"}')
+    for argv in (["promote", "iris", "1"], ["rollback", "iris"], ["versions", "iris"]):
+        code, out, err = run(capsys, "--models-dir", str(models_dir), *argv)
+        assert (code, out) == (1, "")
+        assert f"{path} is not a valid aliases file" in one_line_error(err)
+        assert "left as it is: fix it by hand" in err
+    assert path.read_text() == '{"production": 1, "candidate": "two"}'
+
+
+def _env(variables: dict[str, str]) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STEWARD_")}
+    return clean | variables
+
+
+def test_status_with_no_server_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    code, out, err = run(capsys, "status", "--url", f"http://127.0.0.1:{port}")
+    assert (code, out) == (1, "")
+    assert f"no Steward server answered at http://127.0.0.1:{port}" in one_line_error(err)
+    assert "start one with `steward serve`, or give its address with --url" in err
+    # Without --url: STEWARD_HOST and STEWARD_PORT, 0.0.0.0 asked over loopback.
+    monkeypatch.setenv("STEWARD_HOST", "0.0.0.0")
+    monkeypatch.setenv("STEWARD_PORT", str(port))
+    code, _, err = run(capsys, "status", "iris")
+    assert code == 1
+    assert f"at http://127.0.0.1:{port} (" in one_line_error(err)
+
+
+def test_status_asks_a_real_server(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    env = _env({"STEWARD_MODELS_DIR": str(models_dir), "STEWARD_DATA_DIR": str(tmp_path / "d")})
+    argv: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with serving(argv, port=port, env=env, log=tmp_path / "serve.log", ready="/readyz"):
+        code, out, err = run(capsys, "status", "--url", url)
+        assert (code, err) == (0, "")
+        lines = out.splitlines()
+        assert lines[0].split() == ["MODEL", "SERVING", "ALIASES", "REFUSED"]
+        assert [line.split() for line in lines[1:]] == [
+            ["breast-cancer", "1", "production=1"],
+            ["diabetes", "1", "production=1"],
+            ["iris", "1", "production=1"],
+        ]
+        code, out, err = run(capsys, "status", "iris", "--url", url + "/")
+        assert (code, err) == (0, "")
+        assert out.splitlines() == [
+            "model:   iris",
+            "aliases: production=1",
+            "loaded:  1 (production)",
+        ]
+        code, out, err = run(capsys, "status", "nope", "--url", url)
+        assert (code, out) == (1, "")
+        assert f"the server at {url} serves no model 'nope'" in one_line_error(err)
