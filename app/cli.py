@@ -9,6 +9,7 @@ serve: the server), so ``--help``, ``--version`` and ``models`` answer at once
 """
 
 import argparse
+import contextlib
 import logging
 import math
 import socket
@@ -17,7 +18,7 @@ import traceback
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from app import __version__, lifecycle, status
 from app.artifacts import (
@@ -28,9 +29,13 @@ from app.artifacts import (
     list_models,
     list_versions,
     read_aliases,
+    read_metadata,
 )
-from app.errors import StewardError, StoreUnavailable
+from app.errors import ArtifactError, StewardError, StoreUnavailable
 from app.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from app.schemas import VersionQuality
 
 USAGE_ERROR = 2
 MAX_MESSAGE = 1000  # characters of an error line: a pasted megabyte stays off the terminal
@@ -206,13 +211,26 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
     """Offline metrics and aliases per version, then the alias history. Live quality per
     version (from the prediction store, app/quality.py) is to join as columns of this table."""
     report = lifecycle.describe(settings.models_dir, args.model)
-    rows = [("VERSION", "CREATED", "TASK", "ALIASES", "OFFLINE METRICS")]
+    live = _live_quality(settings, args.model)
+    rows = [("VERSION", "CREATED", "TASK", "ALIASES", "OFFLINE METRICS", "LIVE (LABELLED)")]
     for v in report.versions:
         created = f"{v.created_at:%Y-%m-%d %H:%M}" if v.created_at else "-"
         scores = " ".join(f"{k}={x:.4g}" for k, x in v.metrics.items())
         detail = f"unreadable: {v.unreadable}" if v.unreadable else scores
-        rows.append((str(v.version), created, v.task or "-", ",".join(v.aliases) or "-", detail))
+        quality = live.get(v.version) if live is not None else None
+        rows.append(
+            (
+                str(v.version),
+                created,
+                v.task or "-",
+                ",".join(v.aliases) or "-",
+                detail,
+                _live_cell(quality),
+            )
+        )
     _table(rows)
+    if live is None:
+        print("live quality: no prediction store yet (nothing served)")
     print()
     if not report.history:
         print("alias history: none yet")
@@ -224,6 +242,39 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
         history.append((at, c.alias, moved, str(c.to), c.by, c.action))
     _table(history)
     return 0
+
+
+def _live_quality(settings: Settings, name: str) -> dict[int, "VersionQuality"] | None:
+    """Each version's live quality over STEWARD_QUALITY_WINDOW_SECONDS, from the prediction
+    store; None when the embedded SQLite store was never created (nothing to read, and a read
+    command does not create one)."""
+    from app import quality  # the store (SQLAlchemy) only for this command
+    from app.store import open_store
+
+    if settings.database_url is None and not (settings.data_dir / "steward.db").exists():
+        return None
+    metadata = {}
+    for number in list_versions(settings.models_dir, name):
+        with contextlib.suppress(ArtifactError):  # listed as unreadable by describe
+            metadata[number] = read_metadata(settings.models_dir, name, number)
+    store = open_store(settings.store_url)
+    try:
+        found = quality.live_quality(store, name, metadata, settings.quality_window_seconds)
+    finally:
+        store.close()
+    return {q.version: q for q in found}
+
+
+def _live_cell(quality: "VersionQuality | None") -> str:
+    if quality is None or quality.labelled == 0:
+        return "-" if quality is None else f"- (0 of {quality.predictions})"
+    labelled = f"({quality.labelled} of {quality.predictions})"
+    if quality.accuracy is not None:
+        return f"accuracy={quality.accuracy:.4g} {labelled}"
+    parts = [
+        f"{k}={x:.4g}" for k, x in (("mae", quality.mae), ("rmse", quality.rmse)) if x is not None
+    ]
+    return " ".join([*parts, labelled])
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,12 +10,15 @@ app/feedback.py, so no realistic sum gets there.)
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from app.artifacts import ModelMetadata
-from app.registry import ModelEntry
 from app.schemas import ModelReport, VersionQuality
 from app.settings import Settings
 from app.store import PredictionStore, VersionCounts
+
+if TYPE_CHECKING:  # the CLI uses live_quality without the serving side (scikit-learn)
+    from app.registry import ModelEntry
 
 DEFAULT_WINDOW_SECONDS: float = Settings.model_fields["quality_window_seconds"].default
 """``STEWARD_QUALITY_WINDOW_SECONDS``' default: 7 days."""
@@ -44,7 +47,7 @@ def live_quality(
     ]
 
 
-def report(entry: ModelEntry, store: PredictionStore, window_seconds: float) -> ModelReport:
+def report(entry: "ModelEntry", store: PredictionStore, window_seconds: float) -> ModelReport:
     """GET /models/{model}: the entry's detail with the live quality of its versions.
     Blocking, as live_quality."""
     detail = entry.detail()

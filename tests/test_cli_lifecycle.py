@@ -5,10 +5,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from helpers import IRIS_SETOSA, predict, prediction_ids
 from server import STEWARD, free_port, serving
 
-from app.artifacts import ALIASES, process_actor
+from app.artifacts import ALIASES, process_actor, set_alias
 from app.cli import main
+from app.main import create_app
+from app.settings import Settings
+from app.training import train_demo
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -25,16 +30,24 @@ def one_line_error(err: str) -> str:
 
 
 def test_versions_shows_metrics_aliases_and_history(
-    models_dir: Path, capsys: pytest.CaptureFixture[str]
+    models_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "never-served"))
     where = ["--models-dir", str(models_dir)]
     shutil.copytree(models_dir / "iris" / "1", models_dir / "iris" / "2")
     assert run(capsys, *where, "promote", "iris", "2", "--alias", "candidate")[0] == 0
     code, out, err = run(capsys, *where, "versions", "iris")
     assert (code, err) == (0, "")
     table, history = out.split("\n\n")
-    lines = table.splitlines()
-    assert lines[0].split() == ["VERSION", "CREATED", "TASK", "ALIASES", "OFFLINE", "METRICS"]
+    *lines, notice = table.splitlines()
+    assert notice == "live quality: no prediction store yet (nothing served)"
+    assert not (tmp_path / "never-served").exists()  # a read command creates no store
+    assert lines[0].split() == [
+        "VERSION", "CREATED", "TASK", "ALIASES", "OFFLINE", "METRICS", "LIVE", "(LABELLED)"
+    ]  # fmt: skip
     assert [line.split()[0] for line in lines[1:]] == ["1", "2"]
     assert " production " in lines[1]
     assert " candidate " in lines[2]
@@ -47,6 +60,34 @@ def test_versions_shows_metrics_aliases_and_history(
         ["production", "-", "1", process_actor(), "promote"],  # set when v1 was trained
         ["candidate", "-", "2", process_actor(), "promote"],
     ]
+
+
+def test_versions_shows_each_versions_live_quality_from_the_store(
+    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the server logged and clients labelled, per version, next to the offline metrics:
+    v1 served two rows (one labelled, correctly), v2 (the candidate) one row, labelled wrong."""
+    train_demo(settings.models_dir)  # version 2 of each demo model
+    set_alias(settings.models_dir, "iris", "candidate", 2)
+    with TestClient(create_app(settings)) as client:
+        first, _ = prediction_ids(predict(client, "iris", IRIS_SETOSA, IRIS_SETOSA))
+        candidate = client.post(
+            "/predict/iris?version=candidate", json={"instances": [IRIS_SETOSA]}
+        )
+        (second,) = prediction_ids(candidate)
+        for prediction_id, truth in ((first, "setosa"), (second, "virginica")):
+            answer = client.post(
+                "/feedback", json={"prediction_id": prediction_id, "ground_truth": truth}
+            )
+            assert answer.status_code == 200, answer.text
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(settings.data_dir))
+    code, out, _ = run(capsys, "--models-dir", str(settings.models_dir), "versions", "iris")
+    assert code == 0
+    table = out.split("\n\n")[0].splitlines()
+    assert table[1].split()[0] == "1"
+    assert table[1].endswith("accuracy=1 (1 of 2)")
+    assert table[2].split()[0] == "2"
+    assert table[2].endswith("accuracy=0 (1 of 1)")
 
 
 def test_versions_of_a_legacy_file_and_a_broken_version(
