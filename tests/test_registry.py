@@ -256,9 +256,13 @@ def test_requests_resolve_the_old_or_the_new_version_never_neither(models_dir: P
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for new, old in [(2, 1), (1, 2)] * 10:
+        # At least 20 moves, and on until the reader has seen both versions (bounded: the
+        # reader only needs the GIL now and then, and each move loads a model from disk).
+        for moves, (new, old) in enumerate([(2, 1), (1, 2)] * 500):
             registry.point("iris", "production", new)
             registry.unload("iris", old)
+            if moves >= 20 and {1, 2} <= seen:
+                break
     finally:
         done.set()
         reader.join()
