@@ -87,7 +87,7 @@ def test_a_missing_malformed_or_wrong_token_is_401(
     for secret in {TOKEN, sent} - {"", "Bearer"}:
         assert secret not in response.text
         assert secret not in caplog.text
-    assert "admin promote model=iris outcome=denied" in caplog.text
+    assert "admin promote model='iris' outcome=denied" in caplog.text
     assert admin_count(admin, "promote", "denied") == 1
     assert read_alias_file(admin.app_state["services"].registry.root, "iris").aliases == {
         "production": 1
@@ -175,7 +175,7 @@ def test_promote_then_rollback_swap_the_served_version_without_restart(
     assert body["history"][-1] == body["change"]
     assert body["serving"]["serving"] == 2
     assert body["serving"]["refused"] is None
-    assert "admin promote model=iris outcome=ok" in caplog.text
+    assert "admin promote model='iris' outcome=ok" in caplog.text
     assert TOKEN not in caplog.text
 
     assert predict(admin, "iris", IRIS_SETOSA).json()["version"] == 2
@@ -296,3 +296,22 @@ def test_the_counter_counts_each_outcome(admin: TestClient) -> None:
     }
     counted = {key: admin_count(admin, *key) for key in expected}
     assert counted == expected
+
+
+def test_openapi_documents_the_admin_routes_with_the_bearer_scheme(admin: TestClient) -> None:
+    schema = admin.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for path in (
+        "/admin/models/{model}/promote",
+        "/admin/models/{model}/rollback",
+        "/admin/reload",
+    ):
+        operation = schema["paths"][path]["post"]
+        assert operation["tags"] == ["admin"]
+        assert operation["security"] == [{"HTTPBearer": []}]
+        assert {"401", "403", "422"} <= set(operation["responses"])
+        assert operation["responses"]["401"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorResponse"
+        }
+    body = schema["paths"]["/admin/models/{model}/promote"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("PromoteRequest")
