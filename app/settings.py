@@ -140,7 +140,7 @@ class Settings(BaseSettings):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
-    _admin_secret: SecretStr | None = PrivateAttr(None)
+    _file_token: SecretStr | None = PrivateAttr(None)  # admin_token_file's, read at start-up
 
     @model_validator(mode="after")
     def _read_admin_token(self) -> "Settings":
@@ -151,6 +151,7 @@ class Settings(BaseSettings):
                 "set one of them"
             )
         token, variable = self.admin_token, f"{ENV_PREFIX}ADMIN_TOKEN"
+        file_token = None
         if self.admin_token_file is not None:
             variable = f"{ENV_PREFIX}ADMIN_TOKEN_FILE"
             try:
@@ -163,16 +164,16 @@ class Settings(BaseSettings):
             text = text.removesuffix("\n").removesuffix("\r")
             if not text:
                 raise ValueError(f"{variable}: {self.admin_token_file} is empty")
-            token = SecretStr(text)
+            token = file_token = SecretStr(text)
         if token is not None and len(token.get_secret_value()) < MIN_ADMIN_TOKEN:
             raise ValueError(f"{variable}: the token must be at least {MIN_ADMIN_TOKEN} characters")
-        self._admin_secret = token
+        self._file_token = file_token
         return self
 
     @property
     def admin_secret(self) -> SecretStr | None:
         """The admin API's token, from admin_token or admin_token_file (None: API disabled)."""
-        return self._admin_secret
+        return self.admin_token if self.admin_token is not None else self._file_token
 
     @property
     def store_url(self) -> str:

@@ -106,8 +106,8 @@ def test_a_denied_call_on_an_unknown_admin_path_is_a_plain_404(admin: TestClient
 def test_the_token_can_come_from_a_file(tmp_path: Path, admin_settings: Settings) -> None:
     secret = tmp_path / "token"
     secret.write_text(TOKEN + "\n")
-    settings = admin_settings.model_copy(update={"admin_token": None})
-    settings = Settings(**(settings.model_dump() | {"admin_token_file": secret}))
+    values = admin_settings.model_dump() | {"admin_token": None, "admin_token_file": secret}
+    settings = Settings(**values)
     with TestClient(create_app(settings)) as client:
         assert client.post("/admin/reload", headers=AUTH).status_code == 200
         wrong = {"Authorization": f"Bearer {TOKEN[:-1]}"}
