@@ -31,6 +31,7 @@ class StewardError(Exception):
     status_code = 500
     code = "internal_error"
     stage: ClassVar[Stage | None] = None
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self, message: str, details: Sequence[Detail] = (), *, model: str | None = None
@@ -154,6 +155,21 @@ class LifecycleConflict(StewardError):
 
     status_code = 409
     code = "lifecycle_conflict"
+
+
+class AdminDisabled(StewardError):
+    """The admin API was called on a server with no admin token configured."""
+
+    status_code = 403
+    code = "admin_disabled"
+
+
+class Unauthorized(StewardError):
+    """An admin request without the right bearer token (missing, malformed or wrong alike)."""
+
+    status_code = 401
+    code = "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class InvalidSettings(StewardError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -25,6 +25,11 @@ OTHER_CLASS = "_other"
 ERROR_STAGES: tuple[Stage, ...] = get_args(Stage)
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
+AdminAction = Literal["promote", "rollback", "reload"]
+AdminOutcome = Literal["ok", "denied", "error"]
+"""An admin call's outcome: done, refused for its token (401/403), or any other error."""
+ADMIN_ACTIONS: tuple[AdminAction, ...] = get_args(AdminAction)
+ADMIN_OUTCOMES: tuple[AdminOutcome, ...] = get_args(AdminOutcome)
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -149,6 +154,19 @@ class Metrics:
             "Acknowledged predictions the store refused while it worked: quarantined, not retried.",
             registry=registry,
         )
+        self.admin_actions = Counter(
+            "steward_admin_actions",
+            "Admin API calls by action ("
+            + ", ".join(ADMIN_ACTIONS)
+            + ") and outcome ("
+            + ", ".join(ADMIN_OUTCOMES)
+            + ").",
+            ["action", "outcome"],
+            registry=registry,
+        )
+        for action in ADMIN_ACTIONS:
+            for outcome in ADMIN_OUTCOMES:
+                self.admin_actions.labels(action, outcome)
         self._class_labels: dict[tuple[str, int], dict[Label, str]] = {}
         self._series: dict[tuple[str, int], ModelSeries] = {}
         self._info: dict[tuple[str, int], tuple[str, ...]] = {}  # model_info series published
@@ -244,6 +262,9 @@ class Metrics:
             self.model_info.labels(entry.name, str(version), alias).set(1)
         if aliases:
             self._info[key] = aliases
+
+    def count_admin(self, action: AdminAction, outcome: AdminOutcome) -> None:
+        self.admin_actions.labels(action, outcome).inc()
 
     def count_error(self, model: str | None, stage: Stage | None) -> None:
         """One error of ``model`` (None: ``_unknown``) at ``stage``; an error with no stage

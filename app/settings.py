@@ -4,12 +4,20 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.errors import InvalidSettings
 
 ENV_PREFIX = "STEWARD_"
+MIN_ADMIN_TOKEN = 16
 # Durations an older Steward read in milliseconds (STEWARD_<NAME>_MS), now in seconds
 # (STEWARD_<NAME>_SECONDS). The old variable is refused, not ignored: an upgrade must not
 # silently drop an operator's tuning.
@@ -109,6 +117,16 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(
         30.0, gt=0, description="How long shutdown waits for the prediction log to drain."
     )
+    admin_token: SecretStr | None = Field(
+        None,
+        description=f"Bearer token of the admin API (/admin/...), at least {MIN_ADMIN_TOKEN} "
+        "characters; unset (and no admin_token_file): the admin API answers 403.",
+    )
+    admin_token_file: Path | None = Field(
+        None,
+        description="A file holding the admin token (a Kubernetes Secret mounted as a file), "
+        "read at start-up, a trailing newline stripped; not with admin_token.",
+    )
     host: str = Field("127.0.0.1", description="Address `steward serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `steward serve` binds.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
@@ -121,6 +139,41 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
+
+    _file_token: SecretStr | None = PrivateAttr(None)  # admin_token_file's, read at start-up
+
+    @model_validator(mode="after")
+    def _read_admin_token(self) -> "Settings":
+        # Messages name the variable, never the token or the file's content.
+        if self.admin_token is not None and self.admin_token_file is not None:
+            raise ValueError(
+                f"{ENV_PREFIX}ADMIN_TOKEN and {ENV_PREFIX}ADMIN_TOKEN_FILE are both set: "
+                "set one of them"
+            )
+        token, variable = self.admin_token, f"{ENV_PREFIX}ADMIN_TOKEN"
+        file_token = None
+        if self.admin_token_file is not None:
+            variable = f"{ENV_PREFIX}ADMIN_TOKEN_FILE"
+            try:
+                text = self.admin_token_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ValueError(
+                    f"{variable}: cannot read {self.admin_token_file}: {reason}"
+                ) from None
+            text = text.removesuffix("\n").removesuffix("\r")
+            if not text:
+                raise ValueError(f"{variable}: {self.admin_token_file} is empty")
+            token = file_token = SecretStr(text)
+        if token is not None and len(token.get_secret_value()) < MIN_ADMIN_TOKEN:
+            raise ValueError(f"{variable}: the token must be at least {MIN_ADMIN_TOKEN} characters")
+        self._file_token = file_token
+        return self
+
+    @property
+    def admin_secret(self) -> SecretStr | None:
+        """The admin API's token, from admin_token or admin_token_file (None: API disabled)."""
+        return self.admin_token if self.admin_token is not None else self._file_token
 
     @property
     def store_url(self) -> str:
@@ -140,11 +193,13 @@ def load_settings(**values: Any) -> Settings:
     try:
         settings = Settings(**values)
     except ValidationError as exc:
-        problems += [
-            f"{ENV_PREFIX}{'_'.join(str(part) for part in error['loc']).upper()}: "
-            f"{error['msg'][:1].lower()}{error['msg'][1:]}"
-            for error in exc.errors(include_url=False, include_input=False)
-        ]
+        for error in exc.errors(include_url=False, include_input=False):
+            message = error["msg"]
+            if not error["loc"]:  # a rule across settings: its message names the variables
+                problems.append(message.removeprefix("Value error, "))
+                continue
+            name = "_".join(str(part) for part in error["loc"]).upper()
+            problems.append(f"{ENV_PREFIX}{name}: {message[:1].lower()}{message[1:]}")
     if problems:
         raise InvalidSettings(f"invalid settings: {'; '.join(problems)}")
     return settings

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.routing import Mount
 
-from app.api import docs, feedback, health, models, predict
+from app.api import admin, docs, feedback, health, models, predict
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import install_error_handlers
 from app.api.http_metrics import MetricsMiddleware
@@ -20,7 +20,14 @@ from app.settings import Settings
 def install(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     """Give ``app`` every route, the one error shape, the body limit and the HTTP metrics."""
     install_error_handlers(app, metrics)
-    routers = (predict.router, feedback.router, models.router, health.router, docs.router)
+    routers = (
+        predict.router,
+        feedback.router,
+        models.router,
+        admin.router,
+        health.router,
+        docs.router,
+    )
     for router in routers:
         app.include_router(router)
     assets = Mount(docs.ASSETS_PATH, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")

@@ -22,7 +22,9 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def error_response(error: StewardError) -> JSONResponse:
-    return JSONResponse(error.payload(), status_code=error.status_code)
+    return JSONResponse(
+        error.payload(), status_code=error.status_code, headers=error.headers or None
+    )
 
 
 def install_error_handlers(app: Starlette, metrics: Metrics) -> None:

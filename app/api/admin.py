@@ -1,0 +1,167 @@
+"""The admin API: promote, roll back, rescan, behind a bearer token.
+
+Each route calls the same function the CLI does (app/lifecycle.py), then rescans the registry
+(app/watcher.py) so that its answer shows what this server serves now: a new version that fails
+its checks or its warm-up is refused there, and the old one keeps serving.
+
+With no token configured every admin route answers 403; a missing, malformed or wrong token is
+401, compared in constant time. Every call is logged (never the token) and counted in
+``steward_admin_actions_total`` by its route class, which sees every outcome: the token's
+refusals, the body's validation errors and the core's errors alike.
+"""
+
+import hmac
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from app import lifecycle
+from app.api.deps import services
+from app.artifacts import AliasChange
+from app.errors import AdminDisabled, StewardError, Unauthorized
+from app.lifecycle import AliasState
+from app.metrics import ADMIN_ACTIONS, AdminAction, AdminOutcome
+from app.schemas import ErrorResponse, ModelSummary
+from app.services import Services
+from app.watcher import ReloadReport
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "admin-api"  # the ``by`` of the alias changes made here
+HISTORY_TAIL = 10  # alias history entries in an answer
+MAX_VERSION = 1_000_000_000
+
+
+class AdminRoute(APIRoute):
+    """Logs and counts every call of an admin route, whatever its outcome."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+        if self.name not in ADMIN_ACTIONS:  # the counter's labels stay the documented ones
+            raise ValueError(f"admin route {self.name!r} is not one of {ADMIN_ACTIONS}")
+        action: AdminAction = self.name
+
+        async def audited(request: Request) -> Response:
+            try:
+                response = await handle(request)
+            except Exception as exc:
+                denied = isinstance(exc, Unauthorized | AdminDisabled)
+                code = exc.code if isinstance(exc, StewardError) else type(exc).__name__
+                _audit(request, action, "denied" if denied else "error", code)
+                raise
+            _audit(request, action, "ok" if response.status_code < 400 else "error", "ok")
+            return response
+
+        return audited
+
+
+def _audit(request: Request, action: AdminAction, outcome: AdminOutcome, code: str) -> None:
+    services(request).metrics.count_admin(action, outcome)
+    model = request.path_params.get("model")
+    client = request.client.host if request.client else "-"
+    level = logging.INFO if outcome == "ok" else logging.WARNING
+    logger.log(
+        level,
+        "admin %s model=%.70r outcome=%s (%s) client=%s",
+        action,
+        model,
+        outcome,
+        code,
+        client,
+    )
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="The admin token (STEWARD_ADMIN_TOKEN or STEWARD_ADMIN_TOKEN_FILE).",
+)
+
+
+async def _authorized(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Services:
+    """The services, once the request carries the admin token; AdminDisabled or Unauthorized."""
+    built = services(request)
+    secret = built.settings.admin_secret
+    if secret is None:
+        raise AdminDisabled(
+            "the admin API is disabled: set STEWARD_ADMIN_TOKEN (or STEWARD_ADMIN_TOKEN_FILE, "
+            "a file holding the token) and restart the server"
+        )
+    expected = secret.get_secret_value().encode()
+    given = credentials.credentials.encode() if credentials else b""
+    if not (credentials and hmac.compare_digest(given, expected)):
+        raise Unauthorized("missing or wrong admin token: send 'Authorization: Bearer <token>'")
+    return built
+
+
+AdminServices = Annotated[Services, Depends(_authorized)]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse}
+    for status in (400, 401, 403, 404, 409, 413, 422)  # 400, 413: a body refused before auth
+}
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=AdminRoute, responses=_ERRORS)
+
+
+class PromoteRequest(BaseModel):
+    """The version to point an alias at."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: StrictInt = Field(ge=1, le=MAX_VERSION, description="A version on disk.")
+    alias: Literal["production", "candidate"] = "production"
+
+
+class ModelState(BaseModel):
+    """A model after an admin change: its aliases on disk, the change made (None: the alias
+    already pointed there), the latest history entries, and what this server serves now
+    (``serving.refused`` says why a new version was refused, the old one serving on)."""
+
+    model: str
+    aliases: dict[str, int]
+    change: AliasChange | None
+    history: list[AliasChange] = Field(description=f"The last {HISTORY_TAIL}, oldest first.")
+    serving: ModelSummary
+
+
+async def _apply(built: Services, state: AliasState) -> ModelState:
+    await built.watcher.reload()
+    return ModelState(
+        model=state.model,
+        aliases=state.aliases,
+        change=state.change,
+        history=state.history[-HISTORY_TAIL:],
+        serving=built.registry.entry(state.model).summary(),
+    )
+
+
+@router.post("/models/{model}/promote", name="promote")
+async def promote(model: str, body: PromoteRequest, built: AdminServices) -> ModelState:
+    """Point an alias (production by default) of a model at a version, and swap it in."""
+    root = built.registry.root
+    state = await anyio.to_thread.run_sync(
+        lambda: lifecycle.promote(root, model, body.version, body.alias, by=ACTOR)
+    )
+    return await _apply(built, state)
+
+
+@router.post("/models/{model}/rollback", name="rollback")
+async def rollback(model: str, built: AdminServices) -> ModelState:
+    """Point production back at the version before its latest promote, and swap it in."""
+    root = built.registry.root
+    state = await anyio.to_thread.run_sync(lambda: lifecycle.rollback(root, model, by=ACTOR))
+    return await _apply(built, state)
+
+
+@router.post("/reload", name="reload")
+async def reload(built: AdminServices) -> ReloadReport:
+    """Rescan the registry directory now and swap in what changed."""
+    return await built.watcher.reload()
