@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 import socket
 import sys
 import traceback
@@ -96,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _fail(str(exc))
         return USAGE_ERROR
+    except BrokenPipeError:  # the reader left (`steward versions iris | head -1`): done
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush has nowhere to fail
+        return 0
     except (StewardError, OSError) as exc:
         _fail(str(exc))
     except Exception as exc:  # a bug: still one line; the traceback at STEWARD_LOG_LEVEL=debug
@@ -176,8 +181,13 @@ def _models(_: argparse.Namespace, settings: Settings) -> int:
     rows = [("MODEL", "VERSIONS", "ALIASES")]
     for name in names:
         versions = ",".join(str(v) for v in list_versions(settings.models_dir, name))
-        aliases = read_aliases(settings.models_dir, name)
-        rows.append((name, versions, " ".join(f"{a}={v}" for a, v in sorted(aliases.items()))))
+        try:
+            aliases = read_aliases(settings.models_dir, name)
+        except ArtifactError:  # one model's bad file does not hide the others
+            shown = "(aliases.json unreadable: `steward versions` says why)"
+        else:
+            shown = " ".join(f"{a}={v}" for a, v in sorted(aliases.items()))
+        rows.append((name, versions, shown))
     _table(rows)
     return 0
 

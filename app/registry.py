@@ -79,6 +79,8 @@ class ModelEntry:
         if ref.isascii() and ref.isdigit():  # "²" and "٣" are digits to str.isdigit
             return int(ref)
         if version is None:
+            if None in state.refusals:  # the aliases file was refused: say so, not "none set"
+                raise state.refusals[None].unavailable()
             raise UnknownVersion(f"model {self.name!r} has no production version", model=self.name)
         raise UnknownVersion(
             f"model {self.name!r} has no such version or alias",

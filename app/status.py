@@ -91,10 +91,16 @@ def render_model(detail: dict[str, Any]) -> list[str]:
         f"loaded:  {', '.join(loaded) or 'none'}",
     ]
     for refusal in detail.get("refusals") or []:
-        lines.append(
-            f"refused: version {refusal.get('version')}: {refusal.get('reason')}: "
-            f"{refusal.get('message')}"
+        version = refusal.get("version")
+        what = "aliases.json" if version is None else f"version {version}"
+        message = str(refusal.get("message") or "")
+        # The message starts "<model>: refused (<reason>): " already: keep what follows.
+        message = (
+            message.split("): ", 1)[-1]
+            if message.startswith(f"{detail.get('name')}: refused (")
+            else message
         )
+        lines.append(f"refused: {what} ({refusal.get('reason')}): {message}")
     return lines
 
 

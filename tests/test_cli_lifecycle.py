@@ -13,6 +13,7 @@ from app.artifacts import ALIASES, process_actor, set_alias
 from app.cli import main
 from app.main import create_app
 from app.settings import Settings
+from app.status import render_model
 from app.training import train_demo
 
 
@@ -88,6 +89,39 @@ def test_versions_shows_each_versions_live_quality_from_the_store(
     assert table[1].endswith("accuracy=1 (1 of 2)")
     assert table[2].split()[0] == "2"
     assert table[2].endswith("accuracy=0 (1 of 1)")
+
+
+def test_models_lists_every_model_when_one_aliases_file_is_unreadable(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (models_dir / "iris" / ALIASES).write_text("{bad")
+    code, out, _ = run(capsys, "--models-dir", str(models_dir), "models")
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert sorted(rows) == ["breast-cancer", "diabetes", "iris"]
+    assert rows["diabetes"].endswith("production=1")
+    assert "(aliases.json unreadable: `steward versions` says why)" in rows["iris"]
+
+
+def test_status_names_what_was_refused_once() -> None:
+    detail = {
+        "name": "iris",
+        "aliases": {"production": 1},
+        "loaded": [{"version": 1, "aliases": ["production"]}],
+        "refusals": [
+            {
+                "version": None,
+                "reason": "aliases_unreadable",
+                "message": "iris: refused (aliases_unreadable): aliases.json is not JSON",
+            },
+            {"version": 2, "reason": "checksum_mismatch", "message": "iris: refused "
+             "(checksum_mismatch): sha256 differs"},
+        ],
+    }  # fmt: skip
+    assert render_model(detail)[3:] == [
+        "refused: aliases.json (aliases_unreadable): aliases.json is not JSON",
+        "refused: version 2 (checksum_mismatch): sha256 differs",
+    ]
 
 
 def test_versions_of_a_legacy_file_and_a_broken_version(

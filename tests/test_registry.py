@@ -119,6 +119,9 @@ def test_unreadable_aliases_are_refused(models_dir: Path) -> None:
     (models_dir / "iris" / "aliases.json").write_text('{"production": "one"}')
     registry = loaded(models_dir)
     assert registry.entry("iris").state.refusals[None].reason == "aliases_unreadable"
+    # A request for its production version is told why (503), not "no production version".
+    with pytest.raises(ModelUnavailable, match=r"refused \(aliases_unreadable\)"):
+        registry.cached("iris")
 
 
 def test_other_scikit_learn_version_is_reported(models_dir: Path) -> None:
