@@ -491,8 +491,8 @@ def _parser() -> argparse.ArgumentParser:
         "promote",
         "point an alias at a version",
         "Point an alias (production by default) at a version, and add the change to the\n"
-        "model's alias history (who, when, from, to). Running servers read aliases at start-up:\n"
-        "restart them to serve the version.",
+        "model's alias history (who, when, from, to). Running servers swap to it within\n"
+        "STEWARD_RELOAD_INTERVAL_SECONDS, without a restart.",
         "examples:\n  steward promote iris 2\n  steward promote iris 3 --alias candidate",
     )
     _model_argument(promote)
@@ -507,8 +507,8 @@ def _parser() -> argparse.ArgumentParser:
         "rollback",
         "point production back at the version before",
         "Point production back at the version it pointed at before its latest promote; again,\n"
-        "and it goes one further back. Recorded in the alias history. Running servers read\n"
-        "aliases at start-up: restart them to serve the version.",
+        "and it goes one further back. Recorded in the alias history. Running servers swap to\n"
+        "it within STEWARD_RELOAD_INTERVAL_SECONDS, without a restart.",
         "examples:\n  steward rollback iris",
     )
     _model_argument(rollback)

@@ -282,3 +282,22 @@ def test_the_interval_is_off_at_zero_and_reload_still_rescans(settings: Settings
         assert report.moved == [AliasMove(model="iris", alias="production", old=1, new=2)]
         assert report.unloaded == {"iris": [1]}
         assert serving(client, "iris") == 2
+
+
+def test_the_only_model_at_start_up_stays_the_default_when_another_appears(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """POST /predict serves the only model; a model added while serving (trained, registered,
+    or just a new folder) does not take the default away."""
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "iris").symlink_to(models_dir / "iris", target_is_directory=True)
+    settings = Settings(models_dir=alone, data_dir=tmp_path / "d", reload_interval_seconds=0)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/predict", json={"instances": [IRIS_SETOSA]}).json()["model"] == "iris"
+        (alone / "diabetes").symlink_to(models_dir / "diabetes", target_is_directory=True)
+        services: Services = client.app_state["services"]
+        assert services.watcher.scan().added == ["diabetes"]
+        answer = client.post("/predict", json={"instances": [IRIS_SETOSA]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "iris"
