@@ -36,7 +36,8 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL of the prediction store; default: SQLite in data_dir."
     )
     default_model: str | None = Field(
-        None, description="Model served by POST /predict; default: the only model at start-up, if one."
+        None,
+        description="Model served by POST /predict; default: the only model at start-up, if one.",
     )
     required_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
