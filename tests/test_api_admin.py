@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import IRIS_SETOSA, assert_error, metric, predict
 
-from app.artifacts import ARTIFACT, read_alias_file, set_alias
+from app.artifacts import ALIASES, ARTIFACT, read_alias_file, set_alias
 from app.errors import InvalidSettings
 from app.main import create_app
 from app.settings import Settings, load_settings
@@ -247,18 +247,30 @@ def test_a_body_that_is_not_json_is_400(admin: TestClient) -> None:
     assert_error(response, 400, "invalid_json")
 
 
-def test_a_refused_swap_is_reported_and_the_old_version_keeps_serving(
-    admin: TestClient,
-) -> None:
+def test_a_version_this_server_refuses_is_not_promoted(admin: TestClient) -> None:
+    """Tampered: refused with its reason (503), aliases.json untouched (no replica or restart
+    picks it up), v1 keeps serving."""
     root = admin.app_state["services"].registry.root
     artifact = root / "iris" / "2" / ARTIFACT
     artifact.write_bytes(artifact.read_bytes() + b"tampered")
-    response = admin.post(PROMOTE, json={"version": 2}, headers=AUTH)
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["aliases"] == {"production": 2}  # the file changed...
-    assert body["serving"]["serving"] == 1  # ...and the server keeps serving v1
-    assert body["serving"]["refused"]
+    before = (root / "iris" / ALIASES).read_bytes()
+    error = assert_error(
+        admin.post(PROMOTE, json={"version": 2}, headers=AUTH), 503, "model_unavailable"
+    )
+    assert "checksum_mismatch" in error["message"]
+    assert (root / "iris" / ALIASES).read_bytes() == before
+    assert predict(admin, "iris", IRIS_SETOSA).json()["version"] == 1
+
+
+def test_a_refused_swap_found_by_the_rescan_is_reported(admin: TestClient) -> None:
+    """A change made on disk behind the server's back (the CLI, another host) to a version it
+    refuses: reload reports it, and v1 keeps serving."""
+    root = admin.app_state["services"].registry.root
+    artifact = root / "iris" / "2" / ARTIFACT
+    artifact.write_bytes(artifact.read_bytes() + b"tampered")
+    set_alias(root, "iris", "production", 2)
+    report = admin.post("/admin/reload", headers=AUTH).json()
+    assert [p["reason"] for p in report["refused"]] == ["checksum_mismatch"]
     assert predict(admin, "iris", IRIS_SETOSA).json()["version"] == 1
 
 

@@ -27,6 +27,7 @@ from app.artifacts import AliasChange
 from app.errors import AdminDisabled, StewardError, Unauthorized
 from app.lifecycle import AliasState
 from app.metrics import ADMIN_ACTIONS, AdminAction, AdminOutcome
+from app.registry import Registry
 from app.schemas import ErrorResponse, ModelSummary
 from app.services import Services
 from app.watcher import ReloadReport
@@ -145,12 +146,27 @@ async def _apply(built: Services, state: AliasState) -> ModelState:
 
 @router.post("/models/{model}/promote", name="promote")
 async def promote(model: str, body: PromoteRequest, built: AdminServices) -> ModelState:
-    """Point an alias (production by default) of a model at a version, and swap it in."""
+    """Point an alias (production by default) of a model at a version, and swap it in.
+
+    The version is loaded and warmed up first: one this server refuses (503
+    ``model_unavailable``, with the reason) is not written to aliases.json, so no replica or
+    restart picks it up. A model new on disk is checked by the rescan instead."""
     root = built.registry.root
+    await anyio.to_thread.run_sync(_load_first, built.registry, model, body.version)
     state = await anyio.to_thread.run_sync(
         lambda: lifecycle.promote(root, model, body.version, body.alias, by=ACTOR)
     )
     return await _apply(built, state)
+
+
+def _load_first(registry: Registry, model: str, version: int) -> None:
+    """Load (checks, warm-up) a version this server knows before an alias names it; a model or
+    version it does not know yet is left to lifecycle's errors and the rescan. Blocking."""
+    if model not in registry.names:
+        return
+    registry.refresh_versions(model)
+    if version in registry.entry(model).state.versions:
+        registry.resolve(model, str(version))
 
 
 @router.post("/models/{model}/rollback", name="rollback")
