@@ -107,7 +107,7 @@ AdminServices = Annotated[Services, Depends(_authorized)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse}
-    for status in (400, 401, 403, 404, 409, 413, 422)  # 400, 413: a body refused before auth
+    for status in (400, 401, 403, 404, 409, 413, 422, 503)  # 400, 413: refused before auth
 }
 router = APIRouter(prefix="/admin", tags=["admin"], route_class=AdminRoute, responses=_ERRORS)
 
