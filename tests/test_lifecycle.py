@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import wait_until
 from sklearn.linear_model import LinearRegression
 
 from app import lifecycle
@@ -222,24 +223,26 @@ WORKER = """
 import json, sys, time
 from pathlib import Path
 from app.lifecycle import promote
-root, worker, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+root, worker = Path(sys.argv[1]), sys.argv[2]
 (root / f"ready-{worker}").touch()
 while not (root / "go").exists():
     time.sleep(0.001)
 made = []
-for i in range(count):
+i = 0
+while not (root / "stop").exists():  # until the test has seen both of us at work
     tag = f"{worker}-{i}"
     if promote(root, "adder", (i + int(worker)) % 3 + 1, by=tag).change is not None:
         made.append(tag)
+    i += 1
 print(json.dumps(made))
 """
 
 
 def test_two_processes_promoting_at_once_lose_no_change(root: Path) -> None:
-    count = 150
+    """Both write until each has landed many changes while the other was writing too."""
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(root), str(worker), str(count)],
+            [sys.executable, "-c", WORKER, str(root), str(worker)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -252,6 +255,14 @@ def test_two_processes_promoting_at_once_lose_no_change(root: Path) -> None:
         assert all(w.poll() is None for w in workers), workers[0].communicate()
         time.sleep(0.01)
     (root / "go").touch()
+
+    def overlapped() -> bool:
+        tags = [c.by for c in read_alias_file(root, "adder").history[1:]]
+        switches = sum(1 for a, b in itertools.pairwise(tags) if a[0] != b[0])
+        return switches >= 20 and min(sum(t[0] == w for t in tags) for w in "01") >= 50
+
+    overlapping = wait_until(overlapped, seconds=60, interval=0.05)
+    (root / "stop").touch()
     made = []
     for process in workers:
         out, err = process.communicate(timeout=120)
@@ -269,8 +280,7 @@ def test_two_processes_promoting_at_once_lose_no_change(root: Path) -> None:
     for before, after in itertools.pairwise(history):
         assert after.from_ == before.to
     assert read_aliases(root, "adder") == {"production": history[-1].to}
-    interleaved = sum(1 for a, b in itertools.pairwise(tags) if a[0] != b[0])
-    assert interleaved > 1, "the two writers never overlapped: the test proved nothing"
+    assert overlapping, "the two writers never overlapped: the test proved nothing"
 
 
 def test_describe_lists_versions_metrics_aliases_and_history(root: Path) -> None:
