@@ -9,9 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response
 from prometheus_client.parser import text_string_to_metric_families
+
+from app.cli import main
 
 IRIS_SETOSA = {
     "sepal_length_cm": 5.1,
@@ -94,3 +97,20 @@ def wait_until(condition: Callable[[], bool], seconds: float = 30, interval: flo
             return False
         time.sleep(interval)
     return True
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``steward ARGV`` in this process: exit status, stdout, stderr."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str, *parts: str) -> None:
+    """The CLI's error shape: one line ``steward: error: ...`` holding each of ``parts``."""
+    assert err.startswith("steward: error: "), err
+    assert err.count("\n") == 1, err
+    assert err.endswith("\n"), err
+    assert "Traceback" not in err
+    for part in parts:
+        assert part in err, err

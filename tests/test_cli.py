@@ -11,39 +11,33 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_one_line_error, run_cli
 from server import STEWARD, free_port, serving
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from app import __version__
 from app.artifacts import list_versions, read_aliases, read_metadata
-from app.cli import main
 from app.errors import InvalidSettings
 from app.main import create_app
 from app.settings import Settings, load_settings
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_train_demo_then_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     models = str(tmp_path / "models")
-    code, out, _ = run(capsys, "--models-dir", models, "train", "demo")
+    code, out, _ = run_cli(capsys, "--models-dir", models, "train", "demo")
     assert code == 0
     assert "iris: version 1 (production) accuracy=" in out
     assert "diabetes: version 1 (production) mae=" in out
 
-    code, out, _ = run(capsys, "--models-dir", models, "train", "demo", "--if-missing")
+    code, out, _ = run_cli(capsys, "--models-dir", models, "train", "demo", "--if-missing")
     assert (code, out) == (0, "demo models already present\n")
 
-    code, out, _ = run(capsys, "--models-dir", models, "train", "demo")
+    code, out, _ = run_cli(capsys, "--models-dir", models, "train", "demo")
     assert "iris: version 2 accuracy" in out  # a new version, production unchanged
-    code, out, _ = run(capsys, "--models-dir", models, "train", "demo", "--promote")
+    code, out, _ = run_cli(capsys, "--models-dir", models, "train", "demo", "--promote")
     assert "iris: version 3 (production)" in out
 
-    code, out, _ = run(capsys, "--models-dir", models, "models")
+    code, out, _ = run_cli(capsys, "--models-dir", models, "models")
     assert code == 0
     assert out.splitlines() == [
         "MODEL          VERSIONS  ALIASES",
@@ -59,10 +53,10 @@ def test_train_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pd.DataFrame({"x": x, "label": np.where(x > 0.5, "hi", "lo")}).to_csv(csv, index=False)
     models = tmp_path / "models"
     argv = ["--models-dir", str(models), "train", "--csv", str(csv), "--target", "label"]
-    code, out, _ = run(capsys, *argv, "--name", "hilo")
+    code, out, _ = run_cli(capsys, *argv, "--name", "hilo")
     assert code == 0
     assert out.startswith("hilo: version 1 (production) accuracy=")
-    code, out, _ = run(capsys, *argv, "--name", "hilo-reg", "--task", "regression")
+    code, out, _ = run_cli(capsys, *argv, "--name", "hilo-reg", "--task", "regression")
     assert code == 1  # text target cannot be regressed
 
 
@@ -79,15 +73,17 @@ def test_train_csv_drop_and_date(tmp_path: Path, capsys: pytest.CaptureFixture[s
     ).to_csv(csv, index=False)
     models = tmp_path / "models"
     argv = ["--models-dir", str(models), "train", "--csv", str(csv), "--target", "label"]
-    code, _, err = run(capsys, *argv, "--name", "crm")
+    code, _, err = run_cli(capsys, *argv, "--name", "crm")
     assert code == 1
     assert err.count("\n") == 1
     assert "'customer_id' looks like an identifier" in err
-    code, out, _ = run(capsys, *argv, "--name", "crm", "--drop", "customer_id", "--date", "signup")
+    code, out, _ = run_cli(
+        capsys, *argv, "--name", "crm", "--drop", "customer_id", "--date", "signup"
+    )
     assert code == 0, out
     features = read_metadata(models, "crm", 1).features
     assert [(f.name, f.dtype) for f in features] == [("signup", "date"), ("x", "float")]
-    assert run(capsys, "train", "demo", "--drop", "x")[0] == 2
+    assert run_cli(capsys, "train", "demo", "--drop", "x")[0] == 2
 
 
 def test_register(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,10 +94,10 @@ def test_register(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pd.DataFrame(x, columns=["p", "q"]).to_csv(sample, index=False)
     models = tmp_path / "models"
     base = ["--models-dir", str(models), "register", str(artifact), "--sample", str(sample)]
-    assert run(capsys, *base, "--name", "flag")[0] == 0
-    assert run(capsys, *base, "--name", "flag")[0] == 0
+    assert run_cli(capsys, *base, "--name", "flag")[0] == 0
+    assert run_cli(capsys, *base, "--name", "flag")[0] == 0
     assert read_aliases(models, "flag") == {"production": 1}
-    code, out, _ = run(capsys, *base, "--name", "flag", "--promote")
+    code, out, _ = run_cli(capsys, *base, "--name", "flag", "--promote")
     assert (code, out) == (0, "flag: version 3 (production)\n")
     assert list_versions(models, "flag") == [1, 2, 3]
     metadata = read_metadata(models, "flag", 3)
@@ -110,36 +106,36 @@ def test_register(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_empty_registry_listing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "--models-dir", str(tmp_path / "none"), "models")
+    code, out, _ = run_cli(capsys, "--models-dir", str(tmp_path / "none"), "models")
     assert code == 0
     assert out.startswith("no models in ")
 
 
 def test_promote_and_roll_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     models = str(tmp_path / "models")
-    run(capsys, "--models-dir", models, "train", "demo")
-    run(capsys, "--models-dir", models, "train", "demo")
-    code, out, _ = run(capsys, "--models-dir", models, "promote", "iris", "2")
+    run_cli(capsys, "--models-dir", models, "train", "demo")
+    run_cli(capsys, "--models-dir", models, "train", "demo")
+    code, out, _ = run_cli(capsys, "--models-dir", models, "promote", "iris", "2")
     assert (code, out) == (
         0,
         "iris: production -> version 2 (was 1; running servers swap to it within "
         "STEWARD_RELOAD_INTERVAL_SECONDS)\n",
     )
     assert read_aliases(tmp_path / "models", "iris") == {"production": 2}
-    code, out, _ = run(capsys, "--models-dir", models, "promote", "iris", "2")
+    code, out, _ = run_cli(capsys, "--models-dir", models, "promote", "iris", "2")
     assert (code, out) == (0, "iris: production is already version 2\n")
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "--models-dir", models, "promote", "iris", "1", "--alias", "candidate"
     )
     assert (code, out.split(" (")[0]) == (0, "iris: candidate -> version 1")
     assert "(was unset;" in out
-    code, out, _ = run(capsys, "--models-dir", models, "rollback", "iris")
+    code, out, _ = run_cli(capsys, "--models-dir", models, "rollback", "iris")
     assert (code, out.split(" (")[0]) == (0, "iris: rolled back, production -> version 1")
     assert read_aliases(tmp_path / "models", "iris") == {"candidate": 1, "production": 1}
-    code, out, err = run(capsys, "--models-dir", models, "rollback", "iris")
+    code, out, err = run_cli(capsys, "--models-dir", models, "rollback", "iris")
     assert (code, out) == (1, "")
     assert_one_line_error(err, "iris: no earlier production version to roll back to")
-    code, _, err = run(capsys, "--models-dir", models, "promote", "iris", "9")
+    code, _, err = run_cli(capsys, "--models-dir", models, "promote", "iris", "9")
     assert (code, err) == (1, "steward: error: iris has no version 9 (versions: 1, 2)\n")
 
 
@@ -147,15 +143,6 @@ def _env(variables: dict[str, str]) -> dict[str, str]:
     """The environment without any STEWARD_* variable of the caller's, plus ``variables``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STEWARD_")}
     return clean | variables
-
-
-def assert_one_line_error(err: str, *parts: str) -> None:
-    assert err.startswith("steward: error: "), err
-    assert err.count("\n") == 1, err
-    assert err.endswith("\n"), err
-    assert "Traceback" not in err
-    for part in parts:
-        assert part in err, err
 
 
 # --- usage errors: one line pointing to --help, exit status 2 ------------------------------
@@ -204,7 +191,7 @@ def test_usage_errors_are_one_line_with_exit_2(
     csv = tmp_path / "data.csv"
     csv.write_text("x,y\n1,2\n")
     filled = [a.format(csv=csv, dir=tmp_path) for a in argv]
-    code, out, err = run(capsys, "--models-dir", str(tmp_path / "models"), *filled)
+    code, out, err = run_cli(capsys, "--models-dir", str(tmp_path / "models"), *filled)
     assert (code, out) == (2, "")
     assert_one_line_error(err, message, "--help`)")
     assert "usage:" not in err
@@ -212,11 +199,11 @@ def test_usage_errors_are_one_line_with_exit_2(
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "--version") == (0, f"steward {__version__}\n", "")
+    assert run_cli(capsys, "--version") == (0, f"steward {__version__}\n", "")
 
 
 def test_help_is_written_for_users(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "--help")
+    code, out, err = run_cli(capsys, "--help")
     assert (code, err) == (0, "")
     assert out.startswith("usage: steward ")
     assert "Steward serves scikit-learn models over HTTP" in out
@@ -233,7 +220,7 @@ COMMANDS = ("train", "register", "models", "promote", "rollback", "versions", "s
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_each_command_has_its_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
-    code, out, _ = run(capsys, command, "--help")
+    code, out, _ = run_cli(capsys, command, "--help")
     assert code == 0
     assert out.startswith(f"usage: steward {command} ")
     assert "--models-dir DIR" in out
@@ -254,16 +241,16 @@ def test_models_dir_before_or_after_the_command(
     pd.DataFrame({"x": x, "y": 2 * x}).to_csv(csv, index=False)
     after, before, none = tmp_path / "after", tmp_path / "before", tmp_path / "none"
     train = ["train", "--csv", str(csv), "--target", "y", "--name", "line"]
-    assert run(capsys, *train, "--models-dir", str(after))[0] == 0
-    assert run(capsys, "--models-dir", str(before), *train)[0] == 0
+    assert run_cli(capsys, *train, "--models-dir", str(after))[0] == 0
+    assert run_cli(capsys, "--models-dir", str(before), *train)[0] == 0
     assert list_versions(after, "line") == list_versions(before, "line") == [1]
 
-    code, out, _ = run(capsys, "models", "--models-dir", str(after))
+    code, out, _ = run_cli(capsys, "models", "--models-dir", str(after))
     assert (code, out.splitlines()[1]) == (0, "line   1         production=1")
     # Both given: the one after the command is the nearer, and wins.
-    code, out, _ = run(capsys, "--models-dir", str(none), "models", "--models-dir", str(before))
+    code, out, _ = run_cli(capsys, "--models-dir", str(none), "models", "--models-dir", str(before))
     assert (code, out.splitlines()[1]) == (0, "line   1         production=1")
-    code, out, _ = run(capsys, "--models-dir", str(before), "models", "--models-dir", str(none))
+    code, out, _ = run_cli(capsys, "--models-dir", str(before), "models", "--models-dir", str(none))
     assert out == f"no models in {none}\n"
 
 
@@ -290,7 +277,7 @@ def test_bad_setting_is_one_line_naming_the_variable(
     rule: str,
 ) -> None:
     monkeypatch.setenv(variable, value)
-    code, out, err = run(capsys, "--models-dir", str(tmp_path), "models")
+    code, out, err = run_cli(capsys, "--models-dir", str(tmp_path), "models")
     assert (code, out) == (1, "")
     assert_one_line_error(err, f"steward: error: invalid settings: {variable}: {rule}")
     assert value not in err.removeprefix(f"steward: error: invalid settings: {variable}")
@@ -334,13 +321,13 @@ def test_train_classification_on_a_continuous_target_is_refused(
     pd.DataFrame({"x": x, "price": 3 * x + rng.normal(size=200)}).to_csv(csv, index=False)
     models = tmp_path / "models"
     argv = ["--models-dir", str(models), "train", "--csv", str(csv), "--target", "price"]
-    code, out, err = run(capsys, *argv, "--name", "prices", "--task", "classification")
+    code, out, err = run_cli(capsys, *argv, "--name", "prices", "--task", "classification")
     assert (code, out) == (1, "")
     assert_one_line_error(
         err, "target 'price' holds continuous numbers (200 distinct values)", "--task regression"
     )
     assert list_versions(models, "prices") == []
-    assert run(capsys, *argv, "--name", "prices", "--task", "regression")[0] == 0
+    assert run_cli(capsys, *argv, "--name", "prices", "--task", "regression")[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -362,7 +349,7 @@ def test_train_refuses_an_unreasonable_number_of_classes(
     pd.DataFrame({"x": np.arange(len(labels)), "label": labels}).to_csv(csv, index=False)
     argv = ["train", "--csv", str(csv), "--target", "label", "--name", "m"]
     task_option = ["--task", task] if task else []
-    code, out, err = run(capsys, "--models-dir", str(tmp_path), *argv, *task_option)
+    code, out, err = run_cli(capsys, "--models-dir", str(tmp_path), *argv, *task_option)
     assert (code, out) == (1, "")
     assert_one_line_error(err, f"target 'label' {message}")
 
@@ -375,7 +362,7 @@ def test_train_many_small_classes_without_a_traceback(
     labels = [f"c{i}" for i in range(60)] * 3
     pd.DataFrame({"x": np.arange(180), "label": labels}).to_csv(csv, index=False)
     argv = ["train", "--csv", str(csv), "--target", "label", "--name", "many"]
-    code, out, err = run(capsys, "--models-dir", str(tmp_path), *argv)
+    code, out, err = run_cli(capsys, "--models-dir", str(tmp_path), *argv)
     assert (code, err) == (0, "")
     assert out.startswith("many: version 1 (production) accuracy=")
 
@@ -422,7 +409,7 @@ def test_register_refuses_what_is_not_a_fitted_estimator(
         joblib.dump(LogisticRegression(), artifact)
     models = tmp_path / "models"
     argv = ["register", str(artifact), "--name", "m", "--sample", str(sample)]
-    code, out, err = run(capsys, "--models-dir", str(models), *argv)
+    code, out, err = run_cli(capsys, "--models-dir", str(models), *argv)
     assert (code, out) == (1, "")
     assert err == f"steward: error: {artifact}: {message}\n"
     assert not models.exists()
@@ -438,7 +425,7 @@ def test_register_with_target_scores_a_classifier_on_its_sample(
     pd.DataFrame({"p": x[:, 0], "answer": truth, "q": x[:, 1]}).to_csv(sample, index=False)
     models = tmp_path / "models"
     argv = ["register", str(artifact), "--name", "flag", "--sample", str(sample)]
-    code, out, err = run(capsys, "--models-dir", str(models), *argv, "--target", "answer")
+    code, out, err = run_cli(capsys, "--models-dir", str(models), *argv, "--target", "answer")
     assert (code, err) == (0, "")
     assert out.startswith("flag: version 1 (production) accuracy=0.95 f1_macro=")
     metadata = read_metadata(models, "flag", 1)
@@ -449,15 +436,15 @@ def test_register_with_target_scores_a_classifier_on_its_sample(
     assert "scored on its column 'answer'" in metadata.description
 
     # Without --target, the extra column is refused as before, with a hint.
-    code, _, err = run(capsys, "--models-dir", str(models), *argv)
+    code, _, err = run_cli(capsys, "--models-dir", str(models), *argv)
     assert code == 1
     assert_one_line_error(err, "3 columns, the model expects 2 features", "--target")
     # A target that is not there, or holds answers that are not the model's classes.
-    code, _, err = run(capsys, "--models-dir", str(models), *argv, "--target", "nope")
+    code, _, err = run_cli(capsys, "--models-dir", str(models), *argv, "--target", "nope")
     assert code == 1
     assert_one_line_error(err, "no column 'nope'")
     pd.DataFrame({"p": x[:, 0], "answer": "maybe", "q": x[:, 1]}).to_csv(sample, index=False)
-    code, _, err = run(capsys, "--models-dir", str(models), *argv, "--target", "answer")
+    code, _, err = run_cli(capsys, "--models-dir", str(models), *argv, "--target", "answer")
     assert code == 1
     assert_one_line_error(err, "'answer' holds 1 value(s) that are not classes of the model")
     assert list_versions(models, "flag") == [1]
@@ -475,7 +462,7 @@ def test_register_with_target_records_a_regressors_metrics_and_target_range(
     pd.DataFrame({"total": y, "a": x[:, 0], "b": x[:, 1]}).to_csv(sample, index=False)
     models = tmp_path / "models"
     argv = ["register", str(artifact), "--name", "sum", "--sample", str(sample)]
-    code, out, err = run(capsys, "--models-dir", str(models), *argv, "--target", "total")
+    code, out, err = run_cli(capsys, "--models-dir", str(models), *argv, "--target", "total")
     assert (code, err) == (0, "")
     assert out.startswith("sum: version 1 (production) mae=")
     metadata = read_metadata(models, "sum", 1)
@@ -597,6 +584,6 @@ def test_serve_refuses_a_port_in_use_in_one_line(
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         argv = ["--models-dir", str(demo_models), "serve", "--port", str(port)]
-        code, out, err = run(capsys, *argv)
+        code, out, err = run_cli(capsys, *argv)
     assert (code, out) == (1, "")
     assert_one_line_error(err, f"cannot listen on 127.0.0.1:{port}")

@@ -6,28 +6,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import IRIS_SETOSA, predict, prediction_ids
+from helpers import IRIS_SETOSA, assert_one_line_error, predict, prediction_ids, run_cli
 from server import STEWARD, free_port, serving
 
 from app.artifacts import ALIASES, process_actor, set_alias
-from app.cli import main
 from app.main import create_app
 from app.settings import Settings
 from app.status import render_model
 from app.training import train_demo
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str) -> str:
-    assert err.startswith("steward: error: "), err
-    assert err.count("\n") == 1, err
-    assert err.endswith("\n"), err
-    return err
 
 
 def test_versions_shows_metrics_aliases_and_history(
@@ -39,8 +25,8 @@ def test_versions_shows_metrics_aliases_and_history(
     monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "never-served"))
     where = ["--models-dir", str(models_dir)]
     shutil.copytree(models_dir / "iris" / "1", models_dir / "iris" / "2")
-    assert run(capsys, *where, "promote", "iris", "2", "--alias", "candidate")[0] == 0
-    code, out, err = run(capsys, *where, "versions", "iris")
+    assert run_cli(capsys, *where, "promote", "iris", "2", "--alias", "candidate")[0] == 0
+    code, out, err = run_cli(capsys, *where, "versions", "iris")
     assert (code, err) == (0, "")
     table, history = out.split("\n\n")
     *lines, notice = table.splitlines()
@@ -82,7 +68,7 @@ def test_versions_shows_each_versions_live_quality_from_the_store(
             )
             assert answer.status_code == 200, answer.text
     monkeypatch.setenv("STEWARD_DATA_DIR", str(settings.data_dir))
-    code, out, _ = run(capsys, "--models-dir", str(settings.models_dir), "versions", "iris")
+    code, out, _ = run_cli(capsys, "--models-dir", str(settings.models_dir), "versions", "iris")
     assert code == 0
     table = out.split("\n\n")[0].splitlines()
     assert table[1].split()[0] == "1"
@@ -95,7 +81,7 @@ def test_models_lists_every_model_when_one_aliases_file_is_unreadable(
     models_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (models_dir / "iris" / ALIASES).write_text("{bad")
-    code, out, _ = run(capsys, "--models-dir", str(models_dir), "models")
+    code, out, _ = run_cli(capsys, "--models-dir", str(models_dir), "models")
     assert code == 0
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert sorted(rows) == ["breast-cancer", "diabetes", "iris"]
@@ -129,7 +115,7 @@ def test_versions_of_a_legacy_file_and_a_broken_version(
 ) -> None:
     (models_dir / "iris" / ALIASES).write_text('{"production": 1}')
     (models_dir / "iris" / "2").mkdir()  # a version folder with no metadata
-    code, out, _ = run(capsys, "--models-dir", str(models_dir), "versions", "iris")
+    code, out, _ = run_cli(capsys, "--models-dir", str(models_dir), "versions", "iris")
     assert code == 0
     assert "\n2        -" in out
     assert "unreadable: iris v2: unreadable metadata.json" in out
@@ -148,9 +134,9 @@ def test_versions_of_a_legacy_file_and_a_broken_version(
 def test_unknown_models_and_nothing_to_roll_back(
     models_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    code, out, err = run(capsys, "--models-dir", str(models_dir), *argv)
+    code, out, err = run_cli(capsys, "--models-dir", str(models_dir), *argv)
     assert (code, out) == (1, "")
-    assert message in one_line_error(err)
+    assert_one_line_error(err, message)
 
 
 def test_a_corrupt_aliases_file_is_named_and_kept(
@@ -159,9 +145,9 @@ def test_a_corrupt_aliases_file_is_named_and_kept(
     path = models_dir / "iris" / ALIASES
     path.write_text('{"production": 1, "candidate": "two"}')
     for argv in (["promote", "iris", "1"], ["rollback", "iris"], ["versions", "iris"]):
-        code, out, err = run(capsys, "--models-dir", str(models_dir), *argv)
+        code, out, err = run_cli(capsys, "--models-dir", str(models_dir), *argv)
         assert (code, out) == (1, "")
-        assert f"{path} is not a valid aliases file" in one_line_error(err)
+        assert_one_line_error(err, f"{path} is not a valid aliases file")
         assert "left as it is: fix it by hand" in err
     assert path.read_text() == '{"production": 1, "candidate": "two"}'
 
@@ -175,16 +161,16 @@ def test_status_with_no_server_is_one_line(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port = free_port()
-    code, out, err = run(capsys, "status", "--url", f"http://127.0.0.1:{port}")
+    code, out, err = run_cli(capsys, "status", "--url", f"http://127.0.0.1:{port}")
     assert (code, out) == (1, "")
-    assert f"no Steward server answered at http://127.0.0.1:{port}" in one_line_error(err)
+    assert_one_line_error(err, f"no Steward server answered at http://127.0.0.1:{port}")
     assert "start one with `steward serve`, or give its address with --url" in err
     # Without --url: STEWARD_HOST and STEWARD_PORT, 0.0.0.0 asked over loopback.
     monkeypatch.setenv("STEWARD_HOST", "0.0.0.0")
     monkeypatch.setenv("STEWARD_PORT", str(port))
-    code, _, err = run(capsys, "status", "iris")
+    code, _, err = run_cli(capsys, "status", "iris")
     assert code == 1
-    assert f"at http://127.0.0.1:{port} (" in one_line_error(err)
+    assert_one_line_error(err, f"at http://127.0.0.1:{port} (")
 
 
 def test_status_asks_a_real_server(
@@ -195,7 +181,7 @@ def test_status_asks_a_real_server(
     argv: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     with serving(argv, port=port, env=env, log=tmp_path / "serve.log", ready="/readyz"):
-        code, out, err = run(capsys, "status", "--url", url)
+        code, out, err = run_cli(capsys, "status", "--url", url)
         assert (code, err) == (0, "")
         lines = out.splitlines()
         assert lines[0].split() == ["MODEL", "SERVING", "ALIASES", "REFUSED"]
@@ -204,13 +190,13 @@ def test_status_asks_a_real_server(
             ["diabetes", "1", "production=1"],
             ["iris", "1", "production=1"],
         ]
-        code, out, err = run(capsys, "status", "iris", "--url", url + "/")
+        code, out, err = run_cli(capsys, "status", "iris", "--url", url + "/")
         assert (code, err) == (0, "")
         assert out.splitlines() == [
             "model:   iris",
             "aliases: production=1",
             "loaded:  1 (production)",
         ]
-        code, out, err = run(capsys, "status", "nope", "--url", url)
+        code, out, err = run_cli(capsys, "status", "nope", "--url", url)
         assert (code, out) == (1, "")
-        assert f"the server at {url} serves no model 'nope'" in one_line_error(err)
+        assert_one_line_error(err, f"the server at {url} serves no model 'nope'")
