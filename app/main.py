@@ -47,9 +47,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         metrics.follow(registry)
         registry.load()
-        # POST /predict's model: the configured one, else the only one at start-up (a model
-        # that appears while serving does not take the default away from it).
-        only = registry.names[0] if len(registry.names) == 1 else None
         log = PredictionLog(
             store, metrics, batch_size=settings.log_batch_size, max_pending=settings.log_max_pending
         )
@@ -58,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry,
             log,
             metrics,
-            settings.default_model or only,
+            settings.default_model,
             batch_max_rows=settings.batch_max_rows,
             batch_max_wait=settings.batch_max_wait_seconds,
             batch_inline_max=settings.batch_inline_max_seconds,

@@ -210,12 +210,15 @@ class Registry:
         self.on_clear: list[RefuseHook] = []
         self.on_unload: list[VersionHook] = []
         self._entries: dict[str, ModelEntry] = {}
+        self._only_at_start: str | None = None  # the default model when none is configured
         self._lock = threading.RLock()  # re-entrant: a hook that calls resolve does not deadlock
 
     def load(self) -> None:
         """Read every model of the registry directory and load its production version."""
         for name in list_models(self.root):
             self._add(name, warm=False)
+        if len(self._entries) == 1:
+            self._only_at_start = next(iter(self._entries))
 
     def add(self, name: str) -> ModelEntry:
         """A model that appeared in the registry directory since ``load``: its entry, with its
@@ -277,9 +280,12 @@ class Registry:
         return {e.name: refusal for e in self.entries if (refusal := e.state.refusal)}
 
     def default_name(self, configured: str | None) -> str:
-        """The model behind POST /predict: the configured one, else the only one."""
+        """The model behind POST /predict: the configured one, else the only one at start-up (a
+        model added while serving does not take the default away from it), else the only one."""
         if configured:
             return configured
+        if self._only_at_start is not None:
+            return self._only_at_start
         if len(self._entries) == 1:
             return next(iter(self._entries))
         raise UnknownModel(
