@@ -126,13 +126,38 @@ class AliasChange(BaseModel):
     action: Literal["promote", "rollback"] = "promote"
 
 
+TrafficMode = Literal["none", "shadow", "canary"]
+
+
+class TrafficPolicy(BaseModel):
+    """How a model's requests reach its candidate version (docs/operations.md):
+
+    - ``none``: production answers every request;
+    - ``shadow``: production answers; the candidate also predicts the rows of ``percent`` of
+      the requests, off the response path, logged as shadow predictions, never returned;
+    - ``canary``: the candidate answers ``percent`` of the requests (the same share for one
+      ``X-Steward-Key``), production the rest.
+
+    It applies while the candidate is loaded and is not the production version; otherwise
+    production answers everything. ``at`` and ``by`` say who set it, and when."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: TrafficMode = "none"
+    percent: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False)
+    at: datetime | None = None
+    by: str | None = Field(None, max_length=MAX_ACTOR)
+
+
 class AliasFile(BaseModel):
-    """A model's aliases.json: where each alias points, and every change that led there."""
+    """A model's aliases.json: where each alias points, every change that led there, and the
+    traffic policy between production and candidate."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     aliases: dict[str, StrictInt]
     history: list[AliasChange] = Field(default_factory=list)
+    traffic: TrafficPolicy = Field(default_factory=TrafficPolicy)
 
 
 class ChecksumMismatch(ArtifactError):

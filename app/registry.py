@@ -16,7 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from app.artifacts import ModelMetadata, list_models, list_versions, read_aliases, read_metadata
+from app.artifacts import (
+    ModelMetadata,
+    TrafficPolicy,
+    list_models,
+    list_versions,
+    read_aliases,
+    read_metadata,
+)
 from app.errors import ArtifactError, ModelUnavailable, UnknownModel, UnknownVersion
 from app.loading import LoadedModel, Refusal, Refused, load_version
 from app.schemas import LoadedVersion, ModelDetail, ModelSummary
@@ -38,6 +45,7 @@ class ModelState:
     aliases: Mapping[str, int] = field(default_factory=dict)
     loaded: Mapping[int, LoadedModel] = field(default_factory=dict)
     refusals: Mapping[int | None, Refusal] = field(default_factory=dict)  # None: aliases file
+    traffic: TrafficPolicy = field(default_factory=TrafficPolicy)
 
     @property
     def production(self) -> LoadedModel | None:

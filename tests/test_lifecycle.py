@@ -74,7 +74,7 @@ def test_promote_appends_who_when_from_and_to(root: Path) -> None:
     assert state.history[-1].by == "admin-api"
     # The file is the documented shape, with "from" (not the Python name) as the key.
     raw = json.loads((root / "adder" / ALIASES).read_text())
-    assert set(raw) == {"aliases", "history"}
+    assert set(raw) == {"aliases", "history", "traffic"}
     assert set(raw["history"][1]) == {"alias", "from", "to", "at", "by", "action"}
     assert raw["history"][1]["at"].endswith("Z")
 

@@ -25,6 +25,7 @@ class PredictionRecord(NamedTuple):
     row: tuple[Any, ...]  # the validated values, in the order of ``names``
     prediction: str | int | float  # a class label, or a regressor's value
     probabilities: dict[str, float] | None = None  # by class, when the model gives them
+    shadow_of: str | None = None  # a shadow prediction: the id of the served row it shadows
 
     @property
     def inputs(self) -> dict[str, Any]:
