@@ -4,14 +4,18 @@
     models/<name>/<version>/metadata.json   ModelMetadata, including the artifact's sha256
     models/<name>/aliases.json              {"aliases": {"production": 3, "candidate": 4},
                                              "history": [{"alias", "from", "to", "at", "by",
-                                                          "action"}, ...]}
+                                                          "action"}, ...],
+                                             "traffic": {"mode", "percent", "at", "by"}}
     models/<name>/.aliases.lock             flock()ed by whoever changes aliases.json
 
 A version directory appears whole or not at all (written aside, then renamed into place), and
 aliases.json is replaced atomically, so a reader never sees half of either. Writers of
 aliases.json take the model's lock around read-modify-write, so two processes promoting at once
 both land, in order, in the history. A file in the first format, ``{"production": 3}``, is read
-as those aliases with no history yet; the next change writes the new format.
+as those aliases with no history yet, and one without ``traffic`` as traffic mode ``none``; the
+next change writes the new format. The traffic policy has no history: it carries its own ``at``
+and ``by``. Moving production onto the candidate's version ends the experiment: the same write
+sets traffic back to ``none`` (a shadow or canary of a version against itself means nothing).
 
 joblib and scikit-learn are imported by the two functions that read and write an estimator,
 so listing the registry or moving an alias (`steward models`, `steward promote`) stays light.
@@ -144,7 +148,8 @@ class TrafficPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     mode: TrafficMode = "none"
-    percent: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False)
+    # strict: a hand-written "50" or true is refused, as aliases' versions are
+    percent: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False, strict=True)
     at: datetime | None = None
     by: str | None = Field(None, max_length=MAX_ACTOR)
 
@@ -282,8 +287,9 @@ def record_alias(
 ) -> tuple[AliasFile, AliasChange | None]:
     """Point ``alias`` at ``version`` and append the change to the history, replacing
     aliases.json atomically; the caller holds ``aliases_locked``. Returns the file as written
-    and the change (None: the alias already pointed there, nothing was written). An unreadable
-    file is refused, never overwritten."""
+    and the change (None: the alias already pointed there, nothing was written). Production
+    moved onto the candidate's version sets traffic back to ``none`` in the same write. An
+    unreadable file is refused, never overwritten."""
     current = read_alias_file(root, name)
     previous = current.aliases.get(alias)
     if previous == version:
@@ -296,12 +302,35 @@ def record_alias(
         by=by or process_actor(),
         action=action,
     )
+    traffic = current.traffic
+    ends_experiment = alias == "production" and version == current.aliases.get("candidate")
+    if ends_experiment and traffic.mode != "none":
+        traffic = TrafficPolicy(at=change.at, by=change.by)
     written = AliasFile(
-        aliases=current.aliases | {alias: version}, history=[*current.history, change]
+        aliases=current.aliases | {alias: version},
+        history=[*current.history, change],
+        traffic=traffic,
     )
+    _write_alias_file(root, name, written)
+    return written, change
+
+
+def record_traffic(root: Path, name: str, policy: TrafficPolicy) -> AliasFile:
+    """Replace the traffic policy in aliases.json atomically, aliases and history as they are;
+    the caller holds ``aliases_locked``. Returns the file as written (unchanged, and not
+    written, when it already held a policy of the same mode and percent). An unreadable file
+    is refused, never overwritten."""
+    current = read_alias_file(root, name)
+    if (current.traffic.mode, current.traffic.percent) == (policy.mode, policy.percent):
+        return current
+    written = current.model_copy(update={"traffic": policy})
+    _write_alias_file(root, name, written)
+    return written
+
+
+def _write_alias_file(root: Path, name: str, written: AliasFile) -> None:
     text = json.dumps(written.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True)
     _write_atomically(root / name / ALIASES, text + "\n")
-    return written, change
 
 
 @contextlib.contextmanager

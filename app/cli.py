@@ -27,6 +27,7 @@ from app.artifacts import (
     NAME_PATTERN,
     AliasChange,
     ModelMetadata,
+    TrafficPolicy,
     list_models,
     list_versions,
     read_aliases,
@@ -47,7 +48,8 @@ right: it joins the ground truth clients send later to the predictions it made, 
 accuracy, latency and errors to Prometheus.
 
 This command trains and registers model versions into the registry (a folder), lists them,
-points aliases at them and rolls them back, starts the server, and asks it what it serves."""
+points aliases at them and rolls them back, sets the traffic policy between production and
+candidate, starts the server, and asks it what it serves."""
 
 EPILOG = """\
 examples:
@@ -57,6 +59,8 @@ examples:
   steward register model.joblib --name churn --sample inputs.csv --target churned
   steward promote churn 2             point production at version 2
   steward rollback churn              production back to the version before
+  steward traffic churn shadow        the candidate also predicts every request
+  steward traffic churn canary --percent 10
   steward versions churn              every version: metrics, aliases, alias history
   steward status                      what the running server serves
 
@@ -212,6 +216,24 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _traffic(args: argparse.Namespace, settings: Settings) -> int:
+    state = lifecycle.set_traffic(settings.models_dir, args.model, args.mode, args.percent)
+    print(f"{args.model}: traffic {_policy(state.traffic, state.aliases)} ({SWAP_NOTE})")
+    return 0
+
+
+def _policy(policy: TrafficPolicy, aliases: dict[str, int]) -> str:
+    """A traffic policy in words, naming the candidate it sends requests to."""
+    if policy.mode == "none":
+        return "none (production answers every request)"
+    candidate = aliases.get("candidate")
+    to = "the candidate (none set)" if candidate is None else f"candidate v{candidate}"
+    share = status.percent_text(policy.percent)
+    if policy.mode == "shadow":
+        return f"shadow: {to} also predicts {share} of requests, never answering"
+    return f"canary: {to} answers {share} of requests"
+
+
 def _change(change: AliasChange) -> str:
     was = "unset" if change.from_ is None else str(change.from_)
     return f"{change.alias} -> version {change.to} (was {was}; {SWAP_NOTE})"
@@ -241,6 +263,11 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
     _table(rows)
     if live is None:
         print("live quality: no prediction store yet (nothing served)")
+    print()
+    aliases = {a: v.version for v in report.versions for a in v.aliases}
+    set_by = report.traffic
+    when = f" (set {set_by.at:%Y-%m-%d %H:%M:%S}Z by {set_by.by})" if set_by.at else ""
+    print(f"traffic: {_policy(report.traffic, aliases)}{when}")
     print()
     if not report.history:
         print("alias history: none yet")
@@ -371,6 +398,16 @@ def _version(value: str) -> int:
             "a version is a whole number from 1 (`steward models` lists them)"
         )
     return int(value)
+
+
+def _percent(value: str) -> float:
+    try:
+        percent = float(value)
+    except ValueError:
+        percent = math.nan
+    if not (math.isfinite(percent) and 0 <= percent <= 100):
+        raise argparse.ArgumentTypeError("a percent is a number from 0 to 100")
+    return percent
 
 
 def _port(value: str) -> int:
@@ -514,13 +551,40 @@ def _parser() -> argparse.ArgumentParser:
     _model_argument(rollback)
     rollback.set_defaults(command=_rollback)
 
+    traffic = _command(
+        commands,
+        "traffic",
+        "set the traffic policy between production and candidate",
+        "Set how a model's requests reach its candidate version: none (production answers\n"
+        "everything), shadow (the candidate also predicts PERCENT of the requests, default\n"
+        "100, off the response path, never answering) or canary (the candidate answers\n"
+        "PERCENT of the requests; --percent required). Shadow and canary need a candidate\n"
+        "other than production (`steward promote MODEL VERSION --alias candidate`); promoting\n"
+        "production to the candidate's version sets the policy back to none. Running servers\n"
+        "apply it within STEWARD_RELOAD_INTERVAL_SECONDS, without a restart.",
+        "examples:\n"
+        "  steward traffic iris shadow\n"
+        "  steward traffic iris canary --percent 10\n"
+        "  steward traffic iris none",
+    )
+    _model_argument(traffic)
+    traffic.add_argument("mode", choices=["none", "shadow", "canary"], help="the policy")
+    traffic.add_argument(
+        "--percent",
+        type=_percent,
+        metavar="P",
+        help="share of requests, 0-100 (default: 100 for shadow, 0 for none)",
+    )
+    traffic.set_defaults(command=_traffic)
+
     versions = _command(
         commands,
         "versions",
         "a model's versions, their metrics and aliases, and the alias history",
         "List every version of a model: when it was created, its task, its offline metrics\n"
         "(held out at training, or on the registered sample) and the aliases pointing at it;\n"
-        "then every alias change: when, which alias, from and to which version, by whom.",
+        "then the traffic policy, and every alias change: when, which alias, from and to which\n"
+        "version, by whom.",
         "examples:\n  steward versions iris",
     )
     _model_argument(versions)

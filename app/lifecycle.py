@@ -1,8 +1,17 @@
-"""A model's life in the registry: promote a version, roll back, describe its versions.
+"""A model's life in the registry: promote a version, roll back, set the traffic policy,
+describe its versions.
 
-Each change goes through ``artifacts.set_alias``: under the model's lock, appended to the
-history in aliases.json, replaced atomically. The CLI calls these functions, and the admin API
-can: each answers with the model's new alias state.
+Each change is a read-modify-write of aliases.json under the model's lock, replaced atomically
+(``artifacts.record_alias``, ``artifacts.record_traffic``); an alias move is appended to the
+history. The CLI and the admin API call these functions: each answers with the model's new alias
+state, traffic policy included.
+
+The traffic policy (``set_traffic``) sends requests to the ``candidate`` alias beside
+``production``: ``shadow`` (the candidate also predicts ``percent`` of the requests, never
+answering) or ``canary`` (it answers ``percent`` of them). It needs a candidate that is not the
+production version. Promoting production to the candidate's version ends the experiment: the
+same write sets the policy back to ``none``. Moving or removing the candidate keeps the policy
+(it follows the alias; with no candidate, production answers everything).
 
 Roll back undoes the latest production promote not undone yet, so repeated roll-backs keep going
 back: with production promoted 1 -> 2 -> 3, a roll-back returns to 2, the next to 1, the next
@@ -10,8 +19,10 @@ fails (nothing before 1). A promote after a roll-back is undone first by the nex
 Only ``production`` changes count; ``candidate`` has no roll-back.
 """
 
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,12 +33,16 @@ from app.artifacts import (
     AliasChange,
     AliasFile,
     ModelMetadata,
+    TrafficMode,
+    TrafficPolicy,
     aliases_locked,
     list_models,
     list_versions,
+    process_actor,
     read_alias_file,
     read_metadata,
     record_alias,
+    record_traffic,
 )
 from app.errors import (
     ArtifactError,
@@ -37,10 +52,13 @@ from app.errors import (
     ValidationFailed,
 )
 
+TRAFFIC_MODES: tuple[TrafficMode, ...] = get_args(TrafficMode)
+FULL_SHADOW = 100.0  # a shadow's percent when none is given: every request
+
 
 class AliasState(BaseModel):
-    """A model's aliases and their history after a change; ``change`` is the entry this call
-    appended (None: the alias already pointed there, nothing was written)."""
+    """A model's aliases, their history and its traffic policy after a change; ``change`` is
+    the entry this call appended (None: no alias moved)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -48,6 +66,7 @@ class AliasState(BaseModel):
     aliases: dict[str, int]
     history: list[AliasChange]
     change: AliasChange | None
+    traffic: TrafficPolicy
 
 
 class VersionInfo(BaseModel):
@@ -72,6 +91,7 @@ class ModelVersions(BaseModel):
     model: str
     versions: list[VersionInfo]
     history: list[AliasChange]
+    traffic: TrafficPolicy
 
 
 def promote(
@@ -115,6 +135,81 @@ def rollback(root: Path, name: str, *, by: str | None = None) -> AliasState:
         return _state(name, *written)
 
 
+def set_traffic(
+    root: Path,
+    name: str,
+    mode: str,
+    percent: float | None = None,
+    *,
+    by: str | None = None,
+) -> AliasState:
+    """Set model ``name``'s traffic policy: ``mode`` none, shadow or canary, and ``percent``
+    (0-100) of the requests it applies to: omitted, 100 for shadow and 0 for none; canary needs
+    it. Shadow and canary need a ``candidate`` alias that is not the production version
+    (LifecycleConflict, saying how to set one). The same mode and percent again writes nothing.
+    ``by`` names who asked (default: ``user@host`` of this process)."""
+    _check_model(root, name)
+    _check_actor(by)
+    share = _traffic_percent(name, mode, percent)
+    with aliases_locked(root, name):  # the candidate checked is the one the policy is for
+        current = read_alias_file(root, name)
+        if mode != "none":
+            _check_candidate(name, mode, current.aliases)
+        policy = TrafficPolicy.model_validate(
+            {"mode": mode, "percent": share, "at": datetime.now(UTC), "by": by or process_actor()}
+        )
+        return _state(name, record_traffic(root, name, policy), None)
+
+
+def _traffic_percent(name: str, mode: str, percent: float | None) -> float:
+    """The percent a policy stores, or ValidationFailed naming ``mode`` or ``percent``."""
+    if mode not in TRAFFIC_MODES:
+        raise ValidationFailed(
+            f"mode must be one of {', '.join(TRAFFIC_MODES)}",
+            [{"field": "mode", "message": f"one of {', '.join(TRAFFIC_MODES)}"}],
+            model=name,
+        )
+    if percent is None:
+        if mode == "canary":
+            raise ValidationFailed(
+                "percent is required for canary: the share of requests (0-100) the candidate "
+                "answers",
+                [{"field": "percent", "message": "required for canary"}],
+                model=name,
+            )
+        return FULL_SHADOW if mode == "shadow" else 0.0
+    if type(percent) not in (int, float) or not (math.isfinite(percent) and 0 <= percent <= 100):
+        raise ValidationFailed(
+            "percent must be a number from 0 to 100",
+            [{"field": "percent", "message": "a number from 0 to 100"}],
+            model=name,
+        )
+    if mode == "none" and percent != 0:
+        raise ValidationFailed(
+            "percent must be 0, or omitted, when mode is none (production answers everything)",
+            [{"field": "percent", "message": "0 or omitted when mode is none"}],
+            model=name,
+        )
+    return float(percent)
+
+
+def _check_candidate(name: str, mode: str, aliases: dict[str, int]) -> None:
+    candidate = aliases.get("candidate")
+    how = f"`steward promote {name} VERSION --alias candidate`"
+    if candidate is None:
+        raise LifecycleConflict(
+            f"{name}: {mode} needs a candidate version, and {name} has none: set one with "
+            f"{how} (or the admin API's promote with alias candidate)",
+            model=name,
+        )
+    if candidate == aliases.get("production"):
+        raise LifecycleConflict(
+            f"{name}: {mode} needs a candidate other than production, and both are version "
+            f"{candidate}: point the candidate at another version with {how}",
+            model=name,
+        )
+
+
 def previous_production(aliases: AliasFile) -> int | None:
     """The version a roll-back returns production to, or None when there is none."""
     undone = 0
@@ -155,7 +250,9 @@ def describe(root: Path, name: str) -> ModelVersions:
                 metrics=metadata.metrics,
             )
         )
-    return ModelVersions(model=name, versions=versions, history=aliases.history)
+    return ModelVersions(
+        model=name, versions=versions, history=aliases.history, traffic=aliases.traffic
+    )
 
 
 def _check_model(root: Path, name: str) -> None:
@@ -187,4 +284,10 @@ def _check_version(root: Path, name: str, version: int) -> ModelMetadata:
 
 
 def _state(name: str, written: AliasFile, change: AliasChange | None) -> AliasState:
-    return AliasState(model=name, aliases=written.aliases, history=written.history, change=change)
+    return AliasState(
+        model=name,
+        aliases=written.aliases,
+        history=written.history,
+        change=change,
+        traffic=written.traffic,
+    )

@@ -7,13 +7,14 @@ model (the rest share ``_other``). docs/metrics.md lists each metric with its Pr
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from app.artifacts import Label, ModelMetadata
+from app.artifacts import Label, ModelMetadata, TrafficPolicy
 from app.errors import Stage
 
 if TYPE_CHECKING:  # metrics, store and registry sit side by side: no import at run time
@@ -25,7 +26,7 @@ OTHER_CLASS = "_other"
 ERROR_STAGES: tuple[Stage, ...] = get_args(Stage)
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
-AdminAction = Literal["promote", "rollback", "reload"]
+AdminAction = Literal["promote", "rollback", "traffic", "reload"]
 AdminOutcome = Literal["ok", "denied", "error"]
 """An admin call's outcome: done, refused for its token (401/403), or any other error."""
 ADMIN_ACTIONS: tuple[AdminAction, ...] = get_args(AdminAction)
@@ -139,6 +140,14 @@ class Metrics:
             ["model", "version"],
             registry=registry,
         )
+        self.traffic_percent = Gauge(
+            "steward_model_traffic_percent",
+            "Per model, the percent of requests its traffic policy sends to the candidate, under "
+            "the policy's mode (shadow, canary; none: 0). The configured share, whether or not "
+            "it applies now (GET /models/{model} says).",
+            ["model", "mode"],
+            registry=registry,
+        )
         self.log_pending = Gauge(
             "steward_prediction_log_pending_rows",
             "Acknowledged predictions not yet written to the store.",
@@ -193,6 +202,7 @@ class Metrics:
         registry.on_refuse.append(self._refused)
         registry.on_clear.append(self._cleared)
         registry.on_unload.append(self._unloaded)
+        registry.on_traffic.append(self._traffic)
 
     def _loaded(self, entry: ModelEntry, model: LoadedModel) -> None:
         """A version is loaded: publish its info and create its series at 0."""
@@ -247,6 +257,15 @@ class Metrics:
         self._publish_info(entry, model.version)
         self.sklearn_mismatch.remove(model.name, str(model.version))
         self._series.pop((model.name, model.version), None)
+
+    def _traffic(self, entry: ModelEntry, old: TrafficPolicy | None, new: TrafficPolicy) -> None:
+        """One series per model, under its current mode: the old mode's goes."""
+        if old is not None and old.mode != new.mode:
+            with contextlib.suppress(KeyError):  # a model added before ``follow``: none yet
+                self.traffic_percent.remove(entry.name, old.mode)
+        self.traffic_percent.labels(entry.name, new.mode).set(
+            0.0 if new.mode == "none" else new.percent
+        )
 
     def _publish_info(self, entry: ModelEntry, version: int) -> None:
         """``steward_model_info`` of one version as the entry has it now: a series per alias

@@ -6,8 +6,14 @@ A version that cannot be trusted (app/loading.py) is refused: logged, kept on it
 versions load on first use, through the same checks.
 
 Whoever keeps something per model version (metrics series, batcher lanes) subscribes to the
-registry's hooks (``on_load``, ``on_swap``, ``on_refuse``, ``on_clear``, ``on_unload``); nobody
-polls it. What changes on disk while serving reaches the registry through app/watcher.py.
+registry's hooks (``on_load``, ``on_swap``, ``on_refuse``, ``on_clear``, ``on_unload``,
+``on_traffic``); nobody polls it. What changes on disk while serving reaches the registry
+through app/watcher.py.
+
+Each model carries its traffic policy (app/artifacts.py ``TrafficPolicy``), read from its
+aliases file; ``ModelState.challenger`` is the candidate version the policy sends requests to,
+while it applies. A model whose file sets shadow or canary has its candidate loaded (and warmed
+up) beside production; a candidate that is refused leaves production serving alone.
 """
 
 import logging
@@ -21,12 +27,12 @@ from app.artifacts import (
     TrafficPolicy,
     list_models,
     list_versions,
-    read_aliases,
+    read_alias_file,
     read_metadata,
 )
 from app.errors import ArtifactError, ModelUnavailable, UnknownModel, UnknownVersion
 from app.loading import LoadedModel, Refusal, Refused, load_version
-from app.schemas import LoadedVersion, ModelDetail, ModelSummary
+from app.schemas import LoadedVersion, ModelDetail, ModelSummary, TrafficStatus
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,34 @@ class ModelState:
             return self.refusals[None]
         number = self.aliases.get("production")
         return None if number is None else self.refusals.get(number)
+
+    @property
+    def challenger(self) -> LoadedModel | None:
+        """The candidate version the traffic policy sends requests to, while the policy
+        applies (a shadow or canary mode, a candidate loaded, not the production version);
+        None: production answers everything."""
+        if self.traffic.mode == "none":
+            return None
+        number = self.aliases.get("candidate")
+        if number is None or number == self.aliases.get("production"):
+            return None
+        return self.loaded.get(number)
+
+    def traffic_inactive(self) -> str | None:
+        """Why a shadow or canary policy does not apply now (None: it applies, or the mode is
+        none and there is nothing to apply)."""
+        if self.traffic.mode == "none" or self.challenger is not None:
+            return None
+        number = self.aliases.get("candidate")
+        if number is None:
+            return "no candidate"
+        if number == self.aliases.get("production"):
+            return "candidate is the production version"
+        if number in self.refusals:
+            return f"candidate v{number} is refused"
+        if number not in self.versions:
+            return f"candidate v{number} is not on disk"
+        return "candidate not loaded"
 
     def aliases_of(self, version: int) -> list[str]:
         """The aliases pointing at ``version``, sorted."""
@@ -136,6 +170,17 @@ class ModelEntry:
             aliases=dict(state.aliases),
             serving=production.version if production else None,
             refused=refusal.message if refusal else None,
+            traffic=state.traffic.mode,
+        )
+
+    def traffic_status(self) -> TrafficStatus:
+        """The traffic policy, and whether it applies now (or why not)."""
+        state = self.state
+        inactive = state.traffic_inactive()
+        return TrafficStatus(
+            **dict(state.traffic),
+            active=state.challenger is not None,
+            inactive_reason=inactive,
         )
 
     def detail(self) -> ModelDetail:
@@ -165,6 +210,7 @@ class ModelEntry:
                 for r in state.refusals.values()
             ],
             versions=versions,
+            traffic=self.traffic_status(),
         )
 
 
@@ -172,6 +218,7 @@ class ModelEntry:
 VersionHook = Callable[[ModelEntry, LoadedModel], None]
 SwapHook = Callable[[ModelEntry, str, int | None, int | None], None]
 RefuseHook = Callable[[ModelEntry, Refusal], None]
+TrafficHook = Callable[[ModelEntry, TrafficPolicy | None, TrafficPolicy], None]
 
 
 class Registry:
@@ -192,6 +239,8 @@ class Registry:
     - ``on_clear(entry, refusal)``: the aliases file's refusal no longer holds (it was fixed).
       A version's refusal lasts: a version directory never changes once written.
     - ``on_unload(entry, model)``: a version left memory; no new request resolves to it.
+    - ``on_traffic(entry, old, new)``: the model's traffic policy is ``new`` (``old`` None: the
+      model is new to the registry, told its policy once, whatever it is).
     """
 
     def __init__(
@@ -217,6 +266,7 @@ class Registry:
         self.on_refuse: list[RefuseHook] = []
         self.on_clear: list[RefuseHook] = []
         self.on_unload: list[VersionHook] = []
+        self.on_traffic: list[TrafficHook] = []
         self._entries: dict[str, ModelEntry] = {}
         self._only_at_start: str | None = None  # the default model when none is configured
         self._lock = threading.RLock()  # re-entrant: a hook that calls resolve does not deadlock
@@ -241,24 +291,37 @@ class Registry:
             # Replaced, not changed in place: readers iterate the entries without the lock.
             self._entries = {**self._entries, name: entry}
             try:
-                aliases = read_aliases(self.root, name)
+                aliases = read_alias_file(self.root, name)
             except ArtifactError as exc:
                 self._refuse(entry, None, "aliases_unreadable", exc)
+                self._fire(self.on_traffic, entry, None, entry.state.traffic)
                 return entry
-            entry.state = replace(entry.state, aliases=aliases)
-            production = aliases.get("production")
+            entry.state = replace(entry.state, aliases=aliases.aliases, traffic=aliases.traffic)
+            self._fire(self.on_traffic, entry, None, aliases.traffic)
+            production = aliases.aliases.get("production")
             if production is None:
                 logger.warning("model %s has no production version; not served by default", name)
-                return entry
-            try:
-                self._load(entry, production, warm=warm)
-            except ModelUnavailable:
-                pass  # refused and logged by _load
-            except UnknownVersion as exc:  # kept out of memory: a rescan tries it again
-                served = {alias: v for alias, v in aliases.items() if alias != "production"}
-                entry.state = replace(entry.state, aliases=served)
-                self._refuse(entry, None, "unknown_version", f"production is v{production}: {exc}")
+            else:
+                self._load_alias(entry, "production", production, warm=warm)
+            candidate = aliases.aliases.get("candidate")
+            if aliases.traffic.mode != "none" and candidate is not None and candidate != production:
+                # Warmed up even at start-up: production serves if the candidate cannot.
+                self._load_alias(entry, "candidate", candidate, warm=True)
             return entry
+
+    def _load_alias(self, entry: ModelEntry, alias: str, number: int, *, warm: bool) -> None:
+        """Load the version ``alias`` names as a model is added. A refused one stays out of
+        memory (refused and logged by ``_load``); one not on disk leaves the alias unset and
+        refuses the aliases file (a rescan tries it again). Under the lock."""
+        try:
+            self._load(entry, number, warm=warm)
+        except ModelUnavailable:
+            pass
+        except UnknownVersion as exc:
+            state = entry.state
+            served = {a: v for a, v in state.aliases.items() if a != alias}
+            entry.state = replace(state, aliases=served)
+            self._refuse(entry, None, "unknown_version", f"{alias} is v{number}: {exc}")
 
     @property
     def names(self) -> list[str]:
@@ -348,6 +411,27 @@ class Registry:
                 logger.info("%s: %s is v%d (was %s)", name, alias, version, old)
                 self._fire(self.on_swap, entry, alias, old, version)
         return model
+
+    def set_traffic(self, name: str, policy: TrafficPolicy) -> None:
+        """Replace the model's traffic policy in memory (its aliases file changed); fires
+        ``on_traffic`` when it differs. The candidate is not loaded here: the watcher loads
+        it, and ``challenger`` names it once it is."""
+        entry = self.entry(name)
+        with self._lock:
+            old = entry.state.traffic
+            if old == policy:
+                return
+            entry.state = replace(entry.state, traffic=policy)
+            logger.info(
+                "%s: traffic %s %g%% (was %s %g%%; by %s)",
+                name,
+                policy.mode,
+                policy.percent,
+                old.mode,
+                old.percent,
+                policy.by or "-",
+            )
+            self._fire(self.on_traffic, entry, old, policy)
 
     def unload(self, name: str, version: int) -> None:
         """Take a version no alias points at out of memory (the old one, after a swap).

@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from app.artifacts import ModelMetadata
+from app.artifacts import ModelMetadata, TrafficMode, TrafficPolicy
 from app.errors import InvalidJSON, validation_error
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -220,6 +220,9 @@ class ModelSummary(BaseModel):
     aliases: dict[str, int]
     serving: int | None = Field(None, description="The production version, when loaded.")
     refused: str | None = Field(None, description="Why the production version was refused.")
+    traffic: TrafficMode = Field(
+        "none", description="The traffic policy's mode (GET /models/{model} says more)."
+    )
 
 
 class LoadedVersion(BaseModel):
@@ -228,12 +231,28 @@ class LoadedVersion(BaseModel):
     sklearn_mismatch: str | None = None
 
 
+class TrafficStatus(TrafficPolicy):
+    """The traffic policy as this server applies it: the policy of the aliases file, and
+    whether it applies now."""
+
+    active: bool = Field(
+        description="True while the candidate takes its share: a shadow or canary mode, the "
+        "candidate loaded and not the production version."
+    )
+    inactive_reason: str | None = Field(
+        description="Why a shadow or canary policy does not apply now (production answers "
+        "everything): `no candidate`, `candidate is the production version`, `candidate vN is "
+        "refused`, `candidate not loaded`. Null when it applies, or when the mode is none."
+    )
+
+
 class ModelDetail(BaseModel):
     name: str
     aliases: dict[str, int]
     loaded: list[LoadedVersion]
     refusals: list[dict[str, Any]]
     versions: list[ModelMetadata]
+    traffic: TrafficStatus
 
 
 class VersionQuality(BaseModel):

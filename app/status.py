@@ -58,23 +58,27 @@ def fetch(url: str, model: str | None = None) -> Any:
 
 
 def render_models(summaries: list[dict[str, Any]]) -> list[str]:
-    """`GET /models` as a table: what each model serves, its aliases, why it is refused."""
+    """`GET /models` as a table: what each model serves, its aliases, its traffic mode, why it
+    is refused."""
     if not summaries:
         return ["the server serves no models"]
-    rows = [("MODEL", "SERVING", "ALIASES", "REFUSED")]
+    rows = [("MODEL", "SERVING", "ALIASES", "TRAFFIC", "REFUSED")]
     for summary in summaries:
         serving = summary.get("serving")
         rows.append(
             (
                 str(summary.get("name")),
                 "-" if serving is None else str(serving),
-                _aliases(summary.get("aliases") or {}),
+                _aliases(summary.get("aliases") or {}) or "-",
+                str(summary.get("traffic") or "none"),
                 str(summary.get("refused") or ""),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return [
-        "  ".join(f"{cell:<{widths[i]}}" for i, cell in enumerate(row[:3])) + "  " + row[3]
+        (
+            "  ".join(f"{cell:<{widths[i]}}" for i, cell in enumerate(row[:4])) + "  " + row[4]
+        ).rstrip()
         for row in rows
     ]
 
@@ -89,6 +93,7 @@ def render_model(detail: dict[str, Any]) -> list[str]:
         f"model:   {detail.get('name')}",
         f"aliases: {_aliases(detail.get('aliases') or {}) or '-'}",
         f"loaded:  {', '.join(loaded) or 'none'}",
+        f"traffic: {_traffic(detail.get('traffic') or {})}",
     ]
     for refusal in detail.get("refusals") or []:
         version = refusal.get("version")
@@ -106,3 +111,19 @@ def render_model(detail: dict[str, Any]) -> list[str]:
 
 def _aliases(aliases: dict[str, Any]) -> str:
     return " ".join(f"{alias}={version}" for alias, version in sorted(aliases.items()))
+
+
+def percent_text(percent: float) -> str:
+    """A share as people write it: 10%, 12.5%, 100%."""
+    return f"{percent:g}%"
+
+
+def _traffic(traffic: dict[str, Any]) -> str:
+    mode = str(traffic.get("mode") or "none")
+    if mode == "none":
+        return "none"
+    percent = traffic.get("percent")
+    share = percent_text(percent) if isinstance(percent, int | float) else "?"
+    if traffic.get("active"):
+        return f"{mode} {share} (active)"
+    return f"{mode} {share} (inactive: {traffic.get('inactive_reason') or 'unknown'})"

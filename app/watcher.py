@@ -9,7 +9,13 @@ on it finish on it. A change that cannot be applied (a version refused, an alias
 version not on disk, an unreadable file) leaves the last good state serving and refuses the
 aliases file until a later content applies whole.
 
-Aliases are read with ``app.artifacts.read_aliases``, whatever the file's format.
+The traffic policy is applied after the aliases (``Registry.set_traffic``, when it differs):
+it follows the ``candidate`` alias wherever that moves; with the alias removed, production
+answers everything. While the policy is shadow or canary, the candidate is loaded (checks,
+warm-up) if it is not yet; one refused is reported once and production serves alone.
+
+The file is read whole with ``app.artifacts.read_alias_file``, whatever its format (one
+without a traffic policy is mode ``none``).
 """
 
 import asyncio
@@ -20,7 +26,7 @@ import threading
 import anyio.to_thread
 from pydantic import BaseModel, Field
 
-from app.artifacts import list_models, read_aliases
+from app.artifacts import TrafficPolicy, list_models, read_alias_file
 from app.errors import ArtifactError, ModelUnavailable, UnknownVersion
 from app.registry import Registry
 
@@ -56,10 +62,20 @@ class ReloadReport(BaseModel):
         default_factory=dict, description="Versions out of memory after their alias moved."
     )
     refused: list[ReloadProblem] = Field(default_factory=list)
+    traffic: dict[str, TrafficPolicy] = Field(
+        default_factory=dict, description="Traffic policies new on disk, by model."
+    )
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.versions or self.moved or self.unloaded or self.refused)
+        return bool(
+            self.added
+            or self.versions
+            or self.moved
+            or self.unloaded
+            or self.refused
+            or self.traffic
+        )
 
 
 class Watcher:
@@ -117,11 +133,12 @@ class Watcher:
             logger.info("%s: new versions %s", name, ", ".join(map(str, new)))
             report.versions[name] = new
         try:
-            wanted = read_aliases(registry.root, name)
+            file = read_alias_file(registry.root, name)
         except ArtifactError as exc:
             kept = "; the last good aliases stay" if entry.state.aliases else ""
             self._refuse(name, "aliases_unreadable", f"{exc}{kept}", report)
             return
+        wanted = file.aliases
         problems: list[ReloadProblem] = []
         left: set[int] = set()
         for alias, version in sorted(wanted.items()):
@@ -160,6 +177,37 @@ class Watcher:
             self._refuse(name, problems[0].reason, message, report)
         else:
             registry.clear_aliases_refusal(name)
+        self._apply_traffic(name, file.traffic, report)
+
+    def _apply_traffic(self, name: str, policy: TrafficPolicy, report: ReloadReport) -> None:
+        """The file's traffic policy, after its aliases; the candidate loaded while the policy
+        wants it. A candidate refused here is reported once (its refusal stays on the entry),
+        without refusing the aliases file: production serves on, alone."""
+        registry = self.registry
+        entry = registry.entry(name)
+        if entry.state.traffic != policy:
+            registry.set_traffic(name, policy)
+            report.traffic[name] = policy
+        state = entry.state
+        candidate = state.aliases.get("candidate")
+        if (
+            policy.mode == "none"
+            or candidate is None
+            or candidate == state.aliases.get("production")
+            or candidate in state.loaded
+            or candidate in state.refusals
+            or candidate not in state.versions  # named by GET /models/{model}, not retried
+        ):
+            return
+        try:
+            registry.point(name, "candidate", candidate)  # the alias stays: a load, no swap
+        except ModelUnavailable as exc:
+            refusal = entry.state.refusals.get(candidate)
+            reason = refusal.reason if refusal else "load_error"
+            why = exc.message.removeprefix(f"{name}: refused ({reason}): ")
+            message = f"traffic {policy.mode}: candidate v{candidate} not loaded: {why}"
+            logger.warning("%s: %s", name, message)
+            report.refused.append(ReloadProblem(model=name, reason=reason, message=message))
 
     def _refuse(self, name: str, reason: str, message: str, report: ReloadReport) -> None:
         """Record the aliases file's refusal (logged and announced once by the registry)."""

@@ -28,6 +28,7 @@ def test_list_models(client: TestClient) -> None:
         "aliases": {"production": 1},
         "serving": 1,
         "refused": None,
+        "traffic": "none",
     }
 
 
@@ -36,6 +37,14 @@ def test_model_detail(client: TestClient) -> None:
     assert body["aliases"] == {"production": 1}
     assert body["loaded"] == [{"version": 1, "aliases": ["production"], "sklearn_mismatch": None}]
     assert body["refusals"] == []
+    assert body["traffic"] == {
+        "mode": "none",
+        "percent": 0.0,
+        "at": None,
+        "by": None,
+        "active": False,
+        "inactive_reason": None,
+    }
     (version,) = body["versions"]
     assert version["classes"] == ["setosa", "versicolor", "virginica"]
     assert len(version["sha256"]) == 64

@@ -28,7 +28,8 @@ def test_versions_shows_metrics_aliases_and_history(
     assert run_cli(capsys, *where, "promote", "iris", "2", "--alias", "candidate")[0] == 0
     code, out, err = run_cli(capsys, *where, "versions", "iris")
     assert (code, err) == (0, "")
-    table, history = out.split("\n\n")
+    table, traffic, history = out.split("\n\n")
+    assert traffic == "traffic: none (production answers every request)"
     *lines, notice = table.splitlines()
     assert notice == "live quality: no prediction store yet (nothing served)"
     assert not (tmp_path / "never-served").exists()  # a read command creates no store
@@ -104,7 +105,7 @@ def test_status_names_what_was_refused_once() -> None:
              "(checksum_mismatch): sha256 differs"},
         ],
     }  # fmt: skip
-    assert render_model(detail)[3:] == [
+    assert render_model(detail)[4:] == [
         "refused: aliases.json (aliases_unreadable): aliases.json is not JSON",
         "refused: version 2 (checksum_mismatch): sha256 differs",
     ]
@@ -184,11 +185,11 @@ def test_status_asks_a_real_server(
         code, out, err = run_cli(capsys, "status", "--url", url)
         assert (code, err) == (0, "")
         lines = out.splitlines()
-        assert lines[0].split() == ["MODEL", "SERVING", "ALIASES", "REFUSED"]
+        assert lines[0].split() == ["MODEL", "SERVING", "ALIASES", "TRAFFIC", "REFUSED"]
         assert [line.split() for line in lines[1:]] == [
-            ["breast-cancer", "1", "production=1"],
-            ["diabetes", "1", "production=1"],
-            ["iris", "1", "production=1"],
+            ["breast-cancer", "1", "production=1", "none"],
+            ["diabetes", "1", "production=1", "none"],
+            ["iris", "1", "production=1", "none"],
         ]
         code, out, err = run_cli(capsys, "status", "iris", "--url", url + "/")
         assert (code, err) == (0, "")
@@ -196,6 +197,7 @@ def test_status_asks_a_real_server(
             "model:   iris",
             "aliases: production=1",
             "loaded:  1 (production)",
+            "traffic: none",
         ]
         code, out, err = run_cli(capsys, "status", "nope", "--url", url)
         assert (code, out) == (1, "")

@@ -1,4 +1,4 @@
-"""The admin API: promote, roll back, rescan, behind a bearer token.
+"""The admin API: promote, roll back, set the traffic policy, rescan, behind a bearer token.
 
 Each route calls the same function the CLI does (app/lifecycle.py), then rescans the registry
 (app/watcher.py) so that its answer shows what this server serves now: a new version that fails
@@ -19,16 +19,17 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic_core import PydanticCustomError
 
 from app import lifecycle
 from app.api.deps import services
-from app.artifacts import AliasChange
+from app.artifacts import AliasChange, TrafficMode
 from app.errors import AdminDisabled, StewardError, Unauthorized
 from app.lifecycle import AliasState
 from app.metrics import ADMIN_ACTIONS, AdminAction, AdminOutcome
 from app.registry import Registry
-from app.schemas import ErrorResponse, ModelSummary
+from app.schemas import ErrorResponse, ModelSummary, TrafficStatus
 from app.services import Services
 from app.watcher import ReloadReport
 
@@ -121,26 +122,57 @@ class PromoteRequest(BaseModel):
     alias: Literal["production", "candidate"] = "production"
 
 
+class TrafficRequest(BaseModel):
+    """A model's traffic policy between its production and candidate versions."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    mode: TrafficMode = Field(
+        description="none: production answers everything; shadow: the candidate also predicts, "
+        "never answers; canary: the candidate answers `percent` of the requests."
+    )
+    percent: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="The share of requests (0-100) the mode applies to. Omitted: 100 for "
+        "shadow, 0 for none; required for canary.",
+    )
+
+    @field_validator("percent", mode="before")
+    @classmethod
+    def _given(cls, value: object) -> object:
+        """Omitted is a default; null is not: a client sending it means something else."""
+        if value is None:
+            raise PydanticCustomError("percent_null", "Input should be a number, or omitted")
+        return value
+
+
 class ModelState(BaseModel):
-    """A model after an admin change: its aliases on disk, the change made (None: the alias
-    already pointed there), the latest history entries, and what this server serves now
-    (``serving.refused`` says why a new version was refused, the old one serving on)."""
+    """A model after an admin change: its aliases on disk, the change made (None: no alias
+    moved), the latest history entries, and what this server serves now (``serving.refused``
+    says why a new version was refused, the old one serving on; ``traffic`` whether the
+    traffic policy applies)."""
 
     model: str
     aliases: dict[str, int]
     change: AliasChange | None
     history: list[AliasChange] = Field(description=f"The last {HISTORY_TAIL}, oldest first.")
     serving: ModelSummary
+    traffic: TrafficStatus
 
 
 async def _apply(built: Services, state: AliasState) -> ModelState:
     await built.watcher.reload()
+    entry = built.registry.entry(state.model)
     return ModelState(
         model=state.model,
         aliases=state.aliases,
         change=state.change,
         history=state.history[-HISTORY_TAIL:],
-        serving=built.registry.entry(state.model).summary(),
+        serving=entry.summary(),
+        traffic=entry.traffic_status(),
     )
 
 
@@ -174,6 +206,20 @@ async def rollback(model: str, built: AdminServices) -> ModelState:
     """Point production back at the version before its latest promote, and swap it in."""
     root = built.registry.root
     state = await anyio.to_thread.run_sync(lambda: lifecycle.rollback(root, model, by=ACTOR))
+    return await _apply(built, state)
+
+
+@router.put("/models/{model}/traffic", name="traffic")
+async def traffic(model: str, body: TrafficRequest, built: AdminServices) -> ModelState:
+    """Set a model's traffic policy (none, shadow or canary to its candidate), and apply it.
+
+    Shadow and canary need a candidate version other than production (409 otherwise). The
+    answer's ``traffic`` says whether the policy applies now: a candidate this server refuses
+    leaves production answering everything."""
+    root = built.registry.root
+    state = await anyio.to_thread.run_sync(
+        lambda: lifecycle.set_traffic(root, model, body.mode, body.percent, by=ACTOR)
+    )
     return await _apply(built, state)
 
 
