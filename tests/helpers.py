@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from httpx2 import Response
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.artifacts import load_estimator, read_metadata, save_version
 from app.cli import main
 
 IRIS_SETOSA = {
@@ -114,3 +115,12 @@ def assert_one_line_error(err: str, *parts: str) -> None:
     assert "Traceback" not in err
     for part in parts:
         assert part in err, err
+
+
+def save_broken_iris(models_dir: Path) -> int:
+    """A version of iris that passes every load check and fails its warm-up: its metadata
+    names three of the four features its estimator was fitted on."""
+    metadata = read_metadata(models_dir, "iris", 1)
+    estimator = load_estimator(models_dir, metadata)
+    draft = metadata.model_copy(update={"features": metadata.features[:3]})
+    return save_version(models_dir, draft, estimator).version

@@ -327,3 +327,217 @@ def test_openapi_documents_the_admin_routes_with_the_bearer_scheme(admin: TestCl
         }
     body = schema["paths"]["/admin/models/{model}/promote"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("PromoteRequest")
+
+
+# --- The traffic policy ------------------------------------------------------------------------
+
+TRAFFIC = "/admin/models/iris/traffic"
+
+
+def traffic_gauge(client: TestClient, mode: str, model: str = "iris") -> float | None:
+    registry = client.app_state["services"].metrics.registry
+    value: float | None = registry.get_sample_value(
+        "steward_model_traffic_percent", {"model": model, "mode": mode}
+    )
+    return value
+
+
+def with_candidate(client: TestClient) -> None:
+    response = client.post(PROMOTE, json={"version": 2, "alias": "candidate"}, headers=AUTH)
+    assert response.status_code == 200, response.text
+
+
+def test_traffic_is_set_applied_shown_and_measured(
+    admin: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with_candidate(admin)
+    assert traffic_gauge(admin, "none") == 0
+    with caplog.at_level(logging.INFO):
+        response = admin.put(TRAFFIC, json={"mode": "shadow"}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["aliases"] == {"production": 1, "candidate": 2}
+    assert body["change"] is None
+    assert body["serving"]["traffic"] == "shadow"
+    traffic = body["traffic"]
+    assert (traffic["mode"], traffic["percent"], traffic["by"]) == ("shadow", 100.0, "admin-api")
+    assert (traffic["active"], traffic["inactive_reason"]) == (True, None)
+    assert "admin traffic model='iris' outcome=ok" in caplog.text
+    assert "iris: traffic shadow 100% (was none 0%; by admin-api)" in caplog.text
+    assert admin.get("/models/iris").json()["traffic"] == traffic
+    assert traffic_gauge(admin, "shadow") == 100
+    assert traffic_gauge(admin, "none") is None
+    root = admin.app_state["services"].registry.root
+    assert read_alias_file(root, "iris").traffic.mode == "shadow"
+
+    body = admin.put(TRAFFIC, json={"mode": "canary", "percent": 12.5}, headers=AUTH).json()
+    assert (body["traffic"]["mode"], body["traffic"]["percent"]) == ("canary", 12.5)
+    assert (traffic_gauge(admin, "canary"), traffic_gauge(admin, "shadow")) == (12.5, None)
+    body = admin.put(TRAFFIC, json={"mode": "canary", "percent": 0}, headers=AUTH).json()
+    assert body["traffic"]["percent"] == 0
+    assert traffic_gauge(admin, "canary") == 0
+    body = admin.put(TRAFFIC, json={"mode": "none", "percent": 0}, headers=AUTH).json()
+    assert (body["traffic"]["mode"], body["traffic"]["active"]) == ("none", False)
+    assert (traffic_gauge(admin, "none"), traffic_gauge(admin, "canary")) == (0, None)
+    assert traffic_gauge(admin, "none", model="diabetes") == 0
+
+
+def test_promoting_production_to_the_candidate_ends_the_traffic_policy(admin: TestClient) -> None:
+    with_candidate(admin)
+    admin.put(TRAFFIC, json={"mode": "canary", "percent": 50}, headers=AUTH)
+    body = admin.post(PROMOTE, json={"version": 2}, headers=AUTH).json()
+    assert body["aliases"] == {"production": 2, "candidate": 2}
+    assert (body["traffic"]["mode"], body["traffic"]["percent"]) == ("none", 0.0)
+    assert body["serving"] == {**body["serving"], "serving": 2, "traffic": "none"}
+    assert (traffic_gauge(admin, "none"), traffic_gauge(admin, "canary")) == (0, None)
+    # And the same policy cannot start again until a new candidate is set.
+    error = assert_error(
+        admin.put(TRAFFIC, json={"mode": "shadow"}, headers=AUTH), 409, "lifecycle_conflict"
+    )
+    assert "both are version 2" in error["message"]
+
+
+def test_shadow_or_canary_without_a_candidate_is_409_saying_how(admin: TestClient) -> None:
+    root = admin.app_state["services"].registry.root
+    before = (root / "iris" / ALIASES).read_bytes()
+    for body in ({"mode": "shadow"}, {"mode": "canary", "percent": 10}):
+        error = assert_error(admin.put(TRAFFIC, json=body, headers=AUTH), 409, "lifecycle_conflict")
+        assert "steward promote iris VERSION --alias candidate" in error["message"]
+    assert (root / "iris" / ALIASES).read_bytes() == before
+    assert admin.put(TRAFFIC, json={"mode": "none"}, headers=AUTH).status_code == 200
+
+
+def test_traffic_of_an_unknown_model_is_404(admin: TestClient) -> None:
+    response = admin.put("/admin/models/nope/traffic", json={"mode": "none"}, headers=AUTH)
+    assert_error(response, 404, "unknown_model")
+    hostile = "x" * 10_000
+    response = admin.put(f"/admin/models/{hostile}/traffic", json={"mode": "none"}, headers=AUTH)
+    assert hostile not in assert_error(response, 404, "unknown_model")["message"]
+
+
+def test_traffic_needs_the_token(client: TestClient, admin: TestClient) -> None:
+    body = {"mode": "none"}
+    assert_error(client.put(TRAFFIC, json=body, headers=AUTH), 403, "admin_disabled")
+    assert_error(admin.put(TRAFFIC, json=body), 401, "unauthorized")
+    wrong = {"Authorization": f"Bearer {TOKEN}x"}
+    assert_error(admin.put(TRAFFIC, json=body, headers=wrong), 401, "unauthorized")
+    assert admin_count(admin, "traffic", "denied") == 2
+    assert admin_count(client, "traffic", "denied") == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"mode": "canary", "percent": -1}, "percent"),
+        ({"mode": "canary", "percent": 101}, "percent"),
+        ({"mode": "canary", "percent": 100.0001}, "percent"),
+        ({"mode": "canary", "percent": 1.7976931348623157e308}, "percent"),
+        ({"mode": "canary", "percent": "50"}, "percent"),
+        ({"mode": "canary", "percent": True}, "percent"),
+        ({"mode": "canary", "percent": None}, "percent"),
+        ({"mode": "canary", "percent": [50]}, "percent"),
+        ({"mode": "canary", "percent": {"value": 50}}, "percent"),
+        ({"mode": "canary"}, "percent"),  # required for canary
+        ({"mode": "none", "percent": 5}, "percent"),  # only 0 for none
+        ({"mode": "blue-green"}, "mode"),
+        ({"mode": "SHADOW"}, "mode"),
+        ({"mode": None}, "mode"),
+        ({"mode": 1}, "mode"),
+        ({"mode": "x" * 100_000}, "mode"),
+        ({"percent": 10}, "mode"),
+        ({"mode": "shadow", "percent": 10, "extra": 1}, "extra"),
+        ({"mode": "shadow", "candidate": 3}, "candidate"),
+        ([{"mode": "shadow"}], ""),
+        ("shadow", ""),
+    ],
+)
+def test_a_bad_traffic_body_is_422_naming_the_field(
+    admin: TestClient, body: object, field: str
+) -> None:
+    with_candidate(admin)
+    root = admin.app_state["services"].registry.root
+    before = (root / "iris" / ALIASES).read_bytes()
+    response = admin.put(TRAFFIC, json=body, headers=AUTH)
+    error = assert_error(response, 422, "validation_error")
+    fields = [str(d.get("field", "")) for d in error["details"]]
+    assert any(f.endswith(field) for f in fields), error
+    assert "x" * 100 not in response.text  # never echoed
+    assert (root / "iris" / ALIASES).read_bytes() == before
+    assert admin_count(admin, "traffic", "error") == 1
+    assert admin.get("/readyz").json()["status"] == "ready"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b'{"mode": "canary", "percent": NaN}', 422),
+        (b'{"mode": "canary", "percent": Infinity}', 422),
+        (b'{"mode": "canary", "percent": -Infinity}', 422),
+        (b'{"mode": "canary", "percent": 1e999}', 422),
+        (b'{"mode": "canary", "percent": 10**2}', 400),
+        (b'{"mode": "canary", "percent": 0x10}', 400),
+        (b'{"mode": "shadow", "mode": "canary", "percent": 5}', 400),  # a key twice
+        (b'{"mode": "canary", "percent": 5, "percent": 50}', 400),
+        (b'\xef\xbb\xbf{"mode": "none"}', 400),  # a byte-order mark
+        (b"{", 400),
+        (b"", 422),  # no body: the body is required
+    ],
+)
+def test_a_traffic_body_with_non_finite_numbers_or_broken_json_is_refused(
+    admin: TestClient, raw: bytes, status: int
+) -> None:
+    with_candidate(admin)
+    response = admin.put(TRAFFIC, content=raw, headers=AUTH | {"Content-Type": "application/json"})
+    assert_error(response, status, "invalid_json" if status == 400 else "validation_error")
+    root = admin.app_state["services"].registry.root
+    assert read_alias_file(root, "iris").traffic.mode == "none"
+    assert admin_count(admin, "traffic", "error") == 1
+
+
+def test_a_promote_body_with_a_key_twice_is_400(admin: TestClient) -> None:
+    raw = b'{"version": 2, "alias": "candidate", "alias": "production"}'
+    response = admin.post(PROMOTE, content=raw, headers=AUTH | {"Content-Type": "application/json"})
+    error = assert_error(response, 400, "invalid_json")
+    assert "a key appears twice" in error["message"]
+    assert "production" not in error["message"]
+    root = admin.app_state["services"].registry.root
+    assert read_alias_file(root, "iris").aliases == {"production": 1}
+
+
+def test_the_traffic_counter_counts_each_outcome(admin: TestClient) -> None:
+    wrong = {"Authorization": "Bearer wrong-token-but-long-enough"}
+    admin.put(TRAFFIC, json={"mode": "shadow"}, headers=AUTH)  # error (409: no candidate)
+    with_candidate(admin)  # promote ok
+    admin.put(TRAFFIC, json={"mode": "shadow"}, headers=AUTH)  # ok
+    admin.put(TRAFFIC, json={"mode": "shadow"}, headers=AUTH)  # ok (the same: nothing written)
+    admin.put(TRAFFIC, json={"mode": "canary"}, headers=AUTH)  # error (422)
+    admin.put(TRAFFIC, json={"mode": "none"})  # denied
+    admin.put(TRAFFIC, json={"mode": "none"}, headers=wrong)  # denied
+    admin.put("/admin/models/nope/traffic", json={"mode": "none"}, headers=AUTH)  # error (404)
+    counted = {
+        (action, outcome): admin_count(admin, action, outcome)
+        for action in ("traffic", "promote")
+        for outcome in ("ok", "error", "denied")
+    }
+    assert counted == {
+        ("traffic", "ok"): 2,
+        ("traffic", "error"): 3,
+        ("traffic", "denied"): 2,
+        ("promote", "ok"): 1,
+        ("promote", "error"): 0,
+        ("promote", "denied"): 0,
+    }
+
+
+def test_openapi_documents_the_traffic_route(admin: TestClient) -> None:
+    schema = admin.get("/openapi.json").json()
+    operation = schema["paths"]["/admin/models/{model}/traffic"]["put"]
+    assert operation["tags"] == ["admin"]
+    assert operation["security"] == [{"HTTPBearer": []}]
+    assert {"401", "403", "404", "409", "422"} <= set(operation["responses"])
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body["$ref"].endswith("TrafficRequest")
+    request = schema["components"]["schemas"]["TrafficRequest"]
+    assert request["additionalProperties"] is False
+    assert request["required"] == ["mode"]
+    assert request["properties"]["mode"]["enum"] == ["none", "shadow", "canary"]

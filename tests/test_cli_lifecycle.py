@@ -3,16 +3,18 @@
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from helpers import IRIS_SETOSA, assert_one_line_error, predict, prediction_ids, run_cli
 from server import STEWARD, free_port, serving
 
-from app.artifacts import ALIASES, process_actor, set_alias
+from app.artifacts import ALIASES, process_actor, read_alias_file, set_alias
+from app.cli import SWAP_NOTE
 from app.main import create_app
 from app.settings import Settings
-from app.status import render_model
+from app.status import render_model, render_models
 from app.training import train_demo
 
 
@@ -202,3 +204,113 @@ def test_status_asks_a_real_server(
         code, out, err = run_cli(capsys, "status", "nope", "--url", url)
         assert (code, out) == (1, "")
         assert_one_line_error(err, f"the server at {url} serves no model 'nope'")
+
+
+# --- steward traffic ---------------------------------------------------------------------------
+
+
+def test_traffic_sets_the_policy_and_versions_shows_it(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--models-dir", str(models_dir)]
+    shutil.copytree(models_dir / "iris" / "1", models_dir / "iris" / "2")
+    code, out, err = run_cli(capsys, *where, "traffic", "iris", "shadow")
+    assert (code, out) == (1, "")
+    assert_one_line_error(
+        err,
+        "iris: shadow needs a candidate version",
+        "steward promote iris VERSION --alias candidate",
+    )
+    assert run_cli(capsys, *where, "promote", "iris", "2", "--alias", "candidate")[0] == 0
+    code, out, err = run_cli(capsys, *where, "traffic", "iris", "shadow")
+    assert (code, err) == (0, "")
+    assert out == (
+        "iris: traffic shadow: candidate v2 also predicts 100% of requests, never answering "
+        f"({SWAP_NOTE})\n"
+    )
+    code, out, err = run_cli(capsys, *where, "traffic", "iris", "canary", "--percent", "12.5")
+    assert (code, err) == (0, "")
+    assert out == f"iris: traffic canary: candidate v2 answers 12.5% of requests ({SWAP_NOTE})\n"
+    traffic = read_alias_file(models_dir, "iris").traffic
+    assert (traffic.mode, traffic.percent, traffic.by) == ("canary", 12.5, process_actor())
+    assert traffic.at is not None
+
+    code, out, _ = run_cli(capsys, *where, "versions", "iris")
+    assert code == 0
+    _, shown, _ = out.split("\n\n")
+    assert shown == (
+        "traffic: canary: candidate v2 answers 12.5% of requests "
+        f"(set {traffic.at:%Y-%m-%d %H:%M:%S}Z by {process_actor()})"
+    )
+    code, out, _ = run_cli(capsys, *where, "traffic", "iris", "none")
+    assert out == f"iris: traffic none (production answers every request) ({SWAP_NOTE})\n"
+    assert read_alias_file(models_dir, "iris").traffic.mode == "none"
+
+
+def test_traffic_refuses_what_the_policy_cannot_be(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--models-dir", str(models_dir)]
+    shutil.copytree(models_dir / "iris" / "1", models_dir / "iris" / "2")
+    run_cli(capsys, *where, "promote", "iris", "2", "--alias", "candidate")
+    before = (models_dir / "iris" / ALIASES).read_bytes()
+    code, out, err = run_cli(capsys, *where, "traffic", "iris", "canary")
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, "percent is required for canary")
+    code, out, err = run_cli(capsys, *where, "traffic", "iris", "none", "--percent", "5")
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, "percent must be 0, or omitted, when mode is none")
+    code, out, err = run_cli(capsys, *where, "traffic", "nope", "none")
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, "no model 'nope' in ")
+    assert (models_dir / "iris" / ALIASES).read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["traffic", "iris", "canary", "--percent", "101"], "a percent is a number from 0 to 100"),
+        (["traffic", "iris", "canary", "--percent", "-1"], "a percent is a number from 0 to 100"),
+        (["traffic", "iris", "canary", "--percent", "nan"], "a percent is a number from 0 to 100"),
+        (["traffic", "iris", "canary", "--percent", "inf"], "a percent is a number from 0 to 100"),
+        (
+            ["traffic", "iris", "canary", "--percent", "1e999"],
+            "a percent is a number from 0 to 100",
+        ),
+        (["traffic", "iris", "canary", "--percent", "ten"], "a percent is a number from 0 to 100"),
+        (["traffic", "iris", "canary", "--percent", ""], "a percent is a number from 0 to 100"),
+        (["traffic", "iris", "blue-green"], "invalid choice: 'blue-green'"),
+        (["traffic", "iris"], "the following arguments are required: mode"),
+        (["traffic"], "the following arguments are required: MODEL, mode"),
+        (["traffic", "../iris", "none"], "a model name is 1-64 of"),
+        (["traffic", "iris", "shadow", "--weight", "5"], "unrecognized arguments: --weight 5"),
+    ],
+)
+def test_traffic_with_wrong_arguments_is_a_usage_error(
+    models_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, out, err = run_cli(capsys, "--models-dir", str(models_dir), *argv)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, message, "(see `steward")
+
+
+def test_status_shows_the_traffic_policy_and_whether_it_applies() -> None:
+    base = {"name": "iris", "aliases": {"production": 1, "candidate": 2}, "loaded": []}
+    for traffic, line in [
+        ({"mode": "none", "percent": 0}, "traffic: none"),
+        ({"mode": "canary", "percent": 12.5, "active": True}, "traffic: canary 12.5% (active)"),
+        (
+            {"mode": "shadow", "percent": 100, "active": False, "inactive_reason": "no candidate"},
+            "traffic: shadow 100% (inactive: no candidate)",
+        ),
+    ]:
+        assert render_model(base | {"traffic": traffic})[3] == line
+    summaries: list[dict[str, Any]] = [
+        {"name": "iris", "serving": 1, "aliases": {"production": 1}, "traffic": "canary"},
+        {"name": "wine", "serving": None, "aliases": {}, "traffic": "none", "refused": "why"},
+    ]
+    assert [line.split() for line in render_models(summaries)] == [
+        ["MODEL", "SERVING", "ALIASES", "TRAFFIC", "REFUSED"],
+        ["iris", "1", "production=1", "canary"],
+        ["wine", "-", "-", "none", "why"],
+    ]

@@ -156,6 +156,8 @@ def test_models_lists_a_real_registry_without_the_server_or_scikit_learn(
         (["promote", "iris", "1"], 0, "iris: production is already version 1\n"),
         (["versions", "iris"], 0, "VERSION  CREATED"),
         (["rollback", "iris"], 1, ""),  # nothing to roll back to: the error, still light
+        (["traffic", "iris", "none"], 0, "iris: traffic none"),  # already none: nothing written
+        (["traffic", "iris", "shadow"], 1, ""),  # no candidate: the error, still light
         (["status", "--url", "http://127.0.0.1:9"], 1, ""),  # nothing listens on port 9
     ],
 )

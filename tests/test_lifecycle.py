@@ -294,3 +294,266 @@ def test_describe_lists_versions_metrics_aliases_and_history(root: Path) -> None
     ]
     assert all(v.created_at is not None for v in report.versions)
     assert [(c.alias, c.to) for c in report.history] == [("production", 1), ("candidate", 3)]
+
+
+# --- The traffic policy ------------------------------------------------------------------------
+
+HOW = "steward promote adder VERSION --alias candidate"
+
+
+def test_shadow_and_canary_need_a_candidate_other_than_production(root: Path) -> None:
+    path = root / "adder" / ALIASES
+    before = path.read_bytes()
+    for mode in ("shadow", "canary"):
+        with pytest.raises(LifecycleConflict) as caught:
+            lifecycle.set_traffic(root, "adder", mode, 10)
+        assert caught.value.status_code == 409
+        assert f"adder: {mode} needs a candidate version, and adder has none" in str(caught.value)
+        assert HOW in caught.value.message
+    lifecycle.promote(root, "adder", 1, "candidate")  # the production version
+    before = path.read_bytes()
+    with pytest.raises(LifecycleConflict, match="both are version 1") as caught:
+        lifecycle.set_traffic(root, "adder", "shadow")
+    assert HOW in caught.value.message
+    assert path.read_bytes() == before
+    assert lifecycle.set_traffic(root, "adder", "none").traffic.mode == "none"  # always allowed
+
+
+def test_set_traffic_writes_the_policy_beside_the_aliases_and_keeps_the_history(
+    root: Path,
+) -> None:
+    lifecycle.promote(root, "adder", 2, "candidate")
+    history = read_alias_file(root, "adder").history
+    before = time.time()
+    state = lifecycle.set_traffic(root, "adder", "shadow")
+    assert (state.traffic.mode, state.traffic.percent) == ("shadow", 100.0)  # the default
+    assert state.traffic.by == process_actor()
+    assert state.traffic.at is not None
+    assert before - 1 <= state.traffic.at.timestamp() <= time.time() + 1
+    assert (state.aliases, state.change) == ({"production": 1, "candidate": 2}, None)
+    on_disk = read_alias_file(root, "adder")
+    assert on_disk.traffic == state.traffic
+    assert on_disk.history == history == state.history  # the policy is not an alias move
+    raw = json.loads((root / "adder" / ALIASES).read_text())
+    assert set(raw["traffic"]) == {"mode", "percent", "at", "by"}
+    assert raw["traffic"]["at"].endswith("Z")
+
+    state = lifecycle.set_traffic(root, "adder", "canary", 12.5, by="admin-api")
+    assert (state.traffic.mode, state.traffic.percent, state.traffic.by) == (
+        "canary",
+        12.5,
+        "admin-api",
+    )
+    assert lifecycle.set_traffic(root, "adder", "canary", 0).traffic.percent == 0.0
+    assert lifecycle.set_traffic(root, "adder", "shadow", 7).traffic.percent == 7.0
+    none = lifecycle.set_traffic(root, "adder", "none")
+    assert (none.traffic.mode, none.traffic.percent) == ("none", 0.0)
+    assert lifecycle.set_traffic(root, "adder", "none", 0).traffic == none.traffic
+    assert read_alias_file(root, "adder").history == history
+    assert lifecycle.describe(root, "adder").traffic == none.traffic
+
+
+def test_the_same_policy_again_writes_nothing(root: Path) -> None:
+    lifecycle.promote(root, "adder", 2, "candidate")
+    first = lifecycle.set_traffic(root, "adder", "canary", 30, by="ana@laptop")
+    path = root / "adder" / ALIASES
+    before = path.read_bytes()
+    again = lifecycle.set_traffic(root, "adder", "canary", 30.0, by="bob@laptop")
+    assert again.traffic == first.traffic  # who set it first, and when
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("mode", "percent", "field", "message"),
+    [
+        ("canary", None, "percent", "percent is required for canary"),
+        ("canary", -1, "percent", "percent must be a number from 0 to 100"),
+        ("canary", 101, "percent", "percent must be a number from 0 to 100"),
+        ("canary", 100.0000001, "percent", "percent must be a number from 0 to 100"),
+        ("shadow", float("inf"), "percent", "percent must be a number from 0 to 100"),
+        ("shadow", float("-inf"), "percent", "percent must be a number from 0 to 100"),
+        ("canary", float("nan"), "percent", "percent must be a number from 0 to 100"),
+        ("canary", 1.7976931348623157e308, "percent", "percent must be a number from 0 to 100"),
+        ("canary", True, "percent", "percent must be a number from 0 to 100"),
+        ("canary", "50", "percent", "percent must be a number from 0 to 100"),
+        ("none", 5, "percent", "percent must be 0, or omitted, when mode is none"),
+        ("staging", None, "mode", "mode must be one of none, shadow, canary"),
+        ("SHADOW", 10, "mode", "mode must be one of none, shadow, canary"),
+        ("", None, "mode", "mode must be one of none, shadow, canary"),
+        ("x" * 100_000, None, "mode", "mode must be one of none, shadow, canary"),
+    ],
+)
+def test_a_malformed_policy_is_422_naming_the_field(
+    root: Path, mode: str, percent: object, field: str, message: str
+) -> None:
+    lifecycle.promote(root, "adder", 2, "candidate")
+    path = root / "adder" / ALIASES
+    before = path.read_bytes()
+    with pytest.raises(ValidationFailed) as caught:
+        lifecycle.set_traffic(root, "adder", mode, percent)  # type: ignore[arg-type]
+    assert caught.value.status_code == 422
+    assert caught.value.message.startswith(message)
+    assert [d["field"] for d in caught.value.details] == [field]
+    assert ("x" * 20) not in caught.value.message  # never echoed
+    assert path.read_bytes() == before
+
+
+def test_set_traffic_refuses_unknown_models_and_bad_actors(root: Path) -> None:
+    lifecycle.promote(root, "adder", 2, "candidate")
+    path = root / "adder" / ALIASES
+    before = path.read_bytes()
+    with pytest.raises(UnknownModel, match="no model 'nope' in "):
+        lifecycle.set_traffic(root, "nope", "shadow")
+    for hostile in ("../adder", "ADDER", "x" * 100_000):
+        with pytest.raises(UnknownModel) as caught:
+            lifecycle.set_traffic(root, hostile, "shadow")
+        assert hostile not in caught.value.message
+    with pytest.raises(ValidationFailed, match=r"^by \(who made the change\)"):
+        lifecycle.set_traffic(root, "adder", "shadow", by="ana\nroot@vm")
+    assert path.read_bytes() == before
+    assert not (root / "nope").exists()
+
+
+def test_the_first_format_and_a_file_without_traffic_read_as_none(root: Path) -> None:
+    path = root / "adder" / ALIASES
+    path.write_text('{"production": 1, "candidate": 2}\n')
+    assert read_alias_file(root, "adder").traffic.mode == "none"
+    path.write_text('{"aliases": {"production": 1, "candidate": 2}, "history": []}\n')
+    assert read_alias_file(root, "adder").traffic == read_alias_file(root, "adder").traffic
+    assert (
+        read_alias_file(root, "adder").traffic.mode,
+        read_alias_file(root, "adder").traffic.percent,
+    ) == ("none", 0.0)
+    path.write_text('{"production": 1, "candidate": 2}\n')
+    state = lifecycle.set_traffic(root, "adder", "canary", 5)  # the new format, aliases kept
+    assert state.aliases == {"production": 1, "candidate": 2}
+    assert set(json.loads(path.read_text())) == {"aliases", "history", "traffic"}
+    assert read_alias_file(root, "adder").traffic.percent == 5.0
+
+
+def test_promoting_production_to_the_candidate_ends_the_experiment(root: Path) -> None:
+    lifecycle.promote(root, "adder", 2, "candidate")
+    lifecycle.set_traffic(root, "adder", "canary", 20)
+    # Moves that leave the candidate a different version keep the policy.
+    assert lifecycle.promote(root, "adder", 3, "candidate").traffic.percent == 20.0
+    assert lifecycle.promote(root, "adder", 2, "candidate").traffic.mode == "canary"
+    assert lifecycle.promote(root, "adder", 3).traffic.mode == "canary"
+    assert lifecycle.rollback(root, "adder").traffic.mode == "canary"  # back to 1
+    # Production onto the candidate's version: the same write sets traffic back to none.
+    state = lifecycle.promote(root, "adder", 2, by="admin-api")
+    assert state.aliases == {"production": 2, "candidate": 2}
+    assert (state.traffic.mode, state.traffic.percent, state.traffic.by) == (
+        "none",
+        0.0,
+        "admin-api",
+    )
+    assert state.change is not None
+    assert state.traffic.at == state.change.at
+    assert read_alias_file(root, "adder").traffic == state.traffic
+    # A rollback onto the candidate's version ends it too.
+    lifecycle.promote(root, "adder", 1, "candidate")
+    lifecycle.set_traffic(root, "adder", "shadow")
+    assert lifecycle.rollback(root, "adder").traffic.mode == "none"  # production 2 -> 1
+
+
+CORRUPT_TRAFFIC = {
+    "traffic-percent-out-of-range": '"traffic": {"mode": "canary", "percent": 150}',
+    "traffic-percent-a-string": '"traffic": {"mode": "canary", "percent": "50"}',
+    "traffic-percent-a-bool": '"traffic": {"mode": "canary", "percent": true}',
+    "traffic-unknown-mode": '"traffic": {"mode": "blue-green", "percent": 5}',
+    "traffic-unknown-key": '"traffic": {"mode": "none", "weight": 5}',
+    "traffic-not-an-object": '"traffic": "shadow"',
+}
+
+
+@pytest.mark.parametrize("case", [*CORRUPT, *CORRUPT_TRAFFIC])
+def test_set_traffic_refuses_a_corrupt_aliases_file_and_leaves_it(root: Path, case: str) -> None:
+    path = root / "adder" / ALIASES
+    if case in CORRUPT:
+        path.write_text(CORRUPT[case])
+    else:
+        path.write_text(
+            f'{{"aliases": {{"production": 1, "candidate": 2}}, {CORRUPT_TRAFFIC[case]}}}'
+        )
+    before = path.read_bytes()
+    for mode in ("none", "shadow"):
+        with pytest.raises(AliasesUnreadable) as caught:
+            lifecycle.set_traffic(root, "adder", mode)
+        assert "left as it is" in caught.value.message
+    if case in CORRUPT_TRAFFIC:
+        with pytest.raises(AliasesUnreadable, match="traffic"):
+            lifecycle.promote(root, "adder", 2)
+    assert path.read_bytes() == before
+
+
+# Sets traffic (canary, percent i % 100) or promotes production (between 1 and 2; the candidate
+# is 3), once a go file exists; prints each change made, in order.
+TRAFFIC_WORKER = """
+import json, sys, time
+from pathlib import Path
+from app.lifecycle import promote, set_traffic
+root, job = Path(sys.argv[1]), sys.argv[2]
+(root / f"ready-{job}").touch()
+while not (root / "go").exists():
+    time.sleep(0.001)
+made = []
+i = 0
+while not (root / "stop").exists():
+    i += 1
+    if job == "traffic":
+        state = set_traffic(root, "adder", "canary", i % 100 + 1, by=f"t-{i}")
+        if state.traffic.by == f"t-{i}":
+            made.append(i % 100 + 1)
+    elif promote(root, "adder", i % 2 + 1, by=f"p-{i}").change is not None:
+        made.append(i % 2 + 1)
+print(json.dumps(made))
+"""
+
+
+def test_two_processes_setting_traffic_and_promoting_at_once_lose_nothing(root: Path) -> None:
+    """One sets the policy, one promotes production, both through the aliases lock: every
+    promote is in the history, and the policy is the last one set."""
+    lifecycle.promote(root, "adder", 3, "candidate")
+    workers = {
+        job: subprocess.Popen(
+            [sys.executable, "-c", TRAFFIC_WORKER, str(root), job],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for job in ("traffic", "promote")
+    }
+    deadline = time.monotonic() + 60
+    while not all((root / f"ready-{job}").exists() for job in workers):
+        assert time.monotonic() < deadline, "the workers did not start"
+        assert all(w.poll() is None for w in workers.values())
+        time.sleep(0.01)
+    (root / "go").touch()
+    seen: list[tuple[int, str | None]] = []
+
+    def overlapped() -> bool:
+        aliases = read_alias_file(root, "adder")
+        seen.append((len(aliases.history), aliases.traffic.by))
+        both = sum(
+            1
+            for (h0, t0), (h1, t1) in itertools.pairwise(seen)
+            if h1 > h0 and t1 != t0  # each wrote between two looks
+        )
+        return both >= 10 and len(aliases.history) >= 100
+
+    overlapping = wait_until(overlapped, seconds=60, interval=0.02)
+    (root / "stop").touch()
+    made = {}
+    for job, process in workers.items():
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        made[job] = json.loads(out)
+    final = read_alias_file(root, "adder")
+    promotes = [c.to for c in final.history if c.by.startswith("p-")]
+    assert promotes == made["promote"]  # every promote, in order, none lost
+    for before, after in itertools.pairwise(final.history[2:]):  # after the candidate's
+        assert after.from_ == before.to
+    assert final.traffic.mode == "canary"
+    assert final.traffic.percent == made["traffic"][-1]  # the last one set, not overwritten
+    assert final.aliases["candidate"] == 3
+    assert overlapping, "the two writers never overlapped: the test proved nothing"

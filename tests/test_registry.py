@@ -2,14 +2,27 @@
 swapped at run time, and what its hooks are told."""
 
 import json
+import logging
 import threading
 from pathlib import Path
 
 import pytest
+from helpers import save_broken_iris
 
-from app.artifacts import ARTIFACT, METADATA, read_aliases, set_alias
+from app import lifecycle
+from app.artifacts import (
+    ARTIFACT,
+    METADATA,
+    TrafficPolicy,
+    load_estimator,
+    read_aliases,
+    read_metadata,
+    save_version,
+    set_alias,
+)
 from app.errors import ModelUnavailable, UnknownModel, UnknownVersion
 from app.loading import LoadedModel
+from app.prediction import scores_typical_row
 from app.registry import ModelEntry, Registry
 from app.training import train_demo
 
@@ -329,3 +342,140 @@ def test_add_and_refresh_versions_pick_up_what_appeared_on_disk(
     train_demo(models_dir)
     assert registry.refresh_versions("iris") == [2]
     assert entry.state.versions == (1, 2)
+
+
+# --- The traffic policy ------------------------------------------------------------------------
+
+
+def traffic_events(registry: Registry) -> list[tuple[object, ...]]:
+    seen: list[tuple[object, ...]] = []
+    registry.on_traffic.append(
+        lambda e, old, new: seen.append(
+            (e.name, old and (old.mode, old.percent), (new.mode, new.percent))
+        )
+    )
+    return seen
+
+
+def test_a_shadow_in_the_file_loads_the_candidate_at_start_up(models_dir: Path) -> None:
+    train_demo(models_dir)  # version 2 of each demo; production stays 1
+    set_alias(models_dir, "iris", "candidate", 2)
+    set_alias(models_dir, "diabetes", "candidate", 2)  # traffic none: loaded on first use
+    lifecycle.set_traffic(models_dir, "iris", "shadow", by="ana@laptop")
+    registry = Registry(models_dir, max_instances=100, warm_up=scores_typical_row)
+    seen = traffic_events(registry)
+    registry.load()
+    assert seen == [
+        ("breast-cancer", None, ("none", 0.0)),
+        ("diabetes", None, ("none", 0.0)),
+        ("iris", None, ("shadow", 100.0)),
+    ]
+    iris = registry.entry("iris").state
+    assert sorted(iris.loaded) == [1, 2]
+    assert iris.challenger is iris.loaded[2]
+    assert (iris.traffic.mode, iris.traffic.percent, iris.traffic.by) == (
+        "shadow",
+        100.0,
+        "ana@laptop",
+    )
+    status = registry.entry("iris").traffic_status()
+    assert (status.mode, status.percent, status.active, status.inactive_reason) == (
+        "shadow",
+        100.0,
+        True,
+        None,
+    )
+    assert registry.entry("iris").detail().traffic == status
+    assert registry.entry("iris").summary().traffic == "shadow"
+    diabetes = registry.entry("diabetes").state
+    assert sorted(diabetes.loaded) == [1]
+    assert diabetes.challenger is None
+    assert registry.entry("diabetes").traffic_status().inactive_reason is None  # mode none
+
+
+@pytest.mark.parametrize("breakage", ["warmup_failed", "checksum_mismatch"])
+def test_a_refused_candidate_leaves_production_serving_alone(
+    models_dir: Path, breakage: str
+) -> None:
+    """Warmed up even at start-up (production is not): a candidate that cannot score its
+    typical row is refused, and the model is not degraded for it."""
+    if breakage == "warmup_failed":
+        candidate = save_broken_iris(models_dir)
+    else:
+        candidate = save_version(
+            models_dir,
+            read_metadata(models_dir, "iris", 1),
+            load_estimator(models_dir, read_metadata(models_dir, "iris", 1)),
+        ).version
+        tamper(models_dir, "iris", candidate)
+    set_alias(models_dir, "iris", "candidate", candidate)
+    lifecycle.set_traffic(models_dir, "iris", "canary", 10)
+    registry = Registry(models_dir, max_instances=100, warm_up=scores_typical_row)
+    registry.load()
+    state = registry.entry("iris").state
+    assert registry.production()["iris"].version == 1
+    assert registry.refused() == {}  # production serves: not a refused model
+    assert state.refusals[candidate].reason == breakage
+    assert state.challenger is None
+    status = registry.entry("iris").traffic_status()
+    assert (status.mode, status.active) == ("canary", False)
+    assert status.inactive_reason == f"candidate v{candidate} is refused"
+
+
+def test_a_candidate_missing_from_disk_at_start_up_refuses_the_aliases_file(
+    models_dir: Path,
+) -> None:
+    path = models_dir / "iris" / "aliases.json"
+    path.write_text(
+        json.dumps(
+            {
+                "aliases": {"production": 1, "candidate": 9},
+                "history": [],
+                "traffic": {"mode": "shadow", "percent": 50},
+            }
+        )
+    )
+    registry = loaded(models_dir)
+    state = registry.entry("iris").state
+    assert registry.production()["iris"].version == 1
+    assert state.aliases == {"production": 1}
+    assert state.refusals[None].reason == "unknown_version"
+    assert "candidate is v9" in state.refusals[None].message
+    assert state.challenger is None
+    assert registry.entry("iris").traffic_status().inactive_reason == "no candidate"
+
+
+def test_the_challenger_is_the_loaded_candidate_while_the_policy_applies(
+    models_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train_demo(models_dir)
+    set_alias(models_dir, "iris", "candidate", 2)
+    registry = loaded(models_dir)
+    seen = traffic_events(registry)
+    entry = registry.entry("iris")
+    assert entry.state.challenger is None  # mode none
+    canary = TrafficPolicy(mode="canary", percent=25, by="ana@laptop")
+    with caplog.at_level(logging.INFO, logger="app.registry"):
+        registry.set_traffic("iris", canary)
+    assert "iris: traffic canary 25% (was none 0%; by ana@laptop)" in caplog.text
+    assert seen == [("iris", ("none", 0.0), ("canary", 25.0))]
+    assert entry.state.traffic == canary
+    assert entry.state.challenger is None  # the candidate is not in memory yet
+    assert entry.traffic_status().inactive_reason == "candidate not loaded"
+    registry.resolve("iris", "candidate")
+    assert entry.state.challenger is entry.state.loaded[2]
+    assert entry.traffic_status().active
+    registry.set_traffic("iris", canary)  # the same policy: nothing fired
+    assert len(seen) == 1
+
+    registry.point("iris", "candidate", 1)  # the production version
+    assert entry.state.challenger is None
+    assert entry.traffic_status().inactive_reason == "candidate is the production version"
+    registry.point("iris", "candidate", 2)
+    assert entry.state.challenger is entry.state.loaded[2]
+    registry.unset("iris", "candidate")
+    assert entry.state.challenger is None
+    assert entry.traffic_status().inactive_reason == "no candidate"
+    assert entry.state.traffic == canary  # the policy stays: it follows the alias
+    with pytest.raises(UnknownModel):
+        registry.set_traffic("nope", canary)

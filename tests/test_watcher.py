@@ -1,14 +1,26 @@
 """Hot swap: registry changes on disk reach a serving app by themselves, and a change that
 cannot be applied keeps the last good state serving."""
 
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import IRIS_SETOSA, predict, wait_until
+from helpers import IRIS_SETOSA, predict, save_broken_iris, wait_until
+from server import STEWARD
 
-from app.artifacts import ALIASES, ARTIFACT, load_estimator, read_metadata, save_version, set_alias
+from app import lifecycle
+from app.artifacts import (
+    ALIASES,
+    ARTIFACT,
+    load_estimator,
+    process_actor,
+    read_metadata,
+    save_version,
+    set_alias,
+)
 from app.main import create_app
 from app.prediction import scores_typical_row
 from app.registry import Registry
@@ -18,15 +30,6 @@ from app.training import train_demo
 from app.watcher import AliasMove, Watcher
 
 DEMOS = {"breast-cancer": 1, "diabetes": 1, "iris": 1}
-
-
-def save_broken_iris(models_dir: Path) -> int:
-    """A version of iris that passes every load check and fails its warm-up: its metadata
-    names three of the four features its estimator was fitted on."""
-    metadata = read_metadata(models_dir, "iris", 1)
-    estimator = load_estimator(models_dir, metadata)
-    draft = metadata.model_copy(update={"features": metadata.features[:3]})
-    return save_version(models_dir, draft, estimator).version
 
 
 def tamper(models_dir: Path, name: str, version: int) -> None:
@@ -301,3 +304,124 @@ def test_the_only_model_at_start_up_stays_the_default_when_another_appears(
         answer = client.post("/predict", json={"instances": [IRIS_SETOSA]})
         assert answer.status_code == 200, answer.text
         assert answer.json()["model"] == "iris"
+
+
+# --- The traffic policy ------------------------------------------------------------------------
+
+
+def test_a_traffic_policy_on_disk_reaches_the_registry_after_the_aliases(
+    models_dir: Path,
+) -> None:
+    train_demo(models_dir)  # v2 of each demo
+    set_alias(models_dir, "iris", "candidate", 2)
+    registry = Registry(models_dir, 100, warm_up=scores_typical_row)
+    registry.load()
+    watcher = Watcher(registry, 0)
+    entry = registry.entry("iris")
+    assert sorted(entry.state.loaded) == [1]  # mode none: the candidate waits for a request
+
+    policy = lifecycle.set_traffic(models_dir, "iris", "shadow", 40).traffic
+    report = watcher.scan()
+    assert report.traffic == {"iris": policy}
+    assert report.changed
+    assert (report.moved, report.refused) == ([], [])
+    assert entry.state.traffic == policy
+    assert sorted(entry.state.loaded) == [1, 2]  # loaded (and warmed up) for the policy
+    assert entry.state.challenger is entry.state.loaded[2]
+    assert not watcher.scan().changed
+
+    train_demo(models_dir)  # v3
+    set_alias(models_dir, "iris", "candidate", 3)  # the candidate moves: the policy follows
+    report = watcher.scan()
+    assert report.moved == [AliasMove(model="iris", alias="candidate", old=2, new=3)]
+    assert report.traffic == {}
+    assert report.unloaded == {"iris": [2]}
+    assert entry.state.challenger is entry.state.loaded[3]
+    assert entry.state.traffic == policy
+
+    raw = json.loads((models_dir / "iris" / ALIASES).read_text())
+    del raw["aliases"]["candidate"]  # removed by hand: production answers everything
+    (models_dir / "iris" / ALIASES).write_text(json.dumps(raw))
+    report = watcher.scan()
+    assert report.moved == [AliasMove(model="iris", alias="candidate", old=3, new=None)]
+    assert entry.state.challenger is None
+    assert entry.state.traffic == policy
+    assert entry.traffic_status().inactive_reason == "no candidate"
+
+    (models_dir / "iris" / ALIASES).write_text('{"production": 1}')  # the first format: none
+    report = watcher.scan()
+    assert list(report.traffic) == ["iris"]
+    assert (entry.state.traffic.mode, entry.state.traffic.percent) == ("none", 0.0)
+
+
+def test_a_candidate_refused_when_its_policy_starts_is_reported_once(models_dir: Path) -> None:
+    broken = save_broken_iris(models_dir)
+    set_alias(models_dir, "iris", "candidate", broken)
+    registry = Registry(models_dir, 100, warm_up=scores_typical_row)
+    registry.load()
+    watcher = Watcher(registry, 0)
+    lifecycle.set_traffic(models_dir, "iris", "canary", 10)
+    report = watcher.scan()
+    (problem,) = report.refused
+    assert (problem.model, problem.reason) == ("iris", "warmup_failed")
+    assert problem.message.startswith(f"traffic canary: candidate v{broken} not loaded: ")
+    assert list(report.traffic) == ["iris"]
+    assert registry.refused() == {}  # production serves: the model is not degraded
+    assert registry.production()["iris"].version == 1
+    assert registry.entry("iris").state.challenger is None
+    reason = registry.entry("iris").traffic_status().inactive_reason
+    assert reason == f"candidate v{broken} is refused"
+    assert not watcher.scan().changed  # not tried, nor reported, again
+
+
+def traffic_gauge(client: TestClient, model: str, mode: str) -> float | None:
+    services: Services = client.app_state["services"]
+    labels = {"model": model, "mode": mode}
+    return services.metrics.registry.get_sample_value("steward_model_traffic_percent", labels)
+
+
+def steward(models_dir: Path, *argv: str) -> str:
+    """Run the `steward` command in its own process; its stdout."""
+    done = subprocess.run(
+        [STEWARD, "--models-dir", str(models_dir), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_policy_set_by_the_cli_is_picked_up_shown_and_measured(
+    served: TestClient, fast: Settings
+) -> None:
+    assert traffic_gauge(served, "iris", "none") == 0
+    steward(fast.models_dir, "promote", "iris", "2", "--alias", "candidate")
+    out = steward(fast.models_dir, "traffic", "iris", "canary", "--percent", "30")
+    assert out.startswith("iris: traffic canary: candidate v2 answers 30% of requests")
+
+    def shown() -> bool:
+        return bool(served.get("/models/iris").json()["traffic"]["active"])
+
+    assert wait_until(shown, seconds=20)
+    traffic = served.get("/models/iris").json()["traffic"]
+    assert {k: traffic[k] for k in ("mode", "percent", "active", "inactive_reason")} == {
+        "mode": "canary",
+        "percent": 30.0,
+        "active": True,
+        "inactive_reason": None,
+    }
+    assert traffic["by"] == process_actor()
+    summaries = {m["name"]: m["traffic"] for m in served.get("/models").json()}
+    assert summaries == {"breast-cancer": "none", "diabetes": "none", "iris": "canary"}
+    assert traffic_gauge(served, "iris", "canary") == 30
+    assert traffic_gauge(served, "iris", "none") is None  # the old mode's series went
+    assert traffic_gauge(served, "diabetes", "none") == 0
+
+    steward(fast.models_dir, "promote", "iris", "2")  # production onto the candidate: ended
+    assert wait_until(lambda: traffic_gauge(served, "iris", "none") == 0, seconds=20)
+    assert traffic_gauge(served, "iris", "canary") is None
+    traffic = served.get("/models/iris").json()["traffic"]
+    assert (traffic["mode"], traffic["active"]) == ("none", False)
+    assert serving(served, "iris") == 2

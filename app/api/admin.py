@@ -29,7 +29,7 @@ from app.errors import AdminDisabled, StewardError, Unauthorized
 from app.lifecycle import AliasState
 from app.metrics import ADMIN_ACTIONS, AdminAction, AdminOutcome
 from app.registry import Registry
-from app.schemas import ErrorResponse, ModelSummary, TrafficStatus
+from app.schemas import ErrorResponse, ModelSummary, TrafficStatus, refuse_duplicate_keys
 from app.services import Services
 from app.watcher import ReloadReport
 
@@ -106,6 +106,17 @@ async def _authorized(
 
 AdminServices = Annotated[Services, Depends(_authorized)]
 
+
+async def _one_key_each(request: Request) -> None:
+    """A body with a key twice is 400, as on /predict and /feedback: which copy wins is the
+    parser's choice, and a proxy that checked the other would be fooled."""
+    body = await request.body()  # read once already, for the body parameter
+    if body.strip():
+        refuse_duplicate_keys(body)
+
+
+_SINGLE_KEYS = [Depends(_one_key_each)]
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse}
     for status in (400, 401, 403, 404, 409, 413, 422, 503)  # 400, 413: refused before auth
@@ -176,7 +187,7 @@ async def _apply(built: Services, state: AliasState) -> ModelState:
     )
 
 
-@router.post("/models/{model}/promote", name="promote")
+@router.post("/models/{model}/promote", name="promote", dependencies=_SINGLE_KEYS)
 async def promote(model: str, body: PromoteRequest, built: AdminServices) -> ModelState:
     """Point an alias (production by default) of a model at a version, and swap it in.
 
@@ -209,7 +220,7 @@ async def rollback(model: str, built: AdminServices) -> ModelState:
     return await _apply(built, state)
 
 
-@router.put("/models/{model}/traffic", name="traffic")
+@router.put("/models/{model}/traffic", name="traffic", dependencies=_SINGLE_KEYS)
 async def traffic(model: str, body: TrafficRequest, built: AdminServices) -> ModelState:
     """Set a model's traffic policy (none, shadow or canary to its candidate), and apply it.
 
