@@ -541,3 +541,5 @@ def test_openapi_documents_the_traffic_route(admin: TestClient) -> None:
     assert request["additionalProperties"] is False
     assert request["required"] == ["mode"]
     assert request["properties"]["mode"]["enum"] == ["none", "shadow", "canary"]
+    percent = request["properties"]["percent"]
+    assert (percent["type"], percent["minimum"], percent["maximum"]) == ("number", 0, 100)

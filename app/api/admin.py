@@ -19,7 +19,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
 from app import lifecycle
@@ -142,7 +142,10 @@ class TrafficRequest(BaseModel):
         description="none: production answers everything; shadow: the candidate also predicts, "
         "never answers; canary: the candidate answers `percent` of the requests."
     )
-    percent: float | None = Field(
+    percent: Annotated[
+        float | None,  # None: omitted (a null sent is refused below)
+        WithJsonSchema({"type": "number", "minimum": 0, "maximum": 100}),
+    ] = Field(
         None,
         ge=0,
         le=100,
