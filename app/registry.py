@@ -41,7 +41,8 @@ _MODEL_DETAIL = [{"field": "model", "message": "not a model of this server (GET 
 
 @dataclass(frozen=True)
 class ModelState:
-    """One model at one moment: versions on disk, aliases, loaded versions, refusals.
+    """One model at one moment: versions on disk, aliases, loaded versions, refusals, and the
+    traffic policy between production and candidate.
 
     Never changed in place: the registry replaces an entry's state whole, so whoever reads one
     state sees an alias and the version it points at from the same moment.
@@ -280,7 +281,8 @@ class Registry:
 
     def add(self, name: str) -> ModelEntry:
         """A model that appeared in the registry directory since ``load``: its entry, with its
-        production version loaded (and warmed up) if it has one that passes. Idempotent."""
+        production version loaded (and warmed up) if it has one that passes, and its candidate
+        too when its traffic policy is shadow or canary. Idempotent."""
         return self._entries.get(name) or self._add(name, warm=True)
 
     def _add(self, name: str, *, warm: bool) -> ModelEntry:
