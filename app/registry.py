@@ -54,6 +54,17 @@ class ModelState:
         return None if number is None else self.loaded.get(number)
 
     @property
+    def challenger(self) -> LoadedModel | None:
+        """The candidate version while the traffic policy applies to it: a mode other than
+        ``none``, the candidate loaded, and not the production version."""
+        if self.traffic.mode == "none":
+            return None
+        number = self.aliases.get("candidate")
+        if number is None or number == self.aliases.get("production"):
+            return None
+        return self.loaded.get(number)
+
+    @property
     def refusal(self) -> Refusal | None:
         """Why no production version serves, when a refusal is the reason: the production
         version's, or the aliases file's."""
