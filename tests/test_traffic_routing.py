@@ -168,14 +168,14 @@ def test_when_the_candidate_becomes_production_the_canary_ends(
 # --- shadow ------------------------------------------------------------------------------------
 
 
-def shadow_rows(client: TestClient) -> list[dict[str, object]]:
+def shadow_rows(client: TestClient) -> list[sqlite3.Row]:
     """The shadow predictions in the store, oldest first."""
     built = services(client)
     built.log.flush()
     path = built.settings.data_dir / "steward.db"
     with sqlite3.connect(path) as db:
         db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute("SELECT * FROM shadow_predictions ORDER BY id")]
+        return list(db.execute("SELECT * FROM shadow_predictions ORDER BY id"))
 
 
 def wait_for_shadows(client: TestClient) -> None:
