@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batch_inline_max=settings.batch_inline_max_seconds,
             log_wait=settings.log_wait_seconds,
             shadow_max_pending_rows=settings.shadow_max_pending_rows,
+            shadow_window=settings.shadow_window_seconds,
         )
         services = Services(
             settings=settings,

@@ -114,6 +114,7 @@ class Predictor:
         batch_inline_max: float,
         log_wait: float,
         shadow_max_pending_rows: int = 1000,
+        shadow_window: float = 0.02,
     ) -> None:
         self.registry = registry
         self.log = log
@@ -130,7 +131,13 @@ class Predictor:
         self._scores_typical_row: weakref.WeakKeyDictionary[LoadedModel, bool] = (
             weakref.WeakKeyDictionary()
         )
-        self.shadows = Shadows(self.batcher, log, metrics, max_pending_rows=shadow_max_pending_rows)
+        self.shadows = Shadows(
+            self.batcher,
+            log,
+            metrics,
+            max_pending_rows=shadow_max_pending_rows,
+            window=shadow_window,
+        )
         registry.on_unload.append(self._unloaded)
 
     async def resolve(

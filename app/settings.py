@@ -107,6 +107,13 @@ class Settings(BaseSettings):
         description="Rows waiting for a candidate's shadow predictions; beyond it, a request's "
         "rows are not shadowed (counted in steward_shadow_failures_total, reason skipped).",
     )
+    shadow_window_seconds: float = Field(
+        0.02,
+        ge=0,
+        le=10,
+        description="Shadow work is gathered this long, then run as one model call: the "
+        "candidate costs the loop one call per window instead of one per request.",
+    )
     shadow_wait_seconds: float = Field(
         2.0,
         ge=0,

@@ -1,11 +1,13 @@
 """Shadow predictions: the candidate predicts the rows production served, off the response path.
 
 A request served by production while the model's traffic policy is ``shadow`` hands its rows
-(and their prediction ids) to ``Shadows.submit``, which returns at once; a task on the event
-loop then runs the candidate on them through the batcher (the candidate's own lane, so the
-shadow rows of concurrent requests share model calls) and queues the outputs in the prediction
-log as shadow predictions of those ids (``PredictionRecord.shadow_of``). The client's response
-never waits for it and never carries it.
+(and their prediction ids) to ``Shadows.submit``, which returns at once. The candidate's work is
+not urgent, so it is gathered: every ``window`` seconds the requests queued for a candidate are
+run together through the batcher (the candidate's own lane: one model call for all of them, each
+request's rows still failing alone), and their outputs queued in the prediction log as shadow
+predictions of those ids (``PredictionRecord.shadow_of``). The client's response never waits for
+it and never carries it, and the loop pays one model call per window instead of one per request
+(docs/performance.md has the measured cost).
 
 The rows reach the candidate as production validated them when both versions have the same input
 contract; otherwise the request body is validated again against the candidate's request model,
@@ -27,6 +29,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from app.batching import Batcher
@@ -40,6 +43,15 @@ from app.store import PredictionLog, PredictionRecord
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One request's rows for a candidate: ids served, rows (None: validate ``body`` again)."""
+
+    ids: Sequence[str]
+    rows: Sequence[Row] | None
+    body: bytes
+
+
 class Shadows:
     """Runs shadow predictions in background tasks and tracks the ones not logged yet."""
 
@@ -50,11 +62,15 @@ class Shadows:
         metrics: Metrics,
         *,
         max_pending_rows: int,
+        window: float = 0.02,
     ) -> None:
         self.batcher = batcher
         self.log = log
         self.metrics = metrics
         self.max_pending_rows = max_pending_rows
+        self.window = window
+        self._queued: dict[LoadedModel, list[_Job]] = {}  # waiting for their window to close
+        self._timers: dict[LoadedModel, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._rows = 0  # rows submitted and not finished (event-loop thread only)
         self._pending: set[str] = set()  # served ids whose shadow is not logged yet
@@ -82,12 +98,24 @@ class Shadows:
         self._rows += len(rows)
         with self._cond:
             self._pending.update(ids)
-        task = asyncio.create_task(
-            self._run(candidate, ids, rows if same_contract else None, body),
-            name=f"shadow:{candidate.name}:v{candidate.version}",
+        self._queued.setdefault(candidate, []).append(
+            _Job(ids, rows if same_contract else None, body)
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if candidate not in self._timers:
+            loop = asyncio.get_running_loop()
+            self._timers[candidate] = loop.call_later(self.window, self._start, candidate)
+
+    def _start(self, candidate: LoadedModel) -> None:
+        """The window closed: run the candidate's queued requests, all in the same loop turn,
+        so that the batcher gathers them into one model call."""
+        self._timers.pop(candidate, None)
+        for job in self._queued.pop(candidate, []):
+            task = asyncio.create_task(
+                self._run(candidate, job.ids, job.rows, job.body),
+                name=f"shadow:{candidate.name}:v{candidate.version}",
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def wait(self, ids: Collection[str], timeout: float) -> None:
         """Block until no shadow of ``ids`` is still running (at most ``timeout`` seconds): a
@@ -96,7 +124,11 @@ class Shadows:
             self._cond.wait_for(lambda: self._pending.isdisjoint(ids), timeout)
 
     async def close(self, timeout: float) -> None:
-        """Let the running shadows finish (up to ``timeout`` seconds), then cancel the rest."""
+        """Run what is queued now, let the shadows finish (up to ``timeout`` seconds), then
+        cancel the rest."""
+        for candidate, timer in list(self._timers.items()):
+            timer.cancel()
+            self._start(candidate)
         if not self._tasks:
             return
         _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
