@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,7 +76,8 @@ class Shadows:
         self._rows = 0  # rows submitted and not finished (event-loop thread only)
         self._pending: set[str] = set()  # served ids whose shadow is not logged yet
         self._cond = threading.Condition()  # feedback waits on it from worker threads
-        self._failing: set[LoadedModel] = set()  # versions whose failure was logged once
+        # Versions whose failure was logged once; weakly, so an unloaded version can go.
+        self._failing: weakref.WeakSet[LoadedModel] = weakref.WeakSet()
 
     @property
     def pending_rows(self) -> int:
@@ -147,6 +149,10 @@ class Shadows:
     ) -> None:
         try:
             failure = await self._shadow(candidate, ids, rows, body)
+        except Exception:  # a bug of ours: logged, and the served path never sees it
+            logger.exception("shadow %s v%d failed", candidate.name, candidate.version)
+            failure = "model_failure"
+        try:
             if failure is not None:
                 self.metrics.count_shadow_failure(candidate.metadata, failure, len(ids))
         finally:
