@@ -16,11 +16,14 @@ from typing import Any
 import sklearn
 from pydantic import BaseModel
 
-from app.artifacts import ChecksumMismatch, ModelMetadata, load_estimator, read_metadata
+from app.artifacts import ChecksumMismatch, Label, ModelMetadata, load_estimator, read_metadata
 from app.errors import ArtifactError, ModelUnavailable
-from app.features import InputContract, widen
+from app.features import InputContract, Row, widen
+from app.schemas import parse_json
 
 logger = logging.getLogger(__name__)
+
+RowOutput = tuple[Label, dict[str, float] | None]  # prediction, class probabilities if any
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +51,14 @@ class LoadedModel:
     @property
     def request_model(self) -> type[BaseModel]:
         return self.contract.request_model
+
+    def rows(self, body: bytes) -> list[Row]:
+        """The rows of a /predict body, as this version's request model validates them:
+        InvalidJSON or ValidationFailed (naming the field) when it does not."""
+        request = parse_json(
+            self.request_model.model_validate_json, body, keys=self.contract.key_count
+        )
+        return self.contract.rows(request)
 
     @cached_property
     def class_keys(self) -> list[str]:

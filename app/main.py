@@ -60,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batch_max_wait=settings.batch_max_wait_seconds,
             batch_inline_max=settings.batch_inline_max_seconds,
             log_wait=settings.log_wait_seconds,
+            shadow_max_pending_rows=settings.shadow_max_pending_rows,
+            shadow_window=settings.shadow_window_seconds,
         )
         services = Services(
             settings=settings,
@@ -87,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield {"services": services}  # requests reach it through app/api/deps.py
         finally:
             await services.watcher.close()  # no swap while the rest shuts down
-            await predictor.close()
+            await predictor.close(settings.shutdown_timeout_seconds)
             await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)
             store.close()
             gc.unfreeze()

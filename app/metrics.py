@@ -26,6 +26,9 @@ OTHER_CLASS = "_other"
 ERROR_STAGES: tuple[Stage, ...] = get_args(Stage)
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
+ShadowFailure = Literal["skipped", "log_full", "invalid_input", "model_failure"]
+"""Why a candidate's shadow predictions of a request were not logged (app/shadow.py)."""
+SHADOW_FAILURES: tuple[ShadowFailure, ...] = get_args(ShadowFailure)
 AdminAction = Literal["promote", "rollback", "traffic", "reload"]
 AdminOutcome = Literal["ok", "denied", "error"]
 """An admin call's outcome: done, refused for its token (401/403), or any other error."""
@@ -163,6 +166,20 @@ class Metrics:
             "Acknowledged predictions the store refused while it worked: quarantined, not retried.",
             registry=registry,
         )
+        self.shadow_predictions = Counter(
+            "steward_shadow_predictions",
+            "Rows a candidate predicted in shadow (logged, never returned), by version.",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.shadow_failures = Counter(
+            "steward_shadow_failures",
+            "Rows a candidate did not shadow, by reason ("
+            + ", ".join(SHADOW_FAILURES)
+            + "); the client's answer never depends on them.",
+            ["model", "version", "reason"],
+            registry=registry,
+        )
         self.admin_actions = Counter(
             "steward_admin_actions",
             "Admin API calls by action ("
@@ -215,6 +232,9 @@ class Metrics:
         self.batch_rows.labels(name, version)
         for stage in ERROR_STAGES:
             self.errors.labels(name, stage)
+        self.shadow_predictions.labels(name, version)
+        for reason in SHADOW_FAILURES:
+            self.shadow_failures.labels(name, version, reason)
         outcomes: tuple[str, ...]
         if metadata.task == "classification":
             outcomes = CLASSIFIER_OUTCOMES
@@ -284,6 +304,14 @@ class Metrics:
 
     def count_admin(self, action: AdminAction, outcome: AdminOutcome) -> None:
         self.admin_actions.labels(action, outcome).inc()
+
+    def count_shadow(self, metadata: ModelMetadata, rows: int) -> None:
+        self.shadow_predictions.labels(metadata.name, str(metadata.version)).inc(rows)
+
+    def count_shadow_failure(
+        self, metadata: ModelMetadata, reason: ShadowFailure, rows: int
+    ) -> None:
+        self.shadow_failures.labels(metadata.name, str(metadata.version), reason).inc(rows)
 
     def count_error(self, model: str | None, stage: Stage | None) -> None:
         """One error of ``model`` (None: ``_unknown``) at ``stage``; an error with no stage

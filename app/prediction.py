@@ -6,9 +6,9 @@ outside the training targets), is the input's fault when the model still scores 
 broken: 500 ``model_failure``.
 """
 
+import hashlib
 import logging
-import os
-import time
+import random
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,22 +17,19 @@ from datetime import UTC, datetime
 import anyio.to_thread
 import numpy as np
 
-from app.artifacts import Label
 from app.batching import Batcher, BatcherClosed, BatchStats
 from app.errors import ModelFailure, NotReady, StewardError, UnscorableInput
 from app.features import Row
-from app.loading import LoadedModel
+from app.ids import new_ids
+from app.loading import LoadedModel, RowOutput
 from app.metrics import Metrics
 from app.registry import ModelEntry, Registry
-from app.schemas import parse_json
+from app.shadow import Shadows
 from app.store import PredictionLog, PredictionRecord
 
 logger = logging.getLogger(__name__)
 
 MAX_DETAILS = 20  # details of an unscorable request: the first out-of-range values
-
-
-RowOutput = tuple[Label, dict[str, float] | None]  # prediction, class probabilities if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,22 +87,16 @@ def scores_typical_row(model: LoadedModel) -> bool:
     return True
 
 
-def new_ids(count: int) -> list[str]:
-    """``count`` prediction ids: UUIDv7 (RFC 9562) as 32 hex digits.
-
-    74 random bits make an id unguessable; the leading millisecond timestamp makes ids arrive
-    in order, so the log's primary-key index grows at its end instead of rewriting a random
-    page per row (random ids cut SQLite's insert rate by four as the log grows; see bench/).
-    """
-    millis = time.time_ns() // 1_000_000
-    head = (millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76  # timestamp, version 7
-    noise = os.urandom(10 * count)
-    ids = []
-    for start in range(0, 10 * count, 10):
-        bits = int.from_bytes(noise[start : start + 10])
-        rand_a, rand_b = bits >> 68, bits & 0x3FFF_FFFF_FFFF_FFFF  # 12 and 62 random bits
-        ids.append(f"{head | rand_a << 64 | 0b10 << 62 | rand_b:032x}")  # variant 10
-    return ids
+def in_share(model: str, key: str | None, percent: float) -> bool:
+    """Whether a request falls in a traffic policy's ``percent`` share: at random, or, for a
+    ``key``, by a hash of the model and the key, the same in every process and restart (a
+    larger share keeps every key of a smaller one)."""
+    if percent >= 100.0:
+        return True
+    if not key:
+        return random.random() * 100.0 < percent
+    digest = hashlib.blake2b(f"{model}\0{key}".encode(errors="surrogatepass"), digest_size=8)
+    return int.from_bytes(digest.digest()) * 100.0 < percent * 2.0**64
 
 
 class Predictor:
@@ -122,6 +113,8 @@ class Predictor:
         batch_max_wait: float,
         batch_inline_max: float,
         log_wait: float,
+        shadow_max_pending_rows: int = 1000,
+        shadow_window: float = 0.02,
     ) -> None:
         self.registry = registry
         self.log = log
@@ -138,21 +131,43 @@ class Predictor:
         self._scores_typical_row: weakref.WeakKeyDictionary[LoadedModel, bool] = (
             weakref.WeakKeyDictionary()
         )
+        self.shadows = Shadows(
+            self.batcher,
+            log,
+            metrics,
+            max_pending_rows=shadow_max_pending_rows,
+            window=shadow_window,
+        )
         registry.on_unload.append(self._unloaded)
 
-    async def resolve(self, name: str | None, version: str | None) -> LoadedModel:
-        """The loaded version that ``name`` (None: the default model) and ``version`` (None:
-        production) name; a version not loaded yet is loaded in a worker thread."""
-        name = name or self.registry.default_name(self.default_model)
-        model = self.registry.cached(name, version)
+    async def resolve(
+        self, name: str | None, version: str | None, key: str | None = None
+    ) -> LoadedModel:
+        """The loaded version that ``name`` (None: the default model) and ``version`` name; a
+        version not loaded yet is loaded in a worker thread.
+
+        With no ``version``, the model's traffic policy decides: production, or under
+        ``canary`` its candidate for the policy's share of requests (for a ``key``, always the
+        same choice while the policy stands)."""
+        entry = self.registry.entry(name or self.registry.default_name(self.default_model))
+        if version is None:
+            state = entry.state
+            canary = state.challenger
+            if (
+                canary is not None
+                and state.traffic.mode == "canary"
+                and in_share(entry.name, key, state.traffic.percent)
+            ):
+                return canary
+        model = entry.cached(version)
         if model is None:
-            model = await anyio.to_thread.run_sync(self.registry.resolve, name, version)
+            model = await anyio.to_thread.run_sync(self.registry.resolve, entry.name, version)
         return model
 
     async def predict(self, model: LoadedModel, body: bytes) -> PredictionResult:
         """Validate a /predict body for ``model``, predict its rows, log them, count them."""
         try:
-            rows = self._validate(model, body)
+            rows = model.rows(body)
             outputs = await self._infer(model, rows)
             ids = new_ids(len(rows))
             await self._log(model, ids, rows, outputs)
@@ -160,16 +175,22 @@ class Predictor:
             error.model = model.name  # counted under this model where it is rendered
             raise
         self.metrics.series(model.metadata).count_predictions([label for label, _ in outputs])
+        self._shadow(model, ids, rows, body)
         return PredictionResult(model.name, model.version, ids, outputs)
 
-    async def close(self) -> None:
+    async def close(self, shadow_timeout: float = 5.0) -> None:
+        """Let the shadows under way finish, then the batches."""
+        await self.shadows.close(shadow_timeout)
         await self.batcher.close()
 
-    def _validate(self, model: LoadedModel, body: bytes) -> list[Row]:
-        request = parse_json(
-            model.request_model.model_validate_json, body, keys=model.contract.key_count
-        )
-        return model.contract.rows(request)
+    def _shadow(self, model: LoadedModel, ids: list[str], rows: list[Row], body: bytes) -> None:
+        """Hand the rows production served to the candidate when the policy says ``shadow``."""
+        state = self.registry.entry(model.name).state
+        if state.traffic.mode != "shadow" or model is not state.production:
+            return
+        candidate = state.challenger
+        if candidate is not None and in_share(model.name, None, state.traffic.percent):
+            self.shadows.submit(model, candidate, ids, rows, body)
 
     async def _infer(self, model: LoadedModel, rows: list[Row]) -> list[RowOutput]:
         try:

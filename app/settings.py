@@ -101,6 +101,25 @@ class Settings(BaseSettings):
         description="How long /predict waits for room when the log is full only because the "
         "store is behind (backpressure); then 503. A failing store is refused at once.",
     )
+    shadow_max_pending_rows: int = Field(
+        1000,
+        ge=1,
+        description="Rows waiting for a candidate's shadow predictions; beyond it, a request's "
+        "rows are not shadowed (counted in steward_shadow_failures_total, reason skipped).",
+    )
+    shadow_window_seconds: float = Field(
+        0.02,
+        ge=0,
+        le=10,
+        description="Shadow work is gathered this long, then run as one model call: the "
+        "candidate costs the loop one call per window instead of one per request.",
+    )
+    shadow_wait_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How long feedback for a row waits for its shadow prediction still running, "
+        "so both are labelled together; a shadow later than this misses that label.",
+    )
     quality_window_seconds: float = Field(
         7 * 86400.0,
         gt=0,

@@ -6,6 +6,10 @@ prints one table: model x connections x {req/s, p50, p99, errors} for both, and 
 Also 64-row requests (rows/s), the feedback path (feedbacks/s), prediction-log rows written
 vs acknowledged, the deepest log backlog seen and the server's peak RSS.
 
+Then the cost of shadowing: iris at 1 and 64 connections with its traffic policy ``none`` and
+``shadow`` (a second iris version as candidate predicting every request's rows off the response
+path), interleaved over two rounds. ``--shadow-only`` runs just that part.
+
 ``--soak SECONDS`` instead runs iris at 64 connections for that long and prints RSS over time.
 """
 
@@ -14,12 +18,13 @@ import json
 import os
 import platform
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--connections", default=",".join(map(str, CONNECTIONS)))
     parser.add_argument("--soak", type=int, default=0, help="run the RSS soak instead")
+    parser.add_argument("--shadow-only", action="store_true", help="only the shadow cost")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="steward-bench-") as folder:
         bench(Path(folder), args)
@@ -59,6 +65,9 @@ def bench(work: Path, args: argparse.Namespace) -> None:
     print(machine())
     if args.soak:
         soak(work, models_dir, args.soak)
+        return
+    if args.shadow_only:
+        shadow_cost(work, models_dir, args.seconds)
         return
     models = args.models.split(",")
     connections = [int(c) for c in args.connections.split(",")]
@@ -95,6 +104,70 @@ def bench(work: Path, args: argparse.Namespace) -> None:
         f"deepest backlog {watch.peak:,.0f} rows"
     )
     print(f"peak RSS: steward {peak_rss:.0f} MiB, naive {naive_rss:.0f} MiB")
+    print()
+    shadow_cost(work, models_dir, args.seconds)
+
+
+SHADOW_CONNECTIONS = (1, 64)
+SHADOW_ROUNDS = 2
+
+
+def shadow_cost(work: Path, models_dir: Path, seconds: float) -> None:
+    """iris with no traffic policy, then with its candidate in shadow on every request, at 1 and
+    64 connections, interleaved over SHADOW_ROUNDS rounds on one server; the policy is set with
+    `steward traffic` and reaches the server through its rescan, as in production."""
+    subprocess.run([STEWARD, "--models-dir", models_dir, "train", "demo"], check=True,
+                   capture_output=True)  # fmt: skip
+    subprocess.run([STEWARD, "--models-dir", models_dir, "promote", "iris", "2", "--alias",
+                    "candidate"], check=True, capture_output=True)  # fmt: skip
+    script = lua_post(body(models_dir, "iris", 1), work, "shadow-iris")
+    runs: dict[tuple[str, int], list[Result]] = {}
+    (work / "shadow").mkdir()
+    with start_steward(work / "shadow", models_dir) as steward:
+        wrk(f"{steward.url}/predict/iris", script, 8, 2)
+        for _ in range(SHADOW_ROUNDS):
+            for mode in ("none", "shadow"):
+                set_traffic(steward.url, models_dir, mode)
+                for c in SHADOW_CONNECTIONS:
+                    result = wrk(f"{steward.url}/predict/iris", script, c, seconds)
+                    runs.setdefault((mode, c), []).append(result)
+        served = counter(steward.url, "steward_predictions_total")
+        shadowed = counter(steward.url, "steward_shadow_predictions_total")
+        failed = counter(steward.url, "steward_shadow_failures_total")
+        steward.stop(timeout=120)
+    rows = []
+    for c in SHADOW_CONNECTIONS:
+        off, on = runs[("none", c)], runs[("shadow", c)]
+        p50 = (_median(r.p50_ms for r in off), _median(r.p50_ms for r in on))
+        p99 = (_median(r.p99_ms for r in off), _median(r.p99_ms for r in on))
+        rate = (_median(r.rate for r in off), _median(r.rate for r in on))
+        rows.append((
+            str(c), f"{rate[0]:,.0f}", f"{rate[1]:,.0f}", f"{p50[0]:.2f}", f"{p50[1]:.2f}",
+            f"{p50[1] - p50[0]:+.2f}", f"{p99[0]:.2f}", f"{p99[1]:.2f}", f"{p99[1] - p99[0]:+.2f}",
+            str(sum(r.errors for r in off + on)),
+        ))  # fmt: skip
+    print(f"shadow cost, iris, median of {SHADOW_ROUNDS} interleaved rounds of {seconds} s:")
+    print_markdown(
+        ("conns", "req/s off", "req/s shadow", "p50 off", "p50 shadow", "p50 +ms", "p99 off",
+         "p99 shadow", "p99 +ms", "err"),
+        rows,
+    )  # fmt: skip
+    print(f"served rows {served:,}; shadowed {shadowed:,}; shadow failures {failed:,}")
+
+
+def set_traffic(url: str, models_dir: Path, mode: str) -> None:
+    """Set iris' policy with the CLI and wait for the server's rescan to apply it."""
+    subprocess.run([STEWARD, "--models-dir", models_dir, "traffic", "iris", mode], check=True,
+                   capture_output=True)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while json.loads(get(f"{url}/models/iris"))["traffic"]["mode"] != mode:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not apply traffic {mode} within 30 s")
+        time.sleep(0.2)
+
+
+def _median(values: Iterable[float]) -> float:
+    return statistics.median(values)
 
 
 def machine() -> str:

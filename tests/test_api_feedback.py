@@ -22,8 +22,8 @@ from helpers import (
 from sklearn.tree import DecisionTreeClassifier
 
 from app.artifacts import load_estimator, read_metadata, save_version, set_alias
+from app.ids import new_ids
 from app.main import create_app
-from app.prediction import new_ids
 from app.settings import Settings
 from app.store import PredictionRecord, open_store
 from app.training import train_demo

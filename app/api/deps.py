@@ -7,7 +7,7 @@ dependency that uses it (cached or not), about 10 µs a request each on /predict
 
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 
 from app.feedback import FeedbackRecorder
 from app.loading import LoadedModel
@@ -62,17 +62,30 @@ async def _settings(request: Request) -> Settings:
     return services(request).settings
 
 
+KeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="X-Steward-Key",
+        max_length=256,
+        description="Under a canary traffic policy, requests with the same key are answered "
+        "by the same version (a user or session id, say); without it, each request is drawn.",
+    ),
+]
+
+
 async def _resolved_model(
-    model: str, request: Request, version: VersionQuery = None
+    model: str, request: Request, version: VersionQuery = None, key: KeyHeader = None
 ) -> LoadedModel:
-    """The version of the path's model that ``?version=`` names: UnknownModel, UnknownVersion
-    or ModelUnavailable if there is none to serve."""
-    return await services(request).predictor.resolve(model, version)
+    """The version of the path's model that ``?version=`` names, else the one its traffic
+    policy picks: UnknownModel, UnknownVersion or ModelUnavailable if there is none to serve."""
+    return await services(request).predictor.resolve(model, version, key)
 
 
-async def _default_model(request: Request, version: VersionQuery = None) -> LoadedModel:
+async def _default_model(
+    request: Request, version: VersionQuery = None, key: KeyHeader = None
+) -> LoadedModel:
     """The same for the default model (POST /predict)."""
-    return await services(request).predictor.resolve(None, version)
+    return await services(request).predictor.resolve(None, version, key)
 
 
 RegistryDep = Annotated[Registry, Depends(_registry)]

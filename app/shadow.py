@@ -1,0 +1,209 @@
+"""Shadow predictions: the candidate predicts the rows production served, off the response path.
+
+A request served by production while the model's traffic policy is ``shadow`` hands its rows
+(and their prediction ids) to ``Shadows.submit``, which returns at once. The candidate's work is
+not urgent, so it is gathered: every ``window`` seconds the requests queued for a candidate are
+run together through the batcher (the candidate's own lane: one model call for all of them, each
+request's rows still failing alone), and their outputs queued in the prediction log as shadow
+predictions of those ids (``PredictionRecord.shadow_of``). The client's response never waits for
+it and never carries it, and the loop pays one model call per window instead of one per request
+(docs/performance.md has the measured cost).
+
+The rows reach the candidate as production validated them when both versions have the same input
+contract; otherwise the request body is validated again against the candidate's request model,
+in the task, and a body it refuses is counted (``invalid_input``), not answered.
+
+Nothing here may hurt the served path, so every resource is bounded and every failure is counted
+in ``steward_shadow_failures_total{reason}`` instead of raised:
+
+- ``skipped``: more than ``max_pending_rows`` rows are already waiting for the candidate;
+- ``log_full``: the prediction log is over half full (the other half is for served rows);
+- ``invalid_input`` / ``model_failure``: the candidate refused the rows or failed on them.
+
+Feedback for a row whose shadow is still running waits for it (``wait``, bounded), so the
+label reaches both predictions in one transaction.
+"""
+
+import asyncio
+import contextlib
+import logging
+import threading
+import weakref
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from app.batching import Batcher
+from app.errors import StewardError, StoreUnavailable
+from app.features import Row
+from app.ids import new_ids
+from app.loading import LoadedModel, RowOutput
+from app.metrics import Metrics, ShadowFailure
+from app.store import PredictionLog, PredictionRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One request's rows for a candidate: ids served, rows (None: validate ``body`` again)."""
+
+    ids: Sequence[str]
+    rows: Sequence[Row] | None
+    body: bytes
+
+
+class Shadows:
+    """Runs shadow predictions in background tasks and tracks the ones not logged yet."""
+
+    def __init__(
+        self,
+        batcher: "Batcher[LoadedModel, Row, RowOutput]",
+        log: PredictionLog,
+        metrics: Metrics,
+        *,
+        max_pending_rows: int,
+        window: float = 0.02,
+    ) -> None:
+        self.batcher = batcher
+        self.log = log
+        self.metrics = metrics
+        self.max_pending_rows = max_pending_rows
+        self.window = window
+        self._queued: dict[LoadedModel, list[_Job]] = {}  # waiting for their window to close
+        self._timers: dict[LoadedModel, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rows = 0  # rows submitted and not finished (event-loop thread only)
+        self._pending: set[str] = set()  # served ids whose shadow is not logged yet
+        self._cond = threading.Condition()  # feedback waits on it from worker threads
+        # Versions whose failure was logged once; weakly, so an unloaded version can go.
+        self._failing: weakref.WeakSet[LoadedModel] = weakref.WeakSet()
+
+    @property
+    def pending_rows(self) -> int:
+        return self._rows
+
+    def submit(
+        self,
+        served: LoadedModel,
+        candidate: LoadedModel,
+        ids: Sequence[str],
+        rows: Sequence[Row],
+        body: bytes,
+    ) -> None:
+        """Shadow ``rows`` (served by ``served`` under ``ids``) with ``candidate``, later.
+        Never raises and never waits: a shadow that cannot be taken on is counted."""
+        if self._rows + len(rows) > self.max_pending_rows:
+            self.metrics.count_shadow_failure(candidate.metadata, "skipped", len(rows))
+            return
+        same_contract = candidate.metadata.features == served.metadata.features
+        self._rows += len(rows)
+        with self._cond:
+            self._pending.update(ids)
+        self._queued.setdefault(candidate, []).append(
+            _Job(ids, rows if same_contract else None, body)
+        )
+        if candidate not in self._timers:
+            loop = asyncio.get_running_loop()
+            self._timers[candidate] = loop.call_later(self.window, self._start, candidate)
+
+    def _start(self, candidate: LoadedModel) -> None:
+        """The window closed: run the candidate's queued requests, all in the same loop turn,
+        so that the batcher gathers them into one model call."""
+        self._timers.pop(candidate, None)
+        for job in self._queued.pop(candidate, []):
+            task = asyncio.create_task(
+                self._run(candidate, job.ids, job.rows, job.body),
+                name=f"shadow:{candidate.name}:v{candidate.version}",
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def wait(self, ids: Collection[str], timeout: float) -> None:
+        """Block until no shadow of ``ids`` is still running (at most ``timeout`` seconds): a
+        shadow that is late then misses this label. Called from worker threads."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending.isdisjoint(ids), timeout)
+
+    async def close(self, timeout: float) -> None:
+        """Run what is queued now, let the shadows finish (up to ``timeout`` seconds), then
+        cancel the rest."""
+        for candidate, timer in list(self._timers.items()):
+            timer.cancel()
+            self._start(candidate)
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in late:
+            task.cancel()
+        for task in late:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(
+        self,
+        candidate: LoadedModel,
+        ids: Sequence[str],
+        rows: Sequence[Row] | None,
+        body: bytes,
+    ) -> None:
+        try:
+            failure = await self._shadow(candidate, ids, rows, body)
+        except Exception:  # a bug of ours: logged, and the served path never sees it
+            logger.exception("shadow %s v%d failed", candidate.name, candidate.version)
+            failure = "model_failure"
+        try:
+            if failure is not None:
+                self.metrics.count_shadow_failure(candidate.metadata, failure, len(ids))
+        finally:
+            self._rows -= len(ids)
+            with self._cond:
+                self._pending.difference_update(ids)
+                self._cond.notify_all()
+
+    async def _shadow(
+        self,
+        candidate: LoadedModel,
+        ids: Sequence[str],
+        rows: Sequence[Row] | None,
+        body: bytes,
+    ) -> ShadowFailure | None:
+        """Predict and log; the failure's reason, or None when the shadow rows were logged."""
+        if rows is None:
+            try:
+                rows = candidate.rows(body)
+            except StewardError:
+                return "invalid_input"
+            if len(rows) != len(ids):  # cannot happen for one body; never mislabel a row
+                return "invalid_input"
+        try:
+            outputs = await self.batcher.run(candidate, list(rows))
+        except Exception as exc:
+            if candidate not in self._failing:  # once per version: a failing shadow is noisy
+                self._failing.add(candidate)
+                logger.warning(
+                    "shadow %s v%d fails (counted in steward_shadow_failures_total): %r",
+                    candidate.name,
+                    candidate.version,
+                    exc,
+                )
+            return "model_failure"
+        if self.log.pending + len(ids) > self.log.max_pending // 2:
+            return "log_full"
+        now = datetime.now(UTC)
+        name, version, names = candidate.name, candidate.version, candidate.contract.names
+
+        records = [
+            PredictionRecord(
+                shadow_id, name, version, now, names, row, label, probabilities, served_id
+            )
+            for shadow_id, served_id, row, (label, probabilities) in zip(
+                new_ids(len(ids)), ids, rows, outputs, strict=True
+            )
+        ]
+        try:
+            self.log.append(records)
+        except StoreUnavailable:
+            return "log_full"
+        self.metrics.count_shadow(candidate.metadata, len(records))
+        return None

@@ -1,0 +1,298 @@
+"""The traffic policy on the request path: canary answers (stable per X-Steward-Key) and shadow
+predictions (logged, counted, never returned), through the real app on a real registry."""
+
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from helpers import (
+    IRIS_SETOSA,
+    IRIS_VIRGINICA,
+    metric,
+    predict,
+    prediction_ids,
+    stored_rows,
+    wait_until,
+)
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from app import lifecycle
+from app.artifacts import TrafficMode, read_metadata, save_version, set_alias
+from app.main import create_app
+from app.prediction import in_share
+from app.services import Services
+from app.settings import Settings
+from app.training import train_demo
+
+
+@pytest.fixture
+def traffic_settings(tmp_path: Path, models_dir: Path) -> Settings:
+    """iris: production v1, candidate v2 (both trained from the demo data); no periodic rescan,
+    the tests rescan when they have changed the policy."""
+    train_demo(models_dir)
+    set_alias(models_dir, "iris", "candidate", 2)
+    return Settings(models_dir=models_dir, data_dir=tmp_path / "data", reload_interval_seconds=0)
+
+
+def start(settings: Settings) -> TestClient:
+    return TestClient(create_app(settings), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def served(traffic_settings: Settings) -> Iterator[TestClient]:
+    with start(traffic_settings) as client:
+        yield client
+
+
+def services(client: TestClient) -> Services:
+    built: Services = client.app_state["services"]
+    return built
+
+
+def policy(client: TestClient, mode: TrafficMode, percent: float | None = None) -> None:
+    """Set iris' traffic policy as the CLI does (aliases.json), then rescan as the server would."""
+    built = services(client)
+    lifecycle.set_traffic(built.registry.root, "iris", mode, percent)
+    built.watcher.scan()
+
+
+def versions(client: TestClient, count: int, **headers: str) -> Counter[int]:
+    answered: Counter[int] = Counter()
+    for _ in range(count):
+        response = client.post("/predict/iris", json={"instances": [IRIS_SETOSA]}, headers=headers)
+        assert response.status_code == 200, response.text
+        answered[response.json()["version"]] += 1
+    return answered
+
+
+# --- canary ------------------------------------------------------------------------------------
+
+
+def test_a_canary_answers_its_share_from_the_candidate_and_the_log_agrees(
+    served: TestClient,
+) -> None:
+    assert versions(served, 50) == {1: 50}  # a candidate alone answers nothing
+    policy(served, "canary", 30)
+    responses = [predict(served, "iris", IRIS_SETOSA) for _ in range(1000)]
+    answered = Counter(r.json()["version"] for r in responses)
+    # Binomial(1000, 0.3): mean 300, sd 14.5; these bounds fail once in 10^8 runs.
+    assert 220 <= answered[2] <= 380
+    assert answered[1] + answered[2] == 1000
+    services(served).log.flush()
+    logged = {row["id"]: row["version"] for row in stored_rows(services(served).settings.data_dir)}
+    for response in responses:
+        (prediction_id,) = prediction_ids(response)
+        assert logged[prediction_id] == response.json()["version"]
+    assert metric(served, "steward_predictions_total", model="iris", version="2") == answered[2]
+
+
+def test_a_canary_key_always_gets_the_same_version(served: TestClient) -> None:
+    policy(served, "canary", 30)
+    chosen = {}
+    for user in range(200):
+        seen = versions(served, 3, **{"X-Steward-Key": f"user-{user}"})
+        assert len(seen) == 1, f"user-{user} was answered by {dict(seen)}"
+        chosen[user] = next(iter(seen))
+    on_candidate = {user for user, version in chosen.items() if version == 2}
+    assert 30 <= len(on_candidate) <= 95  # Binomial(200, 0.3): mean 60, sd 6.5
+    # The choice is a property of the key, the same in any process: widen the share, and every
+    # key that was on the candidate stays there.
+    policy(served, "canary", 60)
+    for user in on_candidate:
+        assert versions(served, 1, **{"X-Steward-Key": f"user-{user}"}) == {2: 1}
+
+
+def test_in_share_is_a_stable_split_of_the_keys() -> None:
+    keys = [f"k{i}" for i in range(10_000)]
+    for percent in (0.0, 1.0, 25.0, 50.0, 99.0, 100.0):
+        share = sum(in_share("iris", key, percent) for key in keys) / len(keys)
+        assert abs(share - percent / 100) < 0.02
+    small = {key for key in keys if in_share("iris", key, 10.0)}
+    assert small <= {key for key in keys if in_share("iris", key, 20.0)}
+    # another model splits the same keys its own way
+    assert small != {key for key in keys if in_share("wine", key, 10.0)}
+
+
+def test_a_canary_at_0_and_100_percent_and_a_pinned_version(served: TestClient) -> None:
+    policy(served, "canary", 0)
+    assert versions(served, 30) == {1: 30}
+    policy(served, "canary", 100)
+    assert versions(served, 30) == {2: 30}
+    # a client that names a version gets it, whatever the policy
+    pinned = served.post("/predict/iris?version=production", json={"instances": [IRIS_SETOSA]})
+    assert pinned.json()["version"] == 1
+    assert (
+        served.post("/predict/iris?version=1", json={"instances": [IRIS_SETOSA]}).json()["version"]
+        == 1
+    )
+    policy(served, "none")
+    assert versions(served, 30) == {1: 30}
+
+
+def test_a_canary_key_header_that_is_too_long_is_422_without_echo(served: TestClient) -> None:
+    policy(served, "canary", 50)
+    key = "k" * 257
+    response = served.post(
+        "/predict/iris", json={"instances": [IRIS_SETOSA]}, headers={"X-Steward-Key": key}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
+    assert key not in response.text
+    # odd but valid keys are just keys
+    for odd in ("", " ", "ключ".encode(), b"\xff\xfe", "a\tb"):
+        answer = served.post(
+            "/predict/iris", json={"instances": [IRIS_SETOSA]}, headers={"X-Steward-Key": odd}
+        )
+        assert answer.status_code == 200
+
+
+def test_when_the_candidate_becomes_production_the_canary_ends(
+    served: TestClient, traffic_settings: Settings
+) -> None:
+    policy(served, "canary", 100)
+    assert versions(served, 5) == {2: 5}
+    lifecycle.promote(traffic_settings.models_dir, "iris", 2)
+    services(served).watcher.scan()
+    assert versions(served, 5) == {2: 5}
+    assert served.get("/models/iris").json()["traffic"]["mode"] == "none"
+    lifecycle.rollback(traffic_settings.models_dir, "iris")
+    services(served).watcher.scan()
+    assert versions(served, 5) == {1: 5}  # v2 is candidate again, with no canary
+
+
+# --- shadow ------------------------------------------------------------------------------------
+
+
+def shadow_rows(client: TestClient) -> list[sqlite3.Row]:
+    """The shadow predictions in the store, oldest first."""
+    built = services(client)
+    built.log.flush()
+    path = built.settings.data_dir / "steward.db"
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        return list(db.execute("SELECT * FROM shadow_predictions ORDER BY id"))
+
+
+def wait_for_shadows(client: TestClient) -> None:
+    assert wait_until(lambda: services(client).predictor.shadows.pending_rows == 0, seconds=10)
+
+
+def test_shadow_predictions_are_logged_and_never_returned(served: TestClient) -> None:
+    policy(served, "shadow")  # percent defaults to 100
+    responses = [predict(served, "iris", IRIS_SETOSA, IRIS_VIRGINICA) for _ in range(20)]
+    assert {r.json()["version"] for r in responses} == {1}
+    assert all(len(r.json()["predictions"]) == 2 for r in responses)
+    wait_for_shadows(served)
+    shadows = shadow_rows(served)
+    served_ids = [i for r in responses for i in prediction_ids(r)]
+    assert sorted(s["prediction_id"] for s in shadows) == sorted(served_ids)
+    assert {s["version"] for s in shadows} == {2}
+    assert not {s["id"] for s in shadows} & set(served_ids)
+    # the served log holds the served rows only
+    assert len(stored_rows(services(served).settings.data_dir)) == 40
+    assert metric(served, "steward_shadow_predictions_total", model="iris", version="2") == 40
+    assert metric(served, "steward_predictions_total", model="iris", version="2") == 0
+    assert metric(served, "steward_predictions_total", model="iris", version="1") == 40
+
+
+def test_shadow_of_a_share_of_the_requests(served: TestClient) -> None:
+    policy(served, "shadow", 25)
+    for _ in range(400):
+        predict(served, "iris", IRIS_SETOSA)
+    wait_for_shadows(served)
+    shadowed = metric(served, "steward_shadow_predictions_total", model="iris", version="2")
+    assert 50 <= shadowed <= 150  # Binomial(400, 0.25): mean 100, sd 8.7
+    assert len(shadow_rows(served)) == shadowed
+
+
+def test_a_request_pinned_to_a_version_is_not_shadowed(served: TestClient) -> None:
+    policy(served, "shadow", 100)
+    served.post("/predict/iris?version=candidate", json={"instances": [IRIS_SETOSA]})
+    served.post("/predict/iris?version=production", json={"instances": [IRIS_SETOSA]})
+    wait_for_shadows(served)
+    # production answered the second: it is shadowed; the candidate's own answer is not
+    assert metric(served, "steward_shadow_predictions_total", model="iris", version="2") == 1
+
+
+def test_shadows_beyond_the_pending_limit_are_skipped_and_counted(
+    traffic_settings: Settings,
+) -> None:
+    settings = traffic_settings.model_copy(update={"shadow_max_pending_rows": 2})
+    with start(settings) as client:
+        policy(client, "shadow", 100)
+        assert predict(client, "iris", *[IRIS_SETOSA] * 3).status_code == 200
+        wait_for_shadows(client)
+        assert (
+            metric(
+                client, "steward_shadow_failures_total", model="iris", version="2", reason="skipped"
+            )
+            == 3
+        )
+        assert metric(client, "steward_shadow_predictions_total", model="iris", version="2") == 0
+        assert predict(client, "iris", IRIS_SETOSA, IRIS_SETOSA).status_code == 200
+        wait_for_shadows(client)
+        assert metric(client, "steward_shadow_predictions_total", model="iris", version="2") == 2
+
+
+def three_feature_iris(models_dir: Path) -> int:
+    """A candidate that reads only three of iris' four features: another input contract."""
+    metadata = read_metadata(models_dir, "iris", 1)
+    data = load_iris()
+    estimator = LogisticRegression(max_iter=500).fit(data.data[:, :3], data.target)
+    features = metadata.features[:3]
+    draft = metadata.model_copy(update={"features": features, "reference_profile": {}})
+    return save_version(models_dir, draft, estimator).version
+
+
+def test_a_candidate_with_another_schema_validates_the_request_itself(
+    traffic_settings: Settings,
+) -> None:
+    version = three_feature_iris(traffic_settings.models_dir)
+    set_alias(traffic_settings.models_dir, "iris", "candidate", version)
+    with start(traffic_settings) as client:
+        policy(client, "shadow", 100)
+        # four features: production serves; the candidate's schema refuses the fourth
+        assert predict(client, "iris", IRIS_SETOSA).json()["version"] == 1
+        wait_for_shadows(client)
+        labels = {"model": "iris", "version": str(version)}
+        assert (
+            metric(client, "steward_shadow_failures_total", reason="invalid_input", **labels) == 1
+        )
+        assert metric(client, "steward_shadow_predictions_total", **labels) == 0
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_candidate_that_fails_on_the_rows_is_counted_and_the_client_is_answered(
+    traffic_settings: Settings,
+) -> None:
+    """The candidate takes the log of each feature first: it scores its typical row (and so
+    passes its warm-up) but fails on a negative value, which production scores."""
+    models_dir = traffic_settings.models_dir
+    data = load_iris()
+    logs = Pipeline([("log", FunctionTransformer(np.log)), ("model", LogisticRegression())])
+    logs.fit(data.data, data.target)
+    metadata = read_metadata(models_dir, "iris", 1)
+    version = save_version(models_dir, metadata, logs).version
+    set_alias(models_dir, "iris", "candidate", version)
+    with start(traffic_settings) as client:
+        policy(client, "shadow", 100)
+        negative = {**IRIS_SETOSA, "sepal_width_cm": -1.0}
+        response = predict(client, "iris", negative)
+        assert response.status_code == 200
+        assert response.json()["version"] == 1
+        wait_for_shadows(client)
+        labels = {"model": "iris", "version": str(version)}
+        assert (
+            metric(client, "steward_shadow_failures_total", reason="model_failure", **labels) == 1
+        )
+        assert predict(client, "iris", IRIS_SETOSA).status_code == 200
+        wait_for_shadows(client)
+        assert metric(client, "steward_shadow_predictions_total", **labels) == 1
+        assert client.get("/readyz").status_code == 200
