@@ -146,9 +146,9 @@ def test_a_canary_key_header_that_is_too_long_is_422_without_echo(served: TestCl
     assert response.json()["error"]["code"] == "validation_error"
     assert key not in response.text
     # odd but valid keys are just keys
-    for odd in ("", " ", "ключ".encode(), b"\xff\xfe", "a\tb"):
+    for odd in (b"", b" ", "ключ".encode(), b"\xff\xfe", b"a\tb"):
         answer = served.post(
-            "/predict/iris", json={"instances": [IRIS_SETOSA]}, headers={"X-Steward-Key": odd}
+            "/predict/iris", json={"instances": [IRIS_SETOSA]}, headers={b"X-Steward-Key": odd}
         )
         assert answer.status_code == 200
 
