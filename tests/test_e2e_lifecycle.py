@@ -189,7 +189,7 @@ def expected_accuracy(
     assert metadata.input_format == "array"
     assert metadata.classes is not None
     predicted = [metadata.classes[i] for i in estimator.predict_proba(matrix).argmax(axis=1)]
-    return sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+    return float(sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth))
 
 
 def test_train_shadow_score_promote_under_load_and_roll_back(stack: Stack, tmp_path: Path) -> None:
