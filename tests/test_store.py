@@ -802,7 +802,7 @@ def test_a_store_that_is_down_keeps_every_row_and_quarantines_none(
 
 
 def shadow(
-    of: PredictionRecord, version: int = 2, prediction: object = "virginica"
+    of: PredictionRecord, version: int = 2, prediction: str | int | float = "virginica"
 ) -> PredictionRecord:
     """A shadow prediction of the served row ``of`` by ``version``, made a moment later."""
     return of._replace(
@@ -813,12 +813,6 @@ def shadow(
         probabilities=None,
         shadow_of=of.id,
     )
-
-
-def shadow_rows(store: SqlStore) -> list[dict[str, object]]:
-    with store.engine.connect() as conn:
-        query = select(shadow_predictions).order_by(shadow_predictions.c.created_at)
-        return [dict(row) for row in conn.execute(query).mappings()]
 
 
 def test_shadow_rows_are_stored_apart_and_read_with_their_served_row(store: SqlStore) -> None:
