@@ -9,6 +9,7 @@ exact live quality of GET /models/{model} and the exact counters of /metrics.
 
 import json
 import math
+import re
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from helpers import (
     assert_error,
     metric,
     predict,
+    run_cli,
     stored_rows,
     stored_shadow_rows,
 )
@@ -254,4 +256,36 @@ def test_a_regressor_shadow_whose_error_cannot_be_scored(candidates: Settings) -
         ("150.0", 50.0),
         ("150.0", 50.0),
         (None, None),
+    ]
+
+
+def test_steward_versions_shows_shadow_quality_and_the_paired_comparison(
+    candidates: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with TestClient(create_app(candidates)) as client:
+        rows = [IRIS_SETOSA, IRIS_SETOSA, IRIS_SETOSA]
+        (a, _), (b, _), (c, _) = served(client, "iris", *rows)
+        client.app_state["services"].log.append(
+            [
+                shadow("iris", a, IRIS_SETOSA, "setosa"),
+                shadow("iris", b, IRIS_SETOSA, "virginica"),
+                shadow("iris", c, IRIS_SETOSA, "setosa"),
+            ]
+        )
+        for prediction_id, truth in ((a, "setosa"), (b, "setosa")):  # c: not labelled
+            assert send(client, prediction_id, truth) == (200, "accepted")
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(candidates.data_dir))
+    code, out, _ = run_cli(capsys, "--models-dir", str(candidates.models_dir), "versions", "iris")
+    assert code == 0
+    table, paired, _ = out.split("\n\n")
+    cells = [re.split(r"\s{2,}", line) for line in table.splitlines()]  # columns: 2+ spaces
+    assert [(row[0], *row[-2:]) for row in cells] == [
+        ("VERSION", "LIVE (LABELLED)", "SHADOW (LABELLED)"),
+        ("1", "accuracy=1 (2 of 3)", "-"),
+        ("2", "- (0 of 0)", "accuracy=0.5 (2 of 3)"),
+    ]
+    assert paired.splitlines() == [
+        "champion vs challenger on the same labels:",
+        "CHAMPION  CHALLENGER  LABELLED  CHAMPION LIVE  CHALLENGER LIVE",
+        "1         2           2         accuracy=1     accuracy=0.5",
     ]
