@@ -29,7 +29,12 @@ from app.store import (
     VersionCounts,
     open_store,
 )
-from app.store.sql import quarantine, shadow_predictions, version_counts_query
+from app.store.sql import (
+    paired_counts_query,
+    quarantine,
+    shadow_predictions,
+    version_counts_query,
+)
 
 SETOSA = {"prediction": "setosa"}  # the output column of record()
 POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -947,6 +952,30 @@ def test_paired_counts_score_both_versions_on_the_same_labels(store: SqlStore) -
                      champion_squared_error_sum=10.0, challenger_squared_error_sum=4.25),
     ]  # fmt: skip
     assert store.paired_counts("iris", None) == []
+
+
+def test_shadow_quality_queries_are_bounded_by_the_shadow_model_and_time_index(
+    tmp_path: Path,
+) -> None:
+    """Shadow rows of a model in the window by their (model, created_at) index; each one's
+    served row by its primary key."""
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    plans = []
+    for query in (
+        version_counts_query("iris", NOW, shadow_predictions),
+        paired_counts_query("iris", NOW),
+    ):
+        sql = str(
+            query.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True})
+        )
+        with store.engine.connect() as conn:
+            plans.append(
+                " ".join(row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+            )
+    store.close()
+    index = "SEARCH shadow_predictions USING INDEX ix_shadow_predictions_model_created_at"
+    assert all(index in plan for plan in plans), plans
+    assert "SEARCH predictions USING INDEX sqlite_autoindex_predictions_1 (id=?)" in plans[1]
 
 
 def test_paired_counts_of_classifiers_per_pair_of_versions(store: SqlStore) -> None:

@@ -411,8 +411,8 @@ class _BulkInsert:
     into ``shadow_predictions``, in the order given and in the caller's one transaction."""
 
     def __init__(self, dialect: Dialect, max_parameters: int) -> None:
-        self.served = _TableInsert(predictions, _SERVED_COLUMNS, dialect, max_parameters)
-        self.shadow = _TableInsert(shadow_predictions, _SHADOW_COLUMNS, dialect, max_parameters)
+        self.served = _TableInsert(predictions, _SERVED_LAYOUT, dialect, max_parameters)
+        self.shadow = _TableInsert(shadow_predictions, _SHADOW_LAYOUT, dialect, max_parameters)
 
     def statements(self, records: Sequence[PredictionRecord]) -> Iterator[tuple[str, Any]]:
         """(SQL, parameters) pairs that insert ``records``."""
@@ -432,8 +432,8 @@ def _shadow_row(r: PredictionRecord, created: Any, json_value: Any) -> tuple[Any
     return (r.id, r.shadow_of, r.model, r.version, created, json_value(r.output))
 
 
-_SERVED_COLUMNS = (("id", "model", "version", "created_at", "inputs", "output"), _served_row)
-_SHADOW_COLUMNS = (("id", "prediction_id", "model", "version", "created_at", "output"), _shadow_row)
+_SERVED_LAYOUT = (("id", "model", "version", "created_at", "inputs", "output"), _served_row)
+_SHADOW_LAYOUT = (("id", "prediction_id", "model", "version", "created_at", "output"), _shadow_row)
 
 
 class _TableInsert:
