@@ -37,7 +37,7 @@ from app.errors import ArtifactError, StewardError, StoreUnavailable
 from app.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from app.schemas import VersionQuality
+    from app.schemas import PairedQuality, VersionQuality
 
 USAGE_ERROR = 2
 MAX_MESSAGE = 1000  # characters of an error line: a pasted megabyte stays off the terminal
@@ -240,29 +240,34 @@ def _change(change: AliasChange) -> str:
 
 
 def _versions(args: argparse.Namespace, settings: Settings) -> int:
-    """Offline metrics and aliases per version, then the alias history. Live quality per
-    version (from the prediction store, app/quality.py) is to join as columns of this table."""
+    """Offline metrics and aliases per version with its live quality from the prediction store
+    (app/quality.py): the rows it served, and, once any version predicted in shadow, the rows
+    it shadowed; then champion vs challenger on the same labels; then the alias history."""
     report = lifecycle.describe(settings.models_dir, args.model)
     live = _live_quality(settings, args.model)
-    rows = [("VERSION", "CREATED", "TASK", "ALIASES", "OFFLINE METRICS", "LIVE (LABELLED)")]
+    served = {q.version: q for q in live[0] if q.role == "served"} if live else {}
+    shadow = {q.version: q for q in live[0] if q.role == "shadow"} if live else {}
+    head = ("VERSION", "CREATED", "TASK", "ALIASES", "OFFLINE METRICS", "LIVE (LABELLED)")
+    rows = [(*head, "SHADOW (LABELLED)") if shadow else head]
     for v in report.versions:
         created = f"{v.created_at:%Y-%m-%d %H:%M}" if v.created_at else "-"
         scores = " ".join(f"{k}={x:.4g}" for k, x in v.metrics.items())
         detail = f"unreadable: {v.unreadable}" if v.unreadable else scores
-        quality = live.get(v.version) if live is not None else None
-        rows.append(
-            (
-                str(v.version),
-                created,
-                v.task or "-",
-                ",".join(v.aliases) or "-",
-                detail,
-                _live_cell(quality),
-            )
+        row = (
+            str(v.version),
+            created,
+            v.task or "-",
+            ",".join(v.aliases) or "-",
+            detail,
+            _live_cell(served.get(v.version) if live is not None else None),
         )
+        rows.append((*row, _live_cell(shadow.get(v.version))) if shadow else row)
     _table(rows)
     if live is None:
         print("live quality: no prediction store yet (nothing served)")
+    elif live[1]:
+        print()
+        _paired_table(live[1])
     print()
     aliases = {a: v.version for v in report.versions for a in v.aliases}
     set_by = report.traffic
@@ -281,10 +286,13 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _live_quality(settings: Settings, name: str) -> dict[int, "VersionQuality"] | None:
-    """Each version's live quality over STEWARD_QUALITY_WINDOW_SECONDS, from the prediction
-    store; None when the embedded SQLite store was never created (nothing to read, and a read
-    command does not create one)."""
+def _live_quality(
+    settings: Settings, name: str
+) -> tuple[list["VersionQuality"], list["PairedQuality"]] | None:
+    """Each version's live quality over STEWARD_QUALITY_WINDOW_SECONDS, served and in shadow,
+    and each champion/challenger pair on the same labels, from the prediction store; None when
+    the embedded SQLite store was never created (nothing to read, and a read command does not
+    create one)."""
     from app import quality  # the store (SQLAlchemy) only for this command
     from app.store import open_store
 
@@ -295,23 +303,46 @@ def _live_quality(settings: Settings, name: str) -> dict[int, "VersionQuality"] 
         with contextlib.suppress(ArtifactError):  # listed as unreadable by describe
             metadata[number] = read_metadata(settings.models_dir, name, number)
     store = open_store(settings.store_url)
+    window = settings.quality_window_seconds
     try:
-        found = quality.live_quality(store, name, metadata, settings.quality_window_seconds)
+        return (
+            quality.live_quality(store, name, metadata, window),
+            quality.paired_quality(store, name, metadata, window),
+        )
     finally:
         store.close()
-    return {q.version: q for q in found}
+
+
+def _paired_table(paired: Sequence["PairedQuality"]) -> None:
+    """Champion (served) vs challenger (shadow), each scored on the rows labelled for both."""
+    print("champion vs challenger on the same labels:")
+    rows = [("CHAMPION", "CHALLENGER", "LABELLED", "CHAMPION LIVE", "CHALLENGER LIVE")]
+    for p in paired:
+        champion = (p.champion_accuracy, p.champion_mae, p.champion_rmse)
+        challenger = (p.challenger_accuracy, p.challenger_mae, p.challenger_rmse)
+        rows.append(
+            (
+                str(p.champion),
+                str(p.challenger),
+                str(p.labelled),
+                _scores_cell(*champion),
+                _scores_cell(*challenger),
+            )
+        )
+    _table(rows)
+
+
+def _scores_cell(accuracy: float | None, mae: float | None, rmse: float | None) -> str:
+    named = (("accuracy", accuracy), ("mae", mae), ("rmse", rmse))
+    return " ".join(f"{k}={x:.4g}" for k, x in named if x is not None) or "-"
 
 
 def _live_cell(quality: "VersionQuality | None") -> str:
     if quality is None or quality.labelled == 0:
         return "-" if quality is None else f"- (0 of {quality.predictions})"
     labelled = f"({quality.labelled} of {quality.predictions})"
-    if quality.accuracy is not None:
-        return f"accuracy={quality.accuracy:.4g} {labelled}"
-    parts = [
-        f"{k}={x:.4g}" for k, x in (("mae", quality.mae), ("rmse", quality.rmse)) if x is not None
-    ]
-    return " ".join([*parts, labelled])
+    scores = _scores_cell(quality.accuracy, quality.mae, quality.rmse)
+    return labelled if scores == "-" else f"{scores} {labelled}"
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:

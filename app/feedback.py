@@ -1,5 +1,11 @@
 """Ground truth -> join with the logged prediction -> outcome -> stored once -> metrics.
 
+A served row's shadow predictions (another version's, never returned) are judged against the
+same ground truth, each by its own version, and labelled in the served row's transaction, only
+when the served row's label lands: both versions are scored on the same labels. What the client
+is answered (accepted, duplicate, conflict, invalid) is the served row's alone; a shadow whose
+regressor error cannot be scored is left unlabelled and counted as invalid for its version.
+
 Sending the same ground truth again is accepted and counted once ("duplicate"); a different
 one for a labelled prediction is a conflict (409); an unknown id is 404; a label the model
 cannot produce is 422. In a batch each item gets its own result.
@@ -41,7 +47,8 @@ from app.schemas import (
     FeedbackResult,
     parse_json,
 )
-from app.store import Label, PredictionLog, PredictionStore, StoredPrediction
+from app.shadow import Shadows
+from app.store import Label, PredictionLog, PredictionStore, StoredPrediction, StoredShadow
 
 Outcome = FeedbackResult | StewardError
 
@@ -61,13 +68,19 @@ class FeedbackRecorder:
         metrics: Metrics,
         max_items: int,
         target_range_multiple: float,
+        shadows: Shadows | None = None,
+        shadow_wait: float = 2.0,
     ) -> None:
+        """``shadows``: the shadow predictions still running, which feedback for their rows
+        waits for (up to ``shadow_wait`` seconds), so that one transaction labels both."""
         self.registry = registry
         self.store = store
         self.log = log
         self.metrics = metrics
         self.max_items = max_items
         self.target_range_multiple = target_range_multiple
+        self.shadows = shadows
+        self.shadow_wait = shadow_wait
 
     async def receive(self, body: bytes) -> FeedbackResult | FeedbackBatchResponse:
         """A /feedback body: one item (its error raised), or a batch (``items``: a result per
@@ -116,6 +129,8 @@ class FeedbackRecorder:
     def record(self, items: Sequence[FeedbackItem]) -> list[Outcome]:
         """Blocking: join, judge, label in one transaction, then count what changed."""
         ids = {item.prediction_id for item in items}
+        if self.shadows is not None:  # a shadow of these rows still running: wait for it
+            self.shadows.wait(ids, self.shadow_wait)
         self.log.flush_if_pending(ids)  # an id is valid as soon as its response was sent
         stored = self.store.get_predictions(ids)
         judged = [self._judge(item, stored.get(item.prediction_id)) for item in items]
@@ -126,7 +141,9 @@ class FeedbackRecorder:
                 results.append(outcome)
             elif outcome.prediction_id in labelled:
                 labelled.discard(outcome.prediction_id)  # a repeated id is labelled once
-                results.append(self._accepted(stored[outcome.prediction_id], outcome))
+                prediction = stored[outcome.prediction_id]
+                results.append(self._accepted(prediction, outcome))
+                self._count_shadows(prediction, outcome, labelled)
             else:  # labelled meanwhile, by another request or earlier in this batch
                 fresh = self.store.get_predictions([item.prediction_id])
                 again = self._judge(item, fresh.get(item.prediction_id))
@@ -171,13 +188,35 @@ class FeedbackRecorder:
                 return InvalidGroundTruth(
                     message, [_detail("prediction_id", message, "unscorable")]
                 )
+        at = datetime.now(UTC)
         return Label(
             prediction_id=item.prediction_id,
             ground_truth=item.ground_truth,
             correct=correct,
             abs_error=abs_error,
-            at=datetime.now(UTC),
+            at=at,
+            shadows=tuple(
+                label
+                for shadow in prediction.shadows
+                if (label := self._judge_shadow(prediction, shadow, item.ground_truth, at))
+            ),
         )
+
+    def _judge_shadow(
+        self, prediction: StoredPrediction, shadow: StoredShadow, ground_truth: Any, at: datetime
+    ) -> Label | None:
+        """The label of one shadow of ``prediction``, scored by its own version; None when it
+        is labelled already or, a regressor's, its error cannot be scored."""
+        if shadow.ground_truth is not None:
+            return None
+        metadata = self.registry.metadata(prediction.model, shadow.version)
+        predicted = shadow.output["prediction"]
+        if metadata.task == "classification":
+            return Label(shadow.id, ground_truth, predicted == ground_truth, None, at)
+        abs_error = _abs_error(predicted, ground_truth)
+        if abs_error is None:
+            return None
+        return Label(shadow.id, ground_truth, None, abs_error, at)
 
     def _accepted(self, prediction: StoredPrediction, label: Label) -> FeedbackResult:
         metadata = self.registry.metadata(prediction.model, prediction.version)
@@ -195,6 +234,26 @@ class FeedbackRecorder:
             model=prediction.model,
             version=prediction.version,
         )
+
+    def _count_shadows(
+        self, prediction: StoredPrediction, label: Label, labelled: set[str]
+    ) -> None:
+        """The served row's label landed: count each of its shadows, labelled with it (their
+        ids are taken from ``labelled``) or left unlabelled because unscorable."""
+        judged = {s.prediction_id: s for s in label.shadows}
+        for shadow in prediction.shadows:
+            metadata = self.registry.metadata(prediction.model, shadow.version)
+            scored = judged.get(shadow.id)
+            if scored is None:
+                if shadow.ground_truth is None:
+                    self.metrics.observe_shadow_feedback(metadata, "invalid")
+            elif shadow.id in labelled:
+                labelled.discard(shadow.id)
+                if metadata.task == "classification":
+                    outcome = "correct" if scored.correct else "incorrect"
+                    self.metrics.observe_shadow_feedback(metadata, outcome)
+                else:
+                    self.metrics.observe_shadow_feedback(metadata, "labelled", scored.abs_error)
 
 
 def target_bounds(metadata: ModelMetadata, multiple: float) -> tuple[float, float]:

@@ -77,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics,
                 settings.max_feedback_items,
                 settings.target_range_multiple,
+                predictor.shadows,
+                settings.shadow_wait_seconds,
             ),
             readiness=Readiness(registry, store, log, settings.required_models),
             watcher=Watcher(registry, settings.reload_interval_seconds),

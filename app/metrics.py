@@ -29,6 +29,11 @@ REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
 ShadowFailure = Literal["skipped", "log_full", "invalid_input", "model_failure"]
 """Why a candidate's shadow predictions of a request were not logged (app/shadow.py)."""
 SHADOW_FAILURES: tuple[ShadowFailure, ...] = get_args(ShadowFailure)
+SHADOW_CLASSIFIER_OUTCOMES = ("correct", "incorrect")
+SHADOW_REGRESSOR_OUTCOMES = ("labelled", "invalid")
+"""A shadow prediction's outcome when its served row is labelled: a classifier's is right or
+wrong against that ground truth; a regressor's is labelled, or invalid when its own error
+would exceed what the feedback path scores (its served row is labelled all the same)."""
 AdminAction = Literal["promote", "rollback", "traffic", "reload"]
 AdminOutcome = Literal["ok", "denied", "error"]
 """An admin call's outcome: done, refused for its token (401/403), or any other error."""
@@ -122,6 +127,27 @@ class Metrics:
         self.squared_error = Counter(
             "steward_feedback_squared_error",
             "Sum of squared errors of labelled regressor predictions (for RMSE).",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.shadow_feedback = Counter(
+            "steward_shadow_feedback",
+            "Shadow predictions scored by the feedback for their served row, by model, the "
+            "shadowing version and outcome: "
+            + ", ".join(dict.fromkeys(SHADOW_CLASSIFIER_OUTCOMES + SHADOW_REGRESSOR_OUTCOMES))
+            + ".",
+            ["model", "version", "outcome"],
+            registry=registry,
+        )
+        self.shadow_absolute_error = Counter(
+            "steward_shadow_feedback_absolute_error",
+            "Sum of absolute errors of labelled regressor shadow predictions (for MAE).",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.shadow_squared_error = Counter(
+            "steward_shadow_feedback_squared_error",
+            "Sum of squared errors of labelled regressor shadow predictions (for RMSE).",
             ["model", "version"],
             registry=registry,
         )
@@ -253,8 +279,17 @@ class Metrics:
             outcomes = REGRESSOR_OUTCOMES
             self.absolute_error.labels(name, version)
             self.squared_error.labels(name, version)
+            self.shadow_absolute_error.labels(name, version)
+            self.shadow_squared_error.labels(name, version)
         for outcome in outcomes:
             self.feedback.labels(name, version, outcome)
+        shadow_outcomes = (
+            SHADOW_CLASSIFIER_OUTCOMES
+            if metadata.task == "classification"
+            else SHADOW_REGRESSOR_OUTCOMES
+        )
+        for outcome in shadow_outcomes:  # any loaded version may be put in shadow
+            self.shadow_feedback.labels(name, version, outcome)
 
     def _swapped(self, entry: ModelEntry, alias: str, old: int | None, new: int | None) -> None:
         """An alias moved (or went): from the old version's info series to the new one's."""
@@ -362,6 +397,21 @@ class Metrics:
         elif outcome == "labelled" and abs_error is not None:
             self.absolute_error.labels(name, version).observe(abs_error)
             self.squared_error.labels(name, version).inc(abs_error * abs_error)
+
+    def observe_shadow_feedback(
+        self, metadata: ModelMetadata, outcome: str, abs_error: float | None = None
+    ) -> None:
+        """Count one shadow prediction scored when its served row was labelled; a labelled
+        regressor's brings its ``abs_error``, which must square to a finite number."""
+        name, version = metadata.name, str(metadata.version)
+        if outcome == "labelled" and not (
+            abs_error is not None and math.isfinite(abs_error * abs_error)
+        ):
+            raise ValueError("a labelled regressor shadow prediction needs a finite error")
+        self.shadow_feedback.labels(name, version, outcome).inc()
+        if outcome == "labelled" and abs_error is not None:
+            self.shadow_absolute_error.labels(name, version).inc(abs_error)
+            self.shadow_squared_error.labels(name, version).inc(abs_error * abs_error)
 
 
 class ModelSeries:

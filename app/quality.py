@@ -1,7 +1,9 @@
 """Live quality per version from the prediction log: champion vs challenger, no Prometheus.
 
 Accuracy for classifiers, MAE and RMSE for regressors, over the predictions each version made
-in a window (by their ``created_at``), from one aggregate query of the store. A version with
+in a window (by their ``created_at``), from aggregate queries of the store: the rows each
+version served, apart from those it predicted in shadow, and each (champion, challenger) pair
+side by side on the rows labelled for both (the same labels). A version with
 nothing labelled has null metrics, never NaN; a sum that is not finite gives null too, so the
 JSON never carries a non-finite number. (Each regressor error is at most 1e100, see
 app/feedback.py, so no realistic sum gets there.)
@@ -13,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from app.artifacts import ModelMetadata
-from app.schemas import ModelReport, VersionQuality
+from app.schemas import ModelReport, PairedQuality, VersionQuality
 from app.settings import Settings
-from app.store import PredictionStore, VersionCounts
+from app.store import PairedCounts, PredictionStore, VersionCounts
 
 if TYPE_CHECKING:  # the CLI uses live_quality without the serving side (scikit-learn)
     from app.registry import ModelEntry
@@ -32,49 +34,117 @@ def live_quality(
     now: datetime | None = None,
 ) -> list[VersionQuality]:
     """Each version's quality over the ``window_seconds`` before ``now`` (the whole log when
-    None), by version number: every version of ``metadata`` (at 0 when it predicted nothing in
-    the window) and any other version the log holds (its task unknown: null metrics).
+    None), by version number, its served rows before its shadow rows: every version of
+    ``metadata`` as served (at 0 when it served nothing in the window), each version that
+    predicted in shadow in the window as shadow, and any other version the log holds (its task
+    unknown: null metrics).
 
     Blocking (a store query): call it from a worker thread. StoreUnavailable if the store fails.
     """
-    since = None
-    if window_seconds is not None:
-        since = (now or datetime.now(UTC)) - timedelta(seconds=window_seconds)
-    counts = {c.version: c for c in store.version_counts(model, since)}
+    since = _since(window_seconds, now)
+    counts = {(c.version, c.shadow): c for c in store.version_counts(model, since)}
+    keys = counts.keys() | {(v, False) for v in metadata}
     return [
-        _quality(counts.get(v) or VersionCounts(v, 0, 0, 0, 0.0, 0.0), metadata.get(v))
-        for v in sorted(counts.keys() | metadata.keys())
+        _quality(counts.get(key) or VersionCounts(key[0], 0, 0, 0, 0.0, 0.0), metadata.get(key[0]))
+        for key in sorted(keys)
     ]
+
+
+def paired_quality(
+    store: PredictionStore,
+    model: str,
+    metadata: Mapping[int, ModelMetadata],
+    window_seconds: float | None = DEFAULT_WINDOW_SECONDS,
+    now: datetime | None = None,
+) -> list[PairedQuality]:
+    """Champion (served) vs challenger (shadow) on the same labels, per pair of versions whose
+    rows of the window are labelled for both; each side's metrics by its own version's task.
+    Blocking, as live_quality."""
+    since = _since(window_seconds, now)
+    return [_paired(c, metadata) for c in store.paired_counts(model, since)]
 
 
 def report(entry: "ModelEntry", store: PredictionStore, window_seconds: float) -> ModelReport:
     """GET /models/{model}: the entry's detail with the live quality of its versions.
     Blocking, as live_quality."""
     detail = entry.detail()
-    quality = live_quality(
-        store, entry.name, {m.version: m for m in detail.versions}, window_seconds
+    metadata = {m.version: m for m in detail.versions}
+    now = datetime.now(UTC)
+    return ModelReport(
+        **dict(detail),
+        quality=live_quality(store, entry.name, metadata, window_seconds, now),
+        paired=paired_quality(store, entry.name, metadata, window_seconds, now),
+        quality_window_seconds=window_seconds,
     )
-    return ModelReport(**dict(detail), quality=quality, quality_window_seconds=window_seconds)
+
+
+def _since(window_seconds: float | None, now: datetime | None) -> datetime | None:
+    if window_seconds is None:
+        return None
+    return (now or datetime.now(UTC)) - timedelta(seconds=window_seconds)
 
 
 def _quality(counts: VersionCounts, metadata: ModelMetadata | None) -> VersionQuality:
-    task = metadata.task if metadata else None
-    labelled = counts.labelled
-    accuracy = mae = rmse = None
-    if labelled and task == "classification":
-        accuracy = _finite(counts.correct / labelled)
-    elif labelled and task == "regression":
-        mae = _finite(counts.abs_error_sum / labelled)
-        mean_square = _finite(counts.squared_error_sum / labelled)
-        rmse = None if mean_square is None else _finite(math.sqrt(mean_square))
+    accuracy, mae, rmse = _scores(
+        metadata, counts.labelled, counts.correct, counts.abs_error_sum, counts.squared_error_sum
+    )
     return VersionQuality(
         version=counts.version,
+        role="shadow" if counts.shadow else "served",
         predictions=counts.predictions,
-        labelled=labelled,
+        labelled=counts.labelled,
         accuracy=accuracy,
         mae=mae,
         rmse=rmse,
     )
+
+
+def _paired(counts: PairedCounts, metadata: Mapping[int, ModelMetadata]) -> PairedQuality:
+    labelled = counts.labelled
+    champion = _scores(
+        metadata.get(counts.champion),
+        labelled,
+        counts.champion_correct,
+        counts.champion_abs_error_sum,
+        counts.champion_squared_error_sum,
+    )
+    challenger = _scores(
+        metadata.get(counts.challenger),
+        labelled,
+        counts.challenger_correct,
+        counts.challenger_abs_error_sum,
+        counts.challenger_squared_error_sum,
+    )
+    return PairedQuality(
+        champion=counts.champion,
+        challenger=counts.challenger,
+        labelled=labelled,
+        champion_accuracy=champion[0],
+        challenger_accuracy=challenger[0],
+        champion_mae=champion[1],
+        challenger_mae=challenger[1],
+        champion_rmse=champion[2],
+        challenger_rmse=challenger[2],
+    )
+
+
+def _scores(
+    metadata: ModelMetadata | None,
+    labelled: int,
+    correct: int,
+    abs_error_sum: float,
+    squared_error_sum: float,
+) -> tuple[float | None, float | None, float | None]:
+    """(accuracy, MAE, RMSE) of ``labelled`` rows by the version's task; null where they do
+    not apply, nothing is labelled, or the value is not finite."""
+    task = metadata.task if metadata else None
+    if labelled and task == "classification":
+        return _finite(correct / labelled), None, None
+    if labelled and task == "regression":
+        mean_square = _finite(squared_error_sum / labelled)
+        rmse = None if mean_square is None else _finite(math.sqrt(mean_square))
+        return None, _finite(abs_error_sum / labelled), rmse
+    return None, None, None
 
 
 def _finite(value: float) -> float | None:

@@ -256,9 +256,14 @@ class ModelDetail(BaseModel):
 
 
 class VersionQuality(BaseModel):
-    """One version's live quality over the window, from the prediction log and its feedback."""
+    """One version's live quality over the window, from the prediction log and its feedback:
+    the rows it served, or (``role`` shadow) the rows it predicted in shadow of another."""
 
     version: int
+    role: Literal["served", "shadow"] = Field(
+        description="served: its predictions answered clients; shadow: its predictions of "
+        "served rows, never returned (a version that did both appears twice)."
+    )
     predictions: int = Field(description="Predictions this version made in the window.")
     labelled: int = Field(description="Those with ground truth.")
     accuracy: float | None = Field(
@@ -272,6 +277,29 @@ class VersionQuality(BaseModel):
     )
 
 
+class PairedQuality(BaseModel):
+    """Champion against challenger on the same labels: the rows one version served and the
+    other shadowed, both labelled, scored against that one ground truth."""
+
+    champion: int = Field(description="The version that served the rows.")
+    challenger: int = Field(description="The version that predicted them in shadow.")
+    labelled: int = Field(description="Rows labelled for both in the window.")
+    champion_accuracy: float | None = Field(
+        description="Classifiers: the champion's correct / labelled; null when not a "
+        "classifier or nothing is labelled."
+    )
+    challenger_accuracy: float | None = Field(description="The same for the challenger.")
+    champion_mae: float | None = Field(
+        description="Regressors: the champion's mean |prediction - ground truth|; null when "
+        "not a regressor or nothing is labelled."
+    )
+    challenger_mae: float | None = Field(description="The same for the challenger.")
+    champion_rmse: float | None = Field(
+        description="Regressors: the champion's root mean squared error; null likewise."
+    )
+    challenger_rmse: float | None = Field(description="The same for the challenger.")
+
+
 class ModelReport(ModelDetail):
     """GET /models/{model}: what the registry knows, and the live quality of each version."""
 
@@ -279,6 +307,10 @@ class ModelReport(ModelDetail):
         description="Every version on disk or in the log, by version number; champion "
         "(production) and challenger (candidate) are named by ``aliases``."
     )
+    paired: list[PairedQuality] = Field(
+        description="Per pair of versions, champion (served) vs challenger (shadow) on the "
+        "same labels, by champion then challenger version."
+    )
     quality_window_seconds: float = Field(
-        description="The span before now whose predictions ``quality`` covers."
+        description="The span before now whose predictions ``quality`` and ``paired`` cover."
     )

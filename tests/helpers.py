@@ -90,6 +90,13 @@ def stored_rows(data_dir: Path) -> list[sqlite3.Row]:
         return list(conn.execute("SELECT * FROM predictions ORDER BY created_at, id"))
 
 
+def stored_shadow_rows(data_dir: Path) -> list[sqlite3.Row]:
+    """Every shadow prediction of the log, read straight from the SQLite file."""
+    with sqlite3.connect(data_dir / "steward.db") as conn:
+        conn.row_factory = sqlite3.Row
+        return list(conn.execute("SELECT * FROM shadow_predictions ORDER BY created_at, id"))
+
+
 def wait_until(condition: Callable[[], bool], seconds: float = 30, interval: float = 0.1) -> bool:
     """Poll ``condition`` until it holds (True) or ``seconds`` have passed (False)."""
     deadline = time.monotonic() + seconds

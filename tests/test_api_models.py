@@ -125,13 +125,17 @@ def label_each(client: TestClient, ids: list[str], truths: list[object]) -> None
 
 
 def quality(client: TestClient, model: str) -> dict[int, dict[str, object]]:
-    """GET /models/{model}'s quality by version, after the log has written every prediction."""
+    """GET /models/{model}'s quality of the rows each version served, by version, after the log
+    has written every prediction (no shadow rows here: tests/test_shadow_feedback.py)."""
     services: Services = client.app_state["services"]
     services.log.flush()
     response = client.get(f"/models/{model}")
     assert response.status_code == 200, response.text
     json.loads(response.text, parse_constant=_refuse_constant)  # strict JSON: no NaN, Infinity
-    return {q.pop("version"): q for q in response.json()["quality"]}
+    body = response.json()
+    assert body["paired"] == []
+    assert {q.pop("role") for q in body["quality"]} <= {"served"}
+    return {q.pop("version"): q for q in body["quality"]}
 
 
 def _refuse_constant(name: str) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from promql import (
 from server import STEWARD, free_port, serving
 
 from app.artifacts import ARTIFACT, METADATA, set_alias
+from app.ids import new_ids
+from app.store import PredictionRecord, open_store
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -43,6 +46,8 @@ class Stack:
     # production version (the champion), and by the candidate (the challenger).
     iris_feedback: list[tuple[str, str]] = field(default_factory=list)
     candidate_feedback: list[tuple[str, str]] = field(default_factory=list)
+    # The candidate's shadow predictions of iris rows production served, with their ground truth.
+    shadow_feedback: list[tuple[str, str]] = field(default_factory=list)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         response = httpx2.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
@@ -90,6 +95,34 @@ def predict_and_label(http: httpx2.Client, path: str, truths: list[str]) -> list
         body = {"prediction_id": prediction["id"], "ground_truth": truth}
         assert http.post("/feedback", json=body).status_code == 200
         served.append((prediction["prediction"], truth))
+    return served
+
+
+SHADOWED = [("setosa", "setosa"), ("virginica", "setosa"), ("setosa", "virginica")]
+"""(the candidate's shadow prediction, the ground truth) of each shadowed iris row."""
+
+
+def shadow_and_label(http: httpx2.Client, store_url: str) -> list[tuple[str, str]]:
+    """Iris rows served by production, each shadowed by the candidate: its prediction logged as
+    the request path's shadow lane logs it, ``shadow_of`` the served row (written here straight
+    into the server's store), then the served row labelled. (predicted, truth) pairs of what
+    production served."""
+    store = open_store(store_url)
+    served = []
+    try:
+        for shadowed, truth in SHADOWED:
+            response = http.post("/predict/iris", json={"instances": [IRIS_SETOSA]})
+            (prediction,) = response.json()["predictions"]
+            (shadow_id,) = new_ids(1)
+            names, row = tuple(IRIS_SETOSA), tuple(IRIS_SETOSA.values())
+            now = datetime.now(UTC)
+            record = PredictionRecord(shadow_id, "iris", 2, now, names, row, shadowed)
+            store.write_predictions([record._replace(shadow_of=prediction["id"])])
+            body = {"prediction_id": prediction["id"], "ground_truth": truth}
+            assert http.post("/feedback", json=body).status_code == 200
+            served.append((prediction["prediction"], truth))
+    finally:
+        store.close()
     return served
 
 
@@ -159,12 +192,25 @@ def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         assert candidate.json()["version"] == 2
         wait_for(lambda: len(stack.query('steward_feedback_total{model="iris"}')) == 10, "scrape")
         stack.iris_feedback, stack.candidate_feedback = drive_traffic(steward.url)
+        with httpx2.Client(base_url=steward.url, timeout=10) as http:
+            stack.iris_feedback += shadow_and_label(
+                http, f"sqlite:///{work / 'data' / 'steward.db'}"
+            )
+        stack.shadow_feedback = SHADOWED
 
         def scraped_everything() -> bool:
             labelled = stack.query(
                 'sum(steward_feedback_total{outcome=~"correct|incorrect|labelled"})'
             )
-            return bool(labelled) and float(labelled[0]["value"][1]) == 15
+            shadows = stack.query(
+                'sum(steward_shadow_feedback_total{outcome=~"correct|incorrect"})'
+            )
+            return (
+                bool(labelled)
+                and float(labelled[0]["value"][1]) == 15 + len(SHADOWED)
+                and bool(shadows)
+                and float(shadows[0]["value"][1]) == len(SHADOWED)
+            )
 
         wait_for(scraped_everything, "the scripted traffic to be scraped")
         time.sleep(2)  # two more scrapes: every rate() window ends after the traffic
@@ -251,6 +297,15 @@ def test_champion_vs_challenger_is_the_accuracy_of_each_alias(stack: Stack) -> N
     assert by_alias["production"][1] == pytest.approx(accuracy(stack.iris_feedback), abs=1e-9)
     assert by_alias["candidate"][1] == pytest.approx(accuracy(stack.candidate_feedback), abs=1e-9)
     assert accuracy(stack.iris_feedback) != accuracy(stack.candidate_feedback)
+
+
+def test_the_candidates_shadow_accuracy_beside_production(stack: Stack) -> None:
+    """The documented shadow expression: the candidate's accuracy on the rows it shadowed,
+    against the ground truth sent for the rows production served."""
+    (expr,) = [e for e in docs_expressions() if "group_right" in e and "steward_shadow_" in e]
+    (found,) = [r for r in stack.query(expr) if r["metric"]["model"] == "iris"]
+    assert (found["metric"]["alias"], found["metric"]["version"]) == ("candidate", "2")
+    assert float(found["value"][1]) == pytest.approx(accuracy(stack.shadow_feedback), abs=1e-9)
 
 
 def accuracy(feedback: list[tuple[str, str]]) -> float:

@@ -58,9 +58,15 @@ def test_champion_and_challenger_accuracy(store: SqlStore, demo_models: Path) ->
     log(store, "iris", 1, wrong, wrong, age=timedelta(days=8))  # outside the default window
     found = live_quality(store, "iris", versions(demo_models, "iris", 1, 2, 3), now=NOW)
     assert found == [
-        VersionQuality(version=1, predictions=4, labelled=3, accuracy=2 / 3, mae=None, rmse=None),
-        VersionQuality(version=2, predictions=5, labelled=5, accuracy=0.4, mae=None, rmse=None),
-        VersionQuality(version=3, predictions=0, labelled=0, accuracy=None, mae=None, rmse=None),
+        VersionQuality(
+            version=1, role="served", predictions=4, labelled=3, accuracy=2 / 3, mae=None, rmse=None
+        ),
+        VersionQuality(
+            version=2, role="served", predictions=5, labelled=5, accuracy=0.4, mae=None, rmse=None
+        ),
+        VersionQuality(
+            version=3, role="served", predictions=0, labelled=0, accuracy=None, mae=None, rmse=None
+        ),
     ]
     (everything, *_) = live_quality(store, "iris", versions(demo_models, "iris", 1), None, NOW)
     assert (everything.predictions, everything.labelled, everything.accuracy) == (6, 5, 0.4)
@@ -71,10 +77,16 @@ def test_regressor_mae_and_rmse(store: SqlStore, demo_models: Path) -> None:
     log(store, "diabetes", 2, None, None)
     (one, two) = live_quality(store, "diabetes", versions(demo_models, "diabetes", 1, 2), now=NOW)
     assert one == VersionQuality(
-        version=1, predictions=4, labelled=3, accuracy=None, mae=4 / 3, rmse=math.sqrt(10 / 3)
+        version=1,
+        role="served",
+        predictions=4,
+        labelled=3,
+        accuracy=None,
+        mae=4 / 3,
+        rmse=math.sqrt(10 / 3),
     )
     assert two == VersionQuality(
-        version=2, predictions=2, labelled=0, accuracy=None, mae=None, rmse=None
+        version=2, role="served", predictions=2, labelled=0, accuracy=None, mae=None, rmse=None
     )
 
 
@@ -83,8 +95,12 @@ def test_a_version_the_log_holds_without_metadata_shows_counts_only(
 ) -> None:
     log(store, "iris", 7, (True, None), None)
     assert live_quality(store, "iris", versions(demo_models, "iris", 1), now=NOW) == [
-        VersionQuality(version=1, predictions=0, labelled=0, accuracy=None, mae=None, rmse=None),
-        VersionQuality(version=7, predictions=2, labelled=1, accuracy=None, mae=None, rmse=None),
+        VersionQuality(
+            version=1, role="served", predictions=0, labelled=0, accuracy=None, mae=None, rmse=None
+        ),
+        VersionQuality(
+            version=7, role="served", predictions=2, labelled=1, accuracy=None, mae=None, rmse=None
+        ),
     ]
 
 

@@ -19,15 +19,22 @@ from app.errors import StoreUnavailable
 from app.metrics import Metrics
 from app.store import (
     Label,
+    PairedCounts,
     PredictionLog,
     PredictionRecord,
     QuarantinedPrediction,
     RowsRefused,
     SqlStore,
+    StoredShadow,
     VersionCounts,
     open_store,
 )
-from app.store.sql import quarantine, version_counts_query
+from app.store.sql import (
+    paired_counts_query,
+    quarantine,
+    shadow_predictions,
+    version_counts_query,
+)
 
 SETOSA = {"prediction": "setosa"}  # the output column of record()
 POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -794,3 +801,266 @@ def test_a_store_that_is_down_keeps_every_row_and_quarantines_none(
     assert [q["id"] for q in quarantined(store)] == [bad.id]
     assert rejected(store_log) == 1
     assert store_log.last_error is None
+
+
+# --- shadow predictions: their own table, labelled with their served row ---------------------
+
+
+def shadow(
+    of: PredictionRecord, version: int = 2, prediction: str | int | float = "virginica"
+) -> PredictionRecord:
+    """A shadow prediction of the served row ``of`` by ``version``, made a moment later."""
+    return of._replace(
+        id=uuid.uuid4().hex,
+        version=version,
+        created_at=of.created_at + timedelta(milliseconds=5),
+        prediction=prediction,
+        probabilities=None,
+        shadow_of=of.id,
+    )
+
+
+def test_shadow_rows_are_stored_apart_and_read_with_their_served_row(store: SqlStore) -> None:
+    served, alone = record(), record()
+    first, second = shadow(served), shadow(served, version=3, prediction="setosa")
+    store.write_predictions([served, first, alone, second])  # one transaction, mixed
+    found = store.get_predictions([served.id, alone.id, first.id])
+    assert set(found) == {served.id, alone.id}  # a shadow row is not a feedback target
+    assert found[alone.id].shadows == ()
+    assert [(s.id, s.prediction_id, s.model, s.version, s.output) for s in
+            found[served.id].shadows] == [
+        (first.id, served.id, "iris", 2, {"prediction": "virginica"}),
+        (second.id, served.id, "iris", 3, {"prediction": "setosa"}),
+    ]  # fmt: skip
+    stored = found[served.id].shadows[0]
+    assert abs((stored.created_at - first.created_at).total_seconds()) < 1e-3
+    assert (stored.ground_truth, stored.correct, stored.abs_error, stored.feedback_at) == (
+        None, None, None, None,
+    )  # fmt: skip
+    with store.engine.connect() as conn:  # the served table holds served rows only
+        ids = {row[0] for row in conn.execute(text("SELECT id FROM predictions"))}
+    assert ids == {served.id, alone.id}
+    assert "inputs" not in shadow_predictions.c
+
+
+def test_a_shadow_label_lands_only_with_its_served_label(store: SqlStore) -> None:
+    served, other = record(), record()
+    mine, theirs = shadow(served), shadow(other)
+    store.write_predictions([served, other, mine, theirs])
+    at = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    wrong_row = Label(theirs.id, "setosa", True, None, at)  # a shadow of another row: ignored
+    label_mine = Label(mine.id, "setosa", False, None, at)
+    assert store.label([Label(served.id, "setosa", True, None, at, (label_mine, wrong_row))]) == {
+        served.id,
+        mine.id,
+    }
+    found = store.get_predictions([served.id, other.id])
+    assert found[served.id].shadows == (
+        StoredShadow(mine.id, served.id, "iris", 2, found[served.id].shadows[0].created_at,
+                     {"prediction": "virginica"}, "setosa", False, None, at),
+    )  # fmt: skip
+    assert found[other.id].shadows[0].ground_truth is None
+    # the served row is labelled: a second label (and its shadow's) changes nothing
+    again = Label(mine.id, "virginica", True, None, at)
+    assert store.label([Label(served.id, "virginica", False, None, at, (again,))]) == set()
+    assert store.get_predictions([served.id])[served.id].shadows[0].correct is False
+    # the other row's shadow lands with its own served row; a "shadow" label keyed by a served
+    # id labels no served row
+    third = record()
+    store.write_predictions([third])
+    posing = Label(third.id, "virginica", True, None, at)
+    assert store.label([Label(other.id, "virginica", False, None, at, (wrong_row, posing))]) == {
+        other.id,
+        theirs.id,
+    }
+    assert store.get_predictions([third.id])[third.id].ground_truth is None
+
+
+def test_concurrent_labels_label_served_and_shadow_rows_once(store: SqlStore) -> None:
+    served = record()
+    first, second = shadow(served), shadow(served, version=3)
+    store.write_predictions([served, first, second])
+    results: list[set[str]] = []
+
+    def send(truth: str) -> None:
+        shadows = (label(first.id, truth, False), label(second.id, truth, False))
+        results.append(store.label([Label(served.id, truth, True, None, NOW, shadows)]))
+
+    threads = [
+        threading.Thread(target=send, args=(t,))
+        for t in ("setosa", "virginica", "versicolor", "setosa")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results, key=len) == [set(), set(), set(), {served.id, first.id, second.id}]
+    stored = store.get_predictions([served.id])[served.id]
+    assert {s.ground_truth for s in stored.shadows} == {stored.ground_truth}
+
+
+def test_version_counts_keep_served_and_shadow_rows_apart(store: SqlStore) -> None:
+    hour = timedelta(hours=1)
+    v1 = [record()._replace(created_at=NOW - hour) for _ in range(3)]
+    v2 = [record()._replace(version=2, created_at=NOW - hour)]
+    shadows = [shadow(v1[0]), shadow(v1[1]), shadow(v1[2], version=3), shadow(v2[0], version=1)]
+    old = record()._replace(created_at=NOW - 8 * timedelta(days=1))
+    store.write_predictions([*v1, *v2, *shadows, old, shadow(old)])
+    at = NOW
+    store.label(
+        [
+            Label(v1[0].id, "a", True, None, at, (Label(shadows[0].id, "a", False, None, at),)),
+            Label(v1[1].id, "b", False, None, at, (Label(shadows[1].id, "b", True, None, at),)),
+            Label(v2[0].id, "c", True, None, at, (Label(shadows[3].id, "c", True, None, at),)),
+        ]
+    )
+    assert store.version_counts("iris", WEEK_AGO) == [
+        VersionCounts(1, 3, 2, 1, 0.0, 0.0),
+        VersionCounts(1, 1, 1, 1, 0.0, 0.0, shadow=True),
+        VersionCounts(2, 1, 1, 1, 0.0, 0.0),
+        VersionCounts(2, 2, 2, 1, 0.0, 0.0, shadow=True),
+        VersionCounts(3, 1, 0, 0, 0.0, 0.0, shadow=True),
+    ]
+    assert store.version_counts("iris", None)[:2] == [
+        VersionCounts(1, 4, 2, 1, 0.0, 0.0),
+        VersionCounts(1, 1, 1, 1, 0.0, 0.0, shadow=True),
+    ]
+
+
+def test_paired_counts_score_both_versions_on_the_same_labels(store: SqlStore) -> None:
+    hour = timedelta(hours=1)
+    rows = [record("diabetes")._replace(created_at=NOW - hour) for _ in range(5)]
+    shadows = [shadow(r, prediction=1.0) for r in rows]
+    late = record("diabetes")._replace(created_at=NOW - 30 * timedelta(days=1))
+    store.write_predictions([*rows, *shadows, late, shadow(late, prediction=1.0)])
+
+    def both(i: int, served: float, shadowed: float | None) -> Label:
+        extra = () if shadowed is None else (Label(shadows[i].id, 9.0, None, shadowed, NOW),)
+        return Label(rows[i].id, 9.0, None, served, NOW, extra)
+
+    store.label(
+        [
+            both(0, 1.0, 2.0),
+            both(1, 3.0, 0.5),
+            both(2, 4.0, None),  # the shadow could not be scored: not a pair
+            Label(late.id, 9.0, None, 50.0, NOW),
+        ]
+    )  # rows 3 and 4: not labelled
+    assert store.paired_counts("diabetes", WEEK_AGO) == [
+        PairedCounts(1, 2, labelled=2, champion_correct=0, challenger_correct=0,
+                     champion_abs_error_sum=4.0, challenger_abs_error_sum=2.5,
+                     champion_squared_error_sum=10.0, challenger_squared_error_sum=4.25),
+    ]  # fmt: skip
+    assert store.paired_counts("iris", None) == []
+
+
+def test_shadow_quality_queries_are_bounded_by_the_shadow_model_and_time_index(
+    tmp_path: Path,
+) -> None:
+    """Shadow rows of a model in the window by their (model, created_at) index; each one's
+    served row by its primary key."""
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    plans = []
+    for query in (
+        version_counts_query("iris", NOW, shadow_predictions),
+        paired_counts_query("iris", NOW),
+    ):
+        sql = str(
+            query.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True})
+        )
+        with store.engine.connect() as conn:
+            plans.append(
+                " ".join(row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+            )
+    store.close()
+    index = "SEARCH shadow_predictions USING INDEX ix_shadow_predictions_model_created_at"
+    assert all(index in plan for plan in plans), plans
+    assert "SEARCH predictions USING INDEX sqlite_autoindex_predictions_1 (id=?)" in plans[1]
+
+
+def test_paired_counts_of_classifiers_per_pair_of_versions(store: SqlStore) -> None:
+    rows = [record() for _ in range(3)] + [record()._replace(version=2)]
+    shadows = [shadow(rows[0]), shadow(rows[1]), shadow(rows[2], version=3), shadow(rows[3], 1)]
+    store.write_predictions([*rows, *shadows])
+    store.label(
+        [
+            Label(r.id, "x", served, None, NOW, (Label(s.id, "x", shadowed, None, NOW),))
+            for r, s, served, shadowed in zip(
+                rows, shadows, (True, True, False, False), (False, True, True, True), strict=True
+            )
+        ]
+    )
+    assert store.paired_counts("iris", None) == [
+        PairedCounts(1, 2, 2, 2, 1, 0.0, 0.0, 0.0, 0.0),
+        PairedCounts(1, 3, 1, 0, 1, 0.0, 0.0, 0.0, 0.0),
+        PairedCounts(2, 1, 1, 0, 1, 0.0, 0.0, 0.0, 0.0),
+    ]
+
+
+def test_a_store_made_before_shadow_predictions_gets_the_table_at_open(store: SqlStore) -> None:
+    """A store of the previous release (no shadow table) opened by several replicas at once:
+    one creates the table and its indexes, the others find them made, old rows stay."""
+    old = record()
+    store.write_predictions([old])
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE shadow_predictions"))
+    assert "shadow_predictions" not in inspect(store.engine).get_table_names()
+    url = store.engine.url.render_as_string(hide_password=False)
+    reopened: list[SqlStore] = []
+    threads = [threading.Thread(target=lambda: reopened.append(open_store(url))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert len(reopened) == 4
+        found = {
+            str(i["name"]) for i in inspect(reopened[0].engine).get_indexes("shadow_predictions")
+        }
+        assert found == {
+            "ix_shadow_predictions_prediction_id",
+            "ix_shadow_predictions_model_created_at",
+        }
+        row = shadow(old)
+        reopened[0].write_predictions([row])
+        assert [s.id for s in store.get_predictions([old.id])[old.id].shadows] == [row.id]
+    finally:
+        for opened in reopened:
+            opened.close()
+
+
+def test_a_shadow_row_the_store_refuses_is_quarantined_and_the_rest_written(
+    store_log: PredictionLog, store: SqlStore
+) -> None:
+    served = record()
+    good = shadow(served)
+    duplicate = shadow(served)._replace(id=good.id, version=3)  # a duplicate primary key
+    unencodable = shadow(served, prediction=BEYOND_64_BITS)
+    after = record()
+    store_log.append([served, good, duplicate, unencodable, after])  # one batch
+    store_log.flush(timeout=10)
+    stored = store.get_predictions([served.id, after.id])
+    assert set(stored) == {served.id, after.id}
+    assert [(s.id, s.version) for s in stored[served.id].shadows] == [(good.id, 2)]
+    kept = quarantined(store)
+    assert [(q["id"], q["version"]) for q in kept] == [(good.id, 3), (unencodable.id, 2)]
+    assert str(BEYOND_64_BITS) in str(kept[1]["row_repr"])
+    assert rejected(store_log) == 2
+    assert written(store_log) == 3
+
+
+def test_flush_if_pending_waits_for_the_shadow_rows_of_the_ids(
+    gated: tuple[PredictionLog, GatedStore],
+) -> None:
+    """A served row written, its shadow row still in the buffer: feedback for the served id
+    waits until the shadow row is written too, so both are labelled together."""
+    writer, store = gated
+    served = record()
+    writer.append([served])
+    store.permits.release(1)
+    assert wait_until(lambda: writer.pending == 0, seconds=10, interval=0.01)
+    late = shadow(served)
+    writer.append([late])  # the writer needs a permit for it
+    threading.Timer(0.2, store.permits.release).start()
+    writer.flush_if_pending([served.id], timeout=10)
+    assert [s.id for s in store.get_predictions([served.id])[served.id].shadows] == [late.id]

@@ -296,3 +296,23 @@ def test_a_candidate_that_fails_on_the_rows_is_counted_and_the_client_is_answere
         wait_for_shadows(client)
         assert metric(client, "steward_shadow_predictions_total", **labels) == 1
         assert client.get("/readyz").status_code == 200
+
+
+def test_feedback_sent_while_the_shadow_runs_labels_both(traffic_settings: Settings) -> None:
+    """The shadow work of a request waits for its window (here 0.5 s) after the response: a
+    client that labels at once still has the candidate's prediction labelled with its own."""
+    settings = traffic_settings.model_copy(update={"shadow_window_seconds": 0.5})
+    with start(settings) as client:
+        policy(client, "shadow", 100)
+        (prediction_id,) = prediction_ids(predict(client, "iris", IRIS_SETOSA))
+        assert services(client).predictor.shadows.pending_rows == 1  # not run yet
+        answer = client.post(
+            "/feedback", json={"prediction_id": prediction_id, "ground_truth": "setosa"}
+        )
+        assert answer.json()["status"] == "accepted"
+        (shadow,) = shadow_rows(client)
+        assert shadow["prediction_id"] == prediction_id
+        assert shadow["ground_truth"] == '"setosa"'
+        assert shadow["correct"] == 1
+        labels = {"model": "iris", "version": "2"}
+        assert metric(client, "steward_shadow_feedback_total", outcome="correct", **labels) == 1

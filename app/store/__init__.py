@@ -2,11 +2,13 @@
 
 from app.store.base import (
     Label,
+    PairedCounts,
     PredictionRecord,
     PredictionStore,
     QuarantinedPrediction,
     RowsRefused,
     StoredPrediction,
+    StoredShadow,
     VersionCounts,
 )
 from app.store.log import PredictionLog
@@ -14,6 +16,7 @@ from app.store.sql import SqlStore, open_store
 
 __all__ = [
     "Label",
+    "PairedCounts",
     "PredictionLog",
     "PredictionRecord",
     "PredictionStore",
@@ -21,6 +24,7 @@ __all__ = [
     "RowsRefused",
     "SqlStore",
     "StoredPrediction",
+    "StoredShadow",
     "VersionCounts",
     "open_store",
 ]

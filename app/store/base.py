@@ -41,8 +41,27 @@ class PredictionRecord(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class StoredShadow:
+    """A shadow prediction: what another version (the candidate) predicted for a served row,
+    never returned to the client, with its ground truth once the served row is labelled. Its
+    inputs are the served row's."""
+
+    id: str
+    prediction_id: str  # the served row it shadows
+    model: str
+    version: int
+    created_at: datetime
+    output: dict[str, Any]
+    ground_truth: Any | None
+    correct: bool | None
+    abs_error: float | None
+    feedback_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredPrediction:
-    """A logged prediction with its ground truth, once labelled."""
+    """A logged (served) prediction with its ground truth, once labelled, and its shadow
+    predictions."""
 
     id: str
     model: str
@@ -54,17 +73,24 @@ class StoredPrediction:
     correct: bool | None
     abs_error: float | None
     feedback_at: datetime | None
+    shadows: tuple[StoredShadow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Label:
-    """Ground truth for one prediction, with its outcome computed by the feedback path."""
+    """Ground truth for one prediction, with its outcome computed by the feedback path.
+
+    ``shadows`` label the served row's shadow predictions with the same ground truth, each
+    keyed by the shadow row's id and scored by its own version: stored only with the served
+    row's label, in its transaction.
+    """
 
     prediction_id: str
     ground_truth: Any
     correct: bool | None
     abs_error: float | None
     at: datetime
+    shadows: tuple["Label", ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +104,24 @@ class VersionCounts:
     correct: int  # labelled predictions that were right (classifiers; 0 for regressors)
     abs_error_sum: float  # sum of |prediction - ground truth| (regressors; 0 for classifiers)
     squared_error_sum: float
+    shadow: bool = False  # the version's shadow predictions, not the rows it served
+
+
+@dataclass(frozen=True, slots=True)
+class PairedCounts:
+    """Champion (the served rows) against challenger (their shadow predictions) on the same
+    labels: only shadow rows whose served row is labelled too, scored against that one ground
+    truth (app/quality.py turns these sums into accuracy, MAE and RMSE side by side)."""
+
+    champion: int  # the version that served the rows
+    challenger: int  # the version that shadowed them
+    labelled: int
+    champion_correct: int
+    challenger_correct: int
+    champion_abs_error_sum: float
+    challenger_abs_error_sum: float
+    champion_squared_error_sum: float
+    challenger_squared_error_sum: float
 
 
 class RowsRefused(StoreUnavailable):
@@ -103,24 +147,34 @@ class PredictionStore(Protocol):
     """Durable prediction log. Every method raises StoreUnavailable when the backend fails."""
 
     def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
-        """Insert rows in one transaction; RowsRefused when the store refuses their content."""
+        """Insert rows in one transaction, shadow predictions (``shadow_of`` set) into
+        ``shadow_predictions``; RowsRefused when the store refuses their content."""
 
     def get_predictions(self, ids: Collection[str]) -> dict[str, StoredPrediction]:
-        """The stored predictions among ``ids``, by id."""
+        """The stored served predictions among ``ids``, by id, each with its shadow
+        predictions. A shadow prediction's id is not a prediction: absent."""
         ...
 
     def label(self, labels: Sequence[Label]) -> set[str]:
-        """Record ground truth on still-unlabelled predictions, in one transaction.
+        """Record ground truth on still-unlabelled predictions, in one transaction; a label's
+        ``shadows`` only when its served row's label lands, each on its still-unlabelled
+        shadow row of that served row.
 
-        Returns the ids labelled by this call; an id already labelled (or unknown) is left as
-        it was, so concurrent feedback for one id labels it exactly once.
+        Returns the ids labelled by this call, shadow rows' included; an id already labelled
+        (or unknown) is left as it was, so concurrent feedback for one id labels it (and its
+        shadows) exactly once.
         """
         ...
 
     def version_counts(self, model: str, since: datetime | None) -> list[VersionCounts]:
-        """Per version of ``model`` (by version number), its predictions made at or after
-        ``since`` (all of them when None) and the labels they have; a version without a
-        prediction in the window is absent. One aggregate query."""
+        """Per version of ``model`` (by version number, its served rows before its shadow
+        rows, never mixed), its predictions made at or after ``since`` (all of them when None)
+        and the labels they have; a version without a prediction in the window is absent."""
+        ...
+
+    def paired_counts(self, model: str, since: datetime | None) -> list[PairedCounts]:
+        """Per (champion, challenger) pair of ``model``: shadow rows made at or after
+        ``since`` that are labelled, with their served rows, on the same ground truth."""
         ...
 
     def quarantine(self, row: QuarantinedPrediction) -> None:

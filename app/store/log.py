@@ -90,6 +90,8 @@ class PredictionLog:
         self._pending: deque[PredictionRecord] = deque()
         # Pending ids, each with the count of rows appended up to and including it.
         self._pending_ids: dict[str, int] = {}
+        # Served ids with pending shadow rows, each with the count up to its last shadow row.
+        self._pending_shadows: dict[str, int] = {}
         self._appended = 0
         self._done = 0  # rows written or quarantined, always the oldest appended ones
         self._closing = False
@@ -159,6 +161,8 @@ class PredictionLog:
         for record in records:
             self._appended += 1
             self._pending_ids[record.id] = self._appended
+            if record.shadow_of is not None:
+                self._pending_shadows[record.shadow_of] = self._appended
         self.metrics.log_pending.set(len(self._pending))
         self._cond.notify()
 
@@ -180,13 +184,17 @@ class PredictionLog:
             waiter.wake()
 
     def flush_if_pending(self, ids: Collection[str], timeout: float = 10.0) -> None:
-        """Wait until none of ``ids`` is still waiting to be written (feedback needs them).
+        """Wait until none of ``ids``, nor any shadow row of them, is still waiting to be
+        written (feedback labels both).
 
-        Rows are written in order, so this waits for the rows up to the last of ``ids`` only,
+        Rows are written in order, so this waits for the rows up to the last of those only,
         not for the whole backlog.
         """
         with self._cond:
-            target = max((self._pending_ids.get(i, 0) for i in ids), default=0)
+            target = max(
+                (max(self._pending_ids.get(i, 0), self._pending_shadows.get(i, 0)) for i in ids),
+                default=0,
+            )
         if target:
             self._wait_written(target, timeout)
 
@@ -317,6 +325,9 @@ class PredictionLog:
                 self._done += 1
                 if self._pending_ids.get(record.id) == self._done:  # not a later row's, same id
                     del self._pending_ids[record.id]
+                served = record.shadow_of
+                if served is not None and self._pending_shadows.get(served) == self._done:
+                    del self._pending_shadows[served]
             self.metrics.log_pending.set(len(self._pending))
             if written:
                 self.metrics.log_written.inc(len(rows))
