@@ -5,7 +5,8 @@
     models/<name>/aliases.json              {"aliases": {"production": 3, "candidate": 4},
                                              "history": [{"alias", "from", "to", "at", "by",
                                                           "action"}, ...],
-                                             "traffic": {"mode", "percent", "at", "by"}}
+                                             "traffic": {"mode", "percent", "candidate",
+                                                         "at", "by"}}
     models/<name>/.aliases.lock             flock()ed by whoever changes aliases.json
 
 A version directory appears whole or not at all (written aside, then renamed into place), and
@@ -14,8 +15,10 @@ aliases.json take the model's lock around read-modify-write, so two processes pr
 both land, in order, in the history. A file in the first format, ``{"production": 3}``, is read
 as those aliases with no history yet, and one without ``traffic`` as traffic mode ``none``; the
 next change writes the new format. The traffic policy has no history: it carries its own ``at``
-and ``by``. Moving production onto the candidate's version ends the experiment: the same write
-sets traffic back to ``none`` (a shadow or canary of a version against itself means nothing).
+and ``by``, and names the candidate version it was set for. Moving production onto that
+version ends the experiment, and moving the candidate alias elsewhere starts a new one: either
+way the same write sets traffic back to ``none``, so no version receives traffic it was not
+given by name.
 
 joblib and scikit-learn are imported by the two functions that read and write an estimator,
 so listing the registry or moving an alias (`steward models`, `steward promote`) stays light.
@@ -36,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from app.errors import AliasesUnreadable, ArtifactError, UnknownVersion
 from app.features import FeatureSpec, InputContract
@@ -142,16 +145,28 @@ class TrafficPolicy(BaseModel):
     - ``canary``: the candidate answers ``percent`` of the requests (the same share for one
       ``X-Steward-Key``), production the rest.
 
-    It applies while the candidate is loaded and is not the production version; otherwise
-    production answers everything. ``at`` and ``by`` say who set it, and when."""
+    A shadow or canary policy is set for one candidate version, ``candidate``: it applies while
+    the ``candidate`` alias points at that version, loaded, and not the production version;
+    otherwise production answers everything. Moving the candidate alias, or production onto
+    the candidate, sets the policy back to ``none`` (``record_alias``): a new candidate starts
+    with no traffic. ``at`` and ``by`` say who set it, and when."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     mode: TrafficMode = "none"
     # strict: a hand-written "50" or true is refused, as aliases' versions are
     percent: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False, strict=True)
+    candidate: StrictInt | None = Field(None, ge=1)
     at: datetime | None = None
     by: str | None = Field(None, max_length=MAX_ACTOR)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrafficPolicy":
+        if self.mode == "none" and (self.percent != 0 or self.candidate is not None):
+            raise ValueError("mode none has percent 0 and no candidate")
+        if self.mode != "none" and self.candidate is None:
+            raise ValueError(f"a {self.mode} policy names its candidate version")
+        return self
 
 
 class AliasFile(BaseModel):
@@ -288,8 +303,9 @@ def record_alias(
     """Point ``alias`` at ``version`` and append the change to the history, replacing
     aliases.json atomically; the caller holds ``aliases_locked``. Returns the file as written
     and the change (None: the alias already pointed there, nothing was written). Production
-    moved onto the candidate's version sets traffic back to ``none`` in the same write. An
-    unreadable file is refused, never overwritten."""
+    moved onto the candidate's version, or the candidate moved off the version its traffic
+    policy was set for, sets traffic back to ``none`` in the same write. An unreadable file is
+    refused, never overwritten."""
     current = read_alias_file(root, name)
     previous = current.aliases.get(alias)
     if previous == version:
@@ -302,12 +318,15 @@ def record_alias(
         by=by or process_actor(),
         action=action,
     )
+    aliases = current.aliases | {alias: version}
     traffic = current.traffic
-    ends_experiment = alias == "production" and version == current.aliases.get("candidate")
-    if ends_experiment and traffic.mode != "none":
+    if traffic.mode != "none" and (
+        aliases.get("candidate") != traffic.candidate
+        or aliases.get("production") == traffic.candidate
+    ):  # the version the policy was set for is no longer a candidate beside production
         traffic = TrafficPolicy(at=change.at, by=change.by)
     written = AliasFile(
-        aliases=current.aliases | {alias: version},
+        aliases=aliases,
         history=[*current.history, change],
         traffic=traffic,
     )
@@ -321,7 +340,8 @@ def record_traffic(root: Path, name: str, policy: TrafficPolicy) -> AliasFile:
     written, when it already held a policy of the same mode and percent). An unreadable file
     is refused, never overwritten."""
     current = read_alias_file(root, name)
-    if (current.traffic.mode, current.traffic.percent) == (policy.mode, policy.percent):
+    same = (policy.mode, policy.percent, policy.candidate)
+    if (current.traffic.mode, current.traffic.percent, current.traffic.candidate) == same:
         return current
     written = current.model_copy(update={"traffic": policy})
     _write_alias_file(root, name, written)

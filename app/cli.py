@@ -198,6 +198,7 @@ def _models(_: argparse.Namespace, settings: Settings) -> int:
 
 # What a change on disk means for running servers (app/watcher.py).
 SWAP_NOTE = "running servers swap to it within STEWARD_RELOAD_INTERVAL_SECONDS"
+TRAFFIC_NOTE = "running servers apply it within STEWARD_RELOAD_INTERVAL_SECONDS"
 
 
 def _promote(args: argparse.Namespace, settings: Settings) -> int:
@@ -218,16 +219,15 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 def _traffic(args: argparse.Namespace, settings: Settings) -> int:
     state = lifecycle.set_traffic(settings.models_dir, args.model, args.mode, args.percent)
-    print(f"{args.model}: traffic {_policy(state.traffic, state.aliases)} ({SWAP_NOTE})")
+    print(f"{args.model}: traffic {_policy(state.traffic)} ({TRAFFIC_NOTE})")
     return 0
 
 
-def _policy(policy: TrafficPolicy, aliases: dict[str, int]) -> str:
-    """A traffic policy in words, naming the candidate it sends requests to."""
+def _policy(policy: TrafficPolicy) -> str:
+    """A traffic policy in words, naming the candidate it was set for."""
     if policy.mode == "none":
         return "none (production answers every request)"
-    candidate = aliases.get("candidate")
-    to = "the candidate (none set)" if candidate is None else f"candidate v{candidate}"
+    to = f"candidate v{policy.candidate}"
     share = status.percent_text(policy.percent)
     if policy.mode == "shadow":
         return f"shadow: {to} also predicts {share} of requests, never answering"
@@ -269,10 +269,10 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
         print()
         _paired_table(live[1])
     print()
-    aliases = {a: v.version for v in report.versions for a in v.aliases}
     set_by = report.traffic
-    when = f" (set {set_by.at:%Y-%m-%d %H:%M:%S}Z by {set_by.by})" if set_by.at else ""
-    print(f"traffic: {_policy(report.traffic, aliases)}{when}")
+    who = f" by {set_by.by}" if set_by.by else ""
+    when = f" (set {set_by.at:%Y-%m-%d %H:%M:%S}Z{who})" if set_by.at else ""
+    print(f"traffic: {_policy(report.traffic)}{when}")
     print()
     if not report.history:
         print("alias history: none yet")
@@ -599,7 +599,7 @@ def _parser() -> argparse.ArgumentParser:
         "  steward traffic iris none",
     )
     _model_argument(traffic)
-    traffic.add_argument("mode", choices=["none", "shadow", "canary"], help="the policy")
+    traffic.add_argument("mode", choices=lifecycle.TRAFFIC_MODES, help="the policy")
     traffic.add_argument(
         "--percent",
         type=_percent,

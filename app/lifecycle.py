@@ -22,7 +22,7 @@ Only ``production`` changes count; ``candidate`` has no roll-back.
 import math
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import get_args
+from typing import cast, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -153,10 +153,15 @@ def set_traffic(
     share = _traffic_percent(name, mode, percent)
     with aliases_locked(root, name):  # the candidate checked is the one the policy is for
         current = read_alias_file(root, name)
+        candidate = None
         if mode != "none":
-            _check_candidate(name, mode, current.aliases)
-        policy = TrafficPolicy.model_validate(
-            {"mode": mode, "percent": share, "at": datetime.now(UTC), "by": by or process_actor()}
+            candidate = _check_candidate(root, name, mode, current.aliases)
+        policy = TrafficPolicy(
+            mode=cast(TrafficMode, mode),
+            percent=share,
+            candidate=candidate,
+            at=datetime.now(UTC),
+            by=by or process_actor(),
         )
         return _state(name, record_traffic(root, name, policy), None)
 
@@ -193,7 +198,10 @@ def _traffic_percent(name: str, mode: str, percent: float | None) -> float:
     return float(percent)
 
 
-def _check_candidate(name: str, mode: str, aliases: dict[str, int]) -> None:
+def _check_candidate(root: Path, name: str, mode: str, aliases: dict[str, int]) -> int:
+    """The candidate version a shadow or canary policy is for; LifecycleConflict when there is
+    none, it is production, or (canary) it reads other inputs than production: a canary would
+    refuse requests that production accepts."""
     candidate = aliases.get("candidate")
     how = f"`steward promote {name} VERSION --alias candidate`"
     if candidate is None:
@@ -208,6 +216,17 @@ def _check_candidate(name: str, mode: str, aliases: dict[str, int]) -> None:
             f"{candidate}: point the candidate at another version with {how}",
             model=name,
         )
+    production = aliases.get("production")
+    if mode == "canary" and production is not None:
+        inputs = {v: _check_version(root, name, v).features for v in (production, candidate)}
+        if inputs[production] != inputs[candidate]:
+            raise LifecycleConflict(
+                f"{name}: candidate v{candidate} reads other inputs than production "
+                f"v{production}: as a canary it would refuse requests production accepts; "
+                "shadow it instead (its refusals are counted, never answered)",
+                model=name,
+            )
+    return candidate
 
 
 def previous_production(aliases: AliasFile) -> int | None:

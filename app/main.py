@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield {"services": services}  # requests reach it through app/api/deps.py
         finally:
             await services.watcher.close()  # no swap while the rest shuts down
-            await predictor.close(settings.shutdown_timeout_seconds)
+            await predictor.close()
             await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)
             store.close()
             gc.unfreeze()

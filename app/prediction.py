@@ -87,15 +87,16 @@ def scores_typical_row(model: LoadedModel) -> bool:
     return True
 
 
-def in_share(model: str, key: str | None, percent: float) -> bool:
+def in_share(scope: str, key: str | None, percent: float) -> bool:
     """Whether a request falls in a traffic policy's ``percent`` share: at random, or, for a
-    ``key``, by a hash of the model and the key, the same in every process and restart (a
-    larger share keeps every key of a smaller one)."""
+    ``key``, by a hash of the ``scope`` (the model and its candidate version: each candidate
+    draws its own keys) and the key, the same in every process and restart; a larger share
+    keeps every key of a smaller one."""
     if percent >= 100.0:
         return True
     if not key:
         return random.random() * 100.0 < percent
-    digest = hashlib.blake2b(f"{model}\0{key}".encode(errors="surrogatepass"), digest_size=8)
+    digest = hashlib.blake2b(f"{scope}\0{key}".encode(errors="surrogatepass"), digest_size=8)
     return int.from_bytes(digest.digest()) * 100.0 < percent * 2.0**64
 
 
@@ -156,7 +157,7 @@ class Predictor:
             if (
                 canary is not None
                 and state.traffic.mode == "canary"
-                and in_share(entry.name, key, state.traffic.percent)
+                and in_share(f"{entry.name} v{canary.version}", key, state.traffic.percent)
             ):
                 return canary
         model = entry.cached(version)
@@ -178,9 +179,9 @@ class Predictor:
         self._shadow(model, ids, rows, body)
         return PredictionResult(model.name, model.version, ids, outputs)
 
-    async def close(self, shadow_timeout: float = 5.0) -> None:
-        """Let the shadows under way finish, then the batches."""
-        await self.shadows.close(shadow_timeout)
+    async def close(self) -> None:
+        """Give the shadows under way a moment (best effort), then close the batcher."""
+        await self.shadows.close()
         await self.batcher.close()
 
     def _shadow(self, model: LoadedModel, ids: list[str], rows: list[Row], body: bytes) -> None:

@@ -20,6 +20,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from app.artifacts import (
@@ -69,33 +70,42 @@ class ModelState:
         number = self.aliases.get("production")
         return None if number is None else self.refusals.get(number)
 
-    @property
+    @cached_property
     def challenger(self) -> LoadedModel | None:
         """The candidate version the traffic policy sends requests to, while the policy
-        applies (a shadow or canary mode, a candidate loaded, not the production version);
-        None: production answers everything."""
-        if self.traffic.mode == "none":
-            return None
-        number = self.aliases.get("candidate")
-        if number is None or number == self.aliases.get("production"):
-            return None
-        return self.loaded.get(number)
+        applies; None: production answers everything. Worked out once per state: the request
+        path asks it of every request."""
+        return None if self.traffic_inactive() else self.loaded.get(self.traffic.candidate or 0)
 
     def traffic_inactive(self) -> str | None:
-        """Why a shadow or canary policy does not apply now (None: it applies, or the mode is
-        none and there is nothing to apply)."""
-        if self.traffic.mode == "none" or self.challenger is not None:
+        """Why a shadow or canary policy does not apply now; None when it applies, or when the
+        mode is none and there is nothing to apply."""
+        traffic = self.traffic
+        number = traffic.candidate
+        if traffic.mode == "none" or number is None:
             return None
-        number = self.aliases.get("candidate")
-        if number is None:
-            return "no candidate"
+        if self.aliases.get("candidate") != number:
+            return f"set for candidate v{number}, which the candidate alias has left"
         if number == self.aliases.get("production"):
             return "candidate is the production version"
         if number in self.refusals:
             return f"candidate v{number} is refused"
         if number not in self.versions:
             return f"candidate v{number} is not on disk"
-        return "candidate not loaded"
+        model = self.loaded.get(number)
+        if model is None:
+            return "candidate not loaded"
+        production = self.production
+        if (
+            traffic.mode == "canary"
+            and production is not None
+            and model.metadata.features != production.metadata.features
+        ):
+            return (
+                f"candidate v{number} reads other inputs than production: a canary would refuse "
+                "requests production accepts"
+            )
+        return None
 
     def aliases_of(self, version: int) -> list[str]:
         """The aliases pointing at ``version``, sorted."""

@@ -241,8 +241,10 @@ class TrafficStatus(TrafficPolicy):
     )
     inactive_reason: str | None = Field(
         description="Why a shadow or canary policy does not apply now (production answers "
-        "everything): `no candidate`, `candidate is the production version`, `candidate vN is "
-        "refused`, `candidate not loaded`. Null when it applies, or when the mode is none."
+        "everything): the candidate alias has left the version the policy was set for, the "
+        "candidate is the production version, is refused, is not on disk, is not loaded yet, "
+        "or (canary) reads other inputs than production. Null when it applies, or when the "
+        "mode is none."
     )
 
 

@@ -16,7 +16,8 @@ in the task, and a body it refuses is counted (``invalid_input``), not answered.
 Nothing here may hurt the served path, so every resource is bounded and every failure is counted
 in ``steward_shadow_failures_total{reason}`` instead of raised:
 
-- ``skipped``: more than ``max_pending_rows`` rows are already waiting for the candidate;
+- ``skipped``: more than ``max_pending_rows`` rows are already waiting for the candidate (or,
+  for a candidate with inputs of its own, more than MAX_PENDING_BODY_BYTES of request bodies);
 - ``log_full``: the prediction log is over half full (the other half is for served rows);
 - ``invalid_input`` / ``model_failure``: the candidate refused the rows or failed on them.
 
@@ -53,6 +54,14 @@ class _Job:
     body: bytes
 
 
+MAX_PENDING_BODY_BYTES = 64 * 1024 * 1024
+"""Request bodies kept for candidates that validate them again: rows are bounded by
+``max_pending_rows``, and a body can be large for its rows."""
+DRAIN_SECONDS = 1.0
+"""How long shutdown lets shadow work finish: it is best effort, and the shutdown budget is
+for the acknowledged rows of the prediction log."""
+
+
 class Shadows:
     """Runs shadow predictions in background tasks and tracks the ones not logged yet."""
 
@@ -74,6 +83,8 @@ class Shadows:
         self._timers: dict[LoadedModel, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._rows = 0  # rows submitted and not finished (event-loop thread only)
+        self._bytes = 0  # request bodies kept for a candidate with inputs of its own
+        self._same: dict[tuple[str, int, int], bool] = {}
         self._pending: set[str] = set()  # served ids whose shadow is not logged yet
         self._cond = threading.Condition()  # feedback waits on it from worker threads
         # Versions whose failure was logged once; weakly, so an unloaded version can go.
@@ -93,19 +104,32 @@ class Shadows:
     ) -> None:
         """Shadow ``rows`` (served by ``served`` under ``ids``) with ``candidate``, later.
         Never raises and never waits: a shadow that cannot be taken on is counted."""
-        if self._rows + len(rows) > self.max_pending_rows:
+        same_inputs = self._same_inputs(served, candidate)
+        kept = 0 if same_inputs else len(body)
+        if (
+            self._rows + len(rows) > self.max_pending_rows
+            or self._bytes + kept > MAX_PENDING_BODY_BYTES
+        ):
             self.metrics.count_shadow_failure(candidate.metadata, "skipped", len(rows))
             return
-        same_contract = candidate.metadata.features == served.metadata.features
         self._rows += len(rows)
+        self._bytes += kept
         with self._cond:
             self._pending.update(ids)
-        self._queued.setdefault(candidate, []).append(
-            _Job(ids, rows if same_contract else None, body)
-        )
+        job = _Job(ids, rows, b"") if same_inputs else _Job(ids, None, body)
+        self._queued.setdefault(candidate, []).append(job)
         if candidate not in self._timers:
             loop = asyncio.get_running_loop()
             self._timers[candidate] = loop.call_later(self.window, self._start, candidate)
+
+    def _same_inputs(self, served: LoadedModel, candidate: LoadedModel) -> bool:
+        """Whether the candidate reads the inputs ``served`` validated (asked once per pair of
+        versions: their features never change)."""
+        key = (served.name, served.version, candidate.version)
+        same = self._same.get(key)
+        if same is None:
+            same = self._same[key] = candidate.metadata.features == served.metadata.features
+        return same
 
     def _start(self, candidate: LoadedModel) -> None:
         """The window closed: run the candidate's queued requests, all in the same loop turn,
@@ -125,7 +149,7 @@ class Shadows:
         with self._cond:
             self._cond.wait_for(lambda: self._pending.isdisjoint(ids), timeout)
 
-    async def close(self, timeout: float) -> None:
+    async def close(self, timeout: float = DRAIN_SECONDS) -> None:
         """Run what is queued now, let the shadows finish (up to ``timeout`` seconds), then
         cancel the rest."""
         for candidate, timer in list(self._timers.items()):
@@ -157,6 +181,7 @@ class Shadows:
                 self.metrics.count_shadow_failure(candidate.metadata, failure, len(ids))
         finally:
             self._rows -= len(ids)
+            self._bytes -= len(body)
             with self._cond:
                 self._pending.difference_update(ids)
                 self._cond.notify_all()

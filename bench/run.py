@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -138,9 +138,9 @@ def shadow_cost(work: Path, models_dir: Path, seconds: float) -> None:
     rows = []
     for c in SHADOW_CONNECTIONS:
         off, on = runs[("none", c)], runs[("shadow", c)]
-        p50 = (_median(r.p50_ms for r in off), _median(r.p50_ms for r in on))
-        p99 = (_median(r.p99_ms for r in off), _median(r.p99_ms for r in on))
-        rate = (_median(r.rate for r in off), _median(r.rate for r in on))
+        p50 = (statistics.median(r.p50_ms for r in off), statistics.median(r.p50_ms for r in on))
+        p99 = (statistics.median(r.p99_ms for r in off), statistics.median(r.p99_ms for r in on))
+        rate = (statistics.median(r.rate for r in off), statistics.median(r.rate for r in on))
         rows.append((
             str(c), f"{rate[0]:,.0f}", f"{rate[1]:,.0f}", f"{p50[0]:.2f}", f"{p50[1]:.2f}",
             f"{p50[1] - p50[0]:+.2f}", f"{p99[0]:.2f}", f"{p99[1]:.2f}", f"{p99[1] - p99[0]:+.2f}",
@@ -160,14 +160,15 @@ def set_traffic(url: str, models_dir: Path, mode: str) -> None:
     subprocess.run([STEWARD, "--models-dir", models_dir, "traffic", "iris", mode], check=True,
                    capture_output=True)  # fmt: skip
     deadline = time.monotonic() + 30
-    while json.loads(get(f"{url}/models/iris"))["traffic"]["mode"] != mode:
+
+    def applied() -> bool:  # the policy read, and its candidate loaded and warmed up
+        traffic = json.loads(get(f"{url}/models/iris"))["traffic"]
+        return bool(traffic["mode"] == mode and (mode == "none" or traffic["active"]))
+
+    while not applied():
         if time.monotonic() > deadline:
             raise RuntimeError(f"the server did not apply traffic {mode} within 30 s")
         time.sleep(0.2)
-
-
-def _median(values: Iterable[float]) -> float:
-    return statistics.median(values)
 
 
 def machine() -> str:

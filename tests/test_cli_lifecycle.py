@@ -11,7 +11,7 @@ from helpers import IRIS_SETOSA, assert_one_line_error, predict, prediction_ids,
 from server import STEWARD, free_port, serving
 
 from app.artifacts import ALIASES, process_actor, read_alias_file, set_alias
-from app.cli import SWAP_NOTE
+from app.cli import TRAFFIC_NOTE
 from app.main import create_app
 from app.settings import Settings
 from app.status import render_model, render_models
@@ -226,11 +226,11 @@ def test_traffic_sets_the_policy_and_versions_shows_it(
     assert (code, err) == (0, "")
     assert out == (
         "iris: traffic shadow: candidate v2 also predicts 100% of requests, never answering "
-        f"({SWAP_NOTE})\n"
+        f"({TRAFFIC_NOTE})\n"
     )
     code, out, err = run_cli(capsys, *where, "traffic", "iris", "canary", "--percent", "12.5")
     assert (code, err) == (0, "")
-    assert out == f"iris: traffic canary: candidate v2 answers 12.5% of requests ({SWAP_NOTE})\n"
+    assert out == f"iris: traffic canary: candidate v2 answers 12.5% of requests ({TRAFFIC_NOTE})\n"
     traffic = read_alias_file(models_dir, "iris").traffic
     assert (traffic.mode, traffic.percent, traffic.by) == ("canary", 12.5, process_actor())
     assert traffic.at is not None
@@ -243,7 +243,7 @@ def test_traffic_sets_the_policy_and_versions_shows_it(
         f"(set {traffic.at:%Y-%m-%d %H:%M:%S}Z by {process_actor()})"
     )
     code, out, _ = run_cli(capsys, *where, "traffic", "iris", "none")
-    assert out == f"iris: traffic none (production answers every request) ({SWAP_NOTE})\n"
+    assert out == f"iris: traffic none (production answers every request) ({TRAFFIC_NOTE})\n"
     assert read_alias_file(models_dir, "iris").traffic.mode == "none"
 
 

@@ -208,8 +208,8 @@ def test_train_shadow_score_promote_under_load_and_roll_back(stack: Stack, tmp_p
     shadow = http.put("/admin/models/iris/traffic", json={"mode": "shadow"}, headers=AUTH)
     assert shadow.status_code == 200, shadow.text
     assert shadow.json()["traffic"] | {"at": None} == {
-        "mode": "shadow", "percent": 100.0, "at": None, "by": "admin-api", "active": True,
-        "inactive_reason": None,
+        "mode": "shadow", "percent": 100.0, "candidate": 2, "at": None, "by": "admin-api",
+        "active": True, "inactive_reason": None,
     }  # fmt: skip
 
     # Every iris row, predicted by production (v1) and shadowed by the candidate, then labelled.

@@ -335,7 +335,7 @@ def test_set_traffic_writes_the_policy_beside_the_aliases_and_keeps_the_history(
     assert on_disk.traffic == state.traffic
     assert on_disk.history == history == state.history  # the policy is not an alias move
     raw = json.loads((root / "adder" / ALIASES).read_text())
-    assert set(raw["traffic"]) == {"mode", "percent", "at", "by"}
+    assert set(raw["traffic"]) == {"mode", "percent", "candidate", "at", "by"}
     assert raw["traffic"]["at"].endswith("Z")
 
     state = lifecycle.set_traffic(root, "adder", "canary", 12.5, by="admin-api")
@@ -431,12 +431,37 @@ def test_the_first_format_and_a_file_without_traffic_read_as_none(root: Path) ->
     assert read_alias_file(root, "adder").traffic.percent == 5.0
 
 
+def test_moving_the_candidate_sets_traffic_back_to_none(root: Path) -> None:
+    """A policy is set for one candidate version: a new candidate gets no traffic it was not
+    given by name (a canary of 50 % must not land on an untested version)."""
+    lifecycle.promote(root, "adder", 2, "candidate")
+    lifecycle.set_traffic(root, "adder", "canary", 50)
+    state = lifecycle.promote(root, "adder", 3, "candidate", by="ana@laptop")
+    assert (state.traffic.mode, state.traffic.candidate, state.traffic.by) == (
+        "none", None, "ana@laptop"
+    )  # fmt: skip
+    assert read_alias_file(root, "adder").traffic == state.traffic
+    assert lifecycle.set_traffic(root, "adder", "shadow").traffic.candidate == 3
+
+
+def test_a_hand_written_policy_without_its_candidate_is_refused(root: Path) -> None:
+    path = root / "adder" / ALIASES
+    for traffic in (
+        {"mode": "canary", "percent": 10},  # for which candidate?
+        {"mode": "none", "percent": 10},
+        {"mode": "none", "percent": 0, "candidate": 2},
+    ):
+        path.write_text(
+            json.dumps({"aliases": {"production": 1, "candidate": 2}, "traffic": traffic})
+        )
+        with pytest.raises(AliasesUnreadable, match="traffic"):
+            read_alias_file(root, "adder")
+
+
 def test_promoting_production_to_the_candidate_ends_the_experiment(root: Path) -> None:
     lifecycle.promote(root, "adder", 2, "candidate")
-    lifecycle.set_traffic(root, "adder", "canary", 20)
-    # Moves that leave the candidate a different version keep the policy.
-    assert lifecycle.promote(root, "adder", 3, "candidate").traffic.percent == 20.0
-    assert lifecycle.promote(root, "adder", 2, "candidate").traffic.mode == "canary"
+    assert lifecycle.set_traffic(root, "adder", "canary", 20).traffic.candidate == 2
+    # Production moves that leave the candidate where it was keep the policy.
     assert lifecycle.promote(root, "adder", 3).traffic.mode == "canary"
     assert lifecycle.rollback(root, "adder").traffic.mode == "canary"  # back to 1
     # Production onto the candidate's version: the same write sets traffic back to none.

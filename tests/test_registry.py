@@ -409,7 +409,7 @@ def test_a_refused_candidate_leaves_production_serving_alone(
         ).version
         tamper(models_dir, "iris", candidate)
     set_alias(models_dir, "iris", "candidate", candidate)
-    lifecycle.set_traffic(models_dir, "iris", "canary", 10)
+    lifecycle.set_traffic(models_dir, "iris", "shadow", 10)
     registry = Registry(models_dir, max_instances=100, warm_up=scores_typical_row)
     registry.load()
     state = registry.entry("iris").state
@@ -418,7 +418,7 @@ def test_a_refused_candidate_leaves_production_serving_alone(
     assert state.refusals[candidate].reason == breakage
     assert state.challenger is None
     status = registry.entry("iris").traffic_status()
-    assert (status.mode, status.active) == ("canary", False)
+    assert (status.mode, status.active) == ("shadow", False)
     assert status.inactive_reason == f"candidate v{candidate} is refused"
 
 
@@ -431,7 +431,7 @@ def test_a_candidate_missing_from_disk_at_start_up_refuses_the_aliases_file(
             {
                 "aliases": {"production": 1, "candidate": 9},
                 "history": [],
-                "traffic": {"mode": "shadow", "percent": 50},
+                "traffic": {"mode": "shadow", "percent": 50, "candidate": 9},
             }
         )
     )
@@ -442,7 +442,8 @@ def test_a_candidate_missing_from_disk_at_start_up_refuses_the_aliases_file(
     assert state.refusals[None].reason == "unknown_version"
     assert "candidate is v9" in state.refusals[None].message
     assert state.challenger is None
-    assert registry.entry("iris").traffic_status().inactive_reason == "no candidate"
+    reason = registry.entry("iris").traffic_status().inactive_reason
+    assert reason == "set for candidate v9, which the candidate alias has left"
 
 
 def test_the_challenger_is_the_loaded_candidate_while_the_policy_applies(
@@ -454,7 +455,7 @@ def test_the_challenger_is_the_loaded_candidate_while_the_policy_applies(
     seen = traffic_events(registry)
     entry = registry.entry("iris")
     assert entry.state.challenger is None  # mode none
-    canary = TrafficPolicy(mode="canary", percent=25, by="ana@laptop")
+    canary = TrafficPolicy(mode="canary", percent=25, candidate=2, by="ana@laptop")
     with caplog.at_level(logging.INFO, logger="app.registry"):
         registry.set_traffic("iris", canary)
     assert "iris: traffic canary 25% (was none 0%; by ana@laptop)" in caplog.text
@@ -468,14 +469,17 @@ def test_the_challenger_is_the_loaded_candidate_while_the_policy_applies(
     registry.set_traffic("iris", canary)  # the same policy: nothing fired
     assert len(seen) == 1
 
-    registry.point("iris", "candidate", 1)  # the production version
+    registry.point("iris", "production", 2)  # production onto the candidate
     assert entry.state.challenger is None
     assert entry.traffic_status().inactive_reason == "candidate is the production version"
-    registry.point("iris", "candidate", 2)
+    registry.point("iris", "production", 1)
     assert entry.state.challenger is entry.state.loaded[2]
+    registry.point("iris", "candidate", 1)  # the alias leaves the version the policy is for
+    assert entry.state.challenger is None
+    reason = entry.traffic_status().inactive_reason
+    assert reason == "set for candidate v2, which the candidate alias has left"
     registry.unset("iris", "candidate")
     assert entry.state.challenger is None
-    assert entry.traffic_status().inactive_reason == "no candidate"
-    assert entry.state.traffic == canary  # the policy stays: it follows the alias
+    assert entry.state.traffic == canary  # in memory until the file says otherwise
     with pytest.raises(UnknownModel):
         registry.set_traffic("nope", canary)

@@ -331,14 +331,17 @@ def test_a_traffic_policy_on_disk_reaches_the_registry_after_the_aliases(
     assert not watcher.scan().changed
 
     train_demo(models_dir)  # v3
-    set_alias(models_dir, "iris", "candidate", 3)  # the candidate moves: the policy follows
+    set_alias(models_dir, "iris", "candidate", 3)  # the candidate moves: the policy ends
     report = watcher.scan()
     assert report.moved == [AliasMove(model="iris", alias="candidate", old=2, new=3)]
-    assert report.traffic == {}
+    assert report.traffic["iris"].mode == "none"
     assert report.unloaded == {"iris": [2]}
-    assert entry.state.challenger is entry.state.loaded[3]
-    assert entry.state.traffic == policy
+    assert entry.state.challenger is None
+    assert entry.state.traffic.mode == "none"
 
+    policy = lifecycle.set_traffic(models_dir, "iris", "shadow", 40).traffic  # for v3
+    watcher.scan()
+    assert entry.state.challenger is entry.state.loaded[3]
     raw = json.loads((models_dir / "iris" / ALIASES).read_text())
     del raw["aliases"]["candidate"]  # removed by hand: production answers everything
     (models_dir / "iris" / ALIASES).write_text(json.dumps(raw))
@@ -346,7 +349,8 @@ def test_a_traffic_policy_on_disk_reaches_the_registry_after_the_aliases(
     assert report.moved == [AliasMove(model="iris", alias="candidate", old=3, new=None)]
     assert entry.state.challenger is None
     assert entry.state.traffic == policy
-    assert entry.traffic_status().inactive_reason == "no candidate"
+    reason = entry.traffic_status().inactive_reason
+    assert reason == "set for candidate v3, which the candidate alias has left"
 
     (models_dir / "iris" / ALIASES).write_text('{"production": 1}')  # the first format: none
     report = watcher.scan()
@@ -360,11 +364,11 @@ def test_a_candidate_refused_when_its_policy_starts_is_reported_once(models_dir:
     registry = Registry(models_dir, 100, warm_up=scores_typical_row)
     registry.load()
     watcher = Watcher(registry, 0)
-    lifecycle.set_traffic(models_dir, "iris", "canary", 10)
+    lifecycle.set_traffic(models_dir, "iris", "shadow", 10)
     report = watcher.scan()
     (problem,) = report.refused
     assert (problem.model, problem.reason) == ("iris", "warmup_failed")
-    assert problem.message.startswith(f"traffic canary: candidate v{broken} not loaded: ")
+    assert problem.message.startswith(f"traffic shadow: candidate v{broken} not loaded: ")
     assert list(report.traffic) == ["iris"]
     assert registry.refused() == {}  # production serves: the model is not degraded
     assert registry.production()["iris"].version == 1

@@ -163,7 +163,7 @@ class TrafficRequest(BaseModel):
         return value
 
 
-class ModelState(BaseModel):
+class ModelChange(BaseModel):
     """A model after an admin change: its aliases on disk, the change made (None: no alias
     moved), the latest history entries, and what this server serves now (``serving.refused``
     says why a new version was refused, the old one serving on; ``traffic`` whether the
@@ -177,10 +177,10 @@ class ModelState(BaseModel):
     traffic: TrafficStatus
 
 
-async def _apply(built: Services, state: AliasState) -> ModelState:
+async def _apply(built: Services, state: AliasState) -> ModelChange:
     await built.watcher.reload()
     entry = built.registry.entry(state.model)
-    return ModelState(
+    return ModelChange(
         model=state.model,
         aliases=state.aliases,
         change=state.change,
@@ -191,7 +191,7 @@ async def _apply(built: Services, state: AliasState) -> ModelState:
 
 
 @router.post("/models/{model}/promote", name="promote", dependencies=_SINGLE_KEYS)
-async def promote(model: str, body: PromoteRequest, built: AdminServices) -> ModelState:
+async def promote(model: str, body: PromoteRequest, built: AdminServices) -> ModelChange:
     """Point an alias (production by default) of a model at a version, and swap it in.
 
     The version is loaded and warmed up first: one this server refuses (503
@@ -216,7 +216,7 @@ def _load_first(registry: Registry, model: str, version: int) -> None:
 
 
 @router.post("/models/{model}/rollback", name="rollback")
-async def rollback(model: str, built: AdminServices) -> ModelState:
+async def rollback(model: str, built: AdminServices) -> ModelChange:
     """Point production back at the version before its latest promote, and swap it in."""
     root = built.registry.root
     state = await anyio.to_thread.run_sync(lambda: lifecycle.rollback(root, model, by=ACTOR))
@@ -224,7 +224,7 @@ async def rollback(model: str, built: AdminServices) -> ModelState:
 
 
 @router.put("/models/{model}/traffic", name="traffic", dependencies=_SINGLE_KEYS)
-async def traffic(model: str, body: TrafficRequest, built: AdminServices) -> ModelState:
+async def traffic(model: str, body: TrafficRequest, built: AdminServices) -> ModelChange:
     """Set a model's traffic policy (none, shadow or canary to its candidate), and apply it.
 
     Shadow and canary need a candidate version other than production (409 otherwise). The

@@ -66,9 +66,9 @@ KeyHeader = Annotated[
     str | None,
     Header(
         alias="X-Steward-Key",
-        max_length=256,
         description="Under a canary traffic policy, requests with the same key are answered "
-        "by the same version (a user or session id, say); without it, each request is drawn.",
+        "by the same version (a user or session id, say); without it, each request is drawn. "
+        "Any length (the server's header limit applies); sent twice, the first counts.",
     ),
 ]
 
