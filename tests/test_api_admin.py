@@ -240,11 +240,19 @@ def test_a_bad_body_is_422(admin: TestClient, body: object) -> None:
     assert admin_count(admin, "promote", "error") == 1
 
 
-def test_a_body_that_is_not_json_is_400(admin: TestClient) -> None:
-    response = admin.post(
-        PROMOTE, content=b"{", headers=AUTH | {"Content-Type": "application/json"}
-    )
-    assert_error(response, 400, "invalid_json")
+@pytest.mark.parametrize(
+    "body",
+    [b"{", b'{"version": 1' + b"9" * 5000 + b"}", b'{"version": "\xff"}', b"\xef\xbb\xbf{}"],
+    ids=["truncated", "5000 digits", "invalid utf-8", "byte-order mark"],
+)
+def test_a_body_that_is_not_json_is_400(admin: TestClient, body: bytes) -> None:
+    for path, method in ((PROMOTE, "POST"), ("/admin/models/iris/traffic", "PUT")):
+        response = admin.request(
+            method, path, content=body, headers=AUTH | {"Content-Type": "application/json"}
+        )
+        error = assert_error(response, 400, "invalid_json")
+        assert "9999" not in response.text
+        assert error["message"]
 
 
 def test_a_version_this_server_refuses_is_not_promoted(admin: TestClient) -> None:

@@ -19,6 +19,9 @@ from app.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+# FastAPI's own 400: a body parameter's JSON it could not decode (invalid UTF-8, a number of
+# more digits than Python reads): the code /predict and /feedback give the same bodies.
+_HTTP_400 = ("invalid_json", "the body is not JSON this server can read")
 
 
 def error_response(error: StewardError) -> JSONResponse:
@@ -49,9 +52,12 @@ async def _request_validation_error(_: Request, exc: Exception) -> Response:
 
 async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    if exc.status_code == 400:
+        code, message = _HTTP_400
+    else:
+        code, message = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}"), str(exc.detail)
     return JSONResponse(
-        error_payload(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        error_payload(code, message), status_code=exc.status_code, headers=exc.headers
     )
 
 
