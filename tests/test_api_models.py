@@ -40,6 +40,7 @@ def test_model_detail(client: TestClient) -> None:
     assert body["traffic"] == {
         "mode": "none",
         "percent": 0.0,
+        "candidate": None,
         "at": None,
         "by": None,
         "active": False,
