@@ -27,7 +27,8 @@ def create_app() -> FastAPI:
     root = Path(os.environ["NAIVE_MODELS_DIR"])
     models: dict[str, Any] = {}
     for folder in sorted(p for p in root.iterdir() if (p / "aliases.json").exists()):
-        production = json.loads((folder / "aliases.json").read_text())["production"]
+        aliases = json.loads((folder / "aliases.json").read_text())
+        production = aliases.get("aliases", aliases)["production"]  # either aliases.json format
         models[folder.name] = joblib.load(folder / str(production) / "model.joblib")
 
     app = FastAPI()
