@@ -29,12 +29,8 @@ from app.store import (
     VersionCounts,
     open_store,
 )
-from app.store.sql import (
-    paired_counts_query,
-    quarantine,
-    shadow_predictions,
-    version_counts_query,
-)
+from app.store.queries import paired_counts_query, version_counts_query
+from app.store.schema import quarantine, shadow_predictions
 
 SETOSA = {"prediction": "setosa"}  # the output column of record()
 POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

@@ -1,0 +1,66 @@
+"""The live-quality aggregates (app/quality.py), one SQL query each, bounded by an index."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, Table, case, func, select
+
+from app.store.schema import as_utc, predictions, shadow_predictions
+
+
+def version_counts_query(
+    model: str, since: datetime | None, table: Table = predictions
+) -> Select[Any]:
+    """SqlStore.version_counts' aggregate query over ``table`` (``predictions`` or
+    ``shadow_predictions``): bounded by its (model, created_at) index."""
+    c = table.c
+    query = (
+        select(
+            c.version,
+            func.count().label("predictions"),
+            func.count(c.ground_truth).label("labelled"),
+            func.count(case((c.correct.is_(True), 1))).label("correct"),
+            func.coalesce(func.sum(c.abs_error), 0.0).label("abs_error_sum"),
+            func.coalesce(func.sum(c.abs_error * c.abs_error), 0.0).label("squared_error_sum"),
+        )
+        .where(c.model == model)
+        .group_by(c.version)
+        .order_by(c.version)
+    )
+    return _since(query, c.created_at, since)
+
+
+def paired_counts_query(model: str, since: datetime | None) -> Select[Any]:
+    """SqlStore.paired_counts' query: labelled shadow rows of ``model`` in the window joined to
+    their labelled served rows, summed per (served version, shadow version)."""
+    s, p = shadow_predictions.c, predictions.c
+    query = (
+        select(
+            p.version.label("champion"),
+            s.version.label("challenger"),
+            func.count().label("labelled"),
+            func.count(case((p.correct.is_(True), 1))).label("champion_correct"),
+            func.count(case((s.correct.is_(True), 1))).label("challenger_correct"),
+            func.coalesce(func.sum(p.abs_error), 0.0).label("champion_abs_error_sum"),
+            func.coalesce(func.sum(s.abs_error), 0.0).label("challenger_abs_error_sum"),
+            func.coalesce(func.sum(p.abs_error * p.abs_error), 0.0).label(
+                "champion_squared_error_sum"
+            ),
+            func.coalesce(func.sum(s.abs_error * s.abs_error), 0.0).label(
+                "challenger_squared_error_sum"
+            ),
+        )
+        .select_from(shadow_predictions.join(predictions, p.id == s.prediction_id))
+        .where(s.model == model, s.ground_truth.is_not(None), p.ground_truth.is_not(None))
+        .group_by(p.version, s.version)
+        .order_by(p.version, s.version)
+    )
+    return _since(query, s.created_at, since)
+
+
+def _since(query: Select[Any], created_at: Any, since: datetime | None) -> Select[Any]:
+    """``query`` bounded to rows made at or after ``since`` (unbounded when None)."""
+    if since is None:
+        return query
+    # SQLite compares the stored UTC text: the bound must be UTC too.
+    return query.where(created_at >= (as_utc(since) or since).astimezone(UTC))
