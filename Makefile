@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-HOST   ?= 127.0.0.1
-PORT   ?= 8000
+HOST   ?= $(or $(STEWARD_HOST),127.0.0.1)
+PORT   ?= $(or $(STEWARD_PORT),8000)
 
 .PHONY: run test format lint typecheck unit prometheus chromium wrk bench bench-soak clean
 

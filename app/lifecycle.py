@@ -121,8 +121,9 @@ def rollback(root: Path, name: str, *, by: str | None = None) -> AliasState:
         target = previous_production(read_alias_file(root, name))
         if target is None:
             raise LifecycleConflict(
-                f"{name}: no earlier production version to roll back to (the alias history "
-                "has none; `steward promote` names a version instead)",
+                f"{name}: no earlier production version to roll back to (no promote of production "
+                "is left to undo in the alias history; `steward promote` names a version "
+                "instead)",
                 model=name,
             )
         try:

@@ -84,6 +84,8 @@ class ModelState:
         number = traffic.candidate
         if traffic.mode == "none" or number is None:
             return None
+        if traffic.percent == 0:
+            return "0% of requests go to the candidate"
         if self.aliases.get("candidate") != number:
             return f"set for candidate v{number}, which the candidate alias has left"
         if number == self.aliases.get("production"):
@@ -420,7 +422,8 @@ class Registry:
             old = state.aliases.get(alias)
             if old != version:
                 entry.state = replace(state, aliases={**state.aliases, alias: version})
-                logger.info("%s: %s is v%d (was %s)", name, alias, version, old)
+                was = "unset" if old is None else f"v{old}"
+                logger.info("%s: %s is v%d (was %s)", name, alias, version, was)
                 self._fire(self.on_swap, entry, alias, old, version)
         return model
 

@@ -208,12 +208,19 @@ def test_rollback_with_no_history_is_409(admin: TestClient) -> None:
 
 
 def test_unknown_model_or_version_is_404(admin: TestClient) -> None:
-    assert_error(
-        admin.post("/admin/models/nope/promote", json={"version": 1}, headers=AUTH),
-        404,
-        "unknown_model",
-    )
-    assert_error(admin.post("/admin/models/nope/rollback", headers=AUTH), 404, "unknown_model")
+    """An unknown model is named by neither its name nor the registry's folder."""
+    for response in (
+        admin.post("/admin/models/nope-model/promote", json={"version": 1}, headers=AUTH),
+        admin.post("/admin/models/nope-model/rollback", headers=AUTH),
+        admin.put("/admin/models/nope-model/traffic", json={"mode": "none"}, headers=AUTH),
+        admin.post("/admin/models/%2E%2E/rollback", headers=AUTH),
+    ):
+        error = assert_error(response, 404, "unknown_model")
+        assert "nope" not in response.text
+        assert str(admin.app_state["services"].registry.root) not in response.text
+        assert error["details"] == [
+            {"field": "model", "message": "not a model of this server (GET /models)"}
+        ]
     error = assert_error(
         admin.post(PROMOTE, json={"version": 9}, headers=AUTH), 404, "unknown_version"
     )

@@ -276,5 +276,5 @@ def test_a_promotion_under_load_fails_no_request_and_each_response_names_its_ver
     answered = {pid: version for mine in seen for version, ids in mine for pid in ids}
     logged = {row["id"]: row["version"] for row in stored_rows(tmp_path / "data")}
     assert logged == answered
-    assert "iris: production is v2 (was 1)" in log.read_text()
+    assert "iris: production is v2 (was v1)" in log.read_text()
     assert "unloaded iris v1" in log.read_text()

@@ -260,8 +260,8 @@ def test_train_shadow_score_promote_under_load_and_roll_back(stack: Stack, tmp_p
     answered = {pid: version for mine in load.seen for version, ids in mine for pid in ids}
     http.close()
     stack_log = stack.log.read_text()
-    assert "iris: production is v2 (was 1)" in stack_log
-    assert "iris: production is v1 (was 2)" in stack_log
+    assert "iris: production is v2 (was v1)" in stack_log
+    assert "iris: production is v1 (was v2)" in stack_log
     logged = {row["id"]: row["version"] for row in stored_rows(stack.data)}
     assert {pid: logged.get(pid) for pid in answered} == answered
 

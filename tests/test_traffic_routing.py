@@ -354,3 +354,13 @@ def test_a_new_candidate_starts_with_no_traffic(
     services(served).watcher.scan()
     assert versions(served, 20) == {1: 20}
     assert served.get("/models/iris").json()["traffic"]["mode"] == "none"
+
+
+def test_a_policy_at_0_percent_is_not_active(served: TestClient) -> None:
+    policy(served, "shadow", 0)
+    traffic = served.get("/models/iris").json()["traffic"]
+    assert (traffic["mode"], traffic["active"]) == ("shadow", False)
+    assert traffic["inactive_reason"] == "0% of requests go to the candidate"
+    predict(served, "iris", IRIS_SETOSA)
+    wait_for_shadows(served)
+    assert metric(served, "steward_shadow_predictions_total", model="iris", version="2") == 0

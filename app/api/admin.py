@@ -13,10 +13,12 @@ refusals, the body's validation errors and the core's errors alike.
 import hmac
 import logging
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, field_validator
@@ -24,8 +26,8 @@ from pydantic_core import PydanticCustomError
 
 from app import lifecycle
 from app.api.deps import services
-from app.artifacts import AliasChange, TrafficMode
-from app.errors import AdminDisabled, StewardError, Unauthorized
+from app.artifacts import AliasChange, TrafficMode, list_models
+from app.errors import AdminDisabled, StewardError, Unauthorized, UnknownModel
 from app.lifecycle import AliasState
 from app.metrics import ADMIN_ACTIONS, AdminAction, AdminOutcome
 from app.registry import Registry
@@ -54,13 +56,24 @@ class AdminRoute(APIRoute):
                 response = await handle(request)
             except Exception as exc:
                 denied = isinstance(exc, Unauthorized | AdminDisabled)
-                code = exc.code if isinstance(exc, StewardError) else type(exc).__name__
+                code = _code(exc)
                 _audit(request, action, "denied" if denied else "error", code)
                 raise
             _audit(request, action, "ok" if response.status_code < 400 else "error", "ok")
             return response
 
         return audited
+
+
+def _code(exc: Exception) -> str:
+    """An error's code as its answer names it (the one error shape), for the audit line."""
+    if isinstance(exc, StewardError):
+        return exc.code
+    if isinstance(exc, RequestValidationError):
+        return "validation_error"
+    if isinstance(exc, HTTPException) and exc.status_code == 400:
+        return "invalid_json"
+    return type(exc).__name__
 
 
 def _audit(request: Request, action: AdminAction, outcome: AdminOutcome, code: str) -> None:
@@ -199,10 +212,26 @@ async def promote(model: str, body: PromoteRequest, built: AdminServices) -> Mod
     restart picks it up. A model new on disk is checked by the rescan instead."""
     root = built.registry.root
     await anyio.to_thread.run_sync(_load_first, built.registry, model, body.version)
-    state = await anyio.to_thread.run_sync(
-        lambda: lifecycle.promote(root, model, body.version, body.alias, by=ACTOR)
+    state = await _change(
+        root, model, lambda: lifecycle.promote(root, model, body.version, body.alias, by=ACTOR)
     )
     return await _apply(built, state)
+
+
+async def _change(root: Path, model: str, change: Callable[[], AliasState]) -> AliasState:
+    """Run a lifecycle change in a worker thread, for a model on disk: the path's name is a
+    client's, so an unknown one is refused without repeating it (or the registry's folder),
+    where the CLI's message names both."""
+
+    def run() -> AliasState:
+        if model not in list_models(root):
+            raise UnknownModel(
+                "no such model",
+                [{"field": "model", "message": "not a model of this server (GET /models)"}],
+            )
+        return change()
+
+    return await anyio.to_thread.run_sync(run)
 
 
 def _load_first(registry: Registry, model: str, version: int) -> None:
@@ -219,7 +248,7 @@ def _load_first(registry: Registry, model: str, version: int) -> None:
 async def rollback(model: str, built: AdminServices) -> ModelChange:
     """Point production back at the version before its latest promote, and swap it in."""
     root = built.registry.root
-    state = await anyio.to_thread.run_sync(lambda: lifecycle.rollback(root, model, by=ACTOR))
+    state = await _change(root, model, lambda: lifecycle.rollback(root, model, by=ACTOR))
     return await _apply(built, state)
 
 
@@ -231,8 +260,8 @@ async def traffic(model: str, body: TrafficRequest, built: AdminServices) -> Mod
     answer's ``traffic`` says whether the policy applies now: a candidate this server refuses
     leaves production answering everything."""
     root = built.registry.root
-    state = await anyio.to_thread.run_sync(
-        lambda: lifecycle.set_traffic(root, model, body.mode, body.percent, by=ACTOR)
+    state = await _change(
+        root, model, lambda: lifecycle.set_traffic(root, model, body.mode, body.percent, by=ACTOR)
     )
     return await _apply(built, state)
 

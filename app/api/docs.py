@@ -83,7 +83,8 @@ def add_model_paths(schema: dict[str, Any], registry: Registry) -> None:
                 "tags": generic["tags"],
                 "summary": f"Predict with {name} (v{model.version}, {model.metadata.task})",
                 "operationId": f"predict_{name}",
-                "parameters": [p for p in generic["parameters"] if p["name"] == "version"],
+                # ?version= and X-Steward-Key: everything but the path's model name
+                "parameters": [p for p in generic["parameters"] if p["in"] != "path"],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": {"$ref": REF + body}}},
