@@ -17,6 +17,7 @@ metric ever receives a value that is not finite. Messages name the field and the
 the value sent or the ground truth already recorded.
 """
 
+import logging
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ import anyio.to_thread
 
 from app.artifacts import ModelMetadata
 from app.errors import (
+    ArtifactError,
     FeedbackConflict,
     InvalidGroundTruth,
     StewardError,
@@ -34,7 +36,7 @@ from app.errors import (
     ValidationFailed,
 )
 from app.features import widen
-from app.metrics import Metrics
+from app.metrics import Metrics, ShadowOutcome
 from app.registry import Registry
 from app.schemas import (
     FEEDBACK_FORMS,
@@ -49,6 +51,8 @@ from app.schemas import (
 )
 from app.shadow import Shadows
 from app.store import Label, PredictionLog, PredictionStore, StoredPrediction, StoredShadow
+
+logger = logging.getLogger(__name__)
 
 Outcome = FeedbackResult | StewardError
 
@@ -81,6 +85,7 @@ class FeedbackRecorder:
         self.target_range_multiple = target_range_multiple
         self.shadows = shadows
         self.shadow_wait = shadow_wait
+        self._gone: set[tuple[str, int]] = set()  # shadowing versions found removed
 
     async def receive(self, body: bytes) -> FeedbackResult | FeedbackBatchResponse:
         """A /feedback body: one item (its error raised), or a batch (``items``: a result per
@@ -92,6 +97,7 @@ class FeedbackRecorder:
 
     async def record_one(self, item: FeedbackItem) -> FeedbackResult:
         """Record one item; its error, if any, is raised."""
+        await self._settle([item])
         (outcome,) = await anyio.to_thread.run_sync(self.record, [item])
         if isinstance(outcome, StewardError):
             raise outcome
@@ -104,6 +110,7 @@ class FeedbackRecorder:
                 f"at most {self.max_items} feedback items per request",
                 [{"field": "items", "message": f"{len(items)} items", "type": "too_long"}],
             )
+        await self._settle(items)
         outcomes = await anyio.to_thread.run_sync(self.record, items)
         results = []
         for item, outcome in zip(items, outcomes, strict=True):
@@ -126,11 +133,15 @@ class FeedbackRecorder:
             results=results,
         )
 
+    async def _settle(self, items: Sequence[FeedbackItem]) -> None:
+        """Let the shadows of these rows still running be logged first (on the event loop,
+        bounded), so the label reaches them in the same transaction."""
+        if self.shadows is not None:
+            await self.shadows.settled({i.prediction_id for i in items}, self.shadow_wait)
+
     def record(self, items: Sequence[FeedbackItem]) -> list[Outcome]:
         """Blocking: join, judge, label in one transaction, then count what changed."""
         ids = {item.prediction_id for item in items}
-        if self.shadows is not None:  # a shadow of these rows still running: wait for it
-            self.shadows.wait(ids, self.shadow_wait)
         self.log.flush_if_pending(ids)  # an id is valid as soon as its response was sent
         stored = self.store.get_predictions(ids)
         judged = [self._judge(item, stored.get(item.prediction_id)) for item in items]
@@ -206,10 +217,11 @@ class FeedbackRecorder:
         self, prediction: StoredPrediction, shadow: StoredShadow, ground_truth: Any, at: datetime
     ) -> Label | None:
         """The label of one shadow of ``prediction``, scored by its own version; None when it
-        is labelled already or, a regressor's, its error cannot be scored."""
-        if shadow.ground_truth is not None:
+        is labelled already, its version is gone from the registry, or (a regressor's) its
+        error cannot be scored. The served row is labelled whatever becomes of its shadows."""
+        metadata = self._shadow_metadata(prediction.model, shadow.version)
+        if shadow.ground_truth is not None or metadata is None:
             return None
-        metadata = self.registry.metadata(prediction.model, shadow.version)
         predicted = shadow.output["prediction"]
         if metadata.task == "classification":
             return Label(shadow.id, ground_truth, predicted == ground_truth, None, at)
@@ -217,6 +229,17 @@ class FeedbackRecorder:
         if abs_error is None:
             return None
         return Label(shadow.id, ground_truth, None, abs_error, at)
+
+    def _shadow_metadata(self, model: str, version: int) -> ModelMetadata | None:
+        """A shadowing version's metadata; None (logged once) when its folder was removed, as
+        a discarded candidate's may be."""
+        try:
+            return self.registry.metadata(model, version)
+        except ArtifactError as exc:
+            if (model, version) not in self._gone:
+                self._gone.add((model, version))
+                logger.warning("%s v%d shadowed rows but is gone: %s", model, version, exc)
+            return None
 
     def _accepted(self, prediction: StoredPrediction, label: Label) -> FeedbackResult:
         metadata = self.registry.metadata(prediction.model, prediction.version)
@@ -238,22 +261,35 @@ class FeedbackRecorder:
     def _count_shadows(
         self, prediction: StoredPrediction, label: Label, labelled: set[str]
     ) -> None:
-        """The served row's label landed: count each of its shadows, labelled with it (their
-        ids are taken from ``labelled``) or left unlabelled because unscorable."""
-        judged = {s.prediction_id: s for s in label.shadows}
+        """The served row's label landed: count each of its shadows labelled with it (their ids
+        are taken from ``labelled``), and beside each the champion's outcome on the same row, so
+        that Prometheus compares the two on exactly the same labels. A shadow left unlabelled
+        because its error cannot be scored is ``invalid``; the champion is not counted for it."""
+        champion = self.registry.metadata(prediction.model, prediction.version)
+        scored = {s.prediction_id: s for s in label.shadows}
         for shadow in prediction.shadows:
-            metadata = self.registry.metadata(prediction.model, shadow.version)
-            scored = judged.get(shadow.id)
-            if scored is None:
+            metadata = self._shadow_metadata(prediction.model, shadow.version)
+            if metadata is None:
+                continue
+            shadow_label = scored.get(shadow.id)
+            if shadow_label is None:
                 if shadow.ground_truth is None:
-                    self.metrics.observe_shadow_feedback(metadata, "invalid")
+                    self.metrics.observe_shadow_feedback(metadata, "challenger", "invalid")
             elif shadow.id in labelled:
                 labelled.discard(shadow.id)
-                if metadata.task == "classification":
-                    outcome = "correct" if scored.correct else "incorrect"
-                    self.metrics.observe_shadow_feedback(metadata, outcome)
-                else:
-                    self.metrics.observe_shadow_feedback(metadata, "labelled", scored.abs_error)
+                self.metrics.observe_shadow_feedback(
+                    metadata, "challenger", *_pair_outcome(metadata, shadow_label)
+                )
+                self.metrics.observe_shadow_feedback(
+                    champion, "champion", *_pair_outcome(champion, label)
+                )
+
+
+def _pair_outcome(metadata: ModelMetadata, label: Label) -> tuple[ShadowOutcome, float | None]:
+    """One side of a shadow pair, as the shadow counters take it."""
+    if metadata.task == "classification":
+        return ("correct" if label.correct else "incorrect"), None
+    return "labelled", label.abs_error
 
 
 def target_bounds(metadata: ModelMetadata, multiple: float) -> tuple[float, float]:

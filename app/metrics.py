@@ -26,14 +26,22 @@ OTHER_CLASS = "_other"
 ERROR_STAGES: tuple[Stage, ...] = get_args(Stage)
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
-ShadowFailure = Literal["skipped", "log_full", "invalid_input", "model_failure"]
-"""Why a candidate's shadow predictions of a request were not logged (app/shadow.py)."""
+ShadowFailure = Literal["skipped", "log_full", "invalid_input", "model_failure", "late"]
+"""Why a candidate's shadow predictions of a request were not logged, or (late) not labelled
+(app/shadow.py)."""
 SHADOW_FAILURES: tuple[ShadowFailure, ...] = get_args(ShadowFailure)
-SHADOW_CLASSIFIER_OUTCOMES = ("correct", "incorrect")
-SHADOW_REGRESSOR_OUTCOMES = ("labelled", "invalid")
-"""A shadow prediction's outcome when its served row is labelled: a classifier's is right or
-wrong against that ground truth; a regressor's is labelled, or invalid when its own error
-would exceed what the feedback path scores (its served row is labelled all the same)."""
+PairRole = Literal["champion", "challenger"]
+ShadowOutcome = Literal["correct", "incorrect", "labelled", "invalid"]
+SHADOW_OUTCOMES: dict[tuple[str, PairRole], tuple[ShadowOutcome, ...]] = {
+    ("classification", "challenger"): ("correct", "incorrect"),
+    ("classification", "champion"): ("correct", "incorrect"),
+    ("regression", "challenger"): ("labelled", "invalid"),
+    ("regression", "champion"): ("labelled",),
+}
+"""The outcomes of a labelled row that a challenger shadowed, by task and role: the challenger's
+own prediction, right or wrong (a regressor's labelled, or invalid when its error is beyond what
+the feedback path scores), and the champion's prediction of the same row, counted only beside a
+challenger's scored one, so that both are counted on exactly the same labels."""
 AdminAction = Literal["promote", "rollback", "traffic", "reload"]
 AdminOutcome = Literal["ok", "denied", "error"]
 """An admin call's outcome: done, refused for its token (401/403), or any other error."""
@@ -132,23 +140,21 @@ class Metrics:
         )
         self.shadow_feedback = Counter(
             "steward_shadow_feedback",
-            "Shadow predictions scored by the feedback for their served row, by model, the "
-            "shadowing version and outcome: "
-            + ", ".join(dict.fromkeys(SHADOW_CLASSIFIER_OUTCOMES + SHADOW_REGRESSOR_OUTCOMES))
-            + ".",
-            ["model", "version", "outcome"],
+            "Labelled rows a challenger shadowed, by model, version, role (challenger: its "
+            "shadow prediction; champion: the served prediction of the same row) and outcome.",
+            ["model", "version", "role", "outcome"],
             registry=registry,
         )
         self.shadow_absolute_error = Counter(
             "steward_shadow_feedback_absolute_error",
-            "Sum of absolute errors of labelled regressor shadow predictions (for MAE).",
-            ["model", "version"],
+            "Sum of absolute errors of those rows, regressors, by role (for MAE).",
+            ["model", "version", "role"],
             registry=registry,
         )
         self.shadow_squared_error = Counter(
             "steward_shadow_feedback_squared_error",
-            "Sum of squared errors of labelled regressor shadow predictions (for RMSE).",
-            ["model", "version"],
+            "Sum of squared errors of those rows, regressors, by role (for RMSE).",
+            ["model", "version", "role"],
             registry=registry,
         )
         self.model_info = Gauge(
@@ -279,17 +285,14 @@ class Metrics:
             outcomes = REGRESSOR_OUTCOMES
             self.absolute_error.labels(name, version)
             self.squared_error.labels(name, version)
-            self.shadow_absolute_error.labels(name, version)
-            self.shadow_squared_error.labels(name, version)
         for outcome in outcomes:
             self.feedback.labels(name, version, outcome)
-        shadow_outcomes = (
-            SHADOW_CLASSIFIER_OUTCOMES
-            if metadata.task == "classification"
-            else SHADOW_REGRESSOR_OUTCOMES
-        )
-        for outcome in shadow_outcomes:  # any loaded version may be put in shadow
-            self.shadow_feedback.labels(name, version, outcome)
+        for role in get_args(PairRole):  # any loaded version may shadow, or be shadowed
+            for shadow_outcome in SHADOW_OUTCOMES[(metadata.task, role)]:
+                self.shadow_feedback.labels(name, version, role, shadow_outcome)
+            if metadata.task == "regression":
+                self.shadow_absolute_error.labels(name, version, role)
+                self.shadow_squared_error.labels(name, version, role)
 
     def _swapped(self, entry: ModelEntry, alias: str, old: int | None, new: int | None) -> None:
         """An alias moved (or went): from the old version's info series to the new one's."""
@@ -399,19 +402,19 @@ class Metrics:
             self.squared_error.labels(name, version).inc(abs_error * abs_error)
 
     def observe_shadow_feedback(
-        self, metadata: ModelMetadata, outcome: str, abs_error: float | None = None
+        self,
+        metadata: ModelMetadata,
+        role: PairRole,
+        outcome: ShadowOutcome,
+        abs_error: float | None = None,
     ) -> None:
-        """Count one shadow prediction scored when its served row was labelled; a labelled
-        regressor's brings its ``abs_error``, which must square to a finite number."""
+        """Count one labelled row of a shadow pair, for one side of it; a regressor's brings its
+        ``abs_error`` (at most 1e100, see app/feedback.py: its square is finite)."""
         name, version = metadata.name, str(metadata.version)
-        if outcome == "labelled" and not (
-            abs_error is not None and math.isfinite(abs_error * abs_error)
-        ):
-            raise ValueError("a labelled regressor shadow prediction needs a finite error")
-        self.shadow_feedback.labels(name, version, outcome).inc()
-        if outcome == "labelled" and abs_error is not None:
-            self.shadow_absolute_error.labels(name, version).inc(abs_error)
-            self.shadow_squared_error.labels(name, version).inc(abs_error * abs_error)
+        self.shadow_feedback.labels(name, version, role, outcome).inc()
+        if abs_error is not None:
+            self.shadow_absolute_error.labels(name, version, role).inc(abs_error)
+            self.shadow_squared_error.labels(name, version, role).inc(abs_error * abs_error)
 
 
 class ModelSeries:

@@ -163,6 +163,16 @@ class Settings(BaseSettings):
     _file_token: SecretStr | None = PrivateAttr(None)  # admin_token_file's, read at start-up
 
     @model_validator(mode="after")
+    def _shadow_wait_outlasts_the_window(self) -> "Settings":
+        if self.shadow_wait_seconds <= self.shadow_window_seconds:
+            raise ValueError(
+                f"{ENV_PREFIX}SHADOW_WAIT_SECONDS must be longer than "
+                f"{ENV_PREFIX}SHADOW_WINDOW_SECONDS: feedback would stop waiting for a shadow "
+                "before it runs, and leave it unlabelled"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _read_admin_token(self) -> "Settings":
         # Messages name the variable, never the token or the file's content.
         if self.admin_token is not None and self.admin_token_file is not None:

@@ -19,16 +19,17 @@ in ``steward_shadow_failures_total{reason}`` instead of raised:
 - ``skipped``: more than ``max_pending_rows`` rows are already waiting for the candidate (or,
   for a candidate with inputs of its own, more than MAX_PENDING_BODY_BYTES of request bodies);
 - ``log_full``: the prediction log is over half full (the other half is for served rows);
-- ``invalid_input`` / ``model_failure``: the candidate refused the rows or failed on them.
+- ``invalid_input`` / ``model_failure``: the candidate refused the rows or failed on them;
+- ``late``: logged after feedback had labelled its served row (see ``settled``).
 
-Feedback for a row whose shadow is still running waits for it (``wait``, bounded), so the
-label reaches both predictions in one transaction.
+Feedback for a row whose shadow is still running waits for it on the event loop (``settled``,
+bounded, holding no worker thread), so the label reaches both predictions in one transaction;
+a shadow later than that is counted ``late`` and stays unlabelled.
 """
 
 import asyncio
 import contextlib
 import logging
-import threading
 import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -85,8 +86,10 @@ class Shadows:
         self._rows = 0  # rows submitted and not finished (event-loop thread only)
         self._bytes = 0  # request bodies kept for a candidate with inputs of its own
         self._same: dict[tuple[str, int, int], bool] = {}
-        self._pending: set[str] = set()  # served ids whose shadow is not logged yet
-        self._cond = threading.Condition()  # feedback waits on it from worker threads
+        # Served ids whose shadow is not logged yet, and the candidate shadowing them.
+        self._pending: dict[str, LoadedModel] = {}
+        self._settled = asyncio.Condition()  # notified as shadows end; feedback waits on it
+        self._early: set[str] = set()  # pending served ids that feedback stopped waiting for
         # Versions whose failure was logged once; weakly, so an unloaded version can go.
         self._failing: weakref.WeakSet[LoadedModel] = weakref.WeakSet()
 
@@ -114,8 +117,7 @@ class Shadows:
             return
         self._rows += len(rows)
         self._bytes += kept
-        with self._cond:
-            self._pending.update(ids)
+        self._pending.update(dict.fromkeys(ids, candidate))
         job = _Job(ids, rows, b"") if same_inputs else _Job(ids, None, body)
         self._queued.setdefault(candidate, []).append(job)
         if candidate not in self._timers:
@@ -143,11 +145,17 @@ class Shadows:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def wait(self, ids: Collection[str], timeout: float) -> None:
-        """Block until no shadow of ``ids`` is still running (at most ``timeout`` seconds): a
-        shadow that is late then misses this label. Called from worker threads."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._pending.isdisjoint(ids), timeout)
+    async def settled(self, ids: Collection[str], timeout: float) -> None:
+        """Wait, on the event loop, until no shadow of ``ids`` is still running (at most
+        ``timeout`` seconds). A shadow later than that misses the label its served row is about
+        to get: counted in ``steward_shadow_failures_total{reason="late"}``."""
+        if self._pending.keys().isdisjoint(ids):
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout), self._settled:
+                await self._settled.wait_for(lambda: self._pending.keys().isdisjoint(ids))
+            return
+        self._early.update(i for i in ids if i in self._pending)  # counted once they are logged
 
     async def close(self, timeout: float = DRAIN_SECONDS) -> None:
         """Run what is queued now, let the shadows finish (up to ``timeout`` seconds), then
@@ -179,12 +187,16 @@ class Shadows:
         try:
             if failure is not None:
                 self.metrics.count_shadow_failure(candidate.metadata, failure, len(ids))
+            elif late := self._early.intersection(ids):
+                self.metrics.count_shadow_failure(candidate.metadata, "late", len(late))
         finally:
+            self._early.difference_update(ids)
             self._rows -= len(ids)
             self._bytes -= len(body)
-            with self._cond:
-                self._pending.difference_update(ids)
-                self._cond.notify_all()
+            for served_id in ids:
+                self._pending.pop(served_id, None)
+            async with self._settled:
+                self._settled.notify_all()
 
     async def _shadow(
         self,

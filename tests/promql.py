@@ -34,6 +34,16 @@ def docs_expressions() -> list[str]:
     return expressions
 
 
+SHADOW_ACCURACY = 'steward_shadow_feedback_total{outcome="correct"}'
+"""What tells docs/metrics.md's champion-vs-challenger (shadow) accuracy expression apart."""
+
+
+def docs_expression(containing: str) -> str:
+    """The one expression of docs/metrics.md that contains ``containing``."""
+    (expression,) = [e for e in docs_expressions() if containing in e]
+    return expression
+
+
 def dashboard() -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
     return loaded

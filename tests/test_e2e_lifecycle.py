@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import yaml
 from helpers import stored_rows, wait_until
+from promql import SHADOW_ACCURACY, docs_expression
 from server import STEWARD, free_port, serving
 from sklearn.datasets import load_iris
 
@@ -118,14 +119,17 @@ class Stack:
     data: Path
     log: Path
 
-    def query(self, expr: str) -> dict[str, float]:
-        """An instant PromQL query: value by version."""
+    def raw(self, expr: str) -> list[dict[str, Any]]:
+        """An instant PromQL query's result."""
         response = httpx2.get(f"{self.prometheus}/api/v1/query", params={"query": expr})
         body = response.json()
         assert body["status"] == "success", body
-        return {
-            r["metric"].get("version", ""): float(r["value"][1]) for r in body["data"]["result"]
-        }
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def query(self, expr: str) -> dict[str, float]:
+        """An instant PromQL query: value by version."""
+        return {r["metric"].get("version", ""): float(r["value"][1]) for r in self.raw(expr)}
 
 
 @pytest.fixture
@@ -212,6 +216,10 @@ def test_train_shadow_score_promote_under_load_and_roll_back(stack: Stack, tmp_p
         "active": True, "inactive_reason": None,
     }  # fmt: skip
 
+    # Prometheus sees the candidate's series at 0 first, so that rate() counts what follows.
+    zero = 'steward_shadow_feedback_total{model="iris",role="challenger",outcome="correct"}'
+    assert wait_until(lambda: stack.query(zero).get("2") == 0.0, seconds=30)
+
     # Every iris row, predicted by production (v1) and shadowed by the candidate, then labelled.
     rows, truth = instances()
     ids: list[str] = []
@@ -286,13 +294,21 @@ def check_live_quality(http: httpx2.Client, champion: float, challenger: float, 
 
 
 def check_prometheus(stack: Stack, champion: float, challenger: float, rows: int) -> None:
-    """The same two accuracies, as Prometheus computes them from what it scraped."""
-    served = (
-        'sum by (version) (steward_feedback_total{model="iris",outcome="correct"})'
-        ' / sum by (version) (steward_feedback_total{model="iris",outcome=~"correct|incorrect"})'
-    )
-    shadowed = served.replace("steward_feedback_total", "steward_shadow_feedback_total")
+    """The same two accuracies, as Prometheus computes them from what it scraped with the
+    documented champion-vs-challenger expression: both roles on the same labelled rows."""
+    expr = docs_expression(SHADOW_ACCURACY)
     labelled = 'sum(steward_shadow_feedback_total{model="iris",outcome=~"correct|incorrect"})'
-    assert wait_until(lambda: stack.query(labelled).get("") == rows, seconds=30)
-    assert stack.query(served)["1"] == pytest.approx(champion, abs=1e-12)
-    assert stack.query(shadowed)["2"] == pytest.approx(challenger, abs=1e-12)
+    assert wait_until(lambda: stack.query(labelled).get("") == 2 * rows, seconds=30)
+
+    def by_role() -> dict[tuple[str, str], float]:
+        return {
+            (r["metric"]["role"], r["metric"]["version"]): float(r["value"][1])
+            for r in stack.raw(expr)
+            if r["metric"]["model"] == "iris"
+        }
+
+    assert wait_until(lambda: len(by_role()) == 2, seconds=30)  # rate() needs two scrapes
+    assert by_role() == {
+        ("champion", "1"): pytest.approx(champion, abs=1e-12),
+        ("challenger", "2"): pytest.approx(challenger, abs=1e-12),
+    }

@@ -184,40 +184,29 @@ def test_series_exist_from_startup(client: TestClient) -> None:
 
 
 def test_shadow_series_exist_from_startup_for_each_task(client: TestClient) -> None:
-    """Each loaded version's shadow feedback series at 0: its task's outcomes only."""
+    """Each loaded version's shadow-pair series at 0, for both roles: its task's outcomes only
+    (a champion is never invalid: it is counted only beside a challenger that was scored)."""
     shadow = "steward_shadow_feedback_total"
-    for outcome in ("correct", "incorrect"):
-        assert metric(client, shadow, **IRIS, outcome=outcome) == 0
-    for outcome in ("labelled", "invalid"):
-        assert metric(client, shadow, **DIABETES, outcome=outcome) == 0
     assert metric_sum(client, shadow) == 0
     outcomes = {
-        (sample.labels["model"], sample.labels["outcome"])
+        (sample.labels["model"], sample.labels["role"], sample.labels["outcome"])
         for family in text_string_to_metric_families(client.get("/metrics").text)
         for sample in family.samples
         if sample.name == shadow and sample.labels["model"] in ("iris", "diabetes")
     }
     assert outcomes == {
-        ("iris", "correct"),
-        ("iris", "incorrect"),
-        ("diabetes", "labelled"),
-        ("diabetes", "invalid"),
+        ("iris", "challenger", "correct"),
+        ("iris", "challenger", "incorrect"),
+        ("iris", "champion", "correct"),
+        ("iris", "champion", "incorrect"),
+        ("diabetes", "challenger", "labelled"),
+        ("diabetes", "challenger", "invalid"),
+        ("diabetes", "champion", "labelled"),
     }
-    assert metric(client, "steward_shadow_feedback_absolute_error_total", **DIABETES) == 0
-    assert metric(client, "steward_shadow_feedback_squared_error_total", **DIABETES) == 0
-
-
-def test_a_labelled_shadow_without_a_finite_error_is_refused_by_the_metrics(
-    client: TestClient,
-) -> None:
-    """The feedback path never sends one; a counter once +Inf would stay +Inf."""
-    services = client.app_state["services"]
-    metadata = services.registry.metadata("diabetes", 1)
-    for error in (None, math.inf, 1e200):
-        with pytest.raises(ValueError, match="finite error"):
-            services.metrics.observe_shadow_feedback(metadata, "labelled", error)
-    assert metric(client, "steward_shadow_feedback_total", **DIABETES, outcome="labelled") == 0
-    assert metric(client, "steward_shadow_feedback_squared_error_total", **DIABETES) == 0
+    for role in ("challenger", "champion"):
+        for name in ("absolute_error", "squared_error"):
+            total = f"steward_shadow_feedback_{name}_total"
+            assert metric(client, total, **DIABETES, role=role) == 0
 
 
 def test_labels_are_bounded(client: TestClient) -> None:

@@ -22,8 +22,10 @@ from helpers import DIABETES_ROW, IRIS_SETOSA, wait_until
 from promql import (
     ALERTS,
     ROOT,
+    SHADOW_ACCURACY,
     alert_rules,
     dashboard_expressions,
+    docs_expression,
     docs_expressions,
     with_all_models,
 )
@@ -48,6 +50,8 @@ class Stack:
     candidate_feedback: list[tuple[str, str]] = field(default_factory=list)
     # The candidate's shadow predictions of iris rows production served, with their ground truth.
     shadow_feedback: list[tuple[str, str]] = field(default_factory=list)
+    # What production served for those same rows, with the same ground truth.
+    champion_feedback: list[tuple[str, str]] = field(default_factory=list)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         response = httpx2.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
@@ -193,9 +197,10 @@ def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         wait_for(lambda: len(stack.query('steward_feedback_total{model="iris"}')) == 10, "scrape")
         stack.iris_feedback, stack.candidate_feedback = drive_traffic(steward.url)
         with httpx2.Client(base_url=steward.url, timeout=10) as http:
-            stack.iris_feedback += shadow_and_label(
+            stack.champion_feedback = shadow_and_label(
                 http, f"sqlite:///{work / 'data' / 'steward.db'}"
             )
+        stack.iris_feedback += stack.champion_feedback
         stack.shadow_feedback = SHADOWED
 
         def scraped_everything() -> bool:
@@ -203,7 +208,7 @@ def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 'sum(steward_feedback_total{outcome=~"correct|incorrect|labelled"})'
             )
             shadows = stack.query(
-                'sum(steward_shadow_feedback_total{outcome=~"correct|incorrect"})'
+                'sum(steward_shadow_feedback_total{role="challenger",outcome=~"correct|incorrect"})'
             )
             return (
                 bool(labelled)
@@ -271,7 +276,11 @@ def test_refused_model_alert_fires(stack: Stack) -> None:
 def test_prometheus_accuracy_is_that_of_the_predictions_served(stack: Stack) -> None:
     """The documented accuracy expression, asked of Prometheus, against the accuracy of what the
     server answered (its predictions vs the ground truth sent for them)."""
-    (accuracy_expr,) = [e for e in docs_expressions() if 'outcome="correct"}[1h]))\n/' in e]
+    (accuracy_expr,) = [
+        e
+        for e in docs_expressions()
+        if 'outcome="correct"}[1h]))\n/' in e and "steward_shadow_" not in e
+    ]
     by_version = {
         (r["metric"]["model"], r["metric"]["version"]): float(r["value"][1])
         for r in stack.query(accuracy_expr)
@@ -299,13 +308,20 @@ def test_champion_vs_challenger_is_the_accuracy_of_each_alias(stack: Stack) -> N
     assert accuracy(stack.iris_feedback) != accuracy(stack.candidate_feedback)
 
 
-def test_the_candidates_shadow_accuracy_beside_production(stack: Stack) -> None:
-    """The documented shadow expression: the candidate's accuracy on the rows it shadowed,
-    against the ground truth sent for the rows production served."""
-    (expr,) = [e for e in docs_expressions() if "group_right" in e and "steward_shadow_" in e]
-    (found,) = [r for r in stack.query(expr) if r["metric"]["model"] == "iris"]
-    assert (found["metric"]["alias"], found["metric"]["version"]) == ("candidate", "2")
-    assert float(found["value"][1]) == pytest.approx(accuracy(stack.shadow_feedback), abs=1e-9)
+def test_champion_and_shadow_challenger_on_the_same_labels(stack: Stack) -> None:
+    """The documented shadow expression: the candidate's accuracy on the rows it shadowed, and
+    production's on exactly those rows, against the ground truth sent for them."""
+    expr = docs_expression(SHADOW_ACCURACY)
+    found = {
+        (r["metric"]["role"], r["metric"]["version"]): float(r["value"][1])
+        for r in stack.query(expr)
+        if r["metric"]["model"] == "iris"
+    }
+    assert found == {
+        ("challenger", "2"): pytest.approx(accuracy(stack.shadow_feedback), abs=1e-9),
+        ("champion", "1"): pytest.approx(accuracy(stack.champion_feedback), abs=1e-9),
+    }
+    assert accuracy(stack.shadow_feedback) != accuracy(stack.champion_feedback)
 
 
 def accuracy(feedback: list[tuple[str, str]]) -> float:

@@ -79,10 +79,13 @@ def send(client: TestClient, prediction_id: str, truth: object) -> tuple[int, st
     return response.status_code, body.get("status")
 
 
-def shadow_feedback(client: TestClient, model: str, outcome: str) -> float:
-    return metric(
-        client, "steward_shadow_feedback_total", model=model, version="2", outcome=outcome
-    )
+def shadow_feedback(
+    client: TestClient, model: str, outcome: str, role: str = "challenger", version: str = "2"
+) -> float:
+    """A shadow-pair counter: the challenger's (v2) outcome, or the champion's (v1) on the same
+    rows."""
+    labels = {"model": model, "version": version, "role": role, "outcome": outcome}
+    return metric(client, "steward_shadow_feedback_total", **labels)
 
 
 def feedback_total(client: TestClient, model: str, version: str, outcome: str) -> float:
@@ -168,6 +171,9 @@ def test_a_classifier_and_its_shadow_scored_on_the_same_labels(candidates: Setti
             assert feedback_total(client, "iris", "2", outcome) == 0  # v2 answered no client
         assert shadow_feedback(client, "iris", "correct") == 2  # sa, se
         assert shadow_feedback(client, "iris", "incorrect") == 3  # sb, sc, sf
+        # the champion on the same five rows, and only those (d had no shadow)
+        assert shadow_feedback(client, "iris", "correct", "champion", "1") == 4  # a, b, e, f
+        assert shadow_feedback(client, "iris", "incorrect", "champion", "1") == 1  # c
 
         body = report(client, "iris")
     assert body["quality"] == [
@@ -210,7 +216,7 @@ def test_a_regressor_shadow_whose_error_cannot_be_scored(candidates: Settings) -
         load_candidate(client, "diabetes")
         assert shadow_feedback(client, "diabetes", "invalid") == 0
         for name in ("absolute_error", "squared_error"):
-            labels = {"model": "diabetes", "version": "2"}
+            labels = {"model": "diabetes", "version": "2", "role": "challenger"}
             assert metric(client, f"steward_shadow_feedback_{name}_total", **labels) == 0
         (g, pg), (h, ph), (i, pi) = served(client, "diabetes", *[DIABETES_ROW] * 3)
         log.append(
@@ -227,9 +233,19 @@ def test_a_regressor_shadow_whose_error_cannot_be_scored(candidates: Settings) -
         assert feedback_total(client, "diabetes", "1", "invalid") == 0
         assert shadow_feedback(client, "diabetes", "labelled") == 2
         assert shadow_feedback(client, "diabetes", "invalid") == 1
-        labels = {"model": "diabetes", "version": "2"}
+        labels = {"model": "diabetes", "version": "2", "role": "challenger"}
         assert metric(client, "steward_shadow_feedback_absolute_error_total", **labels) == 100.0
         assert metric(client, "steward_shadow_feedback_squared_error_total", **labels) == 5000.0
+        # the champion, on the two rows its challenger was scored on (g and h), not on i
+        champion = {"model": "diabetes", "version": "1", "role": "champion"}
+        assert shadow_feedback(client, "diabetes", "labelled", "champion", "1") == 2
+        expected = [abs(p - 150.0) for p in (pg, ph)]
+        assert metric(
+            client, "steward_shadow_feedback_absolute_error_total", **champion
+        ) == pytest.approx(sum(expected))
+        assert metric(
+            client, "steward_shadow_feedback_squared_error_total", **champion
+        ) == pytest.approx(sum(e * e for e in expected))
         body = report(client, "diabetes")
     served_errors = [abs(p - 150.0) for p in (pg, ph, pi)]
     (one, two, two_shadow) = body["quality"]

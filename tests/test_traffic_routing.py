@@ -2,6 +2,7 @@
 predictions (logged, counted, never returned), through the real app on a real registry."""
 
 import json
+import shutil
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from helpers import (
     stored_rows,
     wait_until,
 )
+from pydantic import ValidationError
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -320,7 +322,7 @@ def test_feedback_sent_while_the_shadow_runs_labels_both(traffic_settings: Setti
         assert shadow["prediction_id"] == prediction_id
         assert shadow["ground_truth"] == '"setosa"'
         assert shadow["correct"] == 1
-        labels = {"model": "iris", "version": "2"}
+        labels = {"model": "iris", "version": "2", "role": "challenger"}
         assert metric(client, "steward_shadow_feedback_total", outcome="correct", **labels) == 1
 
 
@@ -364,3 +366,52 @@ def test_a_policy_at_0_percent_is_not_active(served: TestClient) -> None:
     predict(served, "iris", IRIS_SETOSA)
     wait_for_shadows(served)
     assert metric(served, "steward_shadow_predictions_total", model="iris", version="2") == 0
+
+
+def test_a_shadow_later_than_the_feedback_is_counted_late_once(traffic_settings: Settings) -> None:
+    """Feedback that stopped waiting for a shadow (here after 10 ms, where the window is 0.3 s)
+    labels the served row alone; the shadow, logged later, is counted ``late``, once."""
+    settings = traffic_settings.model_copy(update={"shadow_window_seconds": 0.3})
+    with start(settings) as client:
+        policy(client, "shadow", 100)
+        (prediction_id,) = prediction_ids(predict(client, "iris", IRIS_SETOSA))
+        shadows = services(client).predictor.shadows
+        for _ in range(2):  # a retry that gives up too does not count it twice
+            assert client.portal is not None
+            client.portal.call(shadows.settled, {prediction_id}, 0.01)
+        wait_for_shadows(client)
+        labels = {"model": "iris", "version": "2", "reason": "late"}
+        assert metric(client, "steward_shadow_failures_total", **labels) == 1
+        assert metric(client, "steward_shadow_predictions_total", model="iris", version="2") == 1
+
+
+def test_feedback_for_rows_shadowed_by_a_removed_version_is_accepted(
+    traffic_settings: Settings,
+) -> None:
+    """A discarded candidate's folder may be deleted: the rows it shadowed still take feedback
+    (no 500, no server path in the answer); its shadows stay unlabelled."""
+    with start(traffic_settings) as client:
+        policy(client, "shadow", 100)
+        (prediction_id,) = prediction_ids(predict(client, "iris", IRIS_SETOSA))
+        wait_for_shadows(client)
+        services(client).log.flush()
+    lifecycle.set_traffic(traffic_settings.models_dir, "iris", "none")
+    set_alias(traffic_settings.models_dir, "iris", "candidate", 1)
+    shutil.rmtree(traffic_settings.models_dir / "iris" / "2")
+    with start(traffic_settings) as client:
+        answer = client.post(
+            "/feedback", json={"prediction_id": prediction_id, "ground_truth": "setosa"}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "accepted"
+        (shadow,) = shadow_rows(client)
+        assert shadow["ground_truth"] is None
+
+
+def test_the_shadow_wait_must_outlast_the_window(traffic_settings: Settings) -> None:
+    with pytest.raises(ValidationError, match="SHADOW_WAIT_SECONDS must be longer"):
+        Settings(
+            models_dir=traffic_settings.models_dir,
+            shadow_window_seconds=1.0,
+            shadow_wait_seconds=0.5,
+        )

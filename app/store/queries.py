@@ -55,7 +55,7 @@ def paired_counts_query(model: str, since: datetime | None) -> Select[Any]:
         .group_by(p.version, s.version)
         .order_by(p.version, s.version)
     )
-    return _since(query, s.created_at, since)
+    return _since(query, p.created_at, since)  # the served row's window, as in version_counts
 
 
 def _since(query: Select[Any], created_at: Any, since: datetime | None) -> Select[Any]:
