@@ -41,8 +41,11 @@ def port(value: str) -> int:
 
 
 def url(value: str) -> str:
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:  # "http://[::1": else argparse names this function and echoes the value
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError("a URL is http://HOST:PORT (or https://)")
     return value
 
