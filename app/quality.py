@@ -9,15 +9,18 @@ JSON never carries a non-finite number. (Each regressor error is at most 1e100, 
 app/feedback.py, so no realistic sum gets there.)
 """
 
+import contextlib
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from app.artifacts import ModelMetadata
+from app.artifacts import ModelMetadata, list_versions, read_metadata
+from app.errors import ArtifactError
 from app.schemas import ModelReport, PairedQuality, VersionQuality
 from app.settings import Settings
-from app.store import PairedCounts, PredictionStore, VersionCounts
+from app.store import PairedCounts, PredictionStore, VersionCounts, open_store
 
 if TYPE_CHECKING:  # the CLI uses live_quality without the serving side (scikit-learn)
     from app.registry import ModelEntry
@@ -76,6 +79,41 @@ def report(entry: "ModelEntry", store: PredictionStore, window_seconds: float) -
         paired=paired_quality(store, entry.name, metadata, window_seconds, now),
         quality_window_seconds=window_seconds,
     )
+
+
+@dataclass(frozen=True)
+class ModelQuality:
+    """A model's live quality as the prediction store holds it (``steward versions``)."""
+
+    versions: list[VersionQuality]
+    """Each version's, served and in shadow, as live_quality."""
+    paired: list[PairedQuality]
+    """Each champion/challenger pair's on the same labels, as paired_quality."""
+
+
+def model_quality(settings: Settings, name: str) -> ModelQuality | None:
+    """The live quality of model ``name``'s versions in the registry, over
+    STEWARD_QUALITY_WINDOW_SECONDS, from the prediction store; None when the embedded SQLite
+    store was never created (nothing to read, and a read command does not create one).
+
+    A version whose metadata is unreadable scores as task unknown (null metrics):
+    lifecycle.describe says why it is unreadable. StoreUnavailable if the store fails.
+    """
+    if settings.database_url is None and not (settings.data_dir / "steward.db").exists():
+        return None
+    metadata = {}
+    for number in list_versions(settings.models_dir, name):
+        with contextlib.suppress(ArtifactError):
+            metadata[number] = read_metadata(settings.models_dir, name, number)
+    store = open_store(settings.store_url)
+    window = settings.quality_window_seconds
+    try:
+        return ModelQuality(
+            live_quality(store, name, metadata, window),
+            paired_quality(store, name, metadata, window),
+        )
+    finally:
+        store.close()
 
 
 def _since(window_seconds: float | None, now: datetime | None) -> datetime | None:

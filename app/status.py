@@ -8,9 +8,12 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.errors import StewardError, UnknownModel
+
+if TYPE_CHECKING:
+    from app.artifacts import TrafficPolicy
 
 TIMEOUT_SECONDS = 5.0
 
@@ -116,6 +119,17 @@ def _aliases(aliases: dict[str, Any]) -> str:
 def percent_text(percent: float) -> str:
     """A share as people write it: 10%, 12.5%, 100%."""
     return f"{percent:g}%"
+
+
+def policy_text(policy: "TrafficPolicy") -> str:
+    """A traffic policy in words, naming the candidate it was set for."""
+    if policy.mode == "none":
+        return "none (production answers every request)"
+    to = f"candidate v{policy.candidate}"
+    share = percent_text(policy.percent)
+    if policy.mode == "shadow":
+        return f"shadow: {to} also predicts {share} of requests, never answering"
+    return f"canary: {to} answers {share} of requests"
 
 
 def _traffic(traffic: dict[str, Any]) -> str:

@@ -181,6 +181,7 @@ def _env(variables: dict[str, str]) -> dict[str, str]:
         (["status", "--url", "file:///etc/passwd"], "argument --url: a URL is http://"),
         (["status", "--url", "localhost:8000"], "argument --url: a URL is http://"),
         (["status", "--url", "http://"], "argument --url: a URL is http://"),
+        (["status", "--url", "http://[::1"], "argument --url: a URL is http://"),
         (["serve", "--port", "http"], "argument --port: a port is a whole number"),
         (["serve", "--port", "70000"], "argument --port: a port is a whole number"),
     ],

@@ -1,6 +1,7 @@
 """Live quality per version, from a real SQLite store and the demo models' real metadata."""
 
 import math
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.artifacts import ModelMetadata, read_metadata
-from app.quality import DEFAULT_WINDOW_SECONDS, live_quality
+from app.quality import DEFAULT_WINDOW_SECONDS, live_quality, model_quality
 from app.schemas import VersionQuality
 from app.settings import Settings
 from app.store import Label, PredictionRecord, SqlStore, open_store
@@ -36,10 +37,11 @@ def log(
     version: int,
     *truths: tuple[bool | None, float | None] | None,
     age: timedelta = timedelta(hours=1),
+    now: datetime = NOW,
 ) -> None:
     """One prediction per item of ``truths``: None for unlabelled, else (correct, abs_error)."""
     rows = [
-        PredictionRecord(uuid.uuid4().hex, model, version, NOW - age, ("x",), (1.0,), "p")
+        PredictionRecord(uuid.uuid4().hex, model, version, now - age, ("x",), (1.0,), "p")
         for _ in truths
     ]
     store.write_predictions(rows)
@@ -120,3 +122,38 @@ def test_errors_whose_squares_overflow_give_null_not_infinity(
 
 def test_the_default_window_is_the_settings_default() -> None:
     assert DEFAULT_WINDOW_SECONDS == Settings().quality_window_seconds == 7 * 86400
+
+
+def test_model_quality_before_anything_served_is_none_and_creates_no_store(
+    settings: Settings,
+) -> None:
+    assert model_quality(settings, "iris") is None
+    assert not (settings.data_dir / "steward.db").exists()
+
+
+def test_model_quality_scores_the_registry_versions_from_the_configured_store(
+    settings: Settings,
+) -> None:
+    """Version 1 from the log over the settings' window (two hours here), version 2 with
+    nothing served, version 3's unreadable metadata leaving its rows unscored."""
+    settings = settings.model_copy(update={"quality_window_seconds": 7200.0})
+    shutil.copytree(settings.models_dir / "iris" / "1", settings.models_dir / "iris" / "2")
+    (settings.models_dir / "iris" / "3").mkdir()
+    (settings.models_dir / "iris" / "3" / "metadata.json").write_text("{not json")
+    settings.data_dir.mkdir()
+    store = open_store(settings.store_url)
+    try:
+        now = datetime.now(UTC)
+        log(store, "iris", 1, (True, None), (False, None), (True, None), None, now=now)
+        log(store, "iris", 1, (False, None), age=timedelta(hours=3), now=now)  # outside
+        log(store, "iris", 3, (True, None), now=now)
+    finally:
+        store.close()
+    found = model_quality(settings, "iris")
+    assert found is not None
+    assert found.paired == []  # nothing predicted in shadow
+    assert [(q.version, q.role, q.predictions, q.labelled, q.accuracy) for q in found.versions] == [
+        (1, "served", 4, 3, 2 / 3),
+        (2, "served", 0, 0, None),
+        (3, "served", 1, 1, None),
+    ]

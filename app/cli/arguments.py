@@ -1,0 +1,59 @@
+"""The types of ``steward``'s argument values: a bad value is a usage error naming the rule."""
+
+import argparse
+import math
+import urllib.parse
+from pathlib import Path
+
+from app.artifacts import NAME_PATTERN
+
+
+def model_name(value: str) -> str:
+    if not NAME_PATTERN.match(value):
+        raise argparse.ArgumentTypeError(
+            "a model name is 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+        )
+    return value
+
+
+def version_number(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and int(value) >= 1):
+        raise argparse.ArgumentTypeError(
+            "a version is a whole number from 1 (`steward models` lists them)"
+        )
+    return int(value)
+
+
+def percent(value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError:
+        share = math.nan
+    if not (math.isfinite(share) and 0 <= share <= 100):
+        raise argparse.ArgumentTypeError("a percent is a number from 0 to 100")
+    return share
+
+
+def port(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
+        raise argparse.ArgumentTypeError("a port is a whole number from 1 to 65535")
+    return int(value)
+
+
+def url(value: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:  # "http://[::1": else argparse names this function and echoes the value
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError("a URL is http://HOST:PORT (or https://)")
+    return value
+
+
+def input_file(value: str) -> Path:
+    path = Path(value)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {value}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"not a file: {value}")
+    return path

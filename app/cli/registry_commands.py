@@ -1,0 +1,183 @@
+"""``steward train``, ``register`` and ``models``: new versions into the registry, and its list.
+
+Training loads scikit-learn and pandas, so it imports them when it runs; ``models`` reads the
+registry's files only.
+"""
+
+import argparse
+
+from app.artifacts import ModelMetadata, list_models, list_versions, read_aliases
+from app.cli import arguments
+from app.cli.errors import UsageError
+from app.cli.parser import Commands, add_command, promote_flag
+from app.cli.table import print_table
+from app.errors import ArtifactError
+from app.settings import Settings
+
+
+def add_commands(commands: Commands) -> None:
+    train = add_command(
+        commands,
+        "train",
+        "train the demo models, or a model from a CSV file",
+        "Train a new version: the three demo models (iris, breast-cancer, diabetes) from data\n"
+        "bundled with scikit-learn, or a default pipeline (impute, scale / one-hot, linear model)\n"
+        "on a CSV file with a header row. Held-out metrics are printed and stored.",
+        "examples:\n"
+        "  steward train demo --if-missing\n"
+        "  steward train --csv churn.csv --target churned --name churn\n"
+        "  steward train --csv prices.csv --target price --name prices --task regression\n"
+        "  steward train --csv crm.csv --target churned --name churn --drop customer_id "
+        "--date signup",
+    )
+    train.add_argument("what", nargs="?", choices=["demo"], help="the bundled demo models")
+    train.add_argument(
+        "--csv", type=arguments.input_file, metavar="FILE", help="training data, with header"
+    )
+    train.add_argument("--target", metavar="COLUMN", help="the column to predict")
+    train.add_argument(
+        "--name", type=arguments.model_name, help="model name (a-z, 0-9, '.', '_', '-')"
+    )
+    train.add_argument(
+        "--task",
+        choices=["classification", "regression"],
+        help="default: classification for text, booleans and few distinct integers",
+    )
+    train.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="leave a column out (an identifier, say); repeat for more",
+    )
+    train.add_argument(
+        "--date",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="parse a column as dates: the model sees days since 1970; repeat for more",
+    )
+    train.add_argument("--if-missing", action="store_true", help="skip models already present")
+    promote_flag(train)
+    train.set_defaults(command=_train)
+
+    register = add_command(
+        commands,
+        "register",
+        "register a model trained elsewhere",
+        "Register a fitted scikit-learn classifier or regressor, saved with joblib or pickle,\n"
+        "as a new version. The feature schema comes from a CSV sample of its inputs, which the\n"
+        "model must accept. With --target, the sample also holds the true answers in that\n"
+        "column: it is left out of the features, and the model is scored on the sample.\n"
+        "Unpickling runs code from the file: register only files you trust.",
+        "examples:\n"
+        "  steward register model.joblib --name churn --sample inputs.csv\n"
+        "  steward register model.joblib --name churn --sample labelled.csv --target churned",
+    )
+    register.add_argument(
+        "artifact",
+        type=arguments.input_file,
+        metavar="MODEL.joblib",
+        help="the fitted estimator's file",
+    )
+    register.add_argument("--name", type=arguments.model_name, required=True, help="model name")
+    register.add_argument(
+        "--sample",
+        type=arguments.input_file,
+        metavar="FILE",
+        required=True,
+        help="CSV of example inputs",
+    )
+    register.add_argument(
+        "--target", metavar="COLUMN", help="the sample's column of true answers, if it has one"
+    )
+    promote_flag(register)
+    register.set_defaults(command=_register)
+
+    models = add_command(
+        commands, "models", "list models, versions and aliases", "List the registry's models."
+    )
+    models.set_defaults(command=_models)
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from app import training
+
+    if args.what == "demo":
+        given = [
+            flag
+            for flag in ("csv", "target", "name", "task", "drop", "date")
+            if getattr(args, flag)
+        ]
+        if given:
+            options = ", ".join(f"--{flag}" for flag in given)
+            raise UsageError(f"`train demo` takes no {options} (see `steward train --help`)")
+        trained = training.train_demo(
+            settings.models_dir, if_missing=args.if_missing, promote=args.promote
+        )
+        if not trained:
+            print("demo models already present")
+    else:
+        missing = [flag for flag in ("csv", "target", "name") if not getattr(args, flag)]
+        if missing:
+            raise UsageError(
+                f"train needs `demo`, or --csv, --target and --name (missing "
+                f"{', '.join(f'--{flag}' for flag in missing)}; see `steward train --help`)"
+            )
+        trained = [
+            training.train_csv(
+                settings.models_dir,
+                args.csv,
+                args.target,
+                args.name,
+                args.task,
+                promote=args.promote,
+                drop=args.drop,
+                dates=args.date,
+            )
+        ]
+    for metadata in trained:
+        _print_version(settings, metadata)
+    return 0
+
+
+def _register(args: argparse.Namespace, settings: Settings) -> int:
+    from app import registration
+
+    metadata = registration.register_estimator(
+        settings.models_dir,
+        args.artifact,
+        args.name,
+        args.sample,
+        target=args.target,
+        promote=args.promote,
+    )
+    _print_version(settings, metadata)
+    return 0
+
+
+def _models(_: argparse.Namespace, settings: Settings) -> int:
+    names = list_models(settings.models_dir)
+    if not names:
+        print(f"no models in {settings.models_dir}")
+        return 0
+    rows = [("MODEL", "VERSIONS", "ALIASES")]
+    for name in names:
+        versions = ",".join(str(v) for v in list_versions(settings.models_dir, name))
+        try:
+            aliases = read_aliases(settings.models_dir, name)
+        except ArtifactError:  # one model's bad file does not hide the others
+            shown = "(aliases.json unreadable: `steward versions` says why)"
+        else:
+            shown = " ".join(f"{a}={v}" for a, v in sorted(aliases.items()))
+        rows.append((name, versions, shown))
+    print_table(rows)
+    return 0
+
+
+def _print_version(settings: Settings, metadata: ModelMetadata) -> None:
+    aliases = read_aliases(settings.models_dir, metadata.name)
+    tags = [a for a, v in sorted(aliases.items()) if v == metadata.version]
+    scores = " ".join(f"{k}={v:.4g}" for k, v in metadata.metrics.items())
+    suffix = f" ({', '.join(tags)})" if tags else ""
+    print(f"{metadata.name}: version {metadata.version}{suffix} {scores}".rstrip())

@@ -1,0 +1,96 @@
+"""``steward status`` and ``serve``: ask a running server what it serves (app/status.py, the
+standard library only), and start one (the server and its store imported when it starts)."""
+
+import argparse
+import logging
+import math
+import socket
+
+from app import status
+from app.cli import arguments
+from app.cli.parser import Commands, add_command
+from app.errors import StewardError, StoreUnavailable
+from app.settings import Settings
+
+
+def add_commands(commands: Commands) -> None:
+    status_ = add_command(
+        commands,
+        "status",
+        "ask the running server what it serves",
+        "Ask a running server (GET /models, or GET /models/MODEL) which version of each model\n"
+        "it serves, its aliases, and why a version was refused. The server is found at\n"
+        "STEWARD_HOST:STEWARD_PORT, or --url.",
+        "examples:\n  steward status\n  steward status iris --url http://steward:8000",
+    )
+    status_.add_argument(
+        "model", nargs="?", type=arguments.model_name, metavar="MODEL", help="one model"
+    )
+    status_.add_argument(
+        "--url", type=arguments.url, help="the server (default: http://STEWARD_HOST:STEWARD_PORT)"
+    )
+    status_.set_defaults(command=_status)
+
+    serve = add_command(
+        commands,
+        "serve",
+        "start the HTTP server",
+        "Serve every model in the registry. Settings are checked, and the prediction store\n"
+        "opened, before the server starts: a problem is one line and exit status 1.",
+        "examples:\n  steward serve\n  steward serve --host 0.0.0.0 --port 8080",
+    )
+    serve.add_argument("--host", help="bind address (default: STEWARD_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=arguments.port, help="port (default: STEWARD_PORT or 8000)")
+    serve.set_defaults(command=_serve)
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    url = args.url or status.server_url(settings.host, settings.port)
+    if args.model is None:
+        lines = status.render_models(status.fetch(url))
+    else:
+        lines = status.render_model(status.fetch(url, args.model))
+    print("\n".join(lines))
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.store import open_store
+
+    # Pre-flight: what would fail in the server's start-up fails here, in one line.
+    app = create_app(settings)  # refuses a models directory that is not there
+    try:
+        open_store(settings.store_url).close()
+    except StoreUnavailable as exc:
+        source = "STEWARD_DATABASE_URL" if settings.database_url else "STEWARD_DATA_DIR"
+        raise StoreUnavailable(f"{exc} ({source})") from exc
+    host, port = args.host or settings.host, args.port or settings.port
+    _check_port_free(host, port)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        # Whole seconds for uvicorn, rounded up: 0.5 must not become "cancel requests at once".
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),
+    )
+    return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail in one line, before the models load, when the address is taken or not ours."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        raise StewardError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (--host/--port, "
+            "STEWARD_HOST/STEWARD_PORT)"
+        ) from exc
