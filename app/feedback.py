@@ -19,7 +19,7 @@ the value sent or the ground truth already recorded.
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +36,7 @@ from app.errors import (
     ValidationFailed,
 )
 from app.features import widen
+from app.loading import LoadedModel
 from app.metrics import Metrics, ShadowOutcome
 from app.registry import Registry
 from app.schemas import (
@@ -97,8 +98,8 @@ class FeedbackRecorder:
 
     async def record_one(self, item: FeedbackItem) -> FeedbackResult:
         """Record one item; its error, if any, is raised."""
-        await self._settle([item])
-        (outcome,) = await anyio.to_thread.run_sync(self.record, [item])
+        running = await self._settle([item])
+        (outcome,) = await anyio.to_thread.run_sync(self.record, [item], running)
         if isinstance(outcome, StewardError):
             raise outcome
         return outcome
@@ -110,8 +111,8 @@ class FeedbackRecorder:
                 f"at most {self.max_items} feedback items per request",
                 [{"field": "items", "message": f"{len(items)} items", "type": "too_long"}],
             )
-        await self._settle(items)
-        outcomes = await anyio.to_thread.run_sync(self.record, items)
+        running = await self._settle(items)
+        outcomes = await anyio.to_thread.run_sync(self.record, items, running)
         results = []
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, StewardError):
@@ -133,14 +134,19 @@ class FeedbackRecorder:
             results=results,
         )
 
-    async def _settle(self, items: Sequence[FeedbackItem]) -> None:
+    async def _settle(self, items: Sequence[FeedbackItem]) -> Mapping[str, LoadedModel]:
         """Let the shadows of these rows still running be logged first (on the event loop,
-        bounded), so the label reaches them in the same transaction."""
-        if self.shadows is not None:
-            await self.shadows.settled({i.prediction_id for i in items}, self.shadow_wait)
+        bounded), so the label reaches them in the same transaction; the rows whose shadow is
+        still running after that, with the candidate shadowing them."""
+        if self.shadows is None:
+            return {}
+        return await self.shadows.settled({i.prediction_id for i in items}, self.shadow_wait)
 
-    def record(self, items: Sequence[FeedbackItem]) -> list[Outcome]:
-        """Blocking: join, judge, label in one transaction, then count what changed."""
+    def record(
+        self, items: Sequence[FeedbackItem], running: Mapping[str, LoadedModel] | None = None
+    ) -> list[Outcome]:
+        """Blocking: join, judge, label in one transaction, then count what changed.
+        ``running``: rows whose shadow was still running when feedback stopped waiting."""
         ids = {item.prediction_id for item in items}
         self.log.flush_if_pending(ids)  # an id is valid as soon as its response was sent
         stored = self.store.get_predictions(ids)
@@ -155,6 +161,7 @@ class FeedbackRecorder:
                 prediction = stored[outcome.prediction_id]
                 results.append(self._accepted(prediction, outcome))
                 self._count_shadows(prediction, outcome, labelled)
+                self._count_late(prediction, (running or {}).get(prediction.id))
             else:  # labelled meanwhile, by another request or earlier in this batch
                 fresh = self.store.get_predictions([item.prediction_id])
                 again = self._judge(item, fresh.get(item.prediction_id))
@@ -257,6 +264,14 @@ class FeedbackRecorder:
             model=prediction.model,
             version=prediction.version,
         )
+
+    def _count_late(self, prediction: StoredPrediction, candidate: LoadedModel | None) -> None:
+        """The row was labelled while ``candidate`` still shadowed it: if its shadow did not
+        make it into the same transaction, it never will be labelled (``late``)."""
+        if candidate is not None and all(
+            s.version != candidate.version for s in prediction.shadows
+        ):
+            self.metrics.count_shadow_failure(candidate.metadata, "late", 1)
 
     def _count_shadows(
         self, prediction: StoredPrediction, label: Label, labelled: set[str]

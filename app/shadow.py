@@ -20,11 +20,13 @@ in ``steward_shadow_failures_total{reason}`` instead of raised:
   for a candidate with inputs of its own, more than MAX_PENDING_BODY_BYTES of request bodies);
 - ``log_full``: the prediction log is over half full (the other half is for served rows);
 - ``invalid_input`` / ``model_failure``: the candidate refused the rows or failed on them;
-- ``late``: logged after feedback had labelled its served row (see ``settled``).
+- ``late``: its served row was labelled before it was logged (counted by app/feedback.py, see
+  ``settled``).
 
 Feedback for a row whose shadow is still running waits for it on the event loop (``settled``,
 bounded, holding no worker thread), so the label reaches both predictions in one transaction;
-a shadow later than that is counted ``late`` and stays unlabelled.
+a served row labelled without its shadow, still running then, is counted ``late`` by the
+feedback path, and that shadow stays unlabelled.
 """
 
 import asyncio
@@ -89,7 +91,6 @@ class Shadows:
         # Served ids whose shadow is not logged yet, and the candidate shadowing them.
         self._pending: dict[str, LoadedModel] = {}
         self._settled = asyncio.Condition()  # notified as shadows end; feedback waits on it
-        self._early: set[str] = set()  # pending served ids that feedback stopped waiting for
         # Versions whose failure was logged once; weakly, so an unloaded version can go.
         self._failing: weakref.WeakSet[LoadedModel] = weakref.WeakSet()
 
@@ -145,17 +146,18 @@ class Shadows:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def settled(self, ids: Collection[str], timeout: float) -> None:
+    async def settled(self, ids: Collection[str], timeout: float) -> dict[str, LoadedModel]:
         """Wait, on the event loop, until no shadow of ``ids`` is still running (at most
-        ``timeout`` seconds). A shadow later than that misses the label its served row is about
-        to get: counted in ``steward_shadow_failures_total{reason="late"}``."""
+        ``timeout`` seconds). Returns the ids whose shadow is still running then, with the
+        candidate shadowing them: feedback that labels one of those rows without its shadow
+        counts it ``late`` (app/feedback.py)."""
         if self._pending.keys().isdisjoint(ids):
-            return
+            return {}
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout), self._settled:
                 await self._settled.wait_for(lambda: self._pending.keys().isdisjoint(ids))
-            return
-        self._early.update(i for i in ids if i in self._pending)  # counted once they are logged
+            return {}
+        return {i: self._pending[i] for i in ids if i in self._pending}
 
     async def close(self, timeout: float = DRAIN_SECONDS) -> None:
         """Run what is queued now, let the shadows finish (up to ``timeout`` seconds), then
@@ -187,10 +189,7 @@ class Shadows:
         try:
             if failure is not None:
                 self.metrics.count_shadow_failure(candidate.metadata, failure, len(ids))
-            elif late := self._early.intersection(ids):
-                self.metrics.count_shadow_failure(candidate.metadata, "late", len(late))
         finally:
-            self._early.difference_update(ids)
             self._rows -= len(ids)
             self._bytes -= len(body)
             for served_id in ids:

@@ -28,9 +28,10 @@ from sklearn.preprocessing import FunctionTransformer
 
 from app import lifecycle
 from app.artifacts import ALIASES, TrafficMode, read_metadata, save_version, set_alias
-from app.errors import LifecycleConflict
+from app.errors import InvalidGroundTruth, LifecycleConflict
 from app.main import create_app
 from app.prediction import in_share
+from app.schemas import FeedbackItem, FeedbackResult
 from app.services import Services
 from app.settings import Settings
 from app.training import train_demo
@@ -370,19 +371,35 @@ def test_a_policy_at_0_percent_is_not_active(served: TestClient) -> None:
 
 def test_a_shadow_later_than_the_feedback_is_counted_late_once(traffic_settings: Settings) -> None:
     """Feedback that stopped waiting for a shadow (here after 10 ms, where the window is 0.3 s)
-    labels the served row alone; the shadow, logged later, is counted ``late``, once."""
+    labels the served row alone and counts the shadow ``late``, once; the shadow, logged later,
+    stays unlabelled. A feedback that labels nothing counts nothing."""
     settings = traffic_settings.model_copy(update={"shadow_window_seconds": 0.3})
     with start(settings) as client:
         policy(client, "shadow", 100)
         (prediction_id,) = prediction_ids(predict(client, "iris", IRIS_SETOSA))
-        shadows = services(client).predictor.shadows
-        for _ in range(2):  # a retry that gives up too does not count it twice
-            assert client.portal is not None
-            client.portal.call(shadows.settled, {prediction_id}, 0.01)
-        wait_for_shadows(client)
+        built = services(client)
+        assert client.portal is not None
+        running = client.portal.call(built.predictor.shadows.settled, {prediction_id}, 0.01)
+        assert [(i, m.version) for i, m in running.items()] == [(prediction_id, 2)]
+        refused = FeedbackItem(prediction_id=prediction_id, ground_truth="rose")
+        (error,) = built.feedback.record([refused], running)
+        assert isinstance(error, InvalidGroundTruth)
         labels = {"model": "iris", "version": "2", "reason": "late"}
+        assert metric(client, "steward_shadow_failures_total", **labels) == 0
+        item = FeedbackItem(prediction_id=prediction_id, ground_truth="setosa")
+        (accepted,) = built.feedback.record([item], running)
+        assert isinstance(accepted, FeedbackResult)
+        assert accepted.status == "accepted"
+        (duplicate,) = built.feedback.record([item], running)
+        assert isinstance(duplicate, FeedbackResult)
+        assert duplicate.status == "duplicate"
+        wait_for_shadows(client)
         assert metric(client, "steward_shadow_failures_total", **labels) == 1
         assert metric(client, "steward_shadow_predictions_total", model="iris", version="2") == 1
+        (shadow,) = shadow_rows(client)
+        assert shadow["ground_truth"] is None
+        challenger = {"model": "iris", "version": "2", "role": "challenger"}
+        assert metric(client, "steward_shadow_feedback_total", outcome="correct", **challenger) == 0
 
 
 def test_feedback_for_rows_shadowed_by_a_removed_version_is_accepted(

@@ -27,7 +27,13 @@ from pydantic_core import PydanticCustomError
 from app import lifecycle
 from app.api.deps import services
 from app.artifacts import AliasChange, TrafficMode, list_models
-from app.errors import AdminDisabled, StewardError, Unauthorized, UnknownModel
+from app.errors import (
+    AdminDisabled,
+    StewardError,
+    Unauthorized,
+    UnknownModel,
+    validation_error,
+)
 from app.lifecycle import AliasState
 from app.metrics import ADMIN_ACTIONS, AdminAction, AdminOutcome
 from app.registry import Registry
@@ -69,8 +75,8 @@ def _code(exc: Exception) -> str:
     """An error's code as its answer names it (the one error shape), for the audit line."""
     if isinstance(exc, StewardError):
         return exc.code
-    if isinstance(exc, RequestValidationError):
-        return "validation_error"
+    if isinstance(exc, RequestValidationError):  # rendered by app/api/errors.py
+        return validation_error(exc.errors(), skip=("body",)).code
     if isinstance(exc, HTTPException) and exc.status_code == 400:
         return "invalid_json"
     return type(exc).__name__

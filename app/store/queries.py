@@ -55,7 +55,9 @@ def paired_counts_query(model: str, since: datetime | None) -> Select[Any]:
         .group_by(p.version, s.version)
         .order_by(p.version, s.version)
     )
-    return _since(query, p.created_at, since)  # the served row's window, as in version_counts
+    # The served row's window, as in version_counts; the shadow's own bound (never earlier than
+    # its served row's) changes nothing but lets the shadow (model, created_at) index bound it.
+    return _since(_since(query, p.created_at, since), s.created_at, since)
 
 
 def _since(query: Select[Any], created_at: Any, since: datetime | None) -> Select[Any]:
