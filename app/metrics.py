@@ -1,4 +1,5 @@
-"""Every Prometheus collector of the service, on one injected registry, and its domain events.
+"""Every Prometheus collector of the service, on one injected registry, and its domain events
+(the shadow ones in app/shadow_metrics.py, reached as ``metrics.shadow``).
 
 Label values are bounded: route templates (never raw paths), model names and versions from the
 registry (an unknown model is ``_unknown``), and at most ``max_class_labels`` class labels per
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.artifacts import Label, ModelMetadata, TrafficPolicy
 from app.errors import Stage
+from app.shadow_metrics import ShadowMetrics
 
 if TYPE_CHECKING:  # metrics, store and registry sit side by side: no import at run time
     from app.loading import LoadedModel, Refusal
@@ -26,22 +28,6 @@ OTHER_CLASS = "_other"
 ERROR_STAGES: tuple[Stage, ...] = get_args(Stage)
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
-ShadowFailure = Literal["skipped", "log_full", "invalid_input", "model_failure", "late"]
-"""Why a candidate's shadow predictions of a request were not logged, or (late) not labelled
-(app/shadow.py)."""
-SHADOW_FAILURES: tuple[ShadowFailure, ...] = get_args(ShadowFailure)
-PairRole = Literal["champion", "challenger"]
-ShadowOutcome = Literal["correct", "incorrect", "labelled", "invalid"]
-SHADOW_OUTCOMES: dict[tuple[str, PairRole], tuple[ShadowOutcome, ...]] = {
-    ("classification", "challenger"): ("correct", "incorrect"),
-    ("classification", "champion"): ("correct", "incorrect"),
-    ("regression", "challenger"): ("labelled", "invalid"),
-    ("regression", "champion"): ("labelled",),
-}
-"""The outcomes of a labelled row that a challenger shadowed, by task and role: the challenger's
-own prediction, right or wrong (a regressor's labelled, or invalid when its error is beyond what
-the feedback path scores), and the champion's prediction of the same row, counted only beside a
-challenger's scored one, so that both are counted on exactly the same labels."""
 AdminAction = Literal["promote", "rollback", "traffic", "reload"]
 AdminOutcome = Literal["ok", "denied", "error"]
 """An admin call's outcome: done, refused for its token (401/403), or any other error."""
@@ -138,25 +124,7 @@ class Metrics:
             ["model", "version"],
             registry=registry,
         )
-        self.shadow_feedback = Counter(
-            "steward_shadow_feedback",
-            "Labelled rows a challenger shadowed, by model, version, role (challenger: its "
-            "shadow prediction; champion: the served prediction of the same row) and outcome.",
-            ["model", "version", "role", "outcome"],
-            registry=registry,
-        )
-        self.shadow_absolute_error = Counter(
-            "steward_shadow_feedback_absolute_error",
-            "Sum of absolute errors of those rows, regressors, by role (for MAE).",
-            ["model", "version", "role"],
-            registry=registry,
-        )
-        self.shadow_squared_error = Counter(
-            "steward_shadow_feedback_squared_error",
-            "Sum of squared errors of those rows, regressors, by role (for RMSE).",
-            ["model", "version", "role"],
-            registry=registry,
-        )
+        self.shadow = ShadowMetrics(registry)
         self.model_info = Gauge(
             "steward_model_info",
             "1 for each served model version and alias.",
@@ -196,20 +164,6 @@ class Metrics:
         self.log_rejected = Counter(
             "steward_prediction_log_rejected_rows",
             "Acknowledged predictions the store refused while it worked: quarantined, not retried.",
-            registry=registry,
-        )
-        self.shadow_predictions = Counter(
-            "steward_shadow_predictions",
-            "Rows a candidate predicted in shadow (logged, never returned), by version.",
-            ["model", "version"],
-            registry=registry,
-        )
-        self.shadow_failures = Counter(
-            "steward_shadow_failures",
-            "Rows a candidate did not shadow, by reason ("
-            + ", ".join(SHADOW_FAILURES)
-            + "); the client's answer never depends on them.",
-            ["model", "version", "reason"],
             registry=registry,
         )
         self.admin_actions = Counter(
@@ -264,9 +218,6 @@ class Metrics:
         self.batch_rows.labels(name, version)
         for stage in ERROR_STAGES:
             self.errors.labels(name, stage)
-        self.shadow_predictions.labels(name, version)
-        for reason in SHADOW_FAILURES:
-            self.shadow_failures.labels(name, version, reason)
         outcomes: tuple[str, ...]
         if metadata.task == "classification":
             outcomes = CLASSIFIER_OUTCOMES
@@ -287,12 +238,7 @@ class Metrics:
             self.squared_error.labels(name, version)
         for outcome in outcomes:
             self.feedback.labels(name, version, outcome)
-        for role in get_args(PairRole):  # any loaded version may shadow, or be shadowed
-            for shadow_outcome in SHADOW_OUTCOMES[(metadata.task, role)]:
-                self.shadow_feedback.labels(name, version, role, shadow_outcome)
-            if metadata.task == "regression":
-                self.shadow_absolute_error.labels(name, version, role)
-                self.shadow_squared_error.labels(name, version, role)
+        self.shadow.loaded(metadata)
 
     def _swapped(self, entry: ModelEntry, alias: str, old: int | None, new: int | None) -> None:
         """An alias moved (or went): from the old version's info series to the new one's."""
@@ -343,14 +289,6 @@ class Metrics:
     def count_admin(self, action: AdminAction, outcome: AdminOutcome) -> None:
         self.admin_actions.labels(action, outcome).inc()
 
-    def count_shadow(self, metadata: ModelMetadata, rows: int) -> None:
-        self.shadow_predictions.labels(metadata.name, str(metadata.version)).inc(rows)
-
-    def count_shadow_failure(
-        self, metadata: ModelMetadata, reason: ShadowFailure, rows: int
-    ) -> None:
-        self.shadow_failures.labels(metadata.name, str(metadata.version), reason).inc(rows)
-
     def count_error(self, model: str | None, stage: Stage | None) -> None:
         """One error of ``model`` (None: ``_unknown``) at ``stage``; an error with no stage
         (a conflict, a refusal counted as a feedback outcome) is not counted."""
@@ -400,21 +338,6 @@ class Metrics:
         elif outcome == "labelled" and abs_error is not None:
             self.absolute_error.labels(name, version).observe(abs_error)
             self.squared_error.labels(name, version).inc(abs_error * abs_error)
-
-    def observe_shadow_feedback(
-        self,
-        metadata: ModelMetadata,
-        role: PairRole,
-        outcome: ShadowOutcome,
-        abs_error: float | None = None,
-    ) -> None:
-        """Count one labelled row of a shadow pair, for one side of it; a regressor's brings its
-        ``abs_error`` (at most 1e100, see app/feedback.py: its square is finite)."""
-        name, version = metadata.name, str(metadata.version)
-        self.shadow_feedback.labels(name, version, role, outcome).inc()
-        if abs_error is not None:
-            self.shadow_absolute_error.labels(name, version, role).inc(abs_error)
-            self.shadow_squared_error.labels(name, version, role).inc(abs_error * abs_error)
 
 
 class ModelSeries:

@@ -6,7 +6,7 @@ version served, apart from those it predicted in shadow, and each (champion, cha
 side by side on the rows labelled for both (the same labels). A version with
 nothing labelled has null metrics, never NaN; a sum that is not finite gives null too, so the
 JSON never carries a non-finite number. (Each regressor error is at most 1e100, see
-app/feedback.py, so no realistic sum gets there.)
+app/ground_truth.py, so no realistic sum gets there.)
 """
 
 import contextlib

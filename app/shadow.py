@@ -42,7 +42,8 @@ from app.errors import StewardError, StoreUnavailable
 from app.features import Row
 from app.ids import new_ids
 from app.loading import LoadedModel, RowOutput
-from app.metrics import Metrics, ShadowFailure
+from app.metrics import Metrics
+from app.shadow_metrics import ShadowFailure
 from app.store import PredictionLog, PredictionRecord
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class Shadows:
             self._rows + len(rows) > self.max_pending_rows
             or self._bytes + kept > MAX_PENDING_BODY_BYTES
         ):
-            self.metrics.count_shadow_failure(candidate.metadata, "skipped", len(rows))
+            self.metrics.shadow.count_failure(candidate.metadata, "skipped", len(rows))
             return
         self._rows += len(rows)
         self._bytes += kept
@@ -188,7 +189,7 @@ class Shadows:
             failure = "model_failure"
         try:
             if failure is not None:
-                self.metrics.count_shadow_failure(candidate.metadata, failure, len(ids))
+                self.metrics.shadow.count_failure(candidate.metadata, failure, len(ids))
         finally:
             self._rows -= len(ids)
             self._bytes -= len(body)
@@ -241,5 +242,5 @@ class Shadows:
             self.log.append(records)
         except StoreUnavailable:
             return "log_full"
-        self.metrics.count_shadow(candidate.metadata, len(records))
+        self.metrics.shadow.count(candidate.metadata, len(records))
         return None
