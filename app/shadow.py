@@ -20,8 +20,8 @@ in ``steward_shadow_failures_total{reason}`` instead of raised:
   for a candidate with inputs of its own, more than MAX_PENDING_BODY_BYTES of request bodies);
 - ``log_full``: the prediction log is over half full (the other half is for served rows);
 - ``invalid_input`` / ``model_failure``: the candidate refused the rows or failed on them;
-- ``late``: its served row was labelled before it was logged (counted by app/feedback.py, see
-  ``settled``).
+- ``late``: its served row was labelled before it was logged (counted by app/shadow_feedback.py,
+  see ``settled``).
 
 Feedback for a row whose shadow is still running waits for it on the event loop (``settled``,
 bounded, holding no worker thread), so the label reaches both predictions in one transaction;
@@ -151,7 +151,7 @@ class Shadows:
         """Wait, on the event loop, until no shadow of ``ids`` is still running (at most
         ``timeout`` seconds). Returns the ids whose shadow is still running then, with the
         candidate shadowing them: feedback that labels one of those rows without its shadow
-        counts it ``late`` (app/feedback.py)."""
+        counts it ``late`` (app/shadow_feedback.py)."""
         if self._pending.keys().isdisjoint(ids):
             return {}
         with contextlib.suppress(TimeoutError):

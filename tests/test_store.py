@@ -252,7 +252,7 @@ def test_version_counts_per_version_in_the_window(store: SqlStore) -> None:
 
 
 def test_version_counts_of_errors_large_but_finite(store: SqlStore) -> None:
-    """Each error at most 1e100 (app/feedback.py): their squares still sum to a finite number."""
+    """Each error at most 1e100 (app/ground_truth.py): their squares sum to a finite number."""
     write_scored(store, [scored("diabetes", 1, timedelta(0), None, 1e100) for _ in range(3)])
     (counts,) = store.version_counts("diabetes", None)
     assert counts.labelled == 3
