@@ -21,7 +21,8 @@ from app.shadow_metrics import ShadowMetrics
 
 if TYPE_CHECKING:  # metrics, store and registry sit side by side: no import at run time
     from app.loading import LoadedModel, Refusal
-    from app.registry import ModelEntry, Registry
+    from app.model_entry import ModelEntry
+    from app.registry import Registry
 
 UNKNOWN_MODEL = "_unknown"
 OTHER_CLASS = "_other"

@@ -23,7 +23,8 @@ from app.features import Row
 from app.ids import new_ids
 from app.loading import LoadedModel, RowOutput
 from app.metrics import Metrics
-from app.registry import ModelEntry, Registry
+from app.model_entry import ModelEntry
+from app.registry import Registry
 from app.shadow import Shadows
 from app.store import PredictionLog, PredictionRecord
 

@@ -23,7 +23,7 @@ from app.settings import Settings
 from app.store import PairedCounts, PredictionStore, VersionCounts, open_store
 
 if TYPE_CHECKING:  # the CLI uses live_quality without the serving side (scikit-learn)
-    from app.registry import ModelEntry
+    from app.model_entry import ModelEntry
 
 DEFAULT_WINDOW_SECONDS: float = Settings.model_fields["quality_window_seconds"].default
 """``STEWARD_QUALITY_WINDOW_SECONDS``' default: 7 days."""

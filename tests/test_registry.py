@@ -22,8 +22,9 @@ from app.artifacts import (
 )
 from app.errors import ModelUnavailable, UnknownModel, UnknownVersion
 from app.loading import LoadedModel
+from app.model_entry import ModelEntry
 from app.prediction import scores_typical_row
-from app.registry import ModelEntry, Registry
+from app.registry import Registry
 from app.training import train_demo
 
 
