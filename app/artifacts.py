@@ -2,6 +2,8 @@
 
     models/<name>/<version>/model.joblib    the fitted estimator (joblib)
     models/<name>/<version>/metadata.json   ModelMetadata, including the artifact's sha256
+    models/<name>/<version>/training.csv.gz the rows a CSV-trained version was given (gzip),
+                                            when under the size cap (TrainingData says)
     models/<name>/aliases.json              {"aliases": {"production": 3, "candidate": 4},
                                              "history": [{"alias", "from", "to", "at", "by",
                                                           "action"}, ...],
@@ -9,16 +11,16 @@
                                                          "at", "by"}}
     models/<name>/.aliases.lock             flock()ed by whoever changes aliases.json
 
-A version directory appears whole or not at all (written aside, then renamed into place), and
-aliases.json is replaced atomically, so a reader never sees half of either. Writers of
-aliases.json take the model's lock around read-modify-write, so two processes promoting at once
-both land, in order, in the history. A file in the first format, ``{"production": 3}``, is read
-as those aliases with no history yet, and one without ``traffic`` as traffic mode ``none``; the
-next change writes the new format. The traffic policy has no history: it carries its own ``at``
-and ``by``, and names the candidate version it was set for. Moving production onto that
-version ends the experiment, and moving the candidate alias elsewhere starts a new one: either
-way the same write sets traffic back to ``none``, so no version receives traffic it was not
-given by name.
+A version directory appears whole or not at all (written aside, then renamed into place, its
+extra files such as training.csv.gz with it), and aliases.json is replaced atomically, so a
+reader never sees half of either. Writers of aliases.json take the model's lock around
+read-modify-write, so two processes promoting at once both land, in order, in the history. A file in
+the first format, ``{"production": 3}``, is read as those aliases with no history yet, and one
+without ``traffic`` as traffic mode ``none``; the next change writes the new format. The traffic
+policy has no history: it carries its own ``at`` and ``by``, and names the candidate version it
+was set for. Moving production onto that version ends the experiment, and moving the candidate
+alias elsewhere starts a new one: either way the same write sets traffic back to ``none``, so no
+version receives traffic it was not given by name.
 
 joblib and scikit-learn are imported by the two functions that read and write an estimator,
 so listing the registry or moving an alias (`steward models`, `steward promote`) stays light.
@@ -34,7 +36,7 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +50,7 @@ ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
 ALIASES = "aliases.json"
 ALIASES_LOCK = ".aliases.lock"
+TRAINING_COPY = "training.csv.gz"
 ALIAS_NAMES = ("production", "candidate")
 MAX_ACTOR = 200  # characters of an alias change's "by"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: "$" lets a final newline in
@@ -64,6 +67,65 @@ class FeatureProfile(BaseModel):
     probabilities: list[float] | None = None
     quantiles: list[float] | None = None
     frequencies: dict[str, float] | None = None
+
+
+SourceKind = Literal["demo", "csv", "sample", "feedback"]
+
+
+class DataSource(BaseModel):
+    """One source of a version's data: a demo dataset bundled with scikit-learn (``name`` is
+    its demo name), a CSV file (``name`` is the file's name, never its path, which may be
+    private), the sample a registered model's schema came from (its file name), or labelled
+    predictions from the store (``feedback``, no name)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: SourceKind
+    name: str | None = None
+    rows: int = Field(ge=0, description="Rows this source contributed.")
+    sha256: str | None = Field(
+        None,
+        description="Of its rows as CSV text with a header (a CSV's columns in the file's order, "
+        "after --drop; a demo's features, then `target`): the same rows rebuilt or given again "
+        "have the same digest. None for a sample.",
+    )
+
+
+class DataSplit(BaseModel):
+    """How the rows were split into a training and a held-out part (train_test_split)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    test_size: float = Field(gt=0, lt=1)
+    seed: int
+    stratified: bool = Field(description="Stratified by class (classifiers, when possible).")
+
+
+class TrainingData(BaseModel):
+    """Where a version's data came from, and how much of it, so that it can be rebuilt: a demo
+    from scikit-learn's bundled data, a CSV version from its kept copy (``copy_file``) or the
+    same CSV given again (its source's ``sha256`` tells whether it holds the same rows), a
+    registered version from nothing (it had a sample, not training data)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sources: list[DataSource]
+    rows: int = Field(0, ge=0, description="Rows of all sources together.")
+    training_rows: int = Field(0, ge=0, description="Rows the model was fitted on.")
+    held_out_rows: int = Field(0, ge=0, description="Rows its metrics were measured on.")
+    split: DataSplit | None = Field(None, description="None when Steward did not train it.")
+    target: str | None = Field(None, description="The CSV's (or labelled sample's) target column.")
+    dropped: list[str] = Field(default_factory=list, description="CSV columns left out (--drop).")
+    dates: list[str] = Field(default_factory=list, description="CSV columns read as dates.")
+    unlabelled_rows: int = Field(
+        0, ge=0, description="CSV rows left out because their target was empty."
+    )
+    copy_file: str | None = Field(
+        None, description=f"{TRAINING_COPY} when the version folder keeps a copy of the rows."
+    )
+    copy_sha256: str | None = Field(None, description="Of the compressed copy.")
+    copy_bytes: int | None = Field(None, ge=0, description="Size of the compressed copy.")
+    no_copy_reason: str | None = Field(None, description="Why no copy is kept, when none is.")
 
 
 class ModelMetadata(BaseModel):
@@ -97,6 +159,9 @@ class ModelMetadata(BaseModel):
     created_at: datetime | None = Field(None, description="Set by save_version.")
     reference_profile: dict[str, FeatureProfile] = Field(default_factory=dict)
     description: str = ""
+    training_data: TrainingData | None = Field(
+        None, description="Its data's sources and counts; None in metadata written before."
+    )
 
     def medians(self) -> dict[str, float]:
         """Training medians of the numeric features, from the reference profile."""
@@ -376,16 +441,27 @@ def process_actor() -> str:
 
 
 def save_version(
-    root: Path, draft: ModelMetadata, estimator: Any, *, promote: bool = False
+    root: Path,
+    draft: ModelMetadata,
+    estimator: Any,
+    *,
+    promote: bool = False,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> ModelMetadata:
     """Store ``estimator`` as version max+1 of ``draft.name``; returns the final metadata.
 
-    ``production`` is pointed at the new version when the model had none, or when ``promote``.
+    ``extra_files`` (file name -> content, e.g. the training copy) are written into the same
+    staging folder, so they appear with the version or not at all. ``production`` is pointed at
+    the new version when the model had none, or when ``promote``.
     """
     import joblib
     import sklearn
 
     name = check_name(draft.name)
+    extra = dict(extra_files or {})
+    for file_name in extra:
+        if file_name in (ARTIFACT, METADATA) or not NAME_PATTERN.match(file_name):
+            raise ArtifactError(f"{name}: {file_name!r} cannot be a version's extra file")
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -394,6 +470,8 @@ def save_version(
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
     try:
         (staging / ARTIFACT).write_bytes(data)
+        for file_name, content in extra.items():
+            (staging / file_name).write_bytes(content)
         while True:
             version = max(list_versions(root, name), default=0) + 1
             metadata = draft.model_copy(
@@ -420,6 +498,23 @@ def save_version(
     if promote or "production" not in read_aliases(root, name):
         set_alias(root, name, "production", version)
     return metadata
+
+
+def read_checked(root: Path, metadata: ModelMetadata, file_name: str, sha256: str) -> bytes:
+    """A file of the version's folder, refused (ChecksumMismatch) unless it has ``sha256``."""
+    where = f"{metadata.name} v{metadata.version}"
+    try:
+        data = (root / metadata.name / str(metadata.version) / file_name).read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{where}: {file_name} is missing") from None
+    except OSError as exc:
+        raise ArtifactError(f"{where}: cannot read {file_name}: {exc.strerror}") from exc
+    digest = sha256_bytes(data)
+    if digest != sha256:
+        raise ChecksumMismatch(
+            f"{where}: sha256 of {file_name} is {digest}, metadata says {sha256}"
+        )
+    return data
 
 
 def _fsync_dir_entries(folder: Path) -> None:

@@ -35,6 +35,7 @@ from app.artifacts import (
     ModelMetadata,
     TrafficMode,
     TrafficPolicy,
+    TrainingData,
     aliases_locked,
     list_models,
     list_versions,
@@ -80,6 +81,7 @@ class VersionInfo(BaseModel):
     created_at: datetime | None = None
     task: str | None = None
     metrics: dict[str, float] = {}
+    training_data: TrainingData | None = None
     unreadable: str | None = None
 
 
@@ -268,6 +270,7 @@ def describe(root: Path, name: str) -> ModelVersions:
                 created_at=metadata.created_at,
                 task=metadata.task,
                 metrics=metadata.metrics,
+                training_data=metadata.training_data,
             )
         )
     return ModelVersions(

@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from app.artifacts import ModelMetadata, Task, check_name, save_version
+from app.artifacts import DataSource, ModelMetadata, Task, TrainingData, check_name, save_version
 from app.drift import reference_profile
 from app.errors import ArtifactError
 from app.feature_survey import infer_features, probe_features, read_frame
@@ -87,6 +87,12 @@ def register_estimator(
         "features": probe_features(contract, estimator, rows[0]),
         "reference_profile": profile,
         "sample_rows": len(rows),
+        "training_data": TrainingData(
+            sources=[DataSource(kind="sample", name=sample_csv.name, rows=len(rows))],
+            rows=len(rows),
+            target=target,
+            no_copy_reason="registered: trained elsewhere, Steward holds no training data",
+        ),
     }
     if labels is not None:
         update |= _score_on_sample(

@@ -22,6 +22,7 @@ MIN_ADMIN_TOKEN = 16
 # (STEWARD_<NAME>_SECONDS). The old variable is refused, not ignored: an upgrade must not
 # silently drop an operator's tuning.
 FORMERLY_MILLISECONDS = ("batch_max_wait", "batch_inline_max")
+TRAINING_COPY_MAX_BYTES = 50 * 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -146,6 +147,13 @@ class Settings(BaseSettings):
         None,
         description="A file holding the admin token (a Kubernetes Secret mounted as a file), "
         "read at start-up, a trailing newline stripped; not with admin_token.",
+    )
+    training_copy_max_bytes: int = Field(
+        TRAINING_COPY_MAX_BYTES,
+        ge=0,
+        description="A version trained from a CSV keeps its rows, gzip-compressed, in its folder "
+        "(training.csv.gz) when the compressed copy is at most this size; larger, no copy is "
+        "kept (the metadata says why) and retraining needs the CSV again. 0 keeps no copy.",
     )
     host: str = Field("127.0.0.1", description="Address `steward serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `steward serve` binds.")

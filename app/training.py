@@ -1,11 +1,16 @@
 """Fit, evaluate and register model versions. No HTTP here.
 
 Every path ends in ``save_version``: a version max+1 with metadata (features with dtype and
-training range, classes, held-out metrics, reference profile) and the artifact's sha256.
+training range, classes, held-out metrics, reference profile, where its data came from) and
+the artifact's sha256. A version trained from a CSV keeps its rows, compressed, in its folder
+(``training.csv.gz``) under a size cap; a demo version's rows are rebuilt from scikit-learn.
 """
 
+import gzip
+import io
 import math
 import re
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +34,23 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from app.artifacts import ModelMetadata, Task, check_name, list_versions, save_version
+from app.artifacts import (
+    TRAINING_COPY,
+    DataSource,
+    DataSplit,
+    ModelMetadata,
+    Task,
+    TrainingData,
+    check_name,
+    list_versions,
+    read_checked,
+    save_version,
+    sha256_bytes,
+)
 from app.drift import reference_profile
 from app.errors import ArtifactError
 from app.feature_survey import infer_features, probe_features, read_frame, suspicious_columns
+from app.settings import TRAINING_COPY_MAX_BYTES
 
 MIN_ROWS = 10
 MAX_CLASSIFICATION_INTEGER_LABELS = 20
@@ -40,6 +58,7 @@ MAX_CLASSES = 100  # more distinct labels than this is an identifier or a number
 MIN_ROWS_PER_CLASS = 3  # on average
 TEST_SIZE = 0.25
 SEED = 0
+DEMO_TARGET = "target"  # the label column of a demo's rows, as their digest reads them
 
 
 @dataclass(frozen=True)
@@ -86,22 +105,62 @@ def train_demo(
     for demo in DEMOS:
         if if_missing and list_versions(root, demo.name):
             continue
-        data = demo.load()
-        frame = pd.DataFrame(data.data, columns=[_snake(n) for n in data.feature_names])
-        target = data.target_names[data.target] if demo.task == "classification" else data.target
+        frame, labels = _demo_rows(demo)
+        source = DataSource(
+            kind="demo", name=demo.name, rows=len(frame), sha256=rows_digest(frame, labels)
+        )
+        data = TrainingData(
+            sources=[source], no_copy_reason="a demo: rebuilt from scikit-learn's bundled data"
+        )
         trained.append(
             fit_and_save(
                 root,
                 demo.name,
                 demo.task,
                 frame,
-                pd.Series(target),
+                labels,
                 demo.estimator(),
                 promote=promote,
                 description=demo.description,
+                data=data,
             )
         )
     return trained
+
+
+def demo_training_frame(metadata: ModelMetadata) -> tuple[pd.DataFrame, pd.Series]:
+    """A demo version's rows (features, labels) rebuilt from scikit-learn's bundled data,
+    checked against the digest its metadata recorded: what a retraining starts from."""
+    where = f"{metadata.name} v{metadata.version}"
+    data = metadata.training_data
+    source = data.sources[0] if data and data.sources else None
+    if source is None or source.kind != "demo":
+        raise ArtifactError(f"{where} was not trained on a demo dataset")
+    demo = next((d for d in DEMOS if d.name == source.name), None)
+    if demo is None:
+        raise ArtifactError(f"{where}: no demo dataset {source.name!r} in this Steward")
+    frame, labels = _demo_rows(demo)
+    if source.sha256 is not None and rows_digest(frame, labels) != source.sha256:
+        raise ArtifactError(
+            f"{where}: scikit-learn's {demo.name} data is not the data the version was "
+            f"trained on (scikit-learn {metadata.sklearn_version} then)"
+        )
+    return frame, labels
+
+
+def _demo_rows(demo: Demo) -> tuple[pd.DataFrame, pd.Series]:
+    data = demo.load()
+    frame = pd.DataFrame(data.data, columns=[_snake(n) for n in data.feature_names])
+    target = data.target_names[data.target] if demo.task == "classification" else data.target
+    return frame, pd.Series(target, name=DEMO_TARGET)
+
+
+def rows_digest(frame: pd.DataFrame, labels: pd.Series) -> str:
+    """sha256 of the rows as CSV text (features, then the labels' column, with a header): the
+    same rows rebuilt, or read again from the same file, have the same digest."""
+    return sha256_bytes(
+        frame.assign(**{str(labels.name): labels.to_numpy()}).to_csv(index=False).encode()
+    )
 
 
 def train_csv(
@@ -114,11 +173,14 @@ def train_csv(
     promote: bool = False,
     drop: Sequence[str] = (),
     dates: Sequence[str] = (),
+    copy_max_bytes: int = TRAINING_COPY_MAX_BYTES,
 ) -> ModelMetadata:
     """Train the default pipeline (impute, scale / one-hot, linear model) on a CSV file.
 
     ``drop`` columns are left out; ``dates`` columns are parsed as dates. A column that looks
     like an identifier or an undeclared date is refused, naming the option that handles it.
+    The rows with a target (after ``drop``, before the split) are kept in the version's
+    folder, gzip-compressed, when that copy is at most ``copy_max_bytes``.
     """
     check_name(name)
     frame = read_csv(csv)
@@ -133,7 +195,9 @@ def train_csv(
         raise ArtifactError(
             f"{csv}: " + "; ".join(f"column {c!r} {why}" for c, why in suspicious.items())
         )
+    given = len(frame)
     frame = frame[frame[target].notna()]
+    digest, extra_files, copy = _keep_rows(frame, copy_max_bytes)
     labels = frame.pop(target)
     if frame.shape[1] == 0:
         raise ArtifactError(f"{csv}: no feature columns besides {target!r}")
@@ -167,6 +231,14 @@ def train_csv(
         )
     model = LogisticRegression(max_iter=2000) if task == "classification" else Ridge()
     estimator = Pipeline([("prepare", ColumnTransformer(parts)), ("model", model)])
+    data = TrainingData(
+        sources=[DataSource(kind="csv", name=csv.name, rows=len(frame), sha256=digest)],
+        target=target,
+        dropped=list(drop),
+        dates=list(dates),
+        unlabelled_rows=given - len(frame),
+        **copy,
+    )
     return fit_and_save(
         root,
         name,
@@ -177,7 +249,52 @@ def train_csv(
         promote=promote,
         description=f"Trained by `steward train` on {csv.name}, target {target!r}.",
         dates=dates,
+        data=data,
+        extra_files=extra_files,
     )
+
+
+def _keep_rows(rows: pd.DataFrame, max_bytes: int) -> tuple[str, dict[str, bytes], dict[str, Any]]:
+    """The digest of a CSV version's rows (as CSV text), the version folder's gzip copy of them
+    (none over ``max_bytes``), and what its metadata says of that copy. No gzip timestamp: the
+    same rows give the same bytes."""
+    text = rows.to_csv(index=False).encode()
+    digest = sha256_bytes(text)
+    if max_bytes == 0:
+        return digest, {}, {"no_copy_reason": "copies are off (STEWARD_TRAINING_COPY_MAX_BYTES=0)"}
+    compressed = gzip.compress(text, mtime=0)
+    if len(compressed) > max_bytes:
+        reason = (
+            f"{len(compressed)} bytes compressed, over the cap of {max_bytes} "
+            "(STEWARD_TRAINING_COPY_MAX_BYTES)"
+        )
+        return digest, {}, {"no_copy_reason": reason}
+    kept = {"copy_file": TRAINING_COPY, "copy_sha256": sha256_bytes(compressed)}
+    return digest, {TRAINING_COPY: compressed}, kept | {"copy_bytes": len(compressed)}
+
+
+def training_copy(root: Path, metadata: ModelMetadata) -> tuple[pd.DataFrame, pd.Series]:
+    """A CSV version's kept rows read back as (features, labels), as ``train_csv`` had them
+    after --drop (date columns still text), refused unless the copy is the one its metadata
+    describes: what a retraining starts from."""
+    where = f"{metadata.name} v{metadata.version}"
+    data = metadata.training_data
+    source = data.sources[0] if data and data.sources else None
+    if data is None or source is None or source.kind != "csv" or data.target is None:
+        raise ArtifactError(f"{where} was not trained from a CSV file")
+    if data.copy_file is None or data.copy_sha256 is None:
+        why = data.no_copy_reason or "none was kept"
+        raise ArtifactError(f"{where} keeps no copy of its training data ({why})")
+    compressed = read_checked(root, metadata, data.copy_file, data.copy_sha256)
+    try:
+        text = gzip.decompress(compressed)
+    except (OSError, EOFError, zlib.error) as exc:  # its sha256 matched: metadata edited by hand
+        raise ArtifactError(f"{where}: {data.copy_file} is not gzip data") from exc
+    if source.sha256 is not None and sha256_bytes(text) != source.sha256:
+        raise ArtifactError(f"{where}: {data.copy_file} does not hold the rows it was trained on")
+    frame = pd.read_csv(io.BytesIO(text))
+    labels = frame.pop(data.target)
+    return frame, labels
 
 
 def fit_and_save(
@@ -190,12 +307,16 @@ def fit_and_save(
     *,
     promote: bool,
     description: str,
+    data: TrainingData,
     dates: Sequence[str] = (),
+    extra_files: dict[str, bytes] | None = None,
 ) -> ModelMetadata:
     """Split, fit, evaluate on the held-out part, profile the training inputs, save.
 
     The fitted model is then asked which features it takes missing and which categories it
-    takes unseen (``probe_features``), so the schema accepts what the model handles."""
+    takes unseen (``probe_features``), so the schema accepts what the model handles. ``data``
+    says where the rows came from; the counts and the split are added here. ``extra_files``
+    are saved in the version's folder with it (the training copy)."""
     _check_rows(name, len(frame))
     stratify = None
     counts = labels.value_counts()
@@ -225,9 +346,19 @@ def fit_and_save(
             "training_rows": len(train_x),
             **target_range(task, train_y),
             "reference_profile": reference_profile(np.asarray(train_matrix), features),
+            "training_data": data.model_copy(
+                update={
+                    "rows": len(frame),
+                    "training_rows": len(train_x),
+                    "held_out_rows": len(test_x),
+                    "split": DataSplit(
+                        test_size=TEST_SIZE, seed=SEED, stratified=stratify is not None
+                    ),
+                }
+            ),
         }
     )
-    return save_version(root, draft, estimator, promote=promote)
+    return save_version(root, draft, estimator, promote=promote, extra_files=extra_files)
 
 
 def _check_rows(name: str, rows: int) -> None:

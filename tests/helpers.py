@@ -131,3 +131,23 @@ def save_broken_iris(models_dir: Path) -> int:
     estimator = load_estimator(models_dir, metadata)
     draft = metadata.model_copy(update={"features": metadata.features[:3]})
     return save_version(models_dir, draft, estimator).version
+
+
+# metadata.json as Steward wrote it before versions recorded their training data (commit 349ac99)
+METADATA_BEFORE_TRAINING_DATA = """{
+  "name": "line", "version": 1, "task": "regression",
+  "features": [{"name": "x", "dtype": "float", "min": 0.0, "max": 10.0, "categories": null,
+                "open_categories": false, "nullable": false}],
+  "classes": null, "has_proba": false, "input_format": "array",
+  "metrics": {"mae": 0.0, "rmse": 0.0, "r2": 1.0},
+  "target_min": 0.0, "target_max": 20.0, "training_rows": 9, "sample_rows": 0,
+  "sklearn_version": "1.9.1",
+  "sha256": "d4c4405113b8d3200ec26b33fcd0a5ece802ba557874476f4d45d8f992266d33",
+  "created_at": "2026-11-30T15:59:36.666394Z",
+  "reference_profile": {"x": {
+    "probabilities": [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0],
+    "quantiles": [0.0, 0.08, 0.4, 0.8, 2.0, 5.0, 8.0, 9.2, 9.6, 9.92, 10.0],
+    "frequencies": null}},
+  "description": "Fitted before training_data existed."
+}
+"""

@@ -50,6 +50,12 @@ def test_model_detail(client: TestClient) -> None:
     assert version["classes"] == ["setosa", "versicolor", "virginica"]
     assert len(version["sha256"]) == 64
     assert set(version["reference_profile"]) == {f["name"] for f in version["features"]}
+    data = version["training_data"]
+    assert data["sources"] == [
+        {"kind": "demo", "name": "iris", "rows": 150, "sha256": data["sources"][0]["sha256"]}
+    ]
+    assert (data["rows"], data["training_rows"], data["held_out_rows"]) == (150, 112, 38)
+    assert (data["copy_file"], data["split"]["stratified"]) == (None, True)
 
 
 def test_unknown_model_is_404(client: TestClient) -> None:

@@ -267,6 +267,8 @@ def test_models_dir_before_or_after_the_command(
         # Milliseconds kept after the rename to seconds: 2 ms would be 2 s.
         ("STEWARD_BATCH_MAX_WAIT_SECONDS", "2", "input should be less than or equal to 1"),
         ("STEWARD_LOG_LEVEL", "chatty", "input should be 'critical', 'error', 'warning'"),
+        ("STEWARD_TRAINING_COPY_MAX_BYTES", "-1", "input should be greater than or equal to 0"),
+        ("STEWARD_TRAINING_COPY_MAX_BYTES", "50MB", "input should be a valid integer"),
     ],
 )
 def test_bad_setting_is_one_line_naming_the_variable(

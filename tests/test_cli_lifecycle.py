@@ -5,13 +5,34 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import joblib
+import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from helpers import IRIS_SETOSA, assert_one_line_error, predict, prediction_ids, run_cli
+from helpers import (
+    IRIS_SETOSA,
+    METADATA_BEFORE_TRAINING_DATA,
+    assert_one_line_error,
+    predict,
+    prediction_ids,
+    run_cli,
+)
 from server import STEWARD, free_port, serving
+from sklearn.linear_model import LogisticRegression
 
-from app.artifacts import ALIASES, process_actor, read_alias_file, set_alias
+from app.artifacts import (
+    ALIASES,
+    METADATA,
+    DataSource,
+    TrainingData,
+    process_actor,
+    read_alias_file,
+    read_metadata,
+    set_alias,
+)
 from app.cli import TRAFFIC_NOTE
+from app.cli.versions import data_cell
 from app.main import create_app
 from app.settings import Settings
 from app.status import render_model, render_models
@@ -36,13 +57,15 @@ def test_versions_shows_metrics_aliases_and_history(
     assert notice == "live quality: no prediction store yet (nothing served)"
     assert not (tmp_path / "never-served").exists()  # a read command creates no store
     assert lines[0].split() == [
-        "VERSION", "CREATED", "TASK", "ALIASES", "OFFLINE", "METRICS", "LIVE", "(LABELLED)"
+        "VERSION", "CREATED", "TASK", "ALIASES", "DATA", "OFFLINE", "METRICS", "LIVE",
+        "(LABELLED)",
     ]  # fmt: skip
     assert [line.split()[0] for line in lines[1:]] == ["1", "2"]
     assert " production " in lines[1]
     assert " candidate " in lines[2]
     for line in lines[1:]:
         assert " classification " in line
+        assert " demo iris 150 rows " in line
         assert "accuracy=" in line
     rows = history.splitlines()
     assert rows[0].split() == ["AT", "ALIAS", "FROM", "TO", "BY", "ACTION"]
@@ -78,6 +101,57 @@ def test_versions_shows_each_versions_live_quality_from_the_store(
     assert table[1].endswith("accuracy=1 (1 of 2)")
     assert table[2].split()[0] == "2"
     assert table[2].endswith("accuracy=0 (1 of 1)")
+
+
+def test_versions_shows_where_each_versions_data_came_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CSV version with its copy, one trained with copies off (STEWARD_TRAINING_COPY_MAX_BYTES
+    read by `steward train`), a registered one, and one whose metadata predates the record."""
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "never-served"))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, size=(40, 2))
+    csv = tmp_path / "flags.csv"
+    pd.DataFrame({"p": x[:, 0], "q": x[:, 1], "flag": x[:, 0] > 0.5}).to_csv(csv, index=False)
+    where = ["--models-dir", str(tmp_path / "models")]
+    train = [*where, "train", "--csv", str(csv), "--target", "flag", "--name", "flag"]
+    assert run_cli(capsys, *train)[0] == 0
+    monkeypatch.setenv("STEWARD_TRAINING_COPY_MAX_BYTES", "0")
+    assert run_cli(capsys, *train)[0] == 0
+    artifact = tmp_path / "elsewhere.joblib"
+    joblib.dump(LogisticRegression().fit(x, x[:, 0] > 0.5), artifact)
+    sample = tmp_path / "sample.csv"
+    pd.DataFrame(x[:20], columns=["p", "q"]).to_csv(sample, index=False)
+    register = [*where, "register", str(artifact), "--name", "flag", "--sample", str(sample)]
+    assert run_cli(capsys, *register)[0] == 0
+    legacy = tmp_path / "models" / "flag" / "4"
+    legacy.mkdir()
+    (legacy / METADATA).write_text(METADATA_BEFORE_TRAINING_DATA)
+
+    code, out, _ = run_cli(capsys, *where, "versions", "flag")
+    assert code == 0
+    header, *lines = out.split("\n\n")[0].splitlines()[:5]
+    start = header.index("DATA")
+    width = header.index("OFFLINE METRICS") - start
+    assert [line[start : start + width].rstrip() for line in lines] == [
+        "csv flags.csv 40 rows (copy kept)",
+        "csv flags.csv 40 rows (no copy)",
+        "sample sample.csv 20 rows",
+        "-",
+    ]
+    off = read_metadata(tmp_path / "models", "flag", 2).training_data
+    assert off is not None
+    assert off.no_copy_reason == "copies are off (STEWARD_TRAINING_COPY_MAX_BYTES=0)"
+
+
+def test_the_data_cell_counts_rows_with_thousands_separators() -> None:
+    data = TrainingData(
+        sources=[
+            DataSource(kind="demo", name="iris", rows=150),
+            DataSource(kind="feedback", rows=1234),
+        ],
+    )
+    assert data_cell(data) == "demo iris 150 rows + feedback 1,234 rows"
 
 
 def test_models_lists_every_model_when_one_aliases_file_is_unreadable(

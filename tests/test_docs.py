@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from server import STEWARD, free_port, serving
 from sklearn.linear_model import LogisticRegression
 
+from app.artifacts import DataSource, TrainingData
 from app.metrics import Metrics
 from app.settings import Settings
 from app.training import fit_and_save
@@ -47,6 +48,7 @@ def models_dir(models_dir: Path) -> Path:
             LogisticRegression(),
             promote=True,
             description=f"Churn from {', '.join(columns)}.",
+            data=TrainingData(sources=[DataSource(kind="csv", name=f"{name}.csv", rows=40)]),
         )
     return models_dir
 

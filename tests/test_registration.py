@@ -15,6 +15,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
+from app.artifacts import ARTIFACT, METADATA, DataSource, TrainingData
 from app.errors import ArtifactError
 from app.main import create_app
 from app.registration import register_estimator
@@ -131,3 +132,23 @@ def test_register_opens_what_the_pipeline_handles(tmp_path: Path) -> None:
         response = client.post("/predict/tolerant", json={"instances": rows})
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == 3
+
+
+def test_a_registered_version_records_its_sample_and_no_training_data(tmp_path: Path) -> None:
+    x = np.arange(40, dtype=float).reshape(20, 2)
+    artifact = tmp_path / "model.joblib"
+    joblib.dump(LinearRegression().fit(x, x[:, 0] * 2), artifact)
+    sample = tmp_path / "inputs.csv"
+    pd.DataFrame(x, columns=["a", "b"]).assign(doubled=x[:, 0] * 2).to_csv(sample, index=False)
+    models = tmp_path / "models"
+    metadata = register_estimator(models, artifact, "doubler", sample, target="doubled")
+    assert metadata.training_data == TrainingData(
+        sources=[DataSource(kind="sample", name="inputs.csv", rows=20)],
+        rows=20,
+        target="doubled",
+        no_copy_reason="registered: trained elsewhere, Steward holds no training data",
+    )
+    assert (metadata.training_data.training_rows, metadata.training_data.split) == (0, None)
+    assert sorted(p.name for p in (models / "doubler" / "1").iterdir()) == [
+        METADATA, ARTIFACT,
+    ]  # fmt: skip

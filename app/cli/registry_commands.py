@@ -22,7 +22,9 @@ def add_commands(commands: Commands) -> None:
         "train the demo models, or a model from a CSV file",
         "Train a new version: the three demo models (iris, breast-cancer, diabetes) from data\n"
         "bundled with scikit-learn, or a default pipeline (impute, scale / one-hot, linear model)\n"
-        "on a CSV file with a header row. Held-out metrics are printed and stored.",
+        "on a CSV file with a header row. Held-out metrics are printed and stored, with where the\n"
+        "data came from; a CSV's rows are kept, gzip-compressed, in the version's folder\n"
+        "(training.csv.gz) when at most STEWARD_TRAINING_COPY_MAX_BYTES.",
         "examples:\n"
         "  steward train demo --if-missing\n"
         "  steward train --csv churn.csv --target churned --name churn\n"
@@ -134,6 +136,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
                 promote=args.promote,
                 drop=args.drop,
                 dates=args.date,
+                copy_max_bytes=settings.training_copy_max_bytes,
             )
         ]
     for metadata in trained:

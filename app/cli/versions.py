@@ -11,6 +11,7 @@ from app.cli.table import print_table
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from app.artifacts import TrainingData
     from app.schemas import PairedQuality, VersionQuality
 
 
@@ -19,8 +20,9 @@ def add_commands(commands: Commands) -> None:
         commands,
         "versions",
         "a model's versions, their metrics and aliases, and the alias history",
-        "List every version of a model: when it was created, its task, its offline metrics\n"
-        "(held out at training, or on the registered sample) and the aliases pointing at it;\n"
+        "List every version of a model: when it was created, its task, the aliases pointing at\n"
+        "it, where its data came from (csv, demo or sample, rows, whether a copy is kept), its\n"
+        "offline metrics (held out at training, or on the registered sample);\n"
         "then the traffic policy, and every alias change: when, which alias, from and to which\n"
         "version, by whom.",
         "examples:\n  steward versions iris",
@@ -39,7 +41,7 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
     live = quality.model_quality(settings, args.model)
     served = {q.version: q for q in live.versions if q.role == "served"} if live else {}
     shadow = {q.version: q for q in live.versions if q.role == "shadow"} if live else {}
-    head = ("VERSION", "CREATED", "TASK", "ALIASES", "OFFLINE METRICS", "LIVE (LABELLED)")
+    head = ("VERSION", "CREATED", "TASK", "ALIASES", "DATA", "OFFLINE METRICS", "LIVE (LABELLED)")
     rows = [(*head, "SHADOW (LABELLED)") if shadow else head]
     for v in report.versions:
         created = f"{v.created_at:%Y-%m-%d %H:%M}" if v.created_at else "-"
@@ -50,6 +52,7 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
             created,
             v.task or "-",
             ",".join(v.aliases) or "-",
+            data_cell(v.training_data),
             detail,
             _live_cell(served.get(v.version) if live is not None else None),
         )
@@ -76,6 +79,18 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
         history.append((at, c.alias, moved, str(c.to), c.by, c.action))
     print_table(history)
     return 0
+
+
+def data_cell(data: "TrainingData | None") -> str:
+    """Where a version's data came from, in a few words: ``csv churn.csv 1,234 rows (copy
+    kept)``, ``demo iris 150 rows``, ``sample 200 rows``; ``-`` when its metadata predates it."""
+    if data is None:
+        return "-"
+    parts = [" ".join(filter(None, (s.kind, s.name, f"{s.rows:,} rows"))) for s in data.sources]
+    cell = " + ".join(parts) or "-"
+    if any(s.kind == "csv" for s in data.sources):
+        cell += " (copy kept)" if data.copy_file else " (no copy)"
+    return cell
 
 
 def _paired_table(paired: Sequence["PairedQuality"]) -> None:
