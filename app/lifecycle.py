@@ -2,7 +2,7 @@
 describe its versions.
 
 Each change is a read-modify-write of aliases.json under the model's lock, replaced atomically
-(``artifacts.record_alias``, ``artifacts.record_traffic``); an alias move is appended to the
+(``aliases.record_alias``, ``aliases.record_traffic``); an alias move is appended to the
 history. The CLI and the admin API call these functions: each answers with the model's new alias
 state, traffic policy included.
 
@@ -26,24 +26,26 @@ from typing import cast, get_args
 
 from pydantic import BaseModel, ConfigDict
 
-from app.artifacts import (
+from app.aliases import (
     ALIAS_NAMES,
     MAX_ACTOR,
-    NAME_PATTERN,
     AliasChange,
     AliasFile,
-    ModelMetadata,
     TrafficMode,
     TrafficPolicy,
-    TrainingData,
     aliases_locked,
-    list_models,
-    list_versions,
     process_actor,
     read_alias_file,
-    read_metadata,
     record_alias,
     record_traffic,
+)
+from app.artifacts import (
+    NAME_PATTERN,
+    ModelMetadata,
+    TrainingData,
+    list_models,
+    list_versions,
+    read_metadata,
 )
 from app.errors import (
     ArtifactError,

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from app.artifacts import Label, ModelMetadata, TrafficPolicy
+from app.aliases import TrafficPolicy
+from app.artifacts import Label, ModelMetadata
 from app.errors import Stage
 from app.shadow_metrics import ShadowMetrics
 

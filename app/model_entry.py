@@ -5,7 +5,7 @@ names, metadata of any version, what /models shows, and whether its traffic poli
 The Registry (app/registry.py) creates the entries and alone replaces a state, under its lock;
 everyone else takes one state whole and asks it each question.
 
-Each model carries its traffic policy (app/artifacts.py ``TrafficPolicy``), read from its
+Each model carries its traffic policy (app/aliases.py ``TrafficPolicy``), read from its
 aliases file; ``ModelState.challenger`` is the candidate version the policy sends requests to,
 while it applies.
 """
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from app.artifacts import ModelMetadata, TrafficPolicy, list_versions, read_metadata
+from app.aliases import TrafficPolicy
+from app.artifacts import ModelMetadata, list_versions, read_metadata
 from app.errors import ArtifactError, UnknownVersion
 from app.loading import LoadedModel, Refusal
 from app.schemas import LoadedVersion, ModelDetail, ModelSummary, TrafficStatus

@@ -22,14 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from app.artifacts import (
-    ModelMetadata,
-    TrafficPolicy,
-    list_models,
-    list_versions,
-    read_alias_file,
-    read_metadata,
-)
+from app.aliases import TrafficPolicy, read_alias_file
+from app.artifacts import ModelMetadata, list_models, list_versions, read_metadata
 from app.errors import ArtifactError, ModelUnavailable, UnknownModel, UnknownVersion
 from app.loading import LoadedModel, Refusal, Refused, load_version
 from app.model_entry import ModelEntry

@@ -22,7 +22,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from app.artifacts import ModelMetadata, TrafficMode, TrafficPolicy
+from app.aliases import TrafficMode, TrafficPolicy
+from app.artifacts import ModelMetadata
 from app.errors import InvalidJSON, validation_error
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]

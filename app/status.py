@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from app.errors import StewardError, UnknownModel
 
 if TYPE_CHECKING:
-    from app.artifacts import TrafficPolicy
+    from app.aliases import TrafficPolicy
 
 TIMEOUT_SECONDS = 5.0
 

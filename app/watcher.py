@@ -14,7 +14,7 @@ it follows the ``candidate`` alias wherever that moves; with the alias removed, 
 answers everything. While the policy is shadow or canary, the candidate is loaded (checks,
 warm-up) if it is not yet; one refused is reported once and production serves alone.
 
-The file is read whole with ``app.artifacts.read_alias_file``, whatever its format (one
+The file is read whole with ``app.aliases.read_alias_file``, whatever its format (one
 without a traffic policy is mode ``none``).
 """
 
@@ -26,7 +26,8 @@ import threading
 import anyio.to_thread
 from pydantic import BaseModel, Field
 
-from app.artifacts import TrafficPolicy, list_models, read_alias_file
+from app.aliases import TrafficPolicy, read_alias_file
+from app.artifacts import list_models
 from app.errors import ArtifactError, ModelUnavailable, UnknownVersion
 from app.registry import Registry
 

@@ -9,7 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import IRIS_SETOSA, assert_error, metric, predict
 
-from app.artifacts import ALIASES, ARTIFACT, read_alias_file, set_alias
+from app.aliases import ALIASES, read_alias_file, set_alias
+from app.artifacts import ARTIFACT
 from app.errors import InvalidSettings
 from app.main import create_app
 from app.settings import Settings, load_settings

@@ -21,7 +21,8 @@ from helpers import (
 )
 from sklearn.tree import DecisionTreeClassifier
 
-from app.artifacts import load_estimator, read_metadata, save_version, set_alias
+from app.aliases import set_alias
+from app.artifacts import load_estimator, read_metadata, save_version
 from app.ids import new_ids
 from app.main import create_app
 from app.settings import Settings

@@ -17,7 +17,8 @@ from helpers import (
     wait_until,
 )
 
-from app.artifacts import ARTIFACT, set_alias
+from app.aliases import set_alias
+from app.artifacts import ARTIFACT
 from app.main import create_app
 from app.services import Services
 from app.settings import Settings

@@ -9,7 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import DIABETES_ROW, IRIS_SETOSA, assert_error, metric, predict, prediction_ids
 
-from app.artifacts import METADATA, set_alias
+from app.aliases import set_alias
+from app.artifacts import METADATA
 from app.main import create_app
 from app.services import Services
 from app.settings import Settings

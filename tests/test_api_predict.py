@@ -29,7 +29,8 @@ from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from app.artifacts import load_estimator, read_metadata, set_alias, sha256_bytes
+from app.aliases import set_alias
+from app.artifacts import load_estimator, read_metadata, sha256_bytes
 from app.main import create_app
 from app.registration import register_estimator
 from app.schemas import PredictResponse

@@ -12,9 +12,8 @@ import pytest
 from helpers import METADATA_BEFORE_TRAINING_DATA
 from sklearn.linear_model import LinearRegression
 
+from app.aliases import ALIASES, ALIASES_LOCK, read_aliases, set_alias
 from app.artifacts import (
-    ALIASES,
-    ALIASES_LOCK,
     ARTIFACT,
     METADATA,
     TRAINING_COPY,
@@ -23,11 +22,9 @@ from app.artifacts import (
     list_models,
     list_versions,
     load_estimator,
-    read_aliases,
     read_checked,
     read_metadata,
     save_version,
-    set_alias,
     sha256_bytes,
 )
 from app.errors import ArtifactError, UnknownVersion

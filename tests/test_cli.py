@@ -16,7 +16,8 @@ from server import STEWARD, free_port, serving
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from app import __version__
-from app.artifacts import list_versions, read_aliases, read_metadata
+from app.aliases import read_aliases
+from app.artifacts import list_versions, read_metadata
 from app.errors import InvalidSettings
 from app.main import create_app
 from app.settings import Settings, load_settings

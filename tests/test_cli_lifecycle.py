@@ -21,16 +21,8 @@ from helpers import (
 from server import STEWARD, free_port, serving
 from sklearn.linear_model import LogisticRegression
 
-from app.artifacts import (
-    ALIASES,
-    METADATA,
-    DataSource,
-    TrainingData,
-    process_actor,
-    read_alias_file,
-    read_metadata,
-    set_alias,
-)
+from app.aliases import ALIASES, process_actor, read_alias_file, set_alias
+from app.artifacts import METADATA, DataSource, TrainingData, read_metadata
 from app.cli import TRAFFIC_NOTE
 from app.cli.versions import data_cell
 from app.main import create_app

@@ -13,15 +13,8 @@ from helpers import wait_until
 from sklearn.linear_model import LinearRegression
 
 from app import lifecycle
-from app.artifacts import (
-    ALIASES,
-    METADATA,
-    ModelMetadata,
-    process_actor,
-    read_alias_file,
-    read_aliases,
-    save_version,
-)
+from app.aliases import ALIASES, process_actor, read_alias_file, read_aliases
+from app.artifacts import METADATA, ModelMetadata, save_version
 from app.errors import (
     AliasesUnreadable,
     ArtifactError,

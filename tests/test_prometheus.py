@@ -31,7 +31,8 @@ from promql import (
 )
 from server import STEWARD, free_port, serving
 
-from app.artifacts import ARTIFACT, METADATA, set_alias
+from app.aliases import set_alias
+from app.artifacts import ARTIFACT, METADATA
 from app.ids import new_ids
 from app.store import PredictionRecord, open_store
 

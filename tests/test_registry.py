@@ -10,16 +10,8 @@ import pytest
 from helpers import save_broken_iris
 
 from app import lifecycle
-from app.artifacts import (
-    ARTIFACT,
-    METADATA,
-    TrafficPolicy,
-    load_estimator,
-    read_aliases,
-    read_metadata,
-    save_version,
-    set_alias,
-)
+from app.aliases import TrafficPolicy, read_aliases, set_alias
+from app.artifacts import ARTIFACT, METADATA, load_estimator, read_metadata, save_version
 from app.errors import ModelUnavailable, UnknownModel, UnknownVersion
 from app.loading import LoadedModel
 from app.model_entry import ModelEntry

@@ -30,7 +30,7 @@ from helpers import (
     stored_shadow_rows,
 )
 
-from app.artifacts import set_alias
+from app.aliases import set_alias
 from app.ids import new_ids
 from app.main import create_app
 from app.services import Services

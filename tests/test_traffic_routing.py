@@ -27,7 +27,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from app import lifecycle
-from app.artifacts import ALIASES, TrafficMode, read_metadata, save_version, set_alias
+from app.aliases import ALIASES, TrafficMode, set_alias
+from app.artifacts import read_metadata, save_version
 from app.errors import InvalidGroundTruth, LifecycleConflict
 from app.main import create_app
 from app.prediction import in_share

@@ -13,6 +13,7 @@ from sklearn import datasets
 from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
+from app.aliases import read_aliases
 from app.artifacts import (
     ARTIFACT,
     METADATA,
@@ -22,7 +23,6 @@ from app.artifacts import (
     DataSplit,
     TrainingData,
     load_estimator,
-    read_aliases,
     read_metadata,
     sha256_bytes,
 )

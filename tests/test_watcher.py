@@ -12,15 +12,8 @@ from helpers import IRIS_SETOSA, predict, save_broken_iris, wait_until
 from server import STEWARD
 
 from app import lifecycle
-from app.artifacts import (
-    ALIASES,
-    ARTIFACT,
-    load_estimator,
-    process_actor,
-    read_metadata,
-    save_version,
-    set_alias,
-)
+from app.aliases import ALIASES, process_actor, set_alias
+from app.artifacts import ARTIFACT, load_estimator, read_metadata, save_version
 from app.main import create_app
 from app.prediction import scores_typical_row
 from app.registry import Registry

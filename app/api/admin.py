@@ -25,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, fi
 from pydantic_core import PydanticCustomError
 
 from app import lifecycle
+from app.aliases import AliasChange, TrafficMode
 from app.api.deps import services
-from app.artifacts import AliasChange, TrafficMode, list_models
+from app.artifacts import list_models
 from app.errors import (
     AdminDisabled,
     StewardError,

@@ -4,7 +4,7 @@ policy (app/lifecycle.py), on disk; running servers follow (app/watcher.py)."""
 import argparse
 
 from app import lifecycle, status
-from app.artifacts import ALIAS_NAMES, AliasChange
+from app.aliases import ALIAS_NAMES, AliasChange
 from app.cli import arguments
 from app.cli.parser import Commands, add_command, model_argument
 from app.settings import Settings

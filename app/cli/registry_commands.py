@@ -6,7 +6,8 @@ registry's files only.
 
 import argparse
 
-from app.artifacts import ModelMetadata, list_models, list_versions, read_aliases
+from app.aliases import read_aliases
+from app.artifacts import ModelMetadata, list_models, list_versions
 from app.cli import arguments
 from app.cli.errors import UsageError
 from app.cli.parser import Commands, add_command, promote_flag
