@@ -3,16 +3,12 @@
 Every path ends in ``save_version``: a version max+1 with metadata (features with dtype and
 training range, classes, held-out metrics, reference profile, where its data came from) and
 the artifact's sha256. A version trained from a CSV keeps its rows, compressed, in its folder
-(``training.csv.gz``) under a size cap; a demo version's rows are rebuilt from scikit-learn.
+(``training.csv.gz``) under a size cap; a demo version's rows are rebuilt from scikit-learn
+(app/training_data.py).
 """
 
-import gzip
-import io
 import math
-import re
-import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +31,6 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from app.artifacts import (
-    TRAINING_COPY,
     DataSource,
     DataSplit,
     ModelMetadata,
@@ -43,14 +38,13 @@ from app.artifacts import (
     TrainingData,
     check_name,
     list_versions,
-    read_checked,
     save_version,
-    sha256_bytes,
 )
 from app.drift import reference_profile
 from app.errors import ArtifactError
 from app.feature_survey import infer_features, probe_features, read_frame, suspicious_columns
 from app.settings import TRAINING_COPY_MAX_BYTES
+from app.training_data import Demo, demo_rows, keep_rows, rows_digest
 
 MIN_ROWS = 10
 MAX_CLASSIFICATION_INTEGER_LABELS = 20
@@ -58,17 +52,6 @@ MAX_CLASSES = 100  # more distinct labels than this is an identifier or a number
 MIN_ROWS_PER_CLASS = 3  # on average
 TEST_SIZE = 0.25
 SEED = 0
-DEMO_TARGET = "target"  # the label column of a demo's rows, as their digest reads them
-
-
-@dataclass(frozen=True)
-class Demo:
-    name: str
-    task: Task
-    load: Callable[[], Any]
-    estimator: Callable[[], Any]
-    description: str
-
 
 DEMOS = (
     Demo(
@@ -105,7 +88,7 @@ def train_demo(
     for demo in DEMOS:
         if if_missing and list_versions(root, demo.name):
             continue
-        frame, labels = _demo_rows(demo)
+        frame, labels = demo_rows(demo)
         source = DataSource(
             kind="demo", name=demo.name, rows=len(frame), sha256=rows_digest(frame, labels)
         )
@@ -126,41 +109,6 @@ def train_demo(
             )
         )
     return trained
-
-
-def demo_training_frame(metadata: ModelMetadata) -> tuple[pd.DataFrame, pd.Series]:
-    """A demo version's rows (features, labels) rebuilt from scikit-learn's bundled data,
-    checked against the digest its metadata recorded: what a retraining starts from."""
-    where = f"{metadata.name} v{metadata.version}"
-    data = metadata.training_data
-    source = data.sources[0] if data and data.sources else None
-    if source is None or source.kind != "demo":
-        raise ArtifactError(f"{where} was not trained on a demo dataset")
-    demo = next((d for d in DEMOS if d.name == source.name), None)
-    if demo is None:
-        raise ArtifactError(f"{where}: no demo dataset {source.name!r} in this Steward")
-    frame, labels = _demo_rows(demo)
-    if source.sha256 is not None and rows_digest(frame, labels) != source.sha256:
-        raise ArtifactError(
-            f"{where}: scikit-learn's {demo.name} data is not the data the version was "
-            f"trained on (scikit-learn {metadata.sklearn_version} then)"
-        )
-    return frame, labels
-
-
-def _demo_rows(demo: Demo) -> tuple[pd.DataFrame, pd.Series]:
-    data = demo.load()
-    frame = pd.DataFrame(data.data, columns=[_snake(n) for n in data.feature_names])
-    target = data.target_names[data.target] if demo.task == "classification" else data.target
-    return frame, pd.Series(target, name=DEMO_TARGET)
-
-
-def rows_digest(frame: pd.DataFrame, labels: pd.Series) -> str:
-    """sha256 of the rows as CSV text (features, then the labels' column, with a header): the
-    same rows rebuilt, or read again from the same file, have the same digest."""
-    return sha256_bytes(
-        frame.assign(**{str(labels.name): labels.to_numpy()}).to_csv(index=False).encode()
-    )
 
 
 def train_csv(
@@ -197,7 +145,7 @@ def train_csv(
         )
     given = len(frame)
     frame = frame[frame[target].notna()]
-    digest, extra_files, copy = _keep_rows(frame, copy_max_bytes)
+    digest, extra_files, copy = keep_rows(frame, copy_max_bytes)
     labels = frame.pop(target)
     if frame.shape[1] == 0:
         raise ArtifactError(f"{csv}: no feature columns besides {target!r}")
@@ -252,49 +200,6 @@ def train_csv(
         data=data,
         extra_files=extra_files,
     )
-
-
-def _keep_rows(rows: pd.DataFrame, max_bytes: int) -> tuple[str, dict[str, bytes], dict[str, Any]]:
-    """The digest of a CSV version's rows (as CSV text), the version folder's gzip copy of them
-    (none over ``max_bytes``), and what its metadata says of that copy. No gzip timestamp: the
-    same rows give the same bytes."""
-    text = rows.to_csv(index=False).encode()
-    digest = sha256_bytes(text)
-    if max_bytes == 0:
-        return digest, {}, {"no_copy_reason": "copies are off (STEWARD_TRAINING_COPY_MAX_BYTES=0)"}
-    compressed = gzip.compress(text, mtime=0)
-    if len(compressed) > max_bytes:
-        reason = (
-            f"{len(compressed)} bytes compressed, over the cap of {max_bytes} "
-            "(STEWARD_TRAINING_COPY_MAX_BYTES)"
-        )
-        return digest, {}, {"no_copy_reason": reason}
-    kept = {"copy_file": TRAINING_COPY, "copy_sha256": sha256_bytes(compressed)}
-    return digest, {TRAINING_COPY: compressed}, kept | {"copy_bytes": len(compressed)}
-
-
-def training_copy(root: Path, metadata: ModelMetadata) -> tuple[pd.DataFrame, pd.Series]:
-    """A CSV version's kept rows read back as (features, labels), as ``train_csv`` had them
-    after --drop (date columns still text), refused unless the copy is the one its metadata
-    describes: what a retraining starts from."""
-    where = f"{metadata.name} v{metadata.version}"
-    data = metadata.training_data
-    source = data.sources[0] if data and data.sources else None
-    if data is None or source is None or source.kind != "csv" or data.target is None:
-        raise ArtifactError(f"{where} was not trained from a CSV file")
-    if data.copy_file is None or data.copy_sha256 is None:
-        why = data.no_copy_reason or "none was kept"
-        raise ArtifactError(f"{where} keeps no copy of its training data ({why})")
-    compressed = read_checked(root, metadata, data.copy_file, data.copy_sha256)
-    try:
-        text = gzip.decompress(compressed)
-    except (OSError, EOFError, zlib.error) as exc:  # its sha256 matched: metadata edited by hand
-        raise ArtifactError(f"{where}: {data.copy_file} is not gzip data") from exc
-    if source.sha256 is not None and sha256_bytes(text) != source.sha256:
-        raise ArtifactError(f"{where}: {data.copy_file} does not hold the rows it was trained on")
-    frame = pd.read_csv(io.BytesIO(text))
-    labels = frame.pop(data.target)
-    return frame, labels
 
 
 def fit_and_save(
@@ -428,7 +333,3 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 def frame_rows(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
     return list(frame.itertuples(index=False, name=None))
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")

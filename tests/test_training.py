@@ -30,7 +30,8 @@ from app.drift import QUANTILE_PROBABILITIES
 from app.errors import ArtifactError
 from app.main import create_app
 from app.settings import Settings
-from app.training import demo_training_frame, train_csv, training_copy
+from app.training import DEMOS, train_csv
+from app.training_data import demo_training_frame, training_copy
 
 
 def test_demo_models_metadata(demo_models: Path) -> None:
@@ -214,7 +215,7 @@ def test_a_demo_versions_rows_are_rebuilt_as_trained(demo_models: Path) -> None:
     """The rebuilt rows are scikit-learn's, their digest is the one recorded at training, and
     the recorded split of them refits the saved model."""
     iris = read_metadata(demo_models, "iris", 1)
-    frame, labels = demo_training_frame(iris)
+    frame, labels = demo_training_frame(iris, DEMOS)
     bundled = datasets.load_iris()
     assert frame.to_numpy().tolist() == bundled.data.tolist()
     assert labels.tolist() == bundled.target_names[bundled.target].tolist()
@@ -241,14 +242,14 @@ def test_a_demo_version_whose_data_changed_is_not_rebuilt(demo_models: Path) -> 
         update={"training_data": iris.training_data.model_copy(update={"sources": [other]})}
     )
     with pytest.raises(ArtifactError, match=r"^iris v1: scikit-learn's iris data is not the"):
-        demo_training_frame(changed)
+        demo_training_frame(changed, DEMOS)
     unknown = iris.training_data.model_copy(
         update={"sources": [DataSource(kind="demo", name="wine", rows=178)]}
     )
     with pytest.raises(ArtifactError, match=r"^iris v1: no demo dataset 'wine' in this Steward$"):
-        demo_training_frame(iris.model_copy(update={"training_data": unknown}))
+        demo_training_frame(iris.model_copy(update={"training_data": unknown}), DEMOS)
     with pytest.raises(ArtifactError, match=r"^iris v1 was not trained on a demo dataset$"):
-        demo_training_frame(iris.model_copy(update={"training_data": None}))
+        demo_training_frame(iris.model_copy(update={"training_data": None}), DEMOS)
 
 
 def _customers_with_gaps(path: Path) -> Path:
