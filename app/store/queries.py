@@ -60,9 +60,7 @@ def paired_counts_query(model: str, since: datetime | None) -> Select[Any]:
     return _since(_since(query, p.created_at, since), s.created_at, since)
 
 
-def labelled_rows_query(
-    model: str, since: datetime | None, until: datetime | None
-) -> Select[Any]:
+def labelled_rows_query(model: str, since: datetime | None, until: datetime | None) -> Select[Any]:
     """SqlStore.labelled_rows' query: one model's labelled served rows in a time window, oldest
     first, bounded (and ordered) by the (model, created_at) index. Shadow rows live in another
     table: never read here."""
