@@ -30,6 +30,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from app.artifacts import (
+    NAME_PATTERN,
     DataSource,
     ModelMetadata,
     list_models,
@@ -94,6 +95,14 @@ class Rows:
 
 
 @dataclass(frozen=True)
+class Base:
+    """The base of a retraining: the version's own rows, or a given CSV's, and their source."""
+
+    rows: Rows
+    source: DataSource
+
+
+@dataclass(frozen=True)
 class _Feedback:
     train: Rows
     recent: Rows
@@ -124,22 +133,15 @@ def retraining_set(
     production = production_version(root, name)
     base = given_csv(production, csv, target) if csv else _own_rows(root, production)
     feedback = _feedback(store, production, since, holdout_seconds)
-    trained = len(feedback.train.labels) + (len(base[0].labels) if base else 0)
+    learnt = len(feedback.train.labels)
+    trained = learnt + (len(base.rows.labels) if base else 0)
     if trained < MIN_ROWS:
         raise TrainingDataRefused(_too_few(production, trained, base is not None), model=name)
-    parts = [base[0]] if base else []
-    if len(feedback.train.labels):
-        parts.append(feedback.train)
-    sources = [base[1]] if base else []
-    sources.append(
-        DataSource(
-            kind="feedback",
-            rows=len(feedback.train.labels),
-            sha256=rows_digest(feedback.train.frame, feedback.train.labels)
-            if len(feedback.train.labels)
-            else None,
-        )
-    )
+    # No empty part in the concatenation: pandas warns about its dtypes.
+    parts = ([base.rows] if base else []) + ([feedback.train] if learnt else [])
+    digest = rows_digest(feedback.train.frame, feedback.train.labels) if learnt else None
+    sources = [base.source] if base else []
+    sources.append(DataSource(kind="feedback", rows=learnt, sha256=digest))
     return RetrainingSet(
         production=production,
         frame=pd.concat([p.frame for p in parts], ignore_index=True),
@@ -158,6 +160,8 @@ def retraining_set(
 
 def production_version(root: Path, name: str) -> ModelMetadata:
     """The metadata of ``name``'s production version: what a retraining starts from."""
+    if not NAME_PATTERN.match(name):  # never repeated: it may be anything
+        raise UnknownModel("no such model: a model name is 1-64 of a-z, 0-9, '.', '_', '-'")
     if name not in list_models(root):
         raise UnknownModel(f"no model {name!r} in {root}", model=name)
     version = read_aliases(root, name).get("production")
@@ -170,7 +174,7 @@ def production_version(root: Path, name: str) -> ModelMetadata:
     return read_metadata(root, name, version)
 
 
-def _own_rows(root: Path, production: ModelMetadata) -> tuple[Rows, DataSource] | None:
+def _own_rows(root: Path, production: ModelMetadata) -> Base | None:
     """The production version's own training rows: a demo's rebuilt, a CSV version's kept
     copy; None for a version that keeps none (see ``_no_rows_reason``)."""
     data = production.training_data
@@ -183,12 +187,12 @@ def _own_rows(root: Path, production: ModelMetadata) -> tuple[Rows, DataSource] 
         frame, labels = training_copy(root, production)
     else:
         return None
-    return Rows(frame[_names(production)], labels), source.model_copy(update={"rows": len(frame)})
+    return Base(
+        Rows(frame[_names(production)], labels), source.model_copy(update={"rows": len(frame)})
+    )
 
 
-def given_csv(
-    production: ModelMetadata, csv: Path, target: str | None = None
-) -> tuple[Rows, DataSource]:
+def given_csv(production: ModelMetadata, csv: Path, target: str | None = None) -> Base:
     """The rows of a CSV given for a retraining of ``production``: its feature columns and its
     target (``target``, else the one the version records), rows with an empty target left out.
 
@@ -219,8 +223,8 @@ def given_csv(
     digest = sha256_bytes(kept.to_csv(index=False).encode())
     frame = rows[names].reset_index(drop=True)
     labels = rows[target].reset_index(drop=True)
-    return Rows(frame, labels), DataSource(
-        kind="csv", name=csv.name, rows=len(frame), sha256=digest
+    return Base(
+        Rows(frame, labels), DataSource(kind="csv", name=csv.name, rows=len(frame), sha256=digest)
     )
 
 

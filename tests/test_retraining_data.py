@@ -335,6 +335,11 @@ def test_a_model_that_is_unknown_or_has_no_production_version_is_refused(
 ) -> None:
     with pytest.raises(UnknownModel, match="no model 'nope'"):
         retraining_set(models_dir, store, "nope", holdout_seconds=0)
+    for hostile in ("../iris", "iris\n", "<b>" * 30_000):  # never repeated
+        with pytest.raises(UnknownModel) as unknown:
+            retraining_set(models_dir, store, hostile, holdout_seconds=0)
+        assert hostile not in str(unknown.value)
+        assert "a model name is 1-64 of" in str(unknown.value)
     (models_dir / "iris" / ALIASES).write_text(json.dumps({"candidate": 1}))
     with pytest.raises(LifecycleConflict, match="iris has no production version to retrain"):
         retraining_set(models_dir, store, "iris", holdout_seconds=0)
