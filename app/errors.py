@@ -157,6 +157,15 @@ class LifecycleConflict(StewardError):
     code = "lifecycle_conflict"
 
 
+class TrainingDataRefused(StewardError):
+    """The data a retraining would learn from, refused before anything is fitted: too few
+    labelled rows, a version that keeps no data of its own and no --csv, a --csv without the
+    version's columns. Nothing is written to the registry."""
+
+    status_code = 409
+    code = "training_data_refused"
+
+
 class AdminDisabled(StewardError):
     """The admin API was called on a server with no admin token configured."""
 

@@ -155,6 +155,13 @@ class Settings(BaseSettings):
         "(training.csv.gz) when the compressed copy is at most this size; larger, no copy is "
         "kept (the metadata says why) and retraining needs the CSV again. 0 keeps no copy.",
     )
+    retrain_holdout_seconds: float = Field(
+        86400.0,
+        ge=0,
+        le=3650 * 86400,
+        description="A retraining keeps the labelled predictions of this span before the newest "
+        "one out of its training rows: the recent traffic it is evaluated on; 0 keeps none out.",
+    )
     host: str = Field("127.0.0.1", description="Address `steward serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `steward serve` binds.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(

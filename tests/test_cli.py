@@ -270,6 +270,8 @@ def test_models_dir_before_or_after_the_command(
         ("STEWARD_LOG_LEVEL", "chatty", "input should be 'critical', 'error', 'warning'"),
         ("STEWARD_TRAINING_COPY_MAX_BYTES", "-1", "input should be greater than or equal to 0"),
         ("STEWARD_TRAINING_COPY_MAX_BYTES", "50MB", "input should be a valid integer"),
+        ("STEWARD_RETRAIN_HOLDOUT_SECONDS", "-1", "input should be greater than or equal to 0"),
+        ("STEWARD_RETRAIN_HOLDOUT_SECONDS", "nan", "input should be a finite number"),
     ],
 )
 def test_bad_setting_is_one_line_naming_the_variable(

@@ -29,7 +29,7 @@ from app.store import (
     VersionCounts,
     open_store,
 )
-from app.store.queries import paired_counts_query, version_counts_query
+from app.store.queries import labelled_rows_query, paired_counts_query, version_counts_query
 from app.store.schema import quarantine, shadow_predictions
 
 SETOSA = {"prediction": "setosa"}  # the output column of record()
@@ -1060,3 +1060,71 @@ def test_flush_if_pending_waits_for_the_shadow_rows_of_the_ids(
     threading.Timer(0.2, store.permits.release).start()
     writer.flush_if_pending([served.id], timeout=10)
     assert [s.id for s in store.get_predictions([served.id])[served.id].shadows] == [late.id]
+
+
+# --- labelled rows: what a retraining learns from --------------------------------------------
+
+
+def test_labelled_rows_are_the_labelled_served_rows_in_the_window_oldest_first(
+    store: SqlStore,
+) -> None:
+    hour = timedelta(hours=1)
+    newest, middle, oldest = (
+        record()._replace(version=v, created_at=NOW - age)
+        for v, age in ((2, hour), (1, 2 * hour), (1, 3 * hour))
+    )
+    unlabelled = record()._replace(created_at=NOW - hour)
+    other = record("other")._replace(created_at=NOW - hour)
+    shadowed = shadow(middle, version=3)
+    store.write_predictions([newest, unlabelled, other, shadowed, middle, oldest])
+    store.label(
+        [
+            Label(newest.id, 2.5, None, 0.5, NOW),
+            Label(middle.id, "setosa", True, None, NOW, (label(shadowed.id, "setosa", False),)),
+            label(oldest.id, "virginica"),
+            label(other.id, "setosa"),
+        ]
+    )
+    rows = store.labelled_rows("iris", None, None)
+    assert [(r.id, r.version, r.inputs, r.ground_truth) for r in rows] == [
+        (oldest.id, 1, INPUTS, "virginica"),
+        (middle.id, 1, INPUTS, "setosa"),
+        (newest.id, 2, INPUTS, 2.5),
+    ]  # the shadow row (labelled too), the unlabelled row and the other model's: absent
+    assert [r.created_at for r in rows] == [NOW - 3 * hour, NOW - 2 * hour, NOW - hour]
+    # since is inclusive, until exclusive; a bound in any zone is the same instant
+    eastern = timezone(timedelta(hours=-5))
+    window = store.labelled_rows("iris", (NOW - 2 * hour).astimezone(eastern), NOW - hour)
+    assert [r.id for r in window] == [middle.id]
+    assert [r.id for r in store.labelled_rows("iris", NOW - hour, None)] == [newest.id]
+    assert [r.id for r in store.labelled_rows("iris", None, NOW - 2 * hour)] == [oldest.id]
+    assert store.labelled_rows("iris", NOW, None) == []
+    assert store.labelled_rows("nope", None, None) == []
+
+
+def test_labelled_rows_query_is_bounded_by_the_model_and_time_index(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    plans = []
+    for since, until in ((None, None), (NOW, None), (WEEK_AGO, NOW)):
+        query = labelled_rows_query("iris", since, until)
+        sql = str(
+            query.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True})
+        )
+        with store.engine.connect() as conn:
+            plans.append(
+                " ".join(row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+            )
+    store.close()
+    for plan in plans:
+        assert "SEARCH predictions USING INDEX ix_predictions_model_created_at" in plan, plan
+        # ordered by the index itself: only rows made at the same instant are sorted (by id)
+        assert "TEMP B-TREE FOR ORDER BY" not in plan, plan
+
+
+def test_labelled_rows_of_a_store_that_is_down_raise_store_unavailable(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        conn.execute("DROP TABLE predictions")
+    with pytest.raises(StoreUnavailable, match="failed to read labelled predictions"):
+        store.labelled_rows("iris", None, None)
+    store.close()

@@ -2,6 +2,7 @@
 
 from app.store.base import (
     Label,
+    LabelledRow,
     PairedCounts,
     PredictionRecord,
     PredictionStore,
@@ -16,6 +17,7 @@ from app.store.sql import SqlStore, open_store
 
 __all__ = [
     "Label",
+    "LabelledRow",
     "PairedCounts",
     "PredictionLog",
     "PredictionRecord",

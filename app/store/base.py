@@ -77,6 +77,19 @@ class StoredPrediction:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelledRow:
+    """A served prediction's inputs and the ground truth a client sent for it: one row a
+    retraining may learn from (app/retraining_data.py). Never a shadow row: those are another
+    version's guess at a served row, not more data."""
+
+    id: str
+    version: int  # the version that served it
+    created_at: datetime
+    inputs: dict[str, Any]  # by feature name, as that version validated them
+    ground_truth: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Label:
     """Ground truth for one prediction, with its outcome computed by the feedback path.
 
@@ -175,6 +188,13 @@ class PredictionStore(Protocol):
     def paired_counts(self, model: str, since: datetime | None) -> list[PairedCounts]:
         """Per (champion, challenger) pair of ``model``: shadow rows made at or after
         ``since`` that are labelled, with their served rows, on the same ground truth."""
+        ...
+
+    def labelled_rows(
+        self, model: str, since: datetime | None, until: datetime | None
+    ) -> list[LabelledRow]:
+        """The labelled served predictions of ``model`` (any version) made at or after
+        ``since`` and before ``until`` (unbounded when None), oldest first (ties by id)."""
         ...
 
     def quarantine(self, row: QuarantinedPrediction) -> None:

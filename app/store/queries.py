@@ -60,9 +60,29 @@ def paired_counts_query(model: str, since: datetime | None) -> Select[Any]:
     return _since(_since(query, p.created_at, since), s.created_at, since)
 
 
+def labelled_rows_query(model: str, since: datetime | None, until: datetime | None) -> Select[Any]:
+    """SqlStore.labelled_rows' query: one model's labelled served rows in a time window, oldest
+    first, bounded (and ordered) by the (model, created_at) index. Shadow rows live in another
+    table: never read here."""
+    c = predictions.c
+    query = (
+        select(c.id, c.version, c.created_at, c.inputs, c.ground_truth)
+        .where(c.model == model, c.ground_truth.is_not(None))
+        .order_by(c.created_at, c.id)
+    )
+    if until is not None:
+        query = query.where(c.created_at < _utc(until))
+    return _since(query, c.created_at, since)
+
+
 def _since(query: Select[Any], created_at: Any, since: datetime | None) -> Select[Any]:
     """``query`` bounded to rows made at or after ``since`` (unbounded when None)."""
     if since is None:
         return query
-    # SQLite compares the stored UTC text: the bound must be UTC too.
-    return query.where(created_at >= (as_utc(since) or since).astimezone(UTC))
+    return query.where(created_at >= _utc(since))
+
+
+def _utc(bound: datetime) -> datetime:
+    """A window's bound in UTC: SQLite compares the stored UTC text, so the bound must be UTC
+    too (a naive one is taken as UTC, as stored)."""
+    return (as_utc(bound) or bound).astimezone(UTC)

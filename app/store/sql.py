@@ -39,6 +39,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from app.errors import StoreUnavailable
 from app.store.base import (
     Label,
+    LabelledRow,
     PairedCounts,
     PredictionRecord,
     QuarantinedPrediction,
@@ -48,7 +49,7 @@ from app.store.base import (
     VersionCounts,
 )
 from app.store.bulk import BulkInsert
-from app.store.queries import paired_counts_query, version_counts_query
+from app.store.queries import labelled_rows_query, paired_counts_query, version_counts_query
 from app.store.schema import (
     as_utc,
     create_schema,
@@ -211,6 +212,22 @@ class SqlStore:
                 challenger_abs_error_sum=float(row.challenger_abs_error_sum),
                 champion_squared_error_sum=float(row.champion_squared_error_sum),
                 challenger_squared_error_sum=float(row.challenger_squared_error_sum),
+            )
+            for row in rows
+        ]
+
+    def labelled_rows(
+        self, model: str, since: datetime | None, until: datetime | None
+    ) -> list[LabelledRow]:
+        with _store_errors("read labelled predictions"), self.engine.connect() as conn:
+            rows = conn.execute(labelled_rows_query(model, since, until)).all()
+        return [
+            LabelledRow(
+                id=row.id,
+                version=row.version,
+                created_at=as_utc(row.created_at) or row.created_at,
+                inputs=row.inputs,
+                ground_truth=_ground_truth(row.ground_truth),
             )
             for row in rows
         ]

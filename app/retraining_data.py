@@ -1,0 +1,344 @@
+"""The rows a retraining of a model learns from, and the recent traffic it is judged on.
+
+A retraining starts from the model's production version: its own training data (the base) plus
+the labelled predictions the store holds for the model (feedback), as ``retraining_set`` builds
+them. No HTTP here, and nothing written anywhere.
+
+- The base: a demo version's rows rebuilt from scikit-learn, a CSV version's kept copy; a CSV
+  given by the operator (``--csv``) instead, for a version that keeps none (a copy over the
+  size cap, a registered model); none otherwise, and then feedback alone must be enough.
+- Feedback: the served predictions of every version of the model with their ground truth (never
+  a shadow prediction: those live in another table), made at or after ``since``. A row the
+  production version could not have been given (another version's schema: a feature missing,
+  a value of another type, a label its task cannot learn) is dropped and counted as unfit.
+  Rows with the same inputs count once: the latest label (by prediction time) wins; the
+  others are counted as duplicates (same label) or conflicts (another label).
+- Recent traffic: the feedback made within ``holdout_seconds`` of the newest labelled row is
+  kept out of training, so a retrained version can be judged on traffic it never saw. Inputs
+  are deduplicated before the split, so the same inputs are never on both sides.
+"""
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from app.artifacts import (
+    NAME_PATTERN,
+    DataSource,
+    ModelMetadata,
+    list_models,
+    read_aliases,
+    read_metadata,
+    sha256_bytes,
+)
+from app.errors import LifecycleConflict, TrainingDataRefused, UnknownModel
+from app.features import InputContract
+from app.store import LabelledRow, PredictionStore
+from app.training import (
+    DEMO_TARGET,
+    MIN_ROWS,
+    demo_training_frame,
+    read_csv,
+    rows_digest,
+    training_copy,
+)
+
+
+@dataclass(frozen=True)
+class RetrainingSet:
+    """What a retraining of ``production`` learns from and is judged on, and exact counts.
+
+    ``frame`` and ``recent_frame`` have the production version's feature columns, in its
+    order; values as stored (a date is its text). ``sources`` are ready for the new version's
+    metadata: the base's (when there is one), then the feedback's (``rows``: feedback rows
+    trained on). Every labelled row read is accounted for: ``labelled == feedback_rows +
+    held_out + duplicates + conflicts + unfit``.
+    """
+
+    production: ModelMetadata
+    frame: pd.DataFrame
+    labels: pd.Series
+    recent_frame: pd.DataFrame
+    recent_labels: pd.Series
+    sources: list[DataSource]
+    since: datetime | None  # feedback made at or after this (None: all of it)
+    recent_after: datetime | None  # held-out rows were made after this (None: no feedback)
+    labelled: int  # labelled served predictions read from the store
+    duplicates: int  # same inputs and label as a later row
+    conflicts: int  # same inputs as a later row with another label, which won
+    unfit: int  # inputs or label the production version cannot take
+
+    @property
+    def feedback_rows(self) -> int:
+        """Feedback rows in the training rows."""
+        return sum(s.rows for s in self.sources if s.kind == "feedback")
+
+    @property
+    def held_out(self) -> int:
+        """Feedback rows kept out of training: the recent traffic."""
+        return len(self.recent_labels)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Feature rows and their labels, one label per row."""
+
+    frame: pd.DataFrame
+    labels: pd.Series
+
+
+@dataclass(frozen=True)
+class Base:
+    """The base of a retraining: the version's own rows, or a given CSV's, and their source."""
+
+    rows: Rows
+    source: DataSource
+
+
+@dataclass(frozen=True)
+class _Feedback:
+    train: Rows
+    recent: Rows
+    recent_after: datetime | None
+    labelled: int
+    duplicates: int
+    conflicts: int
+    unfit: int
+
+
+def retraining_set(
+    root: Path,
+    store: PredictionStore,
+    name: str,
+    *,
+    since: datetime | None = None,
+    csv: Path | None = None,
+    target: str | None = None,
+    holdout_seconds: float,
+) -> RetrainingSet:
+    """The rows a retraining of ``name``'s production version learns from (its base data and
+    the model's labelled feedback since ``since``) and the recent feedback it is judged on.
+
+    ``csv`` (with ``target``, its label column, when the version records none) replaces the
+    version's own data: the way to retrain a version that keeps none. StoreUnavailable passes
+    through; TrainingDataRefused when the rows are too few (MIN_ROWS) or ``csv`` lacks columns.
+    """
+    production = production_version(root, name)
+    base = given_csv(production, csv, target) if csv else _own_rows(root, production)
+    feedback = _feedback(store, production, since, holdout_seconds)
+    learnt = len(feedback.train.labels)
+    trained = learnt + (len(base.rows.labels) if base else 0)
+    if trained < MIN_ROWS:
+        raise TrainingDataRefused(_too_few(production, trained, base is not None), model=name)
+    # No empty part in the concatenation: pandas warns about its dtypes.
+    parts = ([base.rows] if base else []) + ([feedback.train] if learnt else [])
+    digest = rows_digest(feedback.train.frame, feedback.train.labels) if learnt else None
+    sources = [base.source] if base else []
+    sources.append(DataSource(kind="feedback", rows=learnt, sha256=digest))
+    return RetrainingSet(
+        production=production,
+        frame=pd.concat([p.frame for p in parts], ignore_index=True),
+        labels=pd.concat([p.labels for p in parts], ignore_index=True),
+        recent_frame=feedback.recent.frame,
+        recent_labels=feedback.recent.labels,
+        sources=sources,
+        since=since,
+        recent_after=feedback.recent_after,
+        labelled=feedback.labelled,
+        duplicates=feedback.duplicates,
+        conflicts=feedback.conflicts,
+        unfit=feedback.unfit,
+    )
+
+
+def production_version(root: Path, name: str) -> ModelMetadata:
+    """The metadata of ``name``'s production version: what a retraining starts from."""
+    if not NAME_PATTERN.match(name):  # never repeated: it may be anything
+        raise UnknownModel("no such model: a model name is 1-64 of a-z, 0-9, '.', '_', '-'")
+    if name not in list_models(root):
+        raise UnknownModel(f"no model {name!r} in {root}", model=name)
+    version = read_aliases(root, name).get("production")
+    if version is None:
+        raise LifecycleConflict(
+            f"{name} has no production version to retrain (`steward promote {name} VERSION` "
+            "sets one)",
+            model=name,
+        )
+    return read_metadata(root, name, version)
+
+
+def _own_rows(root: Path, production: ModelMetadata) -> Base | None:
+    """The production version's own training rows: a demo's rebuilt, a CSV version's kept
+    copy; None for a version that keeps none (see ``_no_rows_reason``)."""
+    data = production.training_data
+    source = data.sources[0] if data and data.sources else None
+    if source is None or data is None:
+        return None
+    if source.kind == "demo":
+        frame, labels = demo_training_frame(production)
+    elif source.kind == "csv" and data.copy_file is not None:
+        frame, labels = training_copy(root, production)
+    else:
+        return None
+    return Base(
+        Rows(frame[_names(production)], labels), source.model_copy(update={"rows": len(frame)})
+    )
+
+
+def given_csv(production: ModelMetadata, csv: Path, target: str | None = None) -> Base:
+    """The rows of a CSV given for a retraining of ``production``: its feature columns and its
+    target (``target``, else the one the version records), rows with an empty target left out.
+
+    Other columns are ignored. The source's sha256 is taken as ``steward train`` takes it (the
+    file's columns after the version's --drop, rows with a target), so it equals the recorded
+    one when the CSV holds the rows the version was trained on.
+    """
+    where = f"{production.name} v{production.version}"
+    data = production.training_data
+    demo = data is not None and bool(data.sources) and data.sources[0].kind == "demo"
+    target = target or (data.target if data else None) or (DEMO_TARGET if demo else None)
+    if target is None:
+        raise TrainingDataRefused(
+            f"{where} records no target column: name the label column of {csv} (--target)",
+            model=production.name,
+        )
+    rows = read_csv(csv)
+    names = _names(production)
+    missing = [c for c in (*names, target) if c not in rows.columns]
+    if missing:
+        raise TrainingDataRefused(
+            f"{csv}: missing columns {', '.join(missing)} (the features and target "
+            f"{target!r} of {where})",
+            model=production.name,
+        )
+    rows = rows[rows[target].notna()]
+    kept = rows.drop(columns=[c for c in (data.dropped if data else []) if c in rows.columns])
+    digest = sha256_bytes(kept.to_csv(index=False).encode())
+    frame = rows[names].reset_index(drop=True)
+    labels = rows[target].reset_index(drop=True)
+    return Base(
+        Rows(frame, labels), DataSource(kind="csv", name=csv.name, rows=len(frame), sha256=digest)
+    )
+
+
+def _feedback(
+    store: PredictionStore, production: ModelMetadata, since: datetime | None, holdout: float
+) -> _Feedback:
+    """The model's labelled feedback since ``since``: fitted to the production version's
+    features, deduplicated, split into training rows and the recent window held out."""
+    rows = store.labelled_rows(production.name, since, None)
+    fitting = Fitter(production)
+    fitted = [(row, values) for row in rows if (values := fitting.values(row)) is not None]
+    kept, duplicates, conflicts = _deduplicate(fitted)
+    recent_after = kept[-1][0].created_at - timedelta(seconds=holdout) if kept else None
+    train = [item for item in kept if recent_after is None or item[0].created_at <= recent_after]
+    recent = kept[len(train) :]
+    label_name = _label_name(production)
+    return _Feedback(
+        train=_frame(train, fitting.names, label_name),
+        recent=_frame(recent, fitting.names, label_name),
+        recent_after=recent_after,
+        labelled=len(rows),
+        duplicates=duplicates,
+        conflicts=conflicts,
+        unfit=len(rows) - len(fitted),
+    )
+
+
+class Fitter:
+    """Whether a stored row fits the production version: its inputs, mapped onto the version's
+    feature names, are what the version's contract accepts with every category open and no
+    range bound (a retrained model learns new categories and new ranges: those are what it is
+    retrained for), and its label is one the version's task can learn."""
+
+    def __init__(self, production: ModelMetadata) -> None:
+        self.production = production
+        self.names = _names(production)
+        features = [f.model_copy(update={"open_categories": True}) for f in production.features]
+        self._contract = InputContract.build(production.name, production.version, features)
+        classes = production.classes or []
+        self._text_classes = bool(classes) and all(isinstance(c, str) for c in classes)
+        self._number_classes = bool(classes) and not self._text_classes
+
+    def values(self, row: LabelledRow) -> tuple[Any, ...] | None:
+        """The row's inputs in the production version's feature order, as stored; None when
+        the row does not fit."""
+        mapped = {n: row.inputs[n] for n in self.names if n in row.inputs}
+        try:
+            self._contract.request_model.model_validate({"instances": [mapped]})
+        except ValidationError:
+            return None
+        if not self._learnable(row.ground_truth):
+            return None
+        return tuple(mapped.get(n) for n in self.names)
+
+    def _learnable(self, label: Any) -> bool:
+        if isinstance(label, bool) or label is None:
+            return False
+        if isinstance(label, float) and not math.isfinite(label):
+            return False
+        if self.production.task == "regression":
+            return isinstance(label, int | float)
+        if isinstance(label, str):
+            return not self._number_classes
+        return isinstance(label, int | float) and not self._text_classes
+
+
+def _deduplicate(
+    rows: Sequence[tuple[LabelledRow, tuple[Any, ...]]],
+) -> tuple[list[tuple[LabelledRow, tuple[Any, ...]]], int, int]:
+    """One row per distinct inputs, the latest (``rows`` are oldest first), in time order; the
+    others counted as duplicates (the kept row's label) or conflicts (another label)."""
+    latest: dict[str, int] = {}
+    keys = [json.dumps(values) for _, values in rows]
+    for index, key in enumerate(keys):
+        latest[key] = index
+    duplicates = conflicts = 0
+    for index, key in enumerate(keys):
+        kept = latest[key]
+        if kept == index:
+            continue
+        same = json.dumps(rows[index][0].ground_truth) == json.dumps(rows[kept][0].ground_truth)
+        duplicates += same
+        conflicts += not same
+    return [rows[i] for i in sorted(latest.values())], duplicates, conflicts
+
+
+def _frame(
+    rows: Sequence[tuple[LabelledRow, tuple[Any, ...]]], names: list[str], label_name: str
+) -> Rows:
+    frame = pd.DataFrame.from_records([values for _, values in rows], columns=names)
+    labels = pd.Series([row.ground_truth for row, _ in rows], name=label_name, dtype=object)
+    return Rows(frame, labels.infer_objects())
+
+
+def _too_few(production: ModelMetadata, rows: int, based: bool) -> str:
+    where = f"{production.name} v{production.version}"
+    message = f"{where}: need at least {MIN_ROWS} labelled rows, got {rows}"
+    if based:
+        return message
+    return f"{message} of feedback ({_no_rows_reason(production)}): pass --csv with its data"
+
+
+def _no_rows_reason(production: ModelMetadata) -> str:
+    """Why the production version keeps no training rows of its own."""
+    data = production.training_data
+    if data is None:
+        return "its metadata records no training data"
+    return data.no_copy_reason or "it keeps no copy of its training data"
+
+
+def _names(production: ModelMetadata) -> list[str]:
+    return [f.name for f in production.features]
+
+
+def _label_name(production: ModelMetadata) -> str:
+    data = production.training_data
+    return (data.target if data else None) or DEMO_TARGET
