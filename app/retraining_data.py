@@ -29,26 +29,20 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
+from app.aliases import read_aliases
 from app.artifacts import (
     NAME_PATTERN,
     DataSource,
     ModelMetadata,
     list_models,
-    read_aliases,
     read_metadata,
     sha256_bytes,
 )
 from app.errors import LifecycleConflict, TrainingDataRefused, UnknownModel
 from app.features import InputContract
 from app.store import LabelledRow, PredictionStore
-from app.training import (
-    DEMO_TARGET,
-    MIN_ROWS,
-    demo_training_frame,
-    read_csv,
-    rows_digest,
-    training_copy,
-)
+from app.training import DEMOS, MIN_ROWS, read_csv
+from app.training_data import DEMO_TARGET, demo_training_frame, rows_digest, training_copy
 
 
 @dataclass(frozen=True)
@@ -182,7 +176,7 @@ def _own_rows(root: Path, production: ModelMetadata) -> Base | None:
     if source is None or data is None:
         return None
     if source.kind == "demo":
-        frame, labels = demo_training_frame(production)
+        frame, labels = demo_training_frame(production, DEMOS)
     elif source.kind == "csv" and data.copy_file is not None:
         frame, labels = training_copy(root, production)
     else:

@@ -27,7 +27,8 @@ from helpers import (
 from sklearn.linear_model import LinearRegression
 
 from app import lifecycle
-from app.artifacts import ALIASES, DataSource, read_metadata, set_alias
+from app.aliases import ALIASES, set_alias
+from app.artifacts import DataSource, read_metadata
 from app.errors import LifecycleConflict, StoreUnavailable, TrainingDataRefused, UnknownModel
 from app.main import create_app
 from app.registration import register_estimator
@@ -35,7 +36,8 @@ from app.retraining_data import RetrainingSet, retraining_set
 from app.services import Services
 from app.settings import Settings
 from app.store import Label, PredictionRecord, SqlStore, open_store
-from app.training import demo_training_frame, rows_digest, train_csv, train_demo
+from app.training import DEMOS, train_csv, train_demo
+from app.training_data import demo_training_frame, rows_digest
 
 DAY = 86400.0
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -123,7 +125,7 @@ def served_iris(tmp_path: Path, models_dir: Path) -> Path:
     train_demo(models_dir)
     set_alias(models_dir, "iris", "candidate", 2)
     lifecycle.set_traffic(models_dir, "iris", "shadow")
-    frame, labels = demo_training_frame(read_metadata(models_dir, "iris", 1))
+    frame, labels = demo_training_frame(read_metadata(models_dir, "iris", 1), DEMOS)
     narrow_csv = tmp_path / "narrow.csv"
     narrow_frame = frame[["sepal_length_cm", "petal_length_cm"]]
     narrow_frame.assign(species=pd.factorize(labels)[0]).to_csv(narrow_csv, index=False)
@@ -159,7 +161,7 @@ def test_a_demo_version_retrains_on_its_rows_and_the_served_feedback_never_the_s
     data = retraining_set(served_iris, store, "iris", holdout_seconds=0)
     production = read_metadata(served_iris, "iris", 1)
     assert data.production == production
-    base, base_labels = demo_training_frame(production)
+    base, base_labels = demo_training_frame(production, DEMOS)
     expected = [*(shifted(i) for i in range(12)), IRIS_SETOSA, IRIS_VIRGINICA]
     expected_labels = [CLASSES[i % 3] for i in range(12)]
     expected_labels += ["setosa", "versicolor"]
