@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.errors import ArtifactError
 from app.features import FeatureSpec, InputContract
+from app.gate import GateDecision
 
 ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
@@ -140,6 +141,9 @@ class ModelMetadata(BaseModel):
     description: str = ""
     training_data: TrainingData | None = Field(
         None, description="Its data's sources and counts; None in metadata written before."
+    )
+    gate: GateDecision | None = Field(
+        None, description="A retrained version's gate decision against production (app/gate.py)."
     )
 
     def medians(self) -> dict[str, float]:

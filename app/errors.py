@@ -166,6 +166,21 @@ class TrainingDataRefused(StewardError):
     code = "training_data_refused"
 
 
+class NoRecipe(StewardError):
+    """A retraining whose production version holds no estimator scikit-learn can clone."""
+
+    status_code = 409
+    code = "no_recipe"
+
+
+class GateRefused(StewardError):
+    """A retrained version the gate refused, asked to become candidate or production: it is
+    kept as a version, never aliased."""
+
+    status_code = 409
+    code = "gate_refused"
+
+
 class AdminDisabled(StewardError):
     """The admin API was called on a server with no admin token configured."""
 

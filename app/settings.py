@@ -162,6 +162,18 @@ class Settings(BaseSettings):
         description="A retraining keeps the labelled predictions of this span before the newest "
         "one out of its training rows: the recent traffic it is evaluated on; 0 keeps none out.",
     )
+    gate_metric: Literal["accuracy", "f1_macro"] = Field(
+        "accuracy",
+        description="What the retraining gate compares for classifiers (regressors: MAE).",
+    )
+    gate_margin: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="How much worse than production a retrained version may score and still "
+        "pass the gate: absolute for accuracy and macro-F1 (0.01 = one point), relative for MAE "
+        "(0.01 = 1% more error).",
+    )
     host: str = Field("127.0.0.1", description="Address `steward serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `steward serve` binds.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(

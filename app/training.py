@@ -216,12 +216,32 @@ def fit_and_save(
     dates: Sequence[str] = (),
     extra_files: dict[str, bytes] | None = None,
 ) -> ModelMetadata:
-    """Split, fit, evaluate on the held-out part, profile the training inputs, save.
+    """Split, fit, evaluate on the held-out part, profile the training inputs, save
+    (``fit_version``, then ``save_version``). ``extra_files`` are saved in the version's folder
+    with it (the training copy)."""
+    draft, fitted = fit_version(
+        name, task, frame, labels, estimator, description=description, data=data, dates=dates
+    )
+    return save_version(root, draft, fitted, promote=promote, extra_files=extra_files)
+
+
+def fit_version(
+    name: str,
+    task: Task,
+    frame: pd.DataFrame,
+    labels: pd.Series,
+    estimator: Any,
+    *,
+    description: str,
+    data: TrainingData,
+    dates: Sequence[str] = (),
+) -> tuple[ModelMetadata, Any]:
+    """Split, fit, evaluate on the held-out part, profile the training inputs: the draft
+    metadata and the fitted estimator, not saved yet (a retraining judges it first).
 
     The fitted model is then asked which features it takes missing and which categories it
     takes unseen (``probe_features``), so the schema accepts what the model handles. ``data``
-    says where the rows came from; the counts and the split are added here. ``extra_files``
-    are saved in the version's folder with it (the training copy)."""
+    says where the rows came from; the counts and the split are added here."""
     _check_rows(name, len(frame))
     stratify = None
     counts = labels.value_counts()
@@ -263,7 +283,7 @@ def fit_and_save(
             ),
         }
     )
-    return save_version(root, draft, estimator, promote=promote, extra_files=extra_files)
+    return draft, estimator
 
 
 def _check_rows(name: str, rows: int) -> None:

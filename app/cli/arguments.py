@@ -3,6 +3,7 @@
 import argparse
 import math
 import urllib.parse
+from datetime import UTC, datetime
 from pathlib import Path
 
 from app.artifacts import NAME_PATTERN
@@ -57,3 +58,14 @@ def input_file(value: str) -> Path:
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"not a file: {value}")
     return path
+
+
+def iso_date(value: str) -> datetime:
+    """A date or date-time in ISO 8601; one without a zone is UTC."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "a date is ISO 8601: 2026-06-01, or 2026-06-01T12:00:00+00:00"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

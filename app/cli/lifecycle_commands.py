@@ -1,13 +1,23 @@
 """``steward promote``, ``rollback`` and ``traffic``: move a model's aliases and set its traffic
-policy (app/lifecycle.py), on disk; running servers follow (app/watcher.py)."""
+policy (app/lifecycle.py), on disk; running servers follow (app/watcher.py). ``steward
+retrain``: a new version from the production version's recipe and the feedback, aliased only
+when the gate passes it (app/retraining.py; scikit-learn and the store imported when it runs).
+"""
 
 import argparse
+from typing import TYPE_CHECKING
 
 from app import lifecycle, status
 from app.aliases import ALIAS_NAMES, AliasChange
 from app.cli import arguments
+from app.cli.errors import UsageError
 from app.cli.parser import Commands, add_command, model_argument
+from app.cli.table import print_table
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.gate import GateDecision, GateSet
+    from app.retraining import RetrainResult
 
 # What a change on disk means for running servers (app/watcher.py).
 SWAP_NOTE = "running servers swap to it within STEWARD_RELOAD_INTERVAL_SECONDS"
@@ -71,6 +81,54 @@ def add_commands(commands: Commands) -> None:
     )
     traffic.set_defaults(command=_traffic)
 
+    retrain = add_command(
+        commands,
+        "retrain",
+        "retrain production on its data and the feedback; alias it if the gate passes",
+        "Build a new version from the production version's recipe (its pipeline and\n"
+        "hyperparameters, cloned) on its own training data (a demo's, a CSV version's kept\n"
+        "copy, or --csv) plus the labelled predictions in the store (deduplicated, shadow rows\n"
+        "excluded), less the production version's held-out rows and the recent traffic\n"
+        "(STEWARD_RETRAIN_HOLDOUT_SECONDS). The gate then scores both versions on those held-out\n"
+        "rows and on the recent traffic (STEWARD_GATE_METRIC, MAE for regressors): the new one\n"
+        "passes if not worse by more than STEWARD_GATE_MARGIN on each. It is always kept as a\n"
+        "version; --candidate or --promote aliases it only if it passed (exit 1 if not).",
+        "examples:\n"
+        "  steward retrain iris --candidate\n"
+        "  steward retrain iris --since 2026-06-01 --promote\n"
+        "  steward retrain churn --csv churn.csv --target churned",
+    )
+    model_argument(retrain)
+    retrain.add_argument(
+        "--since",
+        type=arguments.iso_date,
+        metavar="DATE",
+        help="learn from feedback on predictions made at or after DATE (ISO 8601; UTC if no zone)",
+    )
+    retrain.add_argument(
+        "--csv",
+        type=arguments.input_file,
+        metavar="FILE",
+        help="base data instead of the version's own (a version that keeps none)",
+    )
+    retrain.add_argument("--target", metavar="COLUMN", help="--csv's label column")
+    then = retrain.add_mutually_exclusive_group()
+    then.add_argument(
+        "--candidate",
+        dest="then",
+        action="store_const",
+        const="candidate",
+        help="point candidate at the new version if it passed the gate",
+    )
+    then.add_argument(
+        "--promote",
+        dest="then",
+        action="store_const",
+        const="promote",
+        help="make the new version production if it passed the gate",
+    )
+    retrain.set_defaults(command=_retrain, then="keep")
+
 
 def _promote(args: argparse.Namespace, settings: Settings) -> int:
     state = lifecycle.promote(settings.models_dir, args.model, args.version, args.alias)
@@ -97,3 +155,91 @@ def _traffic(args: argparse.Namespace, settings: Settings) -> int:
 def _change(change: AliasChange) -> str:
     was = "unset" if change.from_ is None else str(change.from_)
     return f"{change.alias} -> version {change.to} (was {was}; {SWAP_NOTE})"
+
+
+def _retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from app.errors import GateRefused
+    from app.retraining import retrain
+    from app.store import open_store
+
+    if args.target is not None and args.csv is None:
+        raise UsageError(
+            "--target names --csv's label column: give --csv (see `steward retrain --help`)"
+        )
+    store = open_store(settings.store_url)
+    try:
+        result = retrain(
+            settings,
+            store,
+            args.model,
+            since=args.since,
+            csv=args.csv,
+            target=args.target,
+            then=args.then,
+        )
+    finally:
+        store.close()
+    _print_retraining(result)
+    new = result.version
+    if not result.decision.passed and args.then != "keep":
+        raise GateRefused(
+            f"{new.name} v{new.version} refused by the gate: {result.decision.reason}; kept as a "
+            f"version, not aliased",
+            model=new.name,
+        )
+    return 0
+
+
+def _print_retraining(result: "RetrainResult") -> None:
+    data, new, decision = result.data, result.version, result.decision
+    sources = " + ".join(
+        " ".join(filter(None, (s.kind, s.name, f"{s.rows} rows")))
+        for s in (new.training_data.sources if new.training_data else [])
+    )
+    print(
+        f"{new.name}: version {new.version} from v{data.production.version}'s recipe on {sources}"
+    )
+    print(
+        f"feedback: {data.labelled} labelled, {data.feedback_rows} trained on, "
+        f"{data.held_out} held out (recent), {data.duplicates} duplicates, "
+        f"{data.conflicts} conflicts, {data.unfit} unfit"
+    )
+    print()
+    _gate_table(decision, new.version)
+    print()
+    if not decision.passed:
+        print(f"refused: {decision.reason}; kept as version {new.version}, not aliased")
+    elif result.aliased is not None and result.aliased.change is not None:
+        print(f"passed: {decision.reason}; {_change(result.aliased.change)}")
+    else:
+        print(f"passed: {decision.reason}; kept as version {new.version}, not aliased")
+
+
+def _gate_table(decision: "GateDecision", version: int) -> None:
+    margin = f"{decision.margin:g}" + (" relative" if decision.relative else "")
+    print(f"gate: {decision.metric}, margin {margin}")
+    rows: list[tuple[str, ...]] = [
+        (
+            "SET",
+            "ROWS",
+            f"PRODUCTION v{decision.production_version}",
+            f"NEW v{version}",
+            "DIFFERENCE",
+            "VERDICT",
+        )
+    ]
+    rows += [_gate_row(s) for s in decision.sets]
+    print_table(rows)
+
+
+def _gate_row(judged: "GateSet") -> tuple[str, ...]:
+    if judged.verdict == "skipped":
+        return (judged.name, "0", "-", "-", "-", f"skipped: {judged.note}")
+    return (
+        judged.name,
+        str(judged.rows),
+        f"{judged.production:.4f}",
+        f"{judged.new:.4f}",
+        f"{judged.difference:+.4f}",
+        judged.verdict,
+    )

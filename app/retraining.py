@@ -1,0 +1,235 @@
+"""Retrain a model's production version on its data plus the feedback Steward collected, and
+let the new version serve only if the gate (app/gate.py) finds it not worse. No HTTP here.
+
+- The recipe: the production version's fitted estimator, cloned (``sklearn.base.clone``: the
+  same pipeline and hyperparameters, unfitted).
+- The rows: ``retraining_set`` (app/retraining_data.py), less the production version's
+  held-out rows, fitted as every version is (``fit_version``: split, fit, held-out metrics).
+- The gate's sets, scored for both versions on the same rows:
+  ``held_out``: the rows of the base (the production version's first source, rebuilt, or
+  --csv) that ``train_test_split`` with the production version's recorded test size, seed and
+  stratification holds out. For a version trained on that base alone, exactly the rows its
+  metrics were measured on; a retraining never trains on them, so for a retrained production
+  version too they are rows neither version saw. Skipped when there is no base or no split.
+  ``recent``: the labelled traffic of the last STEWARD_RETRAIN_HOLDOUT_SECONDS, kept out of
+  training; skipped when there is none.
+- The outcome: the version is always saved, its metadata holding the decision (``gate``); it
+  becomes candidate (``then="candidate"``) or production (``then="promote"``) only if it
+  passed.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from app import lifecycle
+from app.artifacts import (
+    DataSource,
+    ModelMetadata,
+    TrainingData,
+    load_estimator,
+    read_checked,
+    save_version,
+)
+from app.errors import NoRecipe
+from app.feature_survey import read_frame
+from app.gate import GateDecision, GateMetric, GateSet, SetName, decide, judge, skipped
+from app.lifecycle import AliasState
+from app.retraining_data import RetrainingSet, retraining_set
+from app.settings import Settings
+from app.store import PredictionStore
+from app.training import evaluate, fit_version, frame_rows
+
+Then = Literal["keep", "candidate", "promote"]
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """What a retraining read, the version it saved, the gate's decision, the alias moved."""
+
+    data: RetrainingSet
+    version: ModelMetadata
+    decision: GateDecision
+    aliased: AliasState | None  # None: kept as a version only
+
+
+def retrain(
+    settings: Settings,
+    store: PredictionStore,
+    name: str,
+    *,
+    since: datetime | None = None,
+    csv: Path | None = None,
+    target: str | None = None,
+    then: Then = "keep",
+) -> RetrainResult:
+    """A new version of ``name`` from its production version's recipe, on its data and the
+    feedback since ``since`` (``csv``/``target``: instead of the version's own data), judged
+    against production by the gate, saved, and aliased per ``then`` if it passed."""
+    root = settings.models_dir
+    data = retraining_set(
+        root,
+        store,
+        name,
+        since=since,
+        csv=csv,
+        target=target,
+        holdout_seconds=settings.retrain_holdout_seconds,
+    )
+    production = data.production
+    fitted = load_estimator(root, production)
+    held_out = held_out_mask(data)
+    base_rows = _base_rows(data)
+    contributed = base_rows - int(held_out.sum()) if held_out is not None else base_rows
+    keep = ~held_out if held_out is not None else np.ones(len(data.labels), dtype=bool)
+    training, copy = _training_data(root, data, csv is not None, contributed)
+    if target is not None:
+        training = training.model_copy(update={"target": target})
+    dates = training.dates
+    frame = data.frame[keep].reset_index(drop=True)
+    draft, estimator = fit_version(
+        name,
+        production.task,
+        read_frame(frame, dates) if dates else frame,
+        data.labels[keep].reset_index(drop=True),
+        _recipe(production, fitted),
+        description=f"Retrained by `steward retrain` from v{production.version}'s recipe on "
+        f"its data and {data.feedback_rows} rows of feedback.",
+        data=training,
+        dates=dates,
+    )
+    metric = gate_metric(settings, production)
+    judged = Judged(production, fitted, draft, estimator, metric, settings.gate_margin, dates)
+    sets = [
+        judged.score("held_out", data.frame, data.labels, held_out)
+        if held_out is not None
+        else skipped("held_out", _no_split_reason(data)),
+        judged.score("recent", data.recent_frame, data.recent_labels)
+        if data.held_out
+        else skipped(
+            "recent", "no labelled traffic in the window (STEWARD_RETRAIN_HOLDOUT_SECONDS)"
+        ),
+    ]
+    decision = decide(production.version, metric, settings.gate_margin, sets)
+    saved = save_version(
+        root, draft.model_copy(update={"gate": decision}), estimator, extra_files=copy
+    )
+    aliased = None
+    if decision.passed and then != "keep":
+        alias = "candidate" if then == "candidate" else "production"
+        aliased = lifecycle.promote(root, name, saved.version, alias)
+    return RetrainResult(data, saved, decision, aliased)
+
+
+def gate_metric(settings: Settings, production: ModelMetadata) -> GateMetric:
+    """The primary metric: STEWARD_GATE_METRIC for classifiers, MAE for regressors."""
+    return settings.gate_metric if production.task == "classification" else "mae"
+
+
+def held_out_mask(data: RetrainingSet) -> np.ndarray | None:
+    """Which rows of ``data.frame`` are the production version's held-out base rows (see the
+    module's docstring); None when there is no base or the version records no split."""
+    recorded = data.production.training_data
+    split = recorded.split if recorded else None
+    base = _base_rows(data)
+    if split is None or base == 0:
+        return None
+    from sklearn.model_selection import train_test_split
+
+    labels = data.labels.iloc[:base]
+    # Which rows go to the test part depends on the row count, the size, the seed and the
+    # labels (stratified) only: splitting the row numbers picks the rows a frame's split picks.
+    _, test = train_test_split(
+        np.arange(base),
+        test_size=split.test_size,
+        random_state=split.seed,
+        stratify=labels if split.stratified else None,
+    )
+    mask = np.zeros(len(data.labels), dtype=bool)
+    mask[test] = True
+    return mask
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The two versions the gate compares, and how: the metric, the margin, the date columns."""
+
+    production: ModelMetadata
+    production_estimator: Any
+    new: ModelMetadata
+    new_estimator: Any
+    metric: GateMetric
+    margin: float
+    dates: list[str]
+
+    def score(
+        self, name: SetName, frame: pd.DataFrame, labels: pd.Series, rows: Any = None
+    ) -> GateSet:
+        """Both versions scored on the same rows (``rows``: a mask of them; None: all)."""
+        if rows is not None:
+            frame, labels = frame[rows], labels[rows]
+        values = read_frame(frame, self.dates) if self.dates else frame
+        actual = labels.to_numpy()
+        production = self._metric(self.production, self.production_estimator, values, actual)
+        new = self._metric(self.new, self.new_estimator, values, actual)
+        return judge(name, len(labels), production, new, self.metric, self.margin)
+
+    def _metric(
+        self, metadata: ModelMetadata, estimator: Any, frame: pd.DataFrame, actual: Any
+    ) -> float:
+        predicted = estimator.predict(metadata.contract().matrix(frame_rows(frame)))
+        return evaluate(metadata.task, actual, predicted)[self.metric]
+
+
+def _recipe(production: ModelMetadata, fitted: Any) -> Any:
+    """The production version's estimator, unfitted: the same pipeline and hyperparameters."""
+    from sklearn.base import clone
+
+    try:
+        return clone(fitted)
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise NoRecipe(
+            f"{production.name} v{production.version} has no recipe to retrain: its "
+            f"estimator cannot be cloned by scikit-learn ({type(exc).__name__})",
+            model=production.name,
+        ) from exc
+
+
+def _base_rows(data: RetrainingSet) -> int:
+    """Rows of ``data.frame`` from the base (they come first), not from feedback."""
+    return sum(s.rows for s in data.sources if s.kind != "feedback")
+
+
+def _training_data(
+    root: Path, data: RetrainingSet, given_csv: bool, contributed: int
+) -> tuple[TrainingData, dict[str, bytes]]:
+    """The new version's TrainingData (sources: the base, with the rows it contributed, then
+    the feedback) and its folder's extra files: the production version's copy of the base,
+    carried over so the next retraining finds it."""
+    production = data.production
+    old = production.training_data
+    sources: list[DataSource] = list(data.sources)
+    if sources and sources[0].kind != "feedback":
+        sources[0] = sources[0].model_copy(update={"rows": contributed})
+    kept: dict[str, Any] = {}
+    if old is not None:
+        kept = {"target": old.target, "dropped": old.dropped, "dates": old.dates}
+    if given_csv or sources[0].kind == "feedback" or old is None:
+        why = "retrained from a given CSV" if given_csv else "no base data of its own"
+        reason = f"{why}: retraining it needs --csv again"
+        return TrainingData(sources=sources, no_copy_reason=reason, **kept), {}
+    if old.copy_file is not None and old.copy_sha256 is not None:
+        copy = read_checked(root, production, old.copy_file, old.copy_sha256)
+        kept |= {"copy_file": old.copy_file, "copy_sha256": old.copy_sha256}
+        return TrainingData(sources=sources, copy_bytes=len(copy), **kept), {old.copy_file: copy}
+    return TrainingData(sources=sources, no_copy_reason=old.no_copy_reason, **kept), {}
+
+
+def _no_split_reason(data: RetrainingSet) -> str:
+    if _base_rows(data) == 0:
+        return "no base data: feedback only"
+    return f"v{data.production.version} records no held-out split"

@@ -1,0 +1,283 @@
+"""`steward retrain` and the gate: the demo iris v1 serving through the real app, feedback on
+a shifted input distribution logged by it, retrainings from v1's recipe judged against v1 on
+the same rows, their numbers recomputed here from the saved artifacts."""
+
+import shutil
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from helpers import assert_one_line_error, predict, prediction_ids, run_cli
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import train_test_split
+
+from app.aliases import read_aliases
+from app.artifacts import DataSource, ModelMetadata, load_estimator, read_metadata, save_version
+from app.errors import NoRecipe
+from app.gate import GateSet, decide, judge, skipped
+from app.main import create_app
+from app.retraining import retrain
+from app.settings import Settings
+from app.store import open_store
+from app.training import DEMOS, TEST_SIZE, evaluate, frame_rows
+from app.training_data import demo_training_frame
+
+SHIFT = 3.0  # cm added to every sepal width: v1 takes most such flowers for setosa
+ROTATED = {"setosa": "versicolor", "versicolor": "virginica", "virginica": "setosa"}
+
+
+def shifted_iris(models_dir: Path) -> tuple[pd.DataFrame, pd.Series]:
+    """The iris rows (distinct ones only) with sepals 3 cm wider, and their true species."""
+    frame, labels = demo_training_frame(read_metadata(models_dir, "iris", 1), DEMOS)
+    frame = frame.assign(sepal_width_cm=frame["sepal_width_cm"] + SHIFT)
+    distinct = ~frame.duplicated()
+    return frame[distinct].reset_index(drop=True), labels[distinct].reset_index(drop=True)
+
+
+def serve_feedback(
+    settings: Settings, frame: pd.DataFrame, train_labels: pd.Series, truth: pd.Series
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Through the real app: the even rows predicted and labelled with ``train_labels``, then,
+    past the holdout window, the odd rows labelled with ``truth``: the recent traffic."""
+    even, odd = frame.iloc[::2], frame.iloc[1::2]
+    with TestClient(create_app(settings)) as client:
+        for rows, labels in ((even, train_labels.iloc[::2]), (odd, truth.iloc[1::2])):
+            if rows is odd:  # the first batch is now older than the window
+                time.sleep(1.5 * settings.retrain_holdout_seconds)
+            instances = [{str(k): v for k, v in row.items()} for row in rows.to_dict("records")]
+            ids = prediction_ids(predict(client, "iris", *instances))
+            items = [
+                {"prediction_id": i, "ground_truth": y} for i, y in zip(ids, labels, strict=True)
+            ]
+            answer = client.post("/feedback", json={"items": items})
+            assert answer.status_code == 200, answer.text
+    return odd.reset_index(drop=True), truth.iloc[1::2].reset_index(drop=True)
+
+
+@pytest.fixture
+def retrain_settings(tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("STEWARD_RETRAIN_HOLDOUT_SECONDS", "1")
+    return Settings(models_dir=models_dir, data_dir=tmp_path / "data", retrain_holdout_seconds=1)
+
+
+def score(root: Path, metadata: ModelMetadata, frame: pd.DataFrame, labels: pd.Series) -> float:
+    """A saved version's accuracy on these rows, from its artifact."""
+    estimator = load_estimator(root, metadata)
+    predicted = estimator.predict(metadata.contract().matrix(frame_rows(frame)))
+    return evaluate("classification", labels.to_numpy(), predicted)["accuracy"]
+
+
+def v1_held_out(root: Path) -> tuple[pd.DataFrame, pd.Series]:
+    """The rows v1's metrics were measured on: its split of the demo rows, redone here."""
+    v1 = read_metadata(root, "iris", 1)
+    frame, labels = demo_training_frame(v1, DEMOS)
+    _, test_x, _, test_y = train_test_split(
+        frame, labels, test_size=TEST_SIZE, random_state=0, stratify=labels
+    )
+    assert evaluate("classification", test_y.to_numpy(), load_estimator(root, v1).predict(
+        v1.contract().matrix(frame_rows(test_x)))) == v1.metrics  # fmt: skip
+    return test_x, test_y
+
+
+def expected_sets(
+    root: Path, new: ModelMetadata, recent: pd.DataFrame, recent_labels: pd.Series
+) -> list[GateSet]:
+    v1 = read_metadata(root, "iris", 1)
+    held_x, held_y = v1_held_out(root)
+    return [
+        judge("held_out", len(held_y), score(root, v1, held_x, held_y),
+              score(root, new, held_x, held_y), "accuracy", 0.01),
+        judge("recent", len(recent_labels), score(root, v1, recent, recent_labels),
+              score(root, new, recent, recent_labels), "accuracy", 0.01),
+    ]  # fmt: skip
+
+
+def test_a_retraining_on_feedback_from_a_shifted_distribution_passes_and_becomes_candidate(
+    retrain_settings: Settings, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame, truth = shifted_iris(models_dir)
+    recent, recent_labels = serve_feedback(retrain_settings, frame, truth, truth)
+
+    code, out, err = run_cli(
+        capsys, "--models-dir", str(models_dir), "retrain", "iris", "--candidate"
+    )
+    assert (code, err) == (0, "")
+    new = read_metadata(models_dir, "iris", 2)
+    assert read_aliases(models_dir, "iris") == {"production": 1, "candidate": 2}
+    sets = expected_sets(models_dir, new, recent, recent_labels)
+    held, window = sets
+    assert new.gate == decide(1, "accuracy", 0.01, sets)
+    assert new.gate.passed
+    # v1 fails on the shifted traffic; the version trained on it does better there
+    assert window.production is not None
+    assert window.production < 0.5
+    assert window.new is not None
+    assert window.new > window.production + 0.3
+    assert (held.rows, window.rows) == (38, len(frame) // 2)
+
+    trained = (len(frame) + 1) // 2
+    assert new.training_data is not None
+    v1_data = read_metadata(models_dir, "iris", 1).training_data
+    assert v1_data is not None
+    assert new.training_data.sources == [
+        v1_data.sources[0].model_copy(update={"rows": 150 - 38}),
+        DataSource(kind="feedback", rows=trained, sha256=new.training_data.sources[1].sha256),
+    ]
+    assert new.training_data.rows == 150 - 38 + trained
+    assert (
+        new.training_data.training_rows + new.training_data.held_out_rows == new.training_data.rows
+    )
+
+    lines = out.splitlines()
+    assert lines[0] == (
+        f"iris: version 2 from v1's recipe on demo iris 112 rows + feedback {trained} rows"
+    )
+    assert lines[1] == (
+        f"feedback: {len(frame)} labelled, {trained} trained on, {len(frame) // 2} held out "
+        "(recent), 0 duplicates, 0 conflicts, 0 unfit"
+    )
+    assert lines[3] == "gate: accuracy, margin 0.01"
+    assert lines[4].split() == [
+        "SET",
+        "ROWS",
+        "PRODUCTION",
+        "v1",
+        "NEW",
+        "v2",
+        "DIFFERENCE",
+        "VERDICT",
+    ]
+    for line, judged in zip(lines[5:7], sets, strict=True):
+        assert line.split() == [
+            judged.name, str(judged.rows), f"{judged.production:.4f}", f"{judged.new:.4f}",
+            f"{judged.difference:+.4f}", "pass",
+        ]  # fmt: skip
+    assert lines[8].startswith("passed: accuracy not worse than production v1 by more than")
+    assert lines[8].endswith("candidate -> version 2 (was unset; running servers swap to it "
+                             "within STEWARD_RELOAD_INTERVAL_SECONDS)")  # fmt: skip
+
+
+def test_a_degraded_retraining_is_refused_kept_and_never_aliased(
+    retrain_settings: Settings, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame, truth = shifted_iris(models_dir)
+    wrong = truth.map(ROTATED)  # every feedback label trained on is another species
+    recent, recent_labels = serve_feedback(retrain_settings, frame, wrong, truth)
+    where = ["--models-dir", str(models_dir)]
+
+    code, out, err = run_cli(capsys, *where, "retrain", "iris", "--promote")
+    assert code == 1
+    assert_one_line_error(err, "iris v2 refused by the gate: accuracy worse than production v1")
+    assert err.rstrip().endswith("kept as a version, not aliased")
+    new = read_metadata(models_dir, "iris", 2)
+    sets = expected_sets(models_dir, new, recent, recent_labels)
+    assert new.gate == decide(1, "accuracy", 0.01, sets)
+    assert not new.gate.passed
+    # it learnt wrong species for most flowers: far worse on v1's held-out rows, and that
+    # refuses it whatever it does on the recent traffic
+    assert [s.verdict for s in sets] == ["worse", "pass"]
+    assert sets[0].difference is not None
+    assert sets[0].difference < -0.2
+    assert read_aliases(models_dir, "iris") == {"production": 1}
+    assert (
+        "refused: accuracy worse than production v1 by more than the margin (0.01) on held_out"
+        in out
+    )
+
+    code, out, err = run_cli(capsys, *where, "retrain", "iris", "--candidate")
+    assert code == 1
+    assert_one_line_error(err, "iris v3 refused by the gate")
+    code, out, err = run_cli(capsys, *where, "retrain", "iris")  # kept only: not a failure
+    assert (code, err) == (0, "")
+    assert "refused: " in out
+    assert "kept as version 4, not aliased" in out
+    assert read_aliases(models_dir, "iris") == {"production": 1}
+
+
+# --- the gate's pure parts --------------------------------------------------------------------
+
+
+def test_the_gate_judges_each_set_within_its_margin() -> None:
+    assert judge("recent", 10, 0.9, 0.89, "accuracy", 0.01).verdict == "pass"
+    assert judge("recent", 10, 0.9, 0.889, "accuracy", 0.01).verdict == "worse"
+    assert judge("held_out", 10, 0.5, 0.9, "f1_macro", 0.0).difference == 0.4
+    # MAE: lower is better, the margin a share of production's error
+    assert judge("recent", 10, 20.0, 20.2, "mae", 0.01).verdict == "pass"
+    assert judge("recent", 10, 20.0, 20.21, "mae", 0.01).verdict == "worse"
+    assert judge("recent", 10, 20.0, 10.0, "mae", 0.0).verdict == "pass"
+
+    passing = judge("held_out", 38, 0.9, 0.9, "accuracy", 0.01)
+    failing = judge("recent", 5, 0.8, 0.6, "accuracy", 0.01)
+    window = skipped("recent", "no labelled traffic")
+    assert decide(3, "accuracy", 0.01, [passing, window]).passed
+    refused = decide(3, "accuracy", 0.01, [passing, failing])
+    assert not refused.passed
+    assert refused.reason == (
+        "accuracy worse than production v3 by more than the margin (0.01) on recent"
+    )
+    nothing = decide(3, "mae", 0.05, [skipped("held_out", "none"), window])
+    assert not nothing.passed
+    assert nothing.relative
+    assert nothing.reason.startswith("no rows to compare it with production on")
+
+
+# --- what cannot be retrained ---------------------------------------------------------------
+
+
+def test_bad_input_is_one_line_and_leaves_the_registry_alone(
+    retrain_settings: Settings, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--models-dir", str(models_dir)]
+    code, _, err = run_cli(capsys, *where, "retrain", "nope")
+    assert code == 1
+    assert_one_line_error(err, "no model 'nope'")
+    for bad in ("yesterday", "2026-13-01", "<b>" * 1000):
+        code, _, err = run_cli(capsys, *where, "retrain", "iris", "--since", bad)
+        assert code == 2
+        assert_one_line_error(err, "a date is ISO 8601")
+        assert bad not in err
+    code, _, err = run_cli(capsys, *where, "retrain", "iris", "--candidate", "--promote")
+    assert code == 2
+    code, _, err = run_cli(capsys, *where, "retrain", "iris", "--target", "species")
+    assert code == 2
+    assert_one_line_error(err, "--target names --csv's label column")
+
+    # too few rows: a model registered from a sample keeps no data, and no feedback came
+    shutil.rmtree(models_dir / "iris")
+    for name in ("diabetes", "breast-cancer"):
+        shutil.rmtree(models_dir / name)
+    x = np.arange(40, dtype=float).reshape(20, 2)
+    sample = models_dir.parent / "inputs.csv"
+    pd.DataFrame(x, columns=["a", "b"]).to_csv(sample, index=False)
+    artifact = models_dir.parent / "model.joblib"
+    joblib.dump(LinearRegression().fit(x, x[:, 0]), artifact)
+    code, _, err = run_cli(
+        capsys, *where, "register", str(artifact), "--name", "line", "--sample", str(sample)
+    )
+    assert code == 0
+    code, _, err = run_cli(capsys, *where, "retrain", "line")
+    assert code == 1
+    assert_one_line_error(err, "line v1: need at least 10 labelled rows, got 0")
+    assert [p.name for p in (models_dir / "line").iterdir() if p.is_dir()] == ["1"]
+
+
+def test_a_version_whose_estimator_cannot_be_cloned_has_no_recipe(
+    retrain_settings: Settings, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1 = read_metadata(models_dir, "iris", 1)
+    odd = save_version(models_dir, v1, {"not": "an estimator"}, promote=True)
+    store = open_store(retrain_settings.store_url)
+    try:
+        with pytest.raises(NoRecipe, match=f"iris v{odd.version} has no recipe to retrain"):
+            retrain(retrain_settings, store, "iris")
+    finally:
+        store.close()
+    code, _, err = run_cli(capsys, "--models-dir", str(models_dir), "retrain", "iris")
+    assert code == 1
+    assert_one_line_error(err, "has no recipe to retrain: its estimator cannot be cloned")
+    assert sorted(p.name for p in (models_dir / "iris").iterdir() if p.is_dir()) == ["1", "2"]
