@@ -35,7 +35,7 @@ from app.artifacts import (
     read_checked,
     save_version,
 )
-from app.errors import NoRecipe
+from app.errors import NoRecipe, TrainingDataRefused
 from app.feature_survey import read_frame
 from app.gate import GateDecision, GateMetric, GateSet, SetName, decide, judge, skipped
 from app.lifecycle import AliasState
@@ -143,12 +143,19 @@ def held_out_mask(data: RetrainingSet) -> np.ndarray | None:
     labels = data.labels.iloc[:base]
     # Which rows go to the test part depends on the row count, the size, the seed and the
     # labels (stratified) only: splitting the row numbers picks the rows a frame's split picks.
-    _, test = train_test_split(
-        np.arange(base),
-        test_size=split.test_size,
-        random_state=split.seed,
-        stratify=labels if split.stratified else None,
-    )
+    try:
+        _, test = train_test_split(
+            np.arange(base),
+            test_size=split.test_size,
+            random_state=split.seed,
+            stratify=labels if split.stratified else None,
+        )
+    except ValueError as exc:  # a --csv base with a class too rare to stratify
+        raise TrainingDataRefused(
+            f"{data.production.name}: cannot hold out v{data.production.version}'s split of the "
+            f"base rows: {exc}",
+            model=data.production.name,
+        ) from exc
     mask = np.zeros(len(data.labels), dtype=bool)
     mask[test] = True
     return mask
@@ -167,7 +174,11 @@ class Judged:
     dates: list[str]
 
     def score(
-        self, name: SetName, frame: pd.DataFrame, labels: pd.Series, rows: Any = None
+        self,
+        name: SetName,
+        frame: pd.DataFrame,
+        labels: pd.Series,
+        rows: np.ndarray | None = None,
     ) -> GateSet:
         """Both versions scored on the same rows (``rows``: a mask of them; None: all)."""
         if rows is not None:

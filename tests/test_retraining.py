@@ -199,6 +199,35 @@ def test_a_degraded_retraining_is_refused_kept_and_never_aliased(
     assert read_aliases(models_dir, "iris") == {"production": 1}
 
 
+def test_without_recent_traffic_the_recent_set_is_skipped_and_said_so(
+    retrain_settings: Settings, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "--models-dir", str(models_dir), "retrain", "iris")
+    assert (code, err) == (0, "")
+    new = read_metadata(models_dir, "iris", 2)
+    v1 = read_metadata(models_dir, "iris", 1)
+    held_x, held_y = v1_held_out(models_dir)
+    held = judge(
+        "held_out",
+        38,
+        score(models_dir, v1, held_x, held_y),
+        score(models_dir, new, held_x, held_y),
+        "accuracy",
+        0.01,
+    )
+    window = skipped(
+        "recent", "no labelled traffic in the window (STEWARD_RETRAIN_HOLDOUT_SECONDS)"
+    )
+    assert new.gate == decide(1, "accuracy", 0.01, [held, window])
+    assert new.training_data is not None
+    assert new.training_data.rows == 112  # the demo less v1's held-out rows, no feedback
+    assert out.splitlines()[6].split() == [
+        "recent", "0", "-", "-", "-", "skipped:", "no", "labelled", "traffic", "in", "the",
+        "window", "(STEWARD_RETRAIN_HOLDOUT_SECONDS)",
+    ]  # fmt: skip
+    assert read_aliases(models_dir, "iris") == {"production": 1}
+
+
 # --- the gate's pure parts --------------------------------------------------------------------
 
 

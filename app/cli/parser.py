@@ -14,8 +14,8 @@ Steward serves scikit-learn models over HTTP and tracks, while they serve, wheth
 right: it joins the ground truth clients send later to the predictions it made, and exports
 accuracy, latency and errors to Prometheus.
 
-This command trains and registers model versions into the registry (a folder), lists them,
-points aliases at them and rolls them back, sets the traffic policy between production and
+This command trains, registers and retrains model versions into the registry (a folder), lists
+them, points aliases at them and rolls them back, sets the traffic policy between production and
 candidate, starts the server, and asks it what it serves."""
 
 EPILOG = """\
@@ -29,6 +29,7 @@ examples:
   steward traffic churn shadow        the candidate also predicts every request
   steward traffic churn canary --percent 10
   steward versions churn              every version: metrics, aliases, alias history
+  steward retrain churn --candidate   retrain on the feedback; candidate if the gate passes it
   steward status                      what the running server serves
 
 settings come from STEWARD_* environment variables (STEWARD_MODELS_DIR, STEWARD_DATA_DIR,
