@@ -37,6 +37,7 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: "$" lets a fin
 
 Label = str | int | float
 Task = Literal["classification", "regression"]
+InputFormat = Literal["array", "dataframe"]
 
 
 class FeatureProfile(BaseModel):
@@ -119,7 +120,7 @@ class ModelMetadata(BaseModel):
     features: list[FeatureSpec]
     classes: list[Label] | None = Field(None, description="Class labels, in predict_proba order.")
     has_proba: bool = False
-    input_format: Literal["array", "dataframe"] = Field(
+    input_format: InputFormat = Field(
         "array", description="Rows reach the model as a NumPy array or a named DataFrame."
     )
     metrics: dict[str, float] = Field(

@@ -101,6 +101,7 @@ def retrain(
         f"its data and {data.feedback_rows} rows of feedback.",
         data=training,
         dates=dates,
+        input_format=production.input_format,
     )
     metric = gate_metric(settings, production)
     judged = Judged(production, fitted, draft, estimator, metric, settings.gate_margin, dates)

@@ -33,6 +33,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from app.artifacts import (
     DataSource,
     DataSplit,
+    InputFormat,
     ModelMetadata,
     Task,
     TrainingData,
@@ -235,13 +236,15 @@ def fit_version(
     description: str,
     data: TrainingData,
     dates: Sequence[str] = (),
+    input_format: InputFormat = "array",
 ) -> tuple[ModelMetadata, Any]:
     """Split, fit, evaluate on the held-out part, profile the training inputs: the draft
     metadata and the fitted estimator, not saved yet (a retraining judges it first).
 
     The fitted model is then asked which features it takes missing and which categories it
     takes unseen (``probe_features``), so the schema accepts what the model handles. ``data``
-    says where the rows came from; the counts and the split are added here."""
+    says where the rows came from; the counts and the split are added here. ``input_format``:
+    how rows reach the model (a retrained registered model may read a named DataFrame)."""
     _check_rows(name, len(frame))
     stratify = None
     counts = labels.value_counts()
@@ -253,7 +256,13 @@ def fit_version(
         frame, labels, test_size=TEST_SIZE, random_state=SEED, stratify=stratify
     )
     features = infer_features(train_x, dates)
-    draft = ModelMetadata(name=name, task=task, features=features, description=description)
+    draft = ModelMetadata(
+        name=name,
+        task=task,
+        features=features,
+        description=description,
+        input_format=input_format,
+    )
     contract = draft.contract()
     train_rows = frame_rows(train_x)
     train_matrix = contract.matrix(train_rows)

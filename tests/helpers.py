@@ -5,7 +5,9 @@ A real server process is started with bench/server.py, which the benchmark uses 
 
 import sqlite3
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.artifacts import load_estimator, read_metadata, save_version
 from app.cli import main
+from app.store import Label, PredictionRecord, PredictionStore
 
 IRIS_SETOSA = {
     "sepal_length_cm": 5.1,
@@ -29,6 +32,7 @@ IRIS_VIRGINICA = {
     "petal_length_cm": 6.1,
     "petal_width_cm": 2.3,
 }
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)  # when write_labelled's rows are aged from
 DIABETES_ROW = {
     "age": 0.03,
     "sex": 0.05,
@@ -151,3 +155,34 @@ METADATA_BEFORE_TRAINING_DATA = """{
   "description": "Fitted before training_data existed."
 }
 """
+
+
+def write_labelled(
+    store: PredictionStore,
+    model: str,
+    rows: Sequence[tuple[timedelta, dict[str, Any], Any]],
+    version: int = 1,
+) -> list[str]:
+    """Served predictions made ``age`` before NOW with these inputs, each labelled with its
+    ground truth (None: left unlabelled), as the log and the feedback path store them: for
+    tests that need prediction times the real app cannot give."""
+    records = [
+        PredictionRecord(
+            uuid.uuid4().hex,
+            model,
+            version,
+            NOW - age,
+            tuple(inputs),
+            tuple(inputs.values()),
+            "whatever",
+        )
+        for age, inputs, _ in rows
+    ]
+    store.write_predictions(records)
+    labels = [
+        Label(r.id, truth, None, None, NOW)
+        for r, (_, _, truth) in zip(records, rows, strict=True)
+        if truth is not None
+    ]
+    assert store.label(labels) == {label.prediction_id for label in labels}
+    return [r.id for r in records]

@@ -4,6 +4,7 @@ the same rows, their numbers recomputed here from the saved artifacts."""
 
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import joblib
@@ -11,7 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from helpers import assert_one_line_error, predict, prediction_ids, run_cli
+from helpers import (
+    assert_one_line_error,
+    predict,
+    prediction_ids,
+    run_cli,
+    write_labelled,
+)
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import train_test_split
 
@@ -20,6 +27,7 @@ from app.artifacts import DataSource, ModelMetadata, load_estimator, read_metada
 from app.errors import NoRecipe
 from app.gate import GateSet, decide, judge, skipped
 from app.main import create_app
+from app.registration import register_estimator
 from app.retraining import retrain
 from app.settings import Settings
 from app.store import open_store
@@ -65,11 +73,17 @@ def retrain_settings(tmp_path: Path, models_dir: Path, monkeypatch: pytest.Monke
     return Settings(models_dir=models_dir, data_dir=tmp_path / "data", retrain_holdout_seconds=1)
 
 
-def score(root: Path, metadata: ModelMetadata, frame: pd.DataFrame, labels: pd.Series) -> float:
-    """A saved version's accuracy on these rows, from its artifact."""
+def score(
+    root: Path,
+    metadata: ModelMetadata,
+    frame: pd.DataFrame,
+    labels: pd.Series,
+    metric: str = "accuracy",
+) -> float:
+    """A saved version's score on these rows, from its artifact."""
     estimator = load_estimator(root, metadata)
     predicted = estimator.predict(metadata.contract().matrix(frame_rows(frame)))
-    return evaluate("classification", labels.to_numpy(), predicted)["accuracy"]
+    return evaluate(metadata.task, labels.to_numpy(), predicted)[metric]
 
 
 def v1_held_out(root: Path) -> tuple[pd.DataFrame, pd.Series]:
@@ -226,6 +240,62 @@ def test_without_recent_traffic_the_recent_set_is_skipped_and_said_so(
         "window", "(STEWARD_RETRAIN_HOLDOUT_SECONDS)",
     ]  # fmt: skip
     assert read_aliases(models_dir, "iris") == {"production": 1}
+
+
+def test_a_registered_regressor_retrains_on_feedback_alone_judged_by_mae_on_recent_traffic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model registered from elsewhere (it reads a named DataFrame), no base data: the
+    held-out set is skipped, the recent traffic decides, on MAE with a relative margin."""
+    x = pd.DataFrame({"a": np.arange(20, dtype=float), "b": np.arange(20, dtype=float) % 3})
+    artifact, sample = tmp_path / "model.joblib", tmp_path / "inputs.csv"
+    joblib.dump(LinearRegression().fit(x, 2 * x["a"]), artifact)
+    x.to_csv(sample, index=False)
+    models = tmp_path / "models"
+    assert register_estimator(models, artifact, "line", sample).input_format == "dataframe"
+    settings = Settings(models_dir=models, data_dir=tmp_path / "data", gate_margin=0.05)
+    store = open_store(settings.store_url)
+    try:
+        # the truth changed: y = 3a + b. 12 rows two days ago, 4 in the last day (held out)
+        old = [
+            (timedelta(days=2, minutes=i), {"a": float(i), "b": float(i % 3)}) for i in range(12)
+        ]
+        recent = [(timedelta(hours=i), {"a": 30.0 + i, "b": 1.0}) for i in range(4)]
+        write_labelled(store, "line", [(t, r, 3 * r["a"] + r["b"]) for t, r in [*old, *recent]])
+        result = retrain(settings, store, "line", then="promote")
+        no_window = Settings(
+            models_dir=models, data_dir=tmp_path / "data", retrain_holdout_seconds=0
+        )
+        unjudged = retrain(no_window, store, "line", then="candidate")
+    finally:
+        store.close()
+
+    v1, new = read_metadata(models, "line", 1), result.version
+    assert new.input_format == "dataframe"
+    frame = pd.DataFrame([r for _, r in reversed(recent)])  # oldest first
+    labels = 3 * frame["a"] + frame["b"]
+    production, retrained = (score(models, m, frame, labels, "mae") for m in (v1, new))
+    window = judge("recent", 4, production, retrained, "mae", 0.05)
+    assert window.production == 32.5  # 2a where the truth is 3a + b: off by a + b
+    assert window.new is not None
+    assert window.new < 0.01
+    assert result.decision == decide(
+        1, "mae", 0.05, [skipped("held_out", "no base data: feedback only"), window]
+    )
+    assert result.decision.relative
+    assert result.aliased is not None
+    assert read_aliases(models, "line") == {"production": new.version}
+    assert new.training_data is not None
+    assert new.training_data.sources == [
+        DataSource(kind="feedback", rows=12, sha256=new.training_data.sources[0].sha256)
+    ]
+
+    # no window and no base: nothing to judge on, so refused, kept, never aliased
+    assert not unjudged.decision.passed
+    assert [s.verdict for s in unjudged.decision.sets] == ["skipped", "skipped"]
+    assert unjudged.aliased is None
+    assert unjudged.version.version == 3
+    assert read_aliases(models, "line") == {"production": 2}
 
 
 # --- the gate's pure parts --------------------------------------------------------------------

@@ -4,9 +4,8 @@ production) or, where prediction times must be controlled, by the store's own wr
 
 import json
 import sqlite3
-import uuid
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,12 @@ from helpers import (
     DIABETES_ROW,
     IRIS_SETOSA,
     IRIS_VIRGINICA,
+    NOW,
     predict,
     prediction_ids,
     stored_shadow_rows,
     wait_until,
+    write_labelled,
 )
 from sklearn.linear_model import LinearRegression
 
@@ -35,12 +36,11 @@ from app.registration import register_estimator
 from app.retraining_data import RetrainingSet, retraining_set
 from app.services import Services
 from app.settings import Settings
-from app.store import Label, PredictionRecord, SqlStore, open_store
+from app.store import SqlStore, open_store
 from app.training import DEMOS, train_csv, train_demo
 from app.training_data import demo_training_frame, rows_digest
 
 DAY = 86400.0
-NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def accounted(data: RetrainingSet) -> int:
@@ -53,36 +53,6 @@ def store(tmp_path: Path) -> Iterator[SqlStore]:
     opened = open_store(f"sqlite:///{tmp_path / 'data' / 'steward.db'}")
     yield opened
     opened.close()
-
-
-def write(
-    store: SqlStore,
-    model: str,
-    rows: Sequence[tuple[timedelta, dict[str, Any], Any]],
-    version: int = 1,
-) -> list[str]:
-    """Served predictions made ``age`` before NOW with these inputs, each labelled with its
-    ground truth (None: left unlabelled), as the log and the feedback path store them."""
-    records = [
-        PredictionRecord(
-            uuid.uuid4().hex,
-            model,
-            version,
-            NOW - age,
-            tuple(inputs),
-            tuple(inputs.values()),
-            "whatever",
-        )
-        for age, inputs, _ in rows
-    ]
-    store.write_predictions(records)
-    labels = [
-        Label(r.id, truth, None, None, NOW)
-        for r, (_, _, truth) in zip(records, rows, strict=True)
-        if truth is not None
-    ]
-    assert store.label(labels) == {label.prediction_id for label in labels}
-    return [r.id for r in records]
 
 
 # --- a demo version, its feedback logged by the real app, a candidate shadowing it ----------
@@ -218,7 +188,7 @@ def test_the_recent_window_is_held_out_and_since_bounds_the_feedback(
     csv = churn_csv(tmp_path / "churn.csv")
     production = train_csv(models, csv, "churned", "churn", drop=["note"])
     hour = timedelta(hours=1)
-    write(
+    write_labelled(
         store,
         "churn",
         [
@@ -268,7 +238,9 @@ def test_a_csv_version_without_its_copy_retrains_from_the_csv_given_again(
     models = tmp_path / "models"
     csv = churn_csv(tmp_path / "churn.csv")
     production = train_csv(models, csv, "churned", "churn", drop=["note"], copy_max_bytes=0)
-    write(store, "churn", [(timedelta(hours=i), churn("pro", i, 5.0), "no") for i in range(3)])
+    write_labelled(
+        store, "churn", [(timedelta(hours=i), churn("pro", i, 5.0), "no") for i in range(3)]
+    )
     with pytest.raises(TrainingDataRefused) as refused:
         retraining_set(models, store, "churn", holdout_seconds=0)
     assert str(refused.value) == (
@@ -303,7 +275,9 @@ def test_a_registered_version_retrains_from_feedback_alone_when_there_is_enough(
     models = tmp_path / "models"
     register_estimator(models, artifact, "doubler", sample)
     row = [(timedelta(minutes=i), {"a": float(i), "b": 1.0}, 2.0 * i) for i in range(9)]
-    write(store, "doubler", [*row, (timedelta(0), {"a": 1.0, "b": 2.0}, "two")])  # "two": unfit
+    write_labelled(
+        store, "doubler", [*row, (timedelta(0), {"a": 1.0, "b": 2.0}, "two")]
+    )  # "two": unfit
     with pytest.raises(TrainingDataRefused) as refused:
         retraining_set(models, store, "doubler", holdout_seconds=0)
     assert str(refused.value) == (
@@ -313,7 +287,7 @@ def test_a_registered_version_retrains_from_feedback_alone_when_there_is_enough(
     with pytest.raises(TrainingDataRefused, match=r"doubler v1 records no target column: name"):
         retraining_set(models, store, "doubler", csv=sample, holdout_seconds=0)
 
-    write(store, "doubler", [(timedelta(hours=1), {"a": 100.0, "b": 0.0}, 200.0)])
+    write_labelled(store, "doubler", [(timedelta(hours=1), {"a": 100.0, "b": 0.0}, 200.0)])
     data = retraining_set(models, store, "doubler", holdout_seconds=0)
     assert (data.labelled, data.unfit, data.feedback_rows) == (11, 1, 10)
     assert data.sources == [DataSource(kind="feedback", rows=10, sha256=data.sources[0].sha256)]
