@@ -31,7 +31,7 @@ from app.registration import register_estimator
 from app.retraining import retrain
 from app.settings import Settings
 from app.store import open_store
-from app.training import DEMOS, TEST_SIZE, evaluate, frame_rows
+from app.training import DEMOS, TEST_SIZE, evaluate, frame_rows, train_csv
 from app.training_data import demo_training_frame
 
 SHIFT = 3.0  # cm added to every sepal width: v1 takes most such flowers for setosa
@@ -240,6 +240,44 @@ def test_without_recent_traffic_the_recent_set_is_skipped_and_said_so(
         "window", "(STEWARD_RETRAIN_HOLDOUT_SECONDS)",
     ]  # fmt: skip
     assert read_aliases(models_dir, "iris") == {"production": 1}
+
+
+def test_the_gate_metric_may_be_macro_f1_and_a_csv_version_passes_on_its_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    rng = np.random.default_rng(0)
+    months = rng.integers(1, 48, size=120)
+    plan = rng.choice(["basic", "pro", "team"], size=120)
+    churned = np.where((plan == "basic") & (months < 12), "yes", "no")
+    csv = tmp_path / "churn.csv"
+    pd.DataFrame({"plan": plan, "months": months, "churned": churned}).to_csv(csv, index=False)
+    v1 = train_csv(models, csv, "churned", "churn")
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("STEWARD_GATE_METRIC", "f1_macro")
+    code, out, err = run_cli(capsys, "--models-dir", str(models), "retrain", "churn")
+    assert (code, err) == (0, "")
+    assert "gate: f1_macro, margin 0.01" in out
+    v2 = read_metadata(models, "churn", 2)
+    assert v2.gate is not None
+    held = v2.gate.sets[0]
+    base = pd.read_csv(csv)
+    labels = base.pop("churned")
+    _, test_x, _, test_y = train_test_split(
+        base, labels, test_size=TEST_SIZE, random_state=0, stratify=labels
+    )
+    assert held.rows == len(test_y) == 30
+    assert held.production == score(models, v1, test_x, test_y, "f1_macro")
+    assert held.new == score(models, v2, test_x, test_y, "f1_macro")
+    # v2 keeps v1's copy of the base: the next retraining starts from v2 alone
+    assert v2.training_data is not None
+    assert v1.training_data is not None
+    assert v2.training_data.copy_sha256 == v1.training_data.copy_sha256
+    assert read_aliases(models, "churn") == {"production": 1}
+    assert run_cli(capsys, "--models-dir", str(models), "promote", "churn", "2")[0] == 0
+    code, out, err = run_cli(capsys, "--models-dir", str(models), "retrain", "churn")
+    assert (code, err) == (0, "")
+    assert out.startswith("churn: version 3 from v2's recipe on csv churn.csv 90 rows + ")
 
 
 def test_a_registered_regressor_retrains_on_feedback_alone_judged_by_mae_on_recent_traffic(
