@@ -181,6 +181,21 @@ class GateRefused(StewardError):
     code = "gate_refused"
 
 
+class RetrainRunning(StewardError):
+    """A retrain job asked for a model that has one running: two would race to the next
+    version number and judge each other's data."""
+
+    status_code = 409
+    code = "retrain_running"
+
+
+class UnknownJob(StewardError):
+    """A job id this server does not hold (never started, forgotten, or another replica's)."""
+
+    status_code = 404
+    code = "unknown_job"
+
+
 class AdminDisabled(StewardError):
     """The admin API was called on a server with no admin token configured."""
 

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from app import __version__, api
 from app.errors import InvalidSettings
 from app.feedback import FeedbackRecorder
+from app.jobs import RetrainJobs
 from app.metrics import Metrics
 from app.prediction import Predictor, scores_typical_row
 from app.readiness import Readiness
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             readiness=Readiness(registry, store, log, settings.required_models),
             watcher=Watcher(registry, settings.reload_interval_seconds),
+            jobs=RetrainJobs(settings),
         )
         # Everything loaded so far (modules, models) lives as long as the process: take it out
         # of the collector's full scans, which otherwise pause the loop ~100 ms under load.
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield {"services": services}  # requests reach it through app/api/deps.py
         finally:
             await services.watcher.close()  # no swap while the rest shuts down
+            await services.jobs.close()  # running retrainings terminated, their jobs failed
             await predictor.close()
             await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)
             store.close()

@@ -30,7 +30,7 @@ OTHER_CLASS = "_other"
 ERROR_STAGES: tuple[Stage, ...] = get_args(Stage)
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
-AdminAction = Literal["promote", "rollback", "traffic", "reload"]
+AdminAction = Literal["promote", "rollback", "traffic", "reload", "retrain", "job"]
 AdminOutcome = Literal["ok", "denied", "error"]
 """An admin call's outcome: done, refused for its token (401/403), or any other error."""
 ADMIN_ACTIONS: tuple[AdminAction, ...] = get_args(AdminAction)

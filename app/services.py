@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from app.feedback import FeedbackRecorder
+from app.jobs import RetrainJobs
 from app.metrics import Metrics
 from app.prediction import Predictor
 from app.readiness import Readiness
@@ -25,3 +26,4 @@ class Services:
     feedback: FeedbackRecorder
     readiness: Readiness
     watcher: Watcher
+    jobs: RetrainJobs

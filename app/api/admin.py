@@ -1,4 +1,5 @@
-"""The admin API: promote, roll back, set the traffic policy, rescan, behind a bearer token.
+"""The admin API: promote, roll back, set the traffic policy, rescan, start a retrain job and
+follow it (app/jobs.py: each in its own process), behind a bearer token.
 
 Each route calls the same function the CLI does (app/lifecycle.py), then rescans the registry
 (app/watcher.py) so that its answer shows what this server serves now: a new version that fails
@@ -13,6 +14,7 @@ refusals, the body's validation errors and the core's errors alike.
 import hmac
 import logging
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,9 +37,11 @@ from app.errors import (
     UnknownModel,
     validation_error,
 )
+from app.jobs import JobView
 from app.lifecycle import AliasState
 from app.metrics import ADMIN_ACTIONS, AdminAction, AdminOutcome
 from app.registry import Registry
+from app.retraining import Then
 from app.schemas import ErrorResponse, ModelSummary, TrafficStatus, refuse_duplicate_keys
 from app.services import Services
 from app.watcher import ReloadReport
@@ -231,14 +235,19 @@ async def _change(root: Path, model: str, change: Callable[[], AliasState]) -> A
     where the CLI's message names both."""
 
     def run() -> AliasState:
-        if model not in list_models(root):
-            raise UnknownModel(
-                "no such model",
-                [{"field": "model", "message": "not a model of this server (GET /models)"}],
-            )
+        _known(root, model)
         return change()
 
     return await anyio.to_thread.run_sync(run)
+
+
+def _known(root: Path, model: str) -> None:
+    """UnknownModel, without the client's name, for a model not on disk. Blocking."""
+    if model not in list_models(root):
+        raise UnknownModel(
+            "no such model",
+            [{"field": "model", "message": "not a model of this server (GET /models)"}],
+        )
 
 
 def _load_first(registry: Registry, model: str, version: int) -> None:
@@ -277,3 +286,62 @@ async def traffic(model: str, body: TrafficRequest, built: AdminServices) -> Mod
 async def reload(built: AdminServices) -> ReloadReport:
     """Rescan the registry directory now and swap in what changed."""
     return await built.watcher.reload()
+
+
+class RetrainRequest(BaseModel):
+    """A retrain job: what to do with a version that passes the gate, and the feedback to use."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    then: Then = Field(
+        "candidate",
+        description="keep: a version only; candidate or promote: that alias, if it passed.",
+    )
+    since: datetime | None = Field(
+        None,
+        strict=False,  # an ISO 8601 string in JSON
+        description="Learn from feedback on predictions made at or after this time (ISO 8601; "
+        "UTC if no zone). null: all of it.",
+    )
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _text(cls, value: object) -> object:
+        """Only an ISO 8601 string (or null): a number would be read as seconds since 1970."""
+        if value is not None and not isinstance(value, str):
+            raise PydanticCustomError("since_text", "Input should be an ISO 8601 date or time")
+        return value
+
+    @field_validator("since")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        """As the CLI's --since: a time without a zone is UTC."""
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class JobStarted(BaseModel):
+    """A retrain job just started: follow it at ``links.self``."""
+
+    job: str
+    status: str
+    links: dict[str, str]
+
+
+@router.post("/models/{model}/retrain", name="retrain", status_code=202, dependencies=_SINGLE_KEYS)
+async def retrain(model: str, body: RetrainRequest, built: AdminServices) -> JobStarted:
+    """Start retraining a model in a process of its own; answers at once with the job's id.
+
+    409 ``retrain_running`` (naming the running job) while one runs for the model. The job
+    (GET /admin/jobs/{id}) reports progress, then the gate's decision or the error."""
+    await anyio.to_thread.run_sync(_known, built.registry.root, model)
+    job = await built.jobs.start(model, body.since, body.then)
+    return JobStarted(job=job.id, status=job.status, links={"self": f"/admin/jobs/{job.id}"})
+
+
+@router.get("/jobs/{job_id}", name="job")
+async def job(job_id: str, built: AdminServices) -> JobView:
+    """A retrain job: its status, latest progress line, and outcome (the gate's table, or the
+    error's code and one line). Jobs live in this server's memory, the last 100 finished."""
+    return built.jobs.get(job_id).view()

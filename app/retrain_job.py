@@ -1,0 +1,97 @@
+"""One retraining in a process of its own: ``python -m app.retrain_job MODEL RESULT --then X
+[--since ISO]``, started by app/jobs.py for ``POST /admin/models/{model}/retrain``.
+
+The fit is CPU work for seconds to minutes; in its own process it shares neither the server's
+event loop nor its GIL, so predictions keep their latency. Settings come from the environment
+the server hands over (its registry, its store, its gate). Progress goes to stdout, one line per
+step; the outcome goes to RESULT as JSON, written atomically, whatever happened:
+``{"status": "passed"|"refused", "version", "decision", "data", "aliased"}`` or
+``{"status": "failed", "error": {"code", "message"}}``.
+"""
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+
+from app.errors import StewardError
+
+FAILED_CODE = "retrain_failed"  # an error that is not one of ours: its type, not its code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    result_file: Path = args.result
+    try:
+        outcome = _run(args.model, args.then, args.since)
+    except StewardError as exc:
+        outcome = _failed(exc.code, exc.message)
+    except Exception as exc:  # anything else still ends as one line in the job, not a traceback
+        outcome = _failed(FAILED_CODE, f"{type(exc).__name__}: {exc}")
+    _write(result_file, outcome)
+    _progress(f"done: {outcome['status']}")
+    return 0 if outcome["status"] != "failed" else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app.retrain_job")
+    parser.add_argument("model")
+    parser.add_argument("result", type=Path)
+    parser.add_argument("--then", choices=("keep", "candidate", "promote"), default="keep")
+    parser.add_argument("--since", type=datetime.fromisoformat, default=None)
+    return parser
+
+
+def _run(model: str, then: str, since: datetime | None) -> dict[str, Any]:
+    _progress("loading settings and the store")
+    from app.retraining import Then, retrain
+    from app.settings import load_settings
+    from app.store import open_store
+
+    settings = load_settings()
+    store = open_store(settings.store_url)
+    try:
+        _progress(f"retraining {model}: reading feedback, fitting, judging with the gate")
+        result = retrain(settings, store, model, since=since, then=cast(Then, then))
+    finally:
+        store.close()
+    data = result.data
+    aliased = result.aliased.change if result.aliased is not None else None
+    return {
+        "status": "passed" if result.decision.passed else "refused",
+        "version": result.version.version,
+        "decision": result.decision.model_dump(mode="json"),
+        "data": {
+            "production_version": data.production.version,
+            "labelled": data.labelled,
+            "trained_on": data.feedback_rows,
+            "held_out": data.held_out,
+            "duplicates": data.duplicates,
+            "conflicts": data.conflicts,
+            "unfit": data.unfit,
+        },
+        "aliased": aliased.alias if aliased is not None else None,
+    }
+
+
+def _failed(code: str, message: str) -> dict[str, Any]:
+    line = " ".join(message.split())  # one line, whatever the error carried
+    return {"status": "failed", "error": {"code": code, "message": line}}
+
+
+def _write(path: Path, outcome: dict[str, Any]) -> None:
+    """Atomically: the server reads the file once the process ended, never half of it."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(outcome))
+    os.replace(partial, path)
+
+
+def _progress(line: str) -> None:
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Retrain jobs over the admin API: POST /admin/models/{model}/retrain starts a real retraining
+in its own process on a real demo registry, GET /admin/jobs/{id} follows it to the gate's
+decision (the same one stored in the new version's metadata) or the error; predictions answer
+while it runs; hostile bodies and ids get 4xx in the one error shape; the counter is exact."""
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from helpers import IRIS_SETOSA, assert_error, metric, predict, wait_until
+
+from app.aliases import read_aliases
+from app.artifacts import read_metadata, save_version
+from app.main import create_app
+from app.settings import Settings
+
+TOKEN = "s3cret-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+RETRAIN = "/admin/models/iris/retrain"
+JOB_SECONDS = 120  # bounded wait for one retraining of the iris demo
+
+
+@pytest.fixture
+def job_settings(tmp_path: Path, models_dir: Path) -> Settings:
+    return Settings(
+        models_dir=models_dir,
+        data_dir=tmp_path / "data",
+        admin_token=TOKEN,
+        reload_interval_seconds=0,
+    )
+
+
+@pytest.fixture
+def admin(job_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(job_settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def job_of(client: TestClient, job_id: str) -> dict[str, Any]:
+    response = client.get(f"/admin/jobs/{job_id}", headers=AUTH)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def finished(client: TestClient, job_id: str) -> dict[str, Any]:
+    """The job once it ended, polled for at most JOB_SECONDS."""
+    assert wait_until(
+        lambda: job_of(client, job_id)["status"] in ("passed", "refused", "failed"),
+        seconds=JOB_SECONDS,
+    ), job_of(client, job_id)
+    return job_of(client, job_id)
+
+
+def count(client: TestClient, action: str, outcome: str) -> float:
+    return metric(client, "steward_admin_actions_total", action=action, outcome=outcome)
+
+
+def test_a_retrain_job_passes_the_gate_and_reports_what_metadata_records(
+    admin: TestClient, models_dir: Path
+) -> None:
+    versions_before = read_metadata(models_dir, "iris", 1).version
+    started = admin.post(RETRAIN, json={"then": "candidate"}, headers=AUTH)
+    assert started.status_code == 202, started.text
+    body = started.json()
+    job_id = body["job"]
+    assert len(job_id) == 32
+    assert int(job_id, 16) >= 0
+    assert body["status"] in ("queued", "running")
+    assert body["links"] == {"self": f"/admin/jobs/{job_id}"}
+
+    # Predictions answer while the retraining runs in its own process.
+    answered_while_running = 0
+    while job_of(admin, job_id)["status"] in ("queued", "running"):
+        assert predict(admin, "iris", IRIS_SETOSA).status_code == 200
+        answered_while_running += 1
+    assert answered_while_running > 0
+
+    job = finished(admin, job_id)
+    assert job["status"] == "passed", job
+    assert job["model"] == "iris"
+    assert job["then"] == "candidate"
+    assert job["since"] is None
+    assert job["error"] is None
+    assert job["ended"] >= job["started"]
+    assert job["progress"] == "done: passed"
+    result = job["result"]
+    new = read_metadata(models_dir, "iris", result["version"])
+    assert new.version > versions_before
+    assert new.gate is not None
+    assert result["decision"] == new.gate.model_dump(mode="json")
+    assert result["decision"]["passed"] is True
+    held_out = next(s for s in result["decision"]["sets"] if s["name"] == "held_out")
+    assert held_out["verdict"] == "pass"
+    assert held_out["rows"] > 0
+    assert result["aliased"] == "candidate"
+    assert read_aliases(models_dir, "iris")["candidate"] == new.version
+    assert result["data"]["production_version"] == new.gate.production_version
+
+    assert count(admin, "retrain", "ok") == 1
+    assert count(admin, "job", "ok") >= 2  # polled; exact counts are checked below
+
+
+def test_a_second_retrain_of_a_model_while_one_runs_is_409_naming_it(admin: TestClient) -> None:
+    first = admin.post(RETRAIN, json={"then": "keep"}, headers=AUTH).json()["job"]
+    error = assert_error(admin.post(RETRAIN, json={}, headers=AUTH), 409, "retrain_running")
+    assert error["details"] == [{"field": "job", "message": first}]
+    assert finished(admin, first)["status"] == "passed"
+    # Once it ended, the model may be retrained again.
+    again = admin.post(RETRAIN, json={"then": "keep"}, headers=AUTH)
+    assert again.status_code == 202, again.text
+    assert again.json()["job"] != first
+    finished(admin, again.json()["job"])
+    assert count(admin, "retrain", "ok") == 2
+    assert count(admin, "retrain", "error") == 1
+
+
+def test_a_model_with_no_recipe_fails_its_job_with_the_code_and_one_line(
+    models_dir: Path, job_settings: Settings
+) -> None:
+    v1 = read_metadata(models_dir, "iris", 1)
+    odd = save_version(models_dir, v1, {"not": "an estimator"}, promote=True)
+    folders = sorted(p.name for p in (models_dir / "iris").iterdir())
+    with TestClient(create_app(job_settings), raise_server_exceptions=False) as admin:
+        job_id = admin.post(RETRAIN, json={"then": "promote"}, headers=AUTH).json()["job"]
+        job = finished(admin, job_id)
+    assert job["status"] == "failed"
+    assert job["result"] is None
+    assert job["error"]["code"] == "no_recipe"
+    assert f"iris v{odd.version} has no recipe to retrain" in job["error"]["message"]
+    assert "\n" not in job["error"]["message"]
+    assert sorted(p.name for p in (models_dir / "iris").iterdir()) == folders  # nothing written
+
+
+def test_since_is_handed_to_the_job_and_the_counter_is_exact(admin: TestClient) -> None:
+    assert count(admin, "retrain", "ok") == 0  # the series start at 0
+    assert count(admin, "job", "ok") == 0
+    started = admin.post(
+        RETRAIN, json={"then": "keep", "since": "2026-01-01T00:00:00"}, headers=AUTH
+    ).json()["job"]
+    job = finished(admin, started)
+    assert job["since"] == "2026-01-01T00:00:00Z"
+    assert job["status"] == "passed"
+    assert job["result"]["aliased"] is None
+    polls = count(admin, "job", "ok")
+    admin.get(f"/admin/jobs/{started}", headers=AUTH)
+    admin.get(f"/admin/jobs/{uuid.uuid4().hex}", headers=AUTH)
+    admin.get(f"/admin/jobs/{started}")
+    assert count(admin, "job", "ok") == polls + 1
+    assert count(admin, "job", "error") == 1
+    assert count(admin, "job", "denied") == 1
+    assert count(admin, "retrain", "ok") == 1
+
+
+# --- The token, hostile bodies and ids ---------------------------------------------------------
+
+
+def test_the_retrain_routes_need_the_token(admin: TestClient, client: TestClient) -> None:
+    assert_error(client.post(RETRAIN, json={}, headers=AUTH), 403, "admin_disabled")
+    assert_error(client.get(f"/admin/jobs/{uuid.uuid4().hex}", headers=AUTH), 403, "admin_disabled")
+    assert_error(admin.post(RETRAIN, json={}), 401, "unauthorized")
+    wrong = {"Authorization": "Bearer wrong"}
+    assert_error(admin.post(RETRAIN, json={}, headers=wrong), 401, "unauthorized")
+    assert_error(admin.get(f"/admin/jobs/{uuid.uuid4().hex}"), 401, "unauthorized")
+    assert count(admin, "retrain", "denied") == 2  # each app counts its own calls
+    assert count(client, "retrain", "denied") == 1
+    assert count(client, "job", "denied") == 1
+    assert count(admin, "job", "denied") == 1
+    assert count(admin, "retrain", "ok") == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"then": "production"},
+        {"then": None},
+        {"then": 1},
+        {"extra": True},
+        {"since": "not a date"},
+        {"since": 0},
+        {"since": "x" * 100_000},
+        {"since": "99999-01-01"},
+        [],
+        "candidate",
+    ],
+)
+def test_hostile_retrain_bodies_are_422(admin: TestClient, body: object) -> None:
+    error = assert_error(admin.post(RETRAIN, json=body, headers=AUTH), 422, "validation_error")
+    assert "x" * 100 not in str(error)
+    assert count(admin, "retrain", "error") == 1
+    assert admin.get("/readyz").status_code == 200
+
+
+def test_duplicate_keys_and_broken_json_are_400(admin: TestClient) -> None:
+    headers = {**AUTH, "Content-Type": "application/json"}
+    for raw in (b'{"then": "keep", "then": "promote"}', b'{"then": ', b"\xef\xbb\xbf{}"):
+        response = admin.post(RETRAIN, content=raw, headers=headers)
+        assert response.status_code in (400, 422), response.text
+        assert set(response.json()) == {"error"}
+
+
+def test_an_unknown_model_is_404_without_echo(admin: TestClient) -> None:
+    for name in ("nope", "IRIS", "iris..", "m" * 300):
+        response = admin.post(f"/admin/models/{name}/retrain", json={}, headers=AUTH)
+        error = assert_error(response, 404, "unknown_model")
+        assert name not in str(error)
+
+
+def test_unknown_or_malformed_job_ids_are_404_without_echo(admin: TestClient) -> None:
+    real = admin.post(RETRAIN, json={"then": "keep"}, headers=AUTH).json()["job"]
+    dashed = str(uuid.UUID(real))
+    for job_id in (uuid.uuid4().hex, real.upper(), dashed, "0", "z" * 32, "j" * 10_000, "%00"):
+        error = assert_error(admin.get(f"/admin/jobs/{job_id}", headers=AUTH), 404, "unknown_job")
+        assert job_id not in str(error)
+    finished(admin, real)
+    assert admin.get("/readyz").status_code == 200
