@@ -3,6 +3,7 @@ in its own process on a real demo registry, GET /admin/jobs/{id} follows it to t
 decision (the same one stored in the new version's metadata) or the error; predictions answer
 while it runs; hostile bodies and ids get 4xx in the one error shape; the counter is exact."""
 
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,8 +68,7 @@ def test_a_retrain_job_passes_the_gate_and_reports_what_metadata_records(
     assert started.status_code == 202, started.text
     body = started.json()
     job_id = body["job"]
-    assert len(job_id) == 32
-    assert int(job_id, 16) >= 0
+    assert re.fullmatch("[0-9a-f]{32}", job_id)
     assert body["status"] in ("queued", "running")
     assert body["links"] == {"self": f"/admin/jobs/{job_id}"}
 
@@ -101,7 +101,6 @@ def test_a_retrain_job_passes_the_gate_and_reports_what_metadata_records(
     assert result["data"]["production_version"] == new.gate.production_version
 
     assert count(admin, "retrain", "ok") == 1
-    assert count(admin, "job", "ok") >= 2  # polled; exact counts are checked below
 
 
 def test_a_second_retrain_of_a_model_while_one_runs_is_409_naming_it(admin: TestClient) -> None:
