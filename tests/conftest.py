@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers import ADMIN_TOKEN
 
 from app.main import create_app
 from app.settings import Settings
@@ -36,4 +37,22 @@ def settings(tmp_path: Path, models_dir: Path) -> Settings:
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def admin_settings(tmp_path: Path, models_dir: Path) -> Settings:
+    """The demo registry with the admin API on (ADMIN_TOKEN) and no periodic rescan: the admin
+    API rescans itself, and a test of POST /admin/reload needs a change left to it."""
+    return Settings(
+        models_dir=models_dir,
+        data_dir=tmp_path / "data",
+        admin_token=ADMIN_TOKEN,
+        reload_interval_seconds=0,
+    )
+
+
+@pytest.fixture
+def admin(admin_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(admin_settings), raise_server_exceptions=False) as test_client:
         yield test_client

@@ -20,6 +20,8 @@ from app.artifacts import load_estimator, read_metadata, save_version
 from app.cli import main
 from app.store import Label, PredictionRecord, PredictionStore
 
+ADMIN_TOKEN = "s3cret-admin-token-0123456789"
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 IRIS_SETOSA = {
     "sepal_length_cm": 5.1,
     "sepal_width_cm": 3.5,

@@ -2,12 +2,11 @@
 reload over HTTP on a real registry with two trained versions, its errors, log and counter."""
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import IRIS_SETOSA, assert_error, metric, predict
+from helpers import ADMIN_AUTH, ADMIN_TOKEN, IRIS_SETOSA, assert_error, metric, predict
 
 from app.aliases import ALIASES, read_alias_file, set_alias
 from app.artifacts import ARTIFACT
@@ -16,29 +15,16 @@ from app.main import create_app
 from app.settings import Settings, load_settings
 from app.training import train_demo
 
-TOKEN = "s3cret-admin-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TOKEN, AUTH = ADMIN_TOKEN, ADMIN_AUTH
 PROMOTE = "/admin/models/iris/promote"
 ROLLBACK = "/admin/models/iris/rollback"
 
 
 @pytest.fixture
-def admin_settings(tmp_path: Path, models_dir: Path) -> Settings:
-    """Two versions of each demo model, production on 1; no periodic rescan (the admin API
-    rescans itself, and a test of POST /admin/reload needs the change left to it)."""
+def admin_settings(admin_settings: Settings, models_dir: Path) -> Settings:
+    """Two versions of each demo model, production on 1."""
     train_demo(models_dir)
-    return Settings(
-        models_dir=models_dir,
-        data_dir=tmp_path / "data",
-        admin_token=TOKEN,
-        reload_interval_seconds=0,
-    )
-
-
-@pytest.fixture
-def admin(admin_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(admin_settings), raise_server_exceptions=False) as client:
-        yield client
+    return admin_settings
 
 
 def admin_count(client: TestClient, action: str, outcome: str) -> float:

@@ -5,39 +5,21 @@ while it runs; hostile bodies and ids get 4xx in the one error shape; the counte
 
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import IRIS_SETOSA, assert_error, metric, predict, wait_until
+from helpers import ADMIN_AUTH, IRIS_SETOSA, assert_error, metric, predict, wait_until
 
 from app.aliases import read_aliases
 from app.artifacts import read_metadata, save_version
 from app.main import create_app
 from app.settings import Settings
 
-TOKEN = "s3cret-admin-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH = ADMIN_AUTH
 RETRAIN = "/admin/models/iris/retrain"
 JOB_SECONDS = 120  # bounded wait for one retraining of the iris demo
-
-
-@pytest.fixture
-def job_settings(tmp_path: Path, models_dir: Path) -> Settings:
-    return Settings(
-        models_dir=models_dir,
-        data_dir=tmp_path / "data",
-        admin_token=TOKEN,
-        reload_interval_seconds=0,
-    )
-
-
-@pytest.fixture
-def admin(job_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(job_settings), raise_server_exceptions=False) as client:
-        yield client
 
 
 def job_of(client: TestClient, job_id: str) -> dict[str, Any]:
@@ -118,12 +100,12 @@ def test_a_second_retrain_of_a_model_while_one_runs_is_409_naming_it(admin: Test
 
 
 def test_a_model_with_no_recipe_fails_its_job_with_the_code_and_one_line(
-    models_dir: Path, job_settings: Settings
+    models_dir: Path, admin_settings: Settings
 ) -> None:
     v1 = read_metadata(models_dir, "iris", 1)
     odd = save_version(models_dir, v1, {"not": "an estimator"}, promote=True)
     folders = sorted(p.name for p in (models_dir / "iris").iterdir())
-    with TestClient(create_app(job_settings), raise_server_exceptions=False) as admin:
+    with TestClient(create_app(admin_settings), raise_server_exceptions=False) as admin:
         job_id = admin.post(RETRAIN, json={"then": "promote"}, headers=AUTH).json()["job"]
         job = finished(admin, job_id)
     assert job["status"] == "failed"
