@@ -5,7 +5,9 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -210,57 +212,76 @@ def test_a_corrupt_aliases_file_is_refused_and_left_as_it_is(root: Path, case: s
     assert path.read_bytes() == before
 
 
-# Promotes ``count`` times, production to version (i + offset) % 3 + 1, once a go file exists;
-# prints the ``by`` of each promote that changed something, in order.
-WORKER = """
+# A racing worker's start: its job name in ``job``, ready when the test's go file exists.
+WORKER_START = """
 import json, sys, time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from app.lifecycle import promote
-root, worker = Path(sys.argv[1]), sys.argv[2]
-(root / f"ready-{worker}").touch()
+from typing import Any
+from app.lifecycle import promote, set_traffic
+root, job = Path(sys.argv[1]), sys.argv[2]
+(root / f"ready-{job}").touch()
 while not (root / "go").exists():
     time.sleep(0.001)
 made = []
 i = 0
+"""
+
+# Promotes production to version (i + job) % 3 + 1 until the stop file exists; prints the
+# ``by`` of each promote that changed something, in order.
+WORKER = (
+    WORKER_START
+    + """
 while not (root / "stop").exists():  # until the test has seen both of us at work
-    tag = f"{worker}-{i}"
-    if promote(root, "adder", (i + int(worker)) % 3 + 1, by=tag).change is not None:
+    tag = f"{job}-{i}"
+    if promote(root, "adder", (i + int(job)) % 3 + 1, by=tag).change is not None:
         made.append(tag)
     i += 1
 print(json.dumps(made))
 """
+)
 
 
-def test_two_processes_promoting_at_once_lose_no_change(root: Path) -> None:
-    """Both write until each has landed many changes while the other was writing too."""
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(root), str(worker)],
+def race(
+    root: Path, script: str, jobs: Sequence[str], overlapped: Callable[[], bool], interval: float
+) -> tuple[bool, dict[str, Any]]:
+    """Run ``script`` once per job, all released at once, until ``overlapped`` holds (or a
+    minute passes); whether it held, and what each job printed (JSON), by job."""
+    workers = {
+        job: subprocess.Popen(
+            [sys.executable, "-c", script, str(root), job],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for worker in (0, 1)
-    ]
+        for job in jobs
+    }
     deadline = time.monotonic() + 60
-    while not all((root / f"ready-{w}").exists() for w in (0, 1)):
+    while not all((root / f"ready-{job}").exists() for job in jobs):
         assert time.monotonic() < deadline, "the workers did not start"
-        assert all(w.poll() is None for w in workers), workers[0].communicate()
+        assert all(w.poll() is None for w in workers.values()), workers[jobs[0]].communicate()
         time.sleep(0.01)
     (root / "go").touch()
+    overlapping = wait_until(overlapped, seconds=60, interval=interval)
+    (root / "stop").touch()
+    made = {}
+    for job, process in workers.items():
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        made[job] = json.loads(out)
+    return overlapping, made
+
+
+def test_two_processes_promoting_at_once_lose_no_change(root: Path) -> None:
+    """Both write until each has landed many changes while the other was writing too."""
 
     def overlapped() -> bool:
         tags = [c.by for c in read_alias_file(root, "adder").history[1:]]
         switches = sum(1 for a, b in itertools.pairwise(tags) if a[0] != b[0])
         return switches >= 20 and min(sum(t[0] == w for t in tags) for w in "01") >= 50
 
-    overlapping = wait_until(overlapped, seconds=60, interval=0.05)
-    (root / "stop").touch()
-    made = []
-    for process in workers:
-        out, err = process.communicate(timeout=120)
-        assert process.returncode == 0, err
-        made.append(json.loads(out))
+    overlapping, by_job = race(root, WORKER, ("0", "1"), overlapped, interval=0.05)
+    made = [by_job["0"], by_job["1"]]
     history = read_alias_file(root, "adder").history
     tags = [c.by for c in history[1:]]  # after save_version's first production
     assert sorted(tags) == sorted(made[0] + made[1])  # every change, none lost
@@ -506,16 +527,9 @@ def test_set_traffic_refuses_a_corrupt_aliases_file_and_leaves_it(root: Path, ca
 
 # Sets traffic (canary, percent i % 100) or promotes production (between 1 and 2; the candidate
 # is 3), once a go file exists; prints each change made, in order.
-TRAFFIC_WORKER = """
-import json, sys, time
-from pathlib import Path
-from app.lifecycle import promote, set_traffic
-root, job = Path(sys.argv[1]), sys.argv[2]
-(root / f"ready-{job}").touch()
-while not (root / "go").exists():
-    time.sleep(0.001)
-made = []
-i = 0
+TRAFFIC_WORKER = (
+    WORKER_START
+    + """
 while not (root / "stop").exists():
     i += 1
     if job == "traffic":
@@ -526,27 +540,13 @@ while not (root / "stop").exists():
         made.append(i % 2 + 1)
 print(json.dumps(made))
 """
+)
 
 
 def test_two_processes_setting_traffic_and_promoting_at_once_lose_nothing(root: Path) -> None:
     """One sets the policy, one promotes production, both through the aliases lock: every
     promote is in the history, and the policy is the last one set."""
     lifecycle.promote(root, "adder", 3, "candidate")
-    workers = {
-        job: subprocess.Popen(
-            [sys.executable, "-c", TRAFFIC_WORKER, str(root), job],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for job in ("traffic", "promote")
-    }
-    deadline = time.monotonic() + 60
-    while not all((root / f"ready-{job}").exists() for job in workers):
-        assert time.monotonic() < deadline, "the workers did not start"
-        assert all(w.poll() is None for w in workers.values())
-        time.sleep(0.01)
-    (root / "go").touch()
     seen: list[tuple[int, str | None]] = []
 
     def overlapped() -> bool:
@@ -559,13 +559,7 @@ def test_two_processes_setting_traffic_and_promoting_at_once_lose_nothing(root: 
         )
         return both >= 10 and len(aliases.history) >= 100
 
-    overlapping = wait_until(overlapped, seconds=60, interval=0.02)
-    (root / "stop").touch()
-    made = {}
-    for job, process in workers.items():
-        out, err = process.communicate(timeout=120)
-        assert process.returncode == 0, err
-        made[job] = json.loads(out)
+    overlapping, made = race(root, TRAFFIC_WORKER, ("traffic", "promote"), overlapped, 0.02)
     final = read_alias_file(root, "adder")
     promotes = [c.to for c in final.history if c.by.startswith("p-")]
     assert promotes == made["promote"]  # every promote, in order, none lost
