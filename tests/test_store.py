@@ -251,6 +251,40 @@ def test_version_counts_per_version_in_the_window(store: SqlStore) -> None:
     assert store.version_counts("iris", NOW + hour) == []
 
 
+def test_version_counts_until_end_before_it(store: SqlStore) -> None:
+    """A window with an end (the version before a promote, over its time in production: app/
+    auto_rollback.py): rows made before ``until`` only, the end exclusive, shadow rows too."""
+    hour, second = timedelta(hours=1), timedelta(seconds=1)
+    write_scored(
+        store,
+        [
+            scored("iris", 1, 3 * hour, True, None),
+            scored("iris", 1, 2 * hour, False, None),
+            scored("iris", 1, 2 * hour, None, None),
+            scored("iris", 1, hour, False, None),  # at the end: out
+            scored("iris", 2, hour - second, True, None),  # after it: out
+            scored("diabetes", 1, 2 * hour, None, 2.0),
+            scored("diabetes", 1, hour, None, 50.0),
+        ],
+    )
+    served = record()._replace(version=2, created_at=NOW - 2 * hour)
+    store.write_predictions([served, shadow(served, version=1)])
+    end = NOW - hour
+    assert store.version_counts("iris", WEEK_AGO, end) == [
+        VersionCounts(1, 3, 2, 1, 0.0, 0.0),
+        VersionCounts(1, 1, 0, 0, 0.0, 0.0, shadow=True),
+        VersionCounts(2, 1, 0, 0, 0.0, 0.0),
+    ]
+    assert store.version_counts("iris", None, end) == store.version_counts("iris", WEEK_AGO, end)
+    assert store.version_counts("diabetes", None, end) == [VersionCounts(1, 1, 1, 0, 2.0, 4.0)]
+    # an end in another zone is the same instant; one second later takes the row at the end in
+    eastern = end.astimezone(timezone(timedelta(hours=-5)))
+    assert store.version_counts("iris", None, eastern)[0].predictions == 3
+    assert store.version_counts("iris", None, end + second)[0].predictions == 4
+    assert store.version_counts("iris", None, NOW - 4 * hour) == []
+    assert store.version_counts("iris", NOW - hour, None)[0] == VersionCounts(1, 1, 1, 0, 0.0, 0.0)
+
+
 def test_version_counts_of_errors_large_but_finite(store: SqlStore) -> None:
     """Each error at most 1e100 (app/ground_truth.py): their squares sum to a finite number."""
     write_scored(store, [scored("diabetes", 1, timedelta(0), None, 1e100) for _ in range(3)])

@@ -179,10 +179,13 @@ class PredictionStore(Protocol):
         """
         ...
 
-    def version_counts(self, model: str, since: datetime | None) -> list[VersionCounts]:
+    def version_counts(
+        self, model: str, since: datetime | None, until: datetime | None = None
+    ) -> list[VersionCounts]:
         """Per version of ``model`` (by version number, its served rows before its shadow
-        rows, never mixed), its predictions made at or after ``since`` (all of them when None)
-        and the labels they have; a version without a prediction in the window is absent."""
+        rows, never mixed), its predictions made at or after ``since`` and before ``until``
+        (unbounded when None) and the labels they have; a version without a prediction in the
+        window is absent."""
         ...
 
     def paired_counts(self, model: str, since: datetime | None) -> list[PairedCounts]:

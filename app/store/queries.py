@@ -9,7 +9,10 @@ from app.store.schema import as_utc, predictions, shadow_predictions
 
 
 def version_counts_query(
-    model: str, since: datetime | None, table: Table = predictions
+    model: str,
+    since: datetime | None,
+    table: Table = predictions,
+    until: datetime | None = None,
 ) -> Select[Any]:
     """SqlStore.version_counts' aggregate query over ``table`` (``predictions`` or
     ``shadow_predictions``): bounded by its (model, created_at) index."""
@@ -27,7 +30,7 @@ def version_counts_query(
         .group_by(c.version)
         .order_by(c.version)
     )
-    return _since(query, c.created_at, since)
+    return _until(_since(query, c.created_at, since), c.created_at, until)
 
 
 def paired_counts_query(model: str, since: datetime | None) -> Select[Any]:
@@ -70,9 +73,14 @@ def labelled_rows_query(model: str, since: datetime | None, until: datetime | No
         .where(c.model == model, c.ground_truth.is_not(None))
         .order_by(c.created_at, c.id)
     )
-    if until is not None:
-        query = query.where(c.created_at < _utc(until))
-    return _since(query, c.created_at, since)
+    return _until(_since(query, c.created_at, since), c.created_at, until)
+
+
+def _until(query: Select[Any], created_at: Any, until: datetime | None) -> Select[Any]:
+    """``query`` bounded to rows made before ``until`` (unbounded when None)."""
+    if until is None:
+        return query
+    return query.where(created_at < _utc(until))
 
 
 def _since(query: Select[Any], created_at: Any, since: datetime | None) -> Select[Any]:

@@ -179,10 +179,14 @@ class SqlStore:
                         labelled.add(shadow.prediction_id)
         return labelled
 
-    def version_counts(self, model: str, since: datetime | None) -> list[VersionCounts]:
+    def version_counts(
+        self, model: str, since: datetime | None, until: datetime | None = None
+    ) -> list[VersionCounts]:
         with _store_errors("read live quality"), self.engine.connect() as conn:
-            served = conn.execute(version_counts_query(model, since)).all()
-            shadow = conn.execute(version_counts_query(model, since, shadow_predictions)).all()
+            served = conn.execute(version_counts_query(model, since, until=until)).all()
+            shadow = conn.execute(
+                version_counts_query(model, since, shadow_predictions, until)
+            ).all()
         counts = [
             VersionCounts(
                 version=row.version,
