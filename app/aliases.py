@@ -5,7 +5,9 @@ lock, replaced atomically.
                                              "history": [{"alias", "from", "to", "at", "by",
                                                           "action"}, ...],
                                              "traffic": {"mode", "percent", "candidate",
-                                                         "at", "by"}}
+                                                         "at", "by"},
+                                             "auto_rollback": {"enabled", "min_labels",
+                                                               "margin", "at", "by"}}
     models/<name>/.aliases.lock             flock()ed by whoever changes aliases.json
 
 aliases.json is replaced atomically, so a reader never sees half of it. Writers take the model's
@@ -15,7 +17,8 @@ history yet, and one without ``traffic`` as traffic mode ``none``; the next chan
 format. The traffic policy has no history: it carries its own ``at`` and ``by``, and names the
 candidate version it was set for. Moving production onto that version ends the experiment, and
 moving the candidate alias elsewhere starts a new one: either way the same write sets traffic
-back to ``none``, so no version receives traffic it was not given by name.
+back to ``none``, so no version receives traffic it was not given by name. ``auto_rollback`` is
+there only once someone set the model's own automatic-rollback policy (app/auto_rollback.py).
 """
 
 import contextlib
@@ -92,15 +95,34 @@ class TrafficPolicy(BaseModel):
         return self
 
 
+MAX_MIN_LABELS = 1_000_000_000  # an automatic rollback's label count, at most
+
+
+class AutoRollbackPolicy(BaseModel):
+    """A model's own automatic-rollback policy (app/auto_rollback.py), overriding the settings
+    (``STEWARD_AUTO_ROLLBACK*``) for it: ``enabled``, and the least labels and the margin, each
+    None to keep the setting's. ``at`` and ``by`` say who set it, and when."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(strict=True)
+    min_labels: StrictInt | None = Field(None, ge=1, le=MAX_MIN_LABELS)
+    margin: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, strict=True)
+    at: datetime | None = None
+    by: str | None = Field(None, max_length=MAX_ACTOR)
+
+
 class AliasFile(BaseModel):
-    """A model's aliases.json: where each alias points, every change that led there, and the
-    traffic policy between production and candidate."""
+    """A model's aliases.json: where each alias points, every change that led there, the
+    traffic policy between production and candidate, and the model's own automatic-rollback
+    policy (None: the settings')."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     aliases: dict[str, StrictInt]
     history: list[AliasChange] = Field(default_factory=list)
     traffic: TrafficPolicy = Field(default_factory=TrafficPolicy)
+    auto_rollback: AutoRollbackPolicy | None = None
 
 
 def read_aliases(root: Path, name: str) -> dict[str, int]:
@@ -188,10 +210,8 @@ def record_alias(
         or aliases.get("production") == traffic.candidate
     ):  # the version the policy was set for is no longer a candidate beside production
         traffic = TrafficPolicy(at=change.at, by=change.by)
-    written = AliasFile(
-        aliases=aliases,
-        history=[*current.history, change],
-        traffic=traffic,
+    written = current.model_copy(
+        update={"aliases": aliases, "history": [*current.history, change], "traffic": traffic}
     )
     _write_alias_file(root, name, written)
     return written, change
@@ -211,8 +231,20 @@ def record_traffic(root: Path, name: str, policy: TrafficPolicy) -> AliasFile:
     return written
 
 
+def record_auto_rollback(root: Path, name: str, policy: AutoRollbackPolicy) -> AliasFile:
+    """Replace the model's automatic-rollback policy in aliases.json atomically, the rest as it
+    is; the caller holds ``aliases_locked``. Returns the file as written. An unreadable file is
+    refused, never overwritten."""
+    written = read_alias_file(root, name).model_copy(update={"auto_rollback": policy})
+    _write_alias_file(root, name, written)
+    return written
+
+
 def _write_alias_file(root: Path, name: str, written: AliasFile) -> None:
-    text = json.dumps(written.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True)
+    dumped = written.model_dump(mode="json", by_alias=True)
+    if dumped["auto_rollback"] is None:  # a file without a policy stays as older Stewards wrote
+        del dumped["auto_rollback"]
+    text = json.dumps(dumped, indent=2, sort_keys=True)
     _write_atomically(root / name / ALIASES, text + "\n")
 
 

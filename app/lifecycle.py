@@ -1,5 +1,5 @@
-"""A model's life in the registry: promote a version, roll back, set the traffic policy,
-describe its versions.
+"""A model's life in the registry: promote a version, roll back, set the traffic policy and
+the automatic-rollback policy, describe its versions.
 
 Each change is a read-modify-write of aliases.json under the model's lock, replaced atomically
 (``aliases.record_alias``, ``aliases.record_traffic``); an alias move is appended to the
@@ -29,14 +29,17 @@ from pydantic import BaseModel, ConfigDict
 from app.aliases import (
     ALIAS_NAMES,
     MAX_ACTOR,
+    MAX_MIN_LABELS,
     AliasChange,
     AliasFile,
+    AutoRollbackPolicy,
     TrafficMode,
     TrafficPolicy,
     aliases_locked,
     process_actor,
     read_alias_file,
     record_alias,
+    record_auto_rollback,
     record_traffic,
 )
 from app.artifacts import (
@@ -116,13 +119,27 @@ def promote(
         return _state(name, *record_alias(root, name, alias, version, by=by))
 
 
-def rollback(root: Path, name: str, *, by: str | None = None) -> AliasState:
+def rollback(
+    root: Path, name: str, *, by: str | None = None, expect: AliasChange | None = None
+) -> AliasState:
     """Point ``production`` back where it was before the latest promote not yet undone (see
-    the module's docstring); LifecycleConflict when the history has nothing to go back to."""
+    the module's docstring); LifecycleConflict when the history has nothing to go back to.
+
+    ``expect``: roll back only while the latest production change of the history is still
+    that one, checked under the lock (compare-and-set; LifecycleConflict otherwise). The
+    automatic rollback names the promote it judged: two replicas judging it at once roll back
+    once, and a change made since (a promote, a roll-back) is never undone by it."""
     _check_model(root, name)
     _check_actor(by)
     with aliases_locked(root, name):  # the history read is the one the change extends
-        target = previous_production(read_alias_file(root, name))
+        current = read_alias_file(root, name)
+        if expect is not None and latest_production_change(current) != expect:
+            raise LifecycleConflict(
+                f"{name}: production changed since the promote to version {expect.to} at "
+                f"{expect.at.isoformat()}; not rolled back",
+                model=name,
+            )
+        target = previous_production(current)
         if target is None:
             raise LifecycleConflict(
                 f"{name}: no earlier production version to roll back to (no promote of production "
@@ -232,6 +249,56 @@ def _check_candidate(root: Path, name: str, mode: str, aliases: dict[str, int]) 
                 model=name,
             )
     return candidate
+
+
+def latest_production_change(aliases: AliasFile) -> AliasChange | None:
+    """The history's latest move of ``production`` (a promote or a roll-back), if any."""
+    for entry in reversed(aliases.history):
+        if entry.alias == "production":
+            return entry
+    return None
+
+
+def set_auto_rollback(
+    root: Path,
+    name: str,
+    enabled: bool,
+    min_labels: int | None = None,
+    margin: float | None = None,
+    *,
+    by: str | None = None,
+) -> AutoRollbackPolicy:
+    """Set model ``name``'s own automatic-rollback policy in its aliases file (app/
+    auto_rollback.py): on or off, and the least labels (1 to 1e9) and the margin (0 to 1),
+    each None to keep the setting's. ``by`` names who asked (default: ``user@host`` of this
+    process). Returns the policy as written."""
+    _check_model(root, name)
+    _check_actor(by)
+    if type(enabled) is not bool:
+        raise _invalid(name, "enabled", "true or false")
+    if min_labels is not None and not (
+        type(min_labels) is int and 1 <= min_labels <= MAX_MIN_LABELS
+    ):
+        raise _invalid(name, "min_labels", f"a whole number from 1 to {MAX_MIN_LABELS}")
+    if margin is not None and not (
+        type(margin) in (int, float) and math.isfinite(margin) and 0 <= margin <= 1
+    ):
+        raise _invalid(name, "margin", "a number from 0 to 1")
+    policy = AutoRollbackPolicy(
+        enabled=enabled,
+        min_labels=min_labels,
+        margin=None if margin is None else float(margin),
+        at=datetime.now(UTC),
+        by=by or process_actor(),
+    )
+    with aliases_locked(root, name):
+        return record_auto_rollback(root, name, policy).auto_rollback or policy
+
+
+def _invalid(name: str, field: str, rule: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"{field} must be {rule}", [{"field": field, "message": rule}], model=name
+    )
 
 
 def previous_production(aliases: AliasFile) -> int | None:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from app import __version__, api
+from app.auto_rollback import AutoRollback
 from app.errors import InvalidSettings
 from app.feedback import FeedbackRecorder
 from app.jobs import RetrainJobs
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             shadow_max_pending_rows=settings.shadow_max_pending_rows,
             shadow_window=settings.shadow_window_seconds,
         )
+        watcher = Watcher(registry, settings.reload_interval_seconds)
         services = Services(
             settings=settings,
             metrics=metrics,
@@ -82,16 +84,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.shadow_wait_seconds,
             ),
             readiness=Readiness(registry, store, log, settings.required_models),
-            watcher=Watcher(registry, settings.reload_interval_seconds),
+            watcher=watcher,
             jobs=RetrainJobs(settings),
+            auto_rollback=AutoRollback(settings, store, metrics, watcher.scan),
         )
         # Everything loaded so far (modules, models) lives as long as the process: take it out
         # of the collector's full scans, which otherwise pause the loop ~100 ms under load.
         gc.freeze()
         services.watcher.start()
+        services.auto_rollback.start()
         try:
             yield {"services": services}  # requests reach it through app/api/deps.py
         finally:
+            await services.auto_rollback.close()
             await services.watcher.close()  # no swap while the rest shuts down
             await services.jobs.close()  # running retrainings terminated, their jobs failed
             await predictor.close()

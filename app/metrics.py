@@ -30,11 +30,15 @@ OTHER_CLASS = "_other"
 ERROR_STAGES: tuple[Stage, ...] = get_args(Stage)
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
-AdminAction = Literal["promote", "rollback", "traffic", "reload", "retrain", "job"]
+AdminAction = Literal["promote", "rollback", "traffic", "reload", "retrain", "job", "auto_rollback"]
 AdminOutcome = Literal["ok", "denied", "error"]
 """An admin call's outcome: done, refused for its token (401/403), or any other error."""
 ADMIN_ACTIONS: tuple[AdminAction, ...] = get_args(AdminAction)
 ADMIN_OUTCOMES: tuple[AdminOutcome, ...] = get_args(AdminOutcome)
+RollbackReason = Literal["manual", "accuracy_drop", "mae_rise"]
+"""Why production was rolled back: over the admin API, or automatically (app/auto_rollback.py)
+for a classifier's accuracy or a regressor's MAE worse than the version before's."""
+ROLLBACK_REASONS: tuple[RollbackReason, ...] = get_args(RollbackReason)
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -181,6 +185,14 @@ class Metrics:
         for action in ADMIN_ACTIONS:
             for outcome in ADMIN_OUTCOMES:
                 self.admin_actions.labels(action, outcome)
+        self.rollbacks = Counter(
+            "steward_rollbacks",
+            "Production roll-backs this server made, by model and reason: manual (the admin "
+            "API), accuracy_drop or mae_rise (automatic rollback). `steward rollback` runs "
+            "outside any server: not counted.",
+            ["model", "reason"],
+            registry=registry,
+        )
         self._class_labels: dict[tuple[str, int], dict[Label, str]] = {}
         self._series: dict[tuple[str, int], ModelSeries] = {}
         self._info: dict[tuple[str, int], tuple[str, ...]] = {}  # model_info series published
@@ -240,6 +252,9 @@ class Metrics:
             self.squared_error.labels(name, version)
         for outcome in outcomes:
             self.feedback.labels(name, version, outcome)
+        automatic = "accuracy_drop" if metadata.task == "classification" else "mae_rise"
+        for reason in ("manual", automatic):
+            self.rollbacks.labels(name, reason)
         self.shadow.loaded(metadata)
 
     def _swapped(self, entry: ModelEntry, alias: str, old: int | None, new: int | None) -> None:
@@ -290,6 +305,9 @@ class Metrics:
 
     def count_admin(self, action: AdminAction, outcome: AdminOutcome) -> None:
         self.admin_actions.labels(action, outcome).inc()
+
+    def count_rollback(self, model: str, reason: RollbackReason) -> None:
+        self.rollbacks.labels(model, reason).inc()
 
     def count_error(self, model: str | None, stage: Stage | None) -> None:
         """One error of ``model`` (None: ``_unknown``) at ``stage``; an error with no stage

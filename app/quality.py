@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from app.artifacts import ModelMetadata, list_versions, read_metadata
 from app.errors import ArtifactError
-from app.schemas import ModelReport, PairedQuality, VersionQuality
+from app.schemas import AutoRollbackStatus, ModelReport, PairedQuality, VersionQuality
 from app.settings import Settings
 from app.store import PairedCounts, PredictionStore, VersionCounts, open_store
 
@@ -67,9 +67,14 @@ def paired_quality(
     return [_paired(c, metadata) for c in store.paired_counts(model, since)]
 
 
-def report(entry: "ModelEntry", store: PredictionStore, window_seconds: float) -> ModelReport:
-    """GET /models/{model}: the entry's detail with the live quality of its versions.
-    Blocking, as live_quality."""
+def report(
+    entry: "ModelEntry",
+    store: PredictionStore,
+    window_seconds: float,
+    auto_rollback: AutoRollbackStatus,
+) -> ModelReport:
+    """GET /models/{model}: the entry's detail with the live quality of its versions, and the
+    automatic rollback's status (app/auto_rollback.py). Blocking, as live_quality."""
     detail = entry.detail()
     metadata = {m.version: m for m in detail.versions}
     now = datetime.now(UTC)
@@ -78,6 +83,7 @@ def report(entry: "ModelEntry", store: PredictionStore, window_seconds: float) -
         quality=live_quality(store, entry.name, metadata, window_seconds, now),
         paired=paired_quality(store, entry.name, metadata, window_seconds, now),
         quality_window_seconds=window_seconds,
+        auto_rollback=auto_rollback,
     )
 
 

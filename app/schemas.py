@@ -3,6 +3,7 @@
 import math
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import jiter
@@ -22,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from app.aliases import TrafficMode, TrafficPolicy
+from app.aliases import AliasChange, TrafficMode, TrafficPolicy
 from app.artifacts import ModelMetadata
 from app.errors import InvalidJSON, validation_error
 
@@ -303,6 +304,49 @@ class PairedQuality(BaseModel):
     challenger_rmse: float | None = Field(description="The same for the challenger.")
 
 
+AutoRollbackState = Literal[
+    "off", "idle", "waiting", "no_baseline", "within_margin", "worse", "unknown"
+]
+
+
+class AutoRollbackStatus(BaseModel):
+    """A model's automatic rollback (app/auto_rollback.py): the policy that applies and where
+    it comes from, and what the live figures say of production's latest promote now."""
+
+    enabled: bool
+    min_labels: int = Field(description="Labels of the promoted version before it is judged.")
+    margin: float = Field(description="Absolute for accuracy, relative for MAE.")
+    source: Literal["settings", "model"] = Field(
+        description="settings: STEWARD_AUTO_ROLLBACK*; model: the model's own policy in its "
+        "aliases.json (set_by, set_at)."
+    )
+    set_by: str | None = None
+    set_at: datetime | None = None
+    state: AutoRollbackState = Field(
+        description="off: the policy is off; idle: nothing to judge (production's latest change "
+        "is not a promote from an earlier version); waiting: fewer labels than min_labels; "
+        "no_baseline: the version before has no labelled live figure, so no automatic "
+        "rollback; within_margin: judged, not worse by more than the margin; worse: judged "
+        "worse, rolled back (or being rolled back); unknown: the aliases file or the promoted "
+        "version's metadata cannot be read (``reason`` says which)."
+    )
+    reason: str = Field(description="The state in one line, with the figures.")
+    promote: AliasChange | None = Field(
+        None, description="The promote judged: production's latest change."
+    )
+    metric: Literal["accuracy", "mae"] | None = None
+    labelled: int | None = Field(
+        None, description="The promoted version's labelled served predictions since it."
+    )
+    figure: float | None = Field(None, description="Its accuracy (or MAE) on them.")
+    previous_labelled: int | None = Field(
+        None,
+        description="The version before's labelled served predictions while it was "
+        "production, within the quality window before the promote.",
+    )
+    previous_figure: float | None = Field(None, description="Its accuracy (or MAE) on them.")
+
+
 class ModelReport(ModelDetail):
     """GET /models/{model}: what the registry knows, and the live quality of each version."""
 
@@ -316,4 +360,8 @@ class ModelReport(ModelDetail):
     )
     quality_window_seconds: float = Field(
         description="The span before now whose predictions ``quality`` and ``paired`` cover."
+    )
+    auto_rollback: AutoRollbackStatus = Field(
+        description="The automatic rollback's policy for this model, and its view of the "
+        "latest promote."
     )

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from app.auto_rollback import AutoRollback
 from app.feedback import FeedbackRecorder
 from app.jobs import RetrainJobs
 from app.metrics import Metrics
@@ -27,3 +28,4 @@ class Services:
     readiness: Readiness
     watcher: Watcher
     jobs: RetrainJobs
+    auto_rollback: AutoRollback

@@ -174,6 +174,34 @@ class Settings(BaseSettings):
         "pass the gate: absolute for accuracy and macro-F1 (0.01 = one point), relative for MAE "
         "(0.01 = 1% more error).",
     )
+    auto_rollback: bool = Field(
+        False,
+        description="Automatic rollback for every model without a policy of its own (`steward "
+        "auto-rollback`, PUT /admin/models/{model}/auto-rollback): after a promote, production "
+        "goes back to the version before when the new one's live accuracy (MAE) is worse than "
+        "that version's by more than the margin.",
+    )
+    auto_rollback_min_labels: int = Field(
+        100,
+        ge=1,
+        le=1_000_000_000,
+        description="Automatic rollback: the least labelled predictions of the new production "
+        "version, since its promote, before it is judged.",
+    )
+    auto_rollback_margin: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Automatic rollback: how much worse than the version before a promoted "
+        "version may score live before it is rolled back: absolute for accuracy (0.05 = five "
+        "points), relative for MAE (0.05 = 5% more error).",
+    )
+    auto_rollback_interval_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="How often the server checks the models whose automatic rollback is on.",
+    )
     host: str = Field("127.0.0.1", description="Address `steward serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `steward serve` binds.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(

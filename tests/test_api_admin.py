@@ -86,7 +86,7 @@ def test_a_denied_call_on_an_unknown_admin_path_is_a_plain_404(admin: TestClient
     assert_error(admin.get("/admin/reload", headers=AUTH), 405, "method_not_allowed")
     text = admin.get("/metrics").text
     samples = [line for line in text.splitlines() if line.startswith("steward_admin_actions_total")]
-    assert len(samples) == 18  # 6 actions x 3 outcomes, nothing else
+    assert len(samples) == 21  # 7 actions x 3 outcomes, nothing else
     assert all(line.endswith(" 0.0") for line in samples)
 
 

@@ -1,5 +1,6 @@
-"""The admin API: promote, roll back, set the traffic policy, rescan, start a retrain job and
-follow it (app/jobs.py: each in its own process), behind a bearer token.
+"""The admin API: promote, roll back, set the traffic policy and the automatic-rollback policy,
+rescan, start a retrain job and follow it (app/jobs.py: each in its own process), behind a
+bearer token.
 
 Each route calls the same function the CLI does (app/lifecycle.py), then rescans the registry
 (app/watcher.py) so that its answer shows what this server serves now: a new version that fails
@@ -27,9 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, fi
 from pydantic_core import PydanticCustomError
 
 from app import lifecycle
-from app.aliases import AliasChange, TrafficMode
+from app.aliases import MAX_MIN_LABELS, AliasChange, TrafficMode
 from app.api.deps import services
 from app.artifacts import list_models
+from app.auto_rollback import assess
 from app.errors import (
     AdminDisabled,
     StewardError,
@@ -42,7 +44,13 @@ from app.lifecycle import AliasState
 from app.metrics import ADMIN_ACTIONS, AdminAction, AdminOutcome
 from app.registry import Registry
 from app.retraining import Then
-from app.schemas import ErrorResponse, ModelSummary, TrafficStatus, refuse_duplicate_keys
+from app.schemas import (
+    AutoRollbackStatus,
+    ErrorResponse,
+    ModelSummary,
+    TrafficStatus,
+    refuse_duplicate_keys,
+)
 from app.services import Services
 from app.watcher import ReloadReport
 
@@ -265,6 +273,7 @@ async def rollback(model: str, built: AdminServices) -> ModelChange:
     """Point production back at the version before its latest promote, and swap it in."""
     root = built.registry.root
     state = await _change(root, model, lambda: lifecycle.rollback(root, model, by=ACTOR))
+    built.metrics.count_rollback(model, "manual")  # a model on disk: a bounded label
     return await _apply(built, state)
 
 
@@ -280,6 +289,50 @@ async def traffic(model: str, body: TrafficRequest, built: AdminServices) -> Mod
         root, model, lambda: lifecycle.set_traffic(root, model, body.mode, body.percent, by=ACTOR)
     )
     return await _apply(built, state)
+
+
+class AutoRollbackRequest(BaseModel):
+    """A model's own automatic-rollback policy, in place of the STEWARD_AUTO_ROLLBACK* settings."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enabled: bool = Field(description="Roll a worse promote back by itself, or not.")
+    min_labels: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=MAX_MIN_LABELS,
+        description="Labels of the promoted version before it is judged; omitted or null: "
+        "STEWARD_AUTO_ROLLBACK_MIN_LABELS.",
+    )
+    margin: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="How much worse it may score: absolute for accuracy, relative for MAE; "
+        "omitted or null: STEWARD_AUTO_ROLLBACK_MARGIN.",
+    )
+
+
+@router.put("/models/{model}/auto-rollback", name="auto_rollback", dependencies=_SINGLE_KEYS)
+async def auto_rollback(
+    model: str, body: AutoRollbackRequest, built: AdminServices
+) -> AutoRollbackStatus:
+    """Set a model's automatic-rollback policy, kept in its aliases.json for every replica.
+
+    The answer is the policy that now applies and its view of the latest promote, as
+    GET /models/{model} shows it."""
+    root = built.registry.root
+    settings = built.settings
+
+    def run() -> AutoRollbackStatus:
+        _known(root, model)
+        lifecycle.set_auto_rollback(
+            root, model, body.enabled, body.min_labels, body.margin, by=ACTOR
+        )
+        return assess(settings, built.store, model)
+
+    return await anyio.to_thread.run_sync(run)
 
 
 @router.post("/reload", name="reload")

@@ -1,9 +1,11 @@
-"""GET /models and GET /models/{model}: versions, aliases, metadata, live quality."""
+"""GET /models and GET /models/{model}: versions, aliases, metadata, live quality, automatic
+rollback."""
 
 import anyio.to_thread
 from fastapi import APIRouter
 
 from app.api.deps import RegistryDep, SettingsDep, StoreDep
+from app.auto_rollback import assess
 from app.quality import report
 from app.schemas import ErrorResponse, ModelReport, ModelSummary
 
@@ -22,7 +24,13 @@ def list_models(registry: RegistryDep) -> list[ModelSummary]:
 async def get_model(
     model: str, registry: RegistryDep, store: StoreDep, settings: SettingsDep
 ) -> ModelReport:
-    """One model: aliases, loaded versions, refusals, the metadata of every version, and each
-    version's live quality (champion vs challenger) over the quality window."""
+    """One model: aliases, loaded versions, refusals, the metadata of every version, each
+    version's live quality (champion vs challenger) over the quality window, and its automatic
+    rollback's policy and view of the latest promote."""
     entry = registry.entry(model)
-    return await anyio.to_thread.run_sync(report, entry, store, settings.quality_window_seconds)
+
+    def build() -> ModelReport:
+        status = assess(settings, store, entry.name)
+        return report(entry, store, settings.quality_window_seconds, status)
+
+    return await anyio.to_thread.run_sync(build)
