@@ -98,6 +98,11 @@ def render_model(detail: dict[str, Any]) -> list[str]:
         f"loaded:  {', '.join(loaded) or 'none'}",
         f"traffic: {_traffic(detail.get('traffic') or {})}",
     ]
+    auto = detail.get("auto_rollback")
+    if isinstance(auto, dict):
+        lines.append(f"auto-rollback: {auto_rollback_text(auto)}")
+        if auto.get("enabled"):
+            lines.append(f"  {auto.get('state')}: {auto.get('reason')}")
     for refusal in detail.get("refusals") or []:
         version = refusal.get("version")
         what = "aliases.json" if version is None else f"version {version}"
@@ -110,6 +115,21 @@ def render_model(detail: dict[str, Any]) -> list[str]:
         )
         lines.append(f"refused: {what} ({refusal.get('reason')}): {message}")
     return lines
+
+
+def auto_rollback_text(policy: dict[str, Any]) -> str:
+    """An automatic-rollback policy in words (GET /models/{model}'s ``auto_rollback``, or the
+    policy the CLI just set), saying where it comes from."""
+    if policy.get("source") == "model":
+        source = f"this model's own, set by {policy.get('set_by') or '?'}"
+    else:
+        source = "STEWARD_AUTO_ROLLBACK*"
+    if not policy.get("enabled"):
+        return f"off ({source})"
+    return (
+        f"on: after a promote, over at least {policy.get('min_labels')} labels, margin "
+        f"{policy.get('margin')} ({source})"
+    )
 
 
 def _aliases(aliases: dict[str, Any]) -> str:

@@ -35,6 +35,22 @@ def percent(value: str) -> float:
     return share
 
 
+def label_count(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 1_000_000_000):
+        raise argparse.ArgumentTypeError("a label count is a whole number from 1 to 1000000000")
+    return int(value)
+
+
+def margin(value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError:
+        share = math.nan
+    if not (math.isfinite(share) and 0 <= share <= 1):
+        raise argparse.ArgumentTypeError("a margin is a number from 0 to 1")
+    return share
+
+
 def port(value: str) -> int:
     if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
         raise argparse.ArgumentTypeError("a port is a whole number from 1 to 65535")

@@ -1,5 +1,6 @@
-"""``steward promote``, ``rollback`` and ``traffic``: move a model's aliases and set its traffic
-policy (app/lifecycle.py), on disk; running servers follow (app/watcher.py). ``steward
+"""``steward promote``, ``rollback``, ``traffic`` and ``auto-rollback``: move a model's aliases,
+set its traffic policy and its automatic-rollback policy (app/lifecycle.py), on disk; running
+servers follow (app/watcher.py, app/auto_rollback.py). ``steward
 retrain``: a new version from the production version's recipe and the feedback, aliased only
 when the gate passes it (app/retraining.py; scikit-learn and the store imported when it runs).
 """
@@ -8,7 +9,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from app import lifecycle, status
-from app.aliases import ALIAS_NAMES, AliasChange
+from app.aliases import ALIAS_NAMES, AliasChange, read_alias_file
 from app.cli import arguments
 from app.cli.errors import UsageError
 from app.cli.parser import Commands, add_command, model_argument
@@ -81,6 +82,38 @@ def add_commands(commands: Commands) -> None:
     )
     traffic.set_defaults(command=_traffic)
 
+    auto = add_command(
+        commands,
+        "auto-rollback",
+        "turn a model's automatic rollback on or off",
+        "Set a model's own automatic-rollback policy, in place of STEWARD_AUTO_ROLLBACK: on,\n"
+        "running servers roll production back to the version before a promote by themselves\n"
+        "when the promoted version's live accuracy (MAE for a regressor) over at least\n"
+        "MIN_LABELS labels since its promote is worse than the version before's by more than\n"
+        "MARGIN (absolute for accuracy, relative for MAE). Without --min-labels or --margin,\n"
+        "the STEWARD_AUTO_ROLLBACK_MIN_LABELS and STEWARD_AUTO_ROLLBACK_MARGIN settings apply.\n"
+        "Kept in the model's aliases.json, for every replica.",
+        "examples:\n"
+        "  steward auto-rollback iris on\n"
+        "  steward auto-rollback iris on --min-labels 200 --margin 0.03\n"
+        "  steward auto-rollback iris off",
+    )
+    model_argument(auto)
+    auto.add_argument("state", choices=("on", "off"), help="the policy")
+    auto.add_argument(
+        "--min-labels",
+        type=arguments.label_count,
+        metavar="N",
+        help="labels of the promoted version before it is judged (1-1000000000)",
+    )
+    auto.add_argument(
+        "--margin",
+        type=arguments.margin,
+        metavar="M",
+        help="how much worse it may score, 0-1: absolute for accuracy, relative for MAE",
+    )
+    auto.set_defaults(command=_auto_rollback)
+
     retrain = add_command(
         commands,
         "retrain",
@@ -149,6 +182,17 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
 def _traffic(args: argparse.Namespace, settings: Settings) -> int:
     state = lifecycle.set_traffic(settings.models_dir, args.model, args.mode, args.percent)
     print(f"{args.model}: traffic {status.policy_text(state.traffic)} ({TRAFFIC_NOTE})")
+    return 0
+
+
+def _auto_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from app.auto_rollback import policy
+
+    lifecycle.set_auto_rollback(
+        settings.models_dir, args.model, args.state == "on", args.min_labels, args.margin
+    )
+    applied = policy(settings, read_alias_file(settings.models_dir, args.model))
+    print(f"{args.model}: automatic rollback {status.auto_rollback_text(applied.__dict__)}")
     return 0
 
 
