@@ -380,3 +380,69 @@ def test_status_shows_the_traffic_policy_and_whether_it_applies() -> None:
         ["iris", "1", "production=1", "canary"],
         ["wine", "-", "-", "none", "why"],
     ]
+
+
+def test_auto_rollback_sets_the_model_policy_and_status_shows_it(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--models-dir", str(models_dir)]
+    code, out, err = run_cli(capsys, *where, "auto-rollback", "iris", "on", "--margin", "0.03")
+    assert (code, err) == (0, "")
+    by = process_actor()
+    assert out == (
+        "iris: automatic rollback on: after a promote, over at least 100 labels, margin 0.03 "
+        f"(this model's own, set by {by})\n"
+    )
+    policy = read_alias_file(models_dir, "iris").auto_rollback
+    assert policy is not None
+    assert (policy.enabled, policy.min_labels, policy.margin) == (True, None, 0.03)
+    code, out, _ = run_cli(capsys, *where, "auto-rollback", "iris", "off")
+    assert out == f"iris: automatic rollback off (this model's own, set by {by})\n"
+    turned_off = read_alias_file(models_dir, "iris").auto_rollback
+    assert turned_off is not None
+    assert (turned_off.enabled, turned_off.margin) == (False, None)  # the setting's margin again
+
+    detail = {"name": "iris", "aliases": {"production": 2}, "loaded": []}
+    auto = {
+        "enabled": True,
+        "min_labels": 100,
+        "margin": 0.05,
+        "source": "settings",
+        "state": "waiting",
+        "reason": "waiting: v2 has 3 of 100 labels since its promote",
+    }
+    assert render_model(detail | {"auto_rollback": auto})[4:] == [
+        "auto-rollback: on: after a promote, over at least 100 labels, margin 0.05 "
+        "(STEWARD_AUTO_ROLLBACK*)",
+        "  waiting: waiting: v2 has 3 of 100 labels since its promote",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["auto-rollback", "nope", "on"], "no model 'nope' in "),
+        (["auto-rollback", "iris", "maybe"], "invalid choice: 'maybe'"),
+        (["auto-rollback", "iris"], "the following arguments are required: state"),
+        (["auto-rollback", "../iris", "on"], "a model name is 1-64 of"),
+        (["auto-rollback", "iris", "on", "--min-labels", "0"], "a label count is a whole number"),
+        (["auto-rollback", "iris", "on", "--min-labels", "-5"], "a label count is a whole number"),
+        (["auto-rollback", "iris", "on", "--min-labels", "1.5"], "a label count is a whole number"),
+        (["auto-rollback", "iris", "on", "--min-labels", "9" * 30], "a label count is a whole"),
+        (["auto-rollback", "iris", "on", "--min-labels", "²"], "a label count is a whole number"),
+        (["auto-rollback", "iris", "on", "--margin", "nan"], "a margin is a number from 0 to 1"),
+        (["auto-rollback", "iris", "on", "--margin", "inf"], "a margin is a number from 0 to 1"),
+        (["auto-rollback", "iris", "on", "--margin", "1.5"], "a margin is a number from 0 to 1"),
+        (["auto-rollback", "iris", "on", "--margin", "-0.1"], "a margin is a number from 0 to 1"),
+        (["auto-rollback", "iris", "on", "--margin", "five"], "a margin is a number from 0 to 1"),
+        (["auto-rollback", "iris", "on", "--window", "5"], "unrecognized arguments: --window 5"),
+    ],
+)
+def test_auto_rollback_with_wrong_arguments_is_one_line_and_writes_nothing(
+    models_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    before = (models_dir / "iris" / ALIASES).read_bytes()
+    code, out, err = run_cli(capsys, "--models-dir", str(models_dir), *argv)
+    assert (code, out) == (1 if "no model" in message else 2, "")
+    assert_one_line_error(err, message)
+    assert (models_dir / "iris" / ALIASES).read_bytes() == before
