@@ -80,6 +80,7 @@ REQUIRED_ALERTS = {
     "StewardAccuracyDrop",
     "StewardNoFeedback",
     "StewardModelRefused",
+    "StewardAutomaticRollback",
 }
 
 

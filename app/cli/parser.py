@@ -15,8 +15,9 @@ right: it joins the ground truth clients send later to the predictions it made, 
 accuracy, latency and errors to Prometheus.
 
 This command trains, registers and retrains model versions into the registry (a folder), lists
-them, points aliases at them and rolls them back, sets the traffic policy between production and
-candidate, starts the server, and asks it what it serves."""
+them, points aliases at them and rolls them back (or lets the server roll a worse promote back by
+itself), sets the traffic policy between production and candidate, starts the server, and asks it
+what it serves."""
 
 EPILOG = """\
 examples:
@@ -28,6 +29,7 @@ examples:
   steward rollback churn              production back to the version before
   steward traffic churn shadow        the candidate also predicts every request
   steward traffic churn canary --percent 10
+  steward auto-rollback churn on      roll a promote back by itself if it does worse live
   steward versions churn              every version: metrics, aliases, alias history
   steward retrain churn --candidate   retrain on the feedback; candidate if the gate passes it
   steward status                      what the running server serves
