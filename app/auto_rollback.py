@@ -131,7 +131,9 @@ def assess(settings: Settings, store: PredictionStore, name: str) -> AutoRollbac
     start = max(promote.at - timedelta(seconds=settings.quality_window_seconds), _since(aliases))
     before = _served(store.version_counts(name, start, promote.at), previous)
     status = _with(status, labelled=labelled, figure=figure)
-    if before is None or before.labelled == 0 or figure is None:
+    if figure is None:  # a sum past the float range: nothing honest to compare
+        return _with(status, state="no_baseline", reason=f"v{current}'s {metric} is not finite")
+    if before is None or before.labelled == 0:
         return _with(
             status,
             state="no_baseline",
@@ -267,15 +269,20 @@ class AutoRollback:
         if status.state == "unknown":
             self._problem(name, status.reason)
             return None
-        self._problems.pop(name, None)
         if status.state != "worse" or status.promote is None:
+            self._problems.pop(name, None)
             return None
-        promote = status.promote
+        promote, root = status.promote, self.settings.models_dir
         try:
-            lifecycle.rollback(self.settings.models_dir, name, by=ACTOR, expect=promote)
-        except LifecycleConflict as exc:  # another replica, or a person, changed it first
-            logger.info("auto-rollback %s: %s", name, exc.message)
+            lifecycle.rollback(root, name, by=ACTOR, expect=promote)
+        except LifecycleConflict as exc:
+            latest = lifecycle.latest_production_change(read_alias_file(root, name))
+            if latest != promote:  # another replica, or a person, changed production first
+                logger.info("auto-rollback %s: %s", name, exc.message)
+            else:  # the version before cannot serve (its files are gone): said once
+                self._problem(name, f"not rolled back: {exc.message}")
             return None
+        self._problems.pop(name, None)
         reason: RollbackReason = "accuracy_drop" if status.metric == "accuracy" else "mae_rise"
         self.metrics.count_rollback(name, reason)
         logger.warning(

@@ -4,6 +4,7 @@ log and feedback path, the real aliases file. Each check is run by hand (``check
 periodic one being an hour away."""
 
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from helpers import DIABETES_ROW, IRIS_SETOSA, metric, predict
 from app import lifecycle
 from app.aliases import read_alias_file
 from app.auto_rollback import AutoRollback, assess
-from app.errors import LifecycleConflict
+from app.errors import LifecycleConflict, ValidationFailed
 from app.main import create_app
 from app.services import Services
 from app.settings import Settings
@@ -297,3 +298,64 @@ def test_get_model_shows_the_policy_and_the_judgement(client: TestClient) -> Non
     body = client.get("/models/iris").json()["auto_rollback"]
     assert (body["state"], body["metric"], body["labelled"]) == ("waiting", "accuracy", 3)
     assert (body["promote"]["from"], body["promote"]["to"]) == (1, 2)
+
+
+def test_a_version_before_that_cannot_serve_is_not_rolled_back_to_and_said_once(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    built = services(client)
+    serve_and_label(client, "iris", 1, [True] * 10)
+    promote(client, "iris", 2)
+    serve_and_label(client, "iris", 2, [False] * 10)
+    shutil.rmtree(built.settings.models_dir / "iris" / "1")  # its files gone
+    with caplog.at_level(logging.INFO, logger="app.auto_rollback"):
+        assert built.auto_rollback.check() == []
+        assert built.auto_rollback.check() == []
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "app.auto_rollback"]
+    assert line.startswith(
+        "auto-rollback iris: not rolled back: cannot roll iris back to version 1"
+    )
+    assert production(client, "iris") == 2
+    assert rollbacks(client, "iris", "accuracy_drop") == 0
+
+
+@pytest.mark.parametrize(
+    ("enabled", "min_labels", "margin", "field"),
+    [
+        ("yes", None, None, "enabled"),
+        (1, None, None, "enabled"),
+        (True, 0, None, "min_labels"),
+        (True, 10**12, None, "min_labels"),
+        (True, True, None, "min_labels"),
+        (True, 2.0, None, "min_labels"),
+        (True, None, -0.1, "margin"),
+        (True, None, 1.01, "margin"),
+        (True, None, float("nan"), "margin"),
+        (True, None, float("inf"), "margin"),
+        (True, None, "0.1", "margin"),
+        (True, None, False, "margin"),
+    ],
+)
+def test_set_auto_rollback_refuses_bad_values_naming_the_field(
+    models_dir: Path, enabled: Any, min_labels: Any, margin: Any, field: str
+) -> None:
+    before = (models_dir / "iris" / "aliases.json").read_bytes()
+    with pytest.raises(ValidationFailed) as refused:
+        lifecycle.set_auto_rollback(models_dir, "iris", enabled, min_labels, margin)
+    assert [d["field"] for d in refused.value.details] == [field]
+    assert (models_dir / "iris" / "aliases.json").read_bytes() == before
+
+
+def test_the_model_policy_survives_promotes_roll_backs_and_traffic_changes(
+    models_dir: Path,
+) -> None:
+    train_demo(models_dir)
+    policy = lifecycle.set_auto_rollback(models_dir, "iris", True, 20, 0.02, by="ops")
+    lifecycle.promote(models_dir, "iris", 2, "candidate")
+    lifecycle.set_traffic(models_dir, "iris", "shadow")
+    lifecycle.promote(models_dir, "iris", 2)
+    lifecycle.rollback(models_dir, "iris")
+    kept = read_alias_file(models_dir, "iris")
+    assert kept.auto_rollback == policy
+    assert kept.aliases == {"production": 1, "candidate": 2}
+    assert "auto_rollback" not in (models_dir / "diabetes" / "aliases.json").read_text()
