@@ -266,6 +266,7 @@ def test_status_asks_a_real_server(
             "aliases: production=1",
             "loaded:  1 (production)",
             "traffic: none",
+            "auto-rollback: off (STEWARD_AUTO_ROLLBACK*)",
         ]
         code, out, err = run_cli(capsys, "status", "nope", "--url", url)
         assert (code, out) == (1, "")

@@ -6,6 +6,7 @@ when the gate passes it (app/retraining.py; scikit-learn and the store imported 
 """
 
 import argparse
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from app import lifecycle, status
@@ -192,7 +193,7 @@ def _auto_rollback(args: argparse.Namespace, settings: Settings) -> int:
         settings.models_dir, args.model, args.state == "on", args.min_labels, args.margin
     )
     applied = policy(settings, read_alias_file(settings.models_dir, args.model))
-    print(f"{args.model}: automatic rollback {status.auto_rollback_text(applied.__dict__)}")
+    print(f"{args.model}: automatic rollback {status.auto_rollback_text(asdict(applied))}")
     return 0
 
 
