@@ -87,7 +87,8 @@ def render_models(summaries: list[dict[str, Any]]) -> list[str]:
 
 
 def render_model(detail: dict[str, Any]) -> list[str]:
-    """`GET /models/{model}`: its aliases, the versions in memory, and refusals."""
+    """`GET /models/{model}`: its aliases, the versions in memory, its traffic and
+    automatic-rollback policies, and refusals."""
     loaded = [
         f"{v.get('version')}" + (f" ({', '.join(v['aliases'])})" if v.get("aliases") else "")
         for v in detail.get("loaded") or []
@@ -102,7 +103,7 @@ def render_model(detail: dict[str, Any]) -> list[str]:
     if isinstance(auto, dict):
         lines.append(f"auto-rollback: {auto_rollback_text(auto)}")
         if auto.get("enabled"):
-            lines.append(f"  {auto.get('state')}: {auto.get('reason')}")
+            lines.append(f"  {auto.get('reason')}")  # its state, in words
     for refusal in detail.get("refusals") or []:
         version = refusal.get("version")
         what = "aliases.json" if version is None else f"version {version}"

@@ -415,7 +415,7 @@ def test_auto_rollback_sets_the_model_policy_and_status_shows_it(
     assert render_model(detail | {"auto_rollback": auto})[4:] == [
         "auto-rollback: on: after a promote, over at least 100 labels, margin 0.05 "
         "(STEWARD_AUTO_ROLLBACK*)",
-        "  waiting: waiting: v2 has 3 of 100 labels since its promote",
+        "  waiting: v2 has 3 of 100 labels since its promote",
     ]
 
 
