@@ -57,7 +57,9 @@ class Loop:
             versions.append(answer.json()["version"])
             ids = [p["id"] for p in answer.json()["predictions"]]
             truth = labels.iloc[start : start + 10]
-            items += [{"prediction_id": i, "ground_truth": y} for i, y in zip(ids, truth)]
+            items += [
+                {"prediction_id": i, "ground_truth": y} for i, y in zip(ids, truth, strict=True)
+            ]
         labelled = self.http.post("/feedback", json={"items": items})
         assert labelled.json()["accepted"] == len(frame), labelled.text
         return versions
@@ -148,7 +150,8 @@ def test_retrain_gate_shadow_promote_then_roll_back_by_itself(loop: Loop) -> Non
     assert v2.gate.passed, v2.gate
     recent = {s.name: s for s in v2.gate.sets}["recent"]
     assert recent.rows == len(odd)
-    assert recent.new is not None and recent.production is not None
+    assert recent.new is not None
+    assert recent.production is not None
     assert recent.new > recent.production + 0.3
     assert "candidate -> version 2" in done.stdout
     assert wait_until(lambda: loop.http.get("/models/iris").json()["aliases"].get("candidate") == 2)
@@ -190,7 +193,8 @@ def test_retrain_gate_shadow_promote_then_roll_back_by_itself(loop: Loop) -> Non
     assert (history[-1].alias, history[-1].to, history[-1].action) == ("production", 1, "rollback")
     assert history[-1].by == "auto-rollback"
     line = next(x for x in loop.log.read_text().splitlines() if "automatic rollback" in x)
-    assert "v2" in line and "v1" in line, line
+    assert "v2" in line, line
+    assert "v1" in line, line
     metrics = loop.http.get("/metrics").text
     assert 'steward_rollbacks_total{model="iris",reason="accuracy_drop"} 1.0' in metrics
 
