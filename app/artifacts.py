@@ -95,6 +95,20 @@ class TrainingData(BaseModel):
     training_rows: int = Field(0, ge=0, description="Rows the model was fitted on.")
     held_out_rows: int = Field(0, ge=0, description="Rows its metrics were measured on.")
     split: DataSplit | None = Field(None, description="None when Steward did not train it.")
+    base_split: DataSplit | None = Field(
+        None,
+        description="A retrained version's: the split of the base (the first source) whose "
+        "held-out part no retraining from it fits on, the gate's held_out set. None: ``split``, "
+        "which for a version trained on the base alone is that split.",
+    )
+    feedback_since: datetime | None = Field(
+        None, description="A retrained version's: feedback made at or after this (None: all)."
+    )
+    feedback_until: datetime | None = Field(
+        None,
+        description="A retrained version's: feedback made after this was held out as recent "
+        "traffic, not trained on (None: no feedback).",
+    )
     target: str | None = Field(None, description="The CSV's (or labelled sample's) target column.")
     dropped: list[str] = Field(default_factory=list, description="CSV columns left out (--drop).")
     dates: list[str] = Field(default_factory=list, description="CSV columns read as dates.")

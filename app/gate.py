@@ -76,6 +76,16 @@ def skipped(name: SetName, note: str) -> GateSet:
     return GateSet(name=name, rows=0, verdict="skipped", note=note)
 
 
+def at_least(judged: GateSet, min_rows: int) -> GateSet:
+    """``judged``, or skipped when it has fewer than ``min_rows`` rows (its scores dropped)."""
+    if judged.verdict == "skipped" or judged.rows >= min_rows:
+        return judged
+    return skipped(
+        judged.name,
+        f"{judged.rows} rows, fewer than STEWARD_GATE_MIN_ROWS ({min_rows}): too few to judge on",
+    )
+
+
 def decide(
     production_version: int, metric: GateMetric, margin: float, sets: list[GateSet]
 ) -> GateDecision:

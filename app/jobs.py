@@ -32,7 +32,13 @@ KEEP_FINISHED = 100
 STOP_SECONDS = 5.0  # from SIGTERM to SIGKILL on shutdown
 JOB_ID_LENGTH = 32  # uuid4 hex
 # The settings a retraining reads, handed to its process; the admin token is not among them.
-_HANDED_OVER = ("retrain_holdout_seconds", "gate_metric", "gate_margin", "training_copy_max_bytes")
+_HANDED_OVER = (
+    "retrain_holdout_seconds",
+    "gate_metric",
+    "gate_margin",
+    "gate_min_rows",
+    "training_copy_max_bytes",
+)
 _WITHHELD = ("STEWARD_ADMIN_TOKEN", "STEWARD_ADMIN_TOKEN_FILE")
 
 

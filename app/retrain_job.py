@@ -67,7 +67,8 @@ def _run(model: str, then: str, since: datetime | None) -> dict[str, Any]:
         "data": {
             "production_version": data.production.version,
             "labelled": data.labelled,
-            "trained_on": data.feedback_rows,
+            "trained_on": result.trained_on,
+            "same_as_held_out": result.overlap,
             "held_out": data.held_out,
             "duplicates": data.duplicates,
             "conflicts": data.conflicts,

@@ -12,7 +12,9 @@ let the new version serve only if the gate (app/gate.py) finds it not worse. No 
   metrics were measured on; a retraining never trains on them, so for a retrained production
   version too they are rows neither version saw. Skipped when there is no base or no split.
   ``recent``: the labelled traffic of the last STEWARD_RETRAIN_HOLDOUT_SECONDS, kept out of
-  training; skipped when there is none.
+  training; skipped when there is none. A set with fewer than STEWARD_GATE_MIN_ROWS rows is
+  skipped too. A feedback row with the inputs of a held_out row is not trained on either, and
+  a retrained version records the base split (``base_split``) its retraining reuses.
 - The outcome: the version is always saved, its metadata holding the decision (``gate``); it
   becomes candidate (``then="candidate"``) or production (``then="promote"``) only if it
   passed.
@@ -29,6 +31,7 @@ import pandas as pd
 from app import lifecycle
 from app.artifacts import (
     DataSource,
+    DataSplit,
     ModelMetadata,
     TrainingData,
     load_estimator,
@@ -37,12 +40,21 @@ from app.artifacts import (
 )
 from app.errors import NoRecipe, TrainingDataRefused
 from app.feature_survey import read_frame
-from app.gate import GateDecision, GateMetric, GateSet, SetName, decide, judge, skipped
+from app.gate import (
+    GateDecision,
+    GateMetric,
+    GateSet,
+    SetName,
+    at_least,
+    decide,
+    judge,
+    skipped,
+)
 from app.lifecycle import AliasState
 from app.retraining_data import RetrainingSet, retraining_set
 from app.settings import Settings
 from app.store import PredictionStore
-from app.training import evaluate, fit_version, frame_rows
+from app.training import MIN_ROWS, evaluate, fit_version, frame_rows
 
 Then = Literal["keep", "candidate", "promote"]
 
@@ -55,6 +67,12 @@ class RetrainResult:
     version: ModelMetadata
     decision: GateDecision
     aliased: AliasState | None  # None: kept as a version only
+    overlap: int = 0  # feedback rows not trained on: the inputs of a held-out row
+
+    @property
+    def trained_on(self) -> int:
+        """Feedback rows the new version was trained on."""
+        return self.data.feedback_rows - self.overlap
 
 
 def retrain(
@@ -86,9 +104,29 @@ def retrain(
     base_rows = _base_rows(data)
     contributed = base_rows - int(held_out.sum()) if held_out is not None else base_rows
     keep = ~held_out if held_out is not None else np.ones(len(data.labels), dtype=bool)
+    overlap = _same_as_held_out(data, held_out)
+    keep &= ~overlap
+    if int(keep.sum()) < MIN_ROWS:
+        raise TrainingDataRefused(
+            f"{name} v{production.version}: need at least {MIN_ROWS} rows to train on, got "
+            f"{int(keep.sum())} once its held-out rows are set aside",
+            model=name,
+        )
     training, copy = _training_data(root, data, csv is not None, contributed)
-    if target is not None:
-        training = training.model_copy(update={"target": target})
+    training = training.model_copy(
+        update={
+            "base_split": _base_split(production) if held_out is not None else None,
+            "feedback_since": data.since,
+            "feedback_until": data.recent_after,
+            "sources": [
+                s.model_copy(update={"rows": s.rows - int(overlap.sum())})
+                if s.kind == "feedback"
+                else s
+                for s in training.sources
+            ],
+        }
+        | ({"target": target} if target is not None else {})
+    )
     dates = training.dates
     frame = data.frame[keep].reset_index(drop=True)
     draft, estimator = fit_version(
@@ -98,7 +136,7 @@ def retrain(
         data.labels[keep].reset_index(drop=True),
         _recipe(production, fitted),
         description=f"Retrained by `steward retrain` from v{production.version}'s recipe on "
-        f"its data and {data.feedback_rows} rows of feedback.",
+        f"its data and {data.feedback_rows - int(overlap.sum())} rows of feedback.",
         data=training,
         dates=dates,
         input_format=production.input_format,
@@ -115,6 +153,7 @@ def retrain(
             "recent", "no labelled traffic in the window (STEWARD_RETRAIN_HOLDOUT_SECONDS)"
         ),
     ]
+    sets = [at_least(s, settings.gate_min_rows) for s in sets]
     decision = decide(production.version, metric, settings.gate_margin, sets)
     saved = save_version(
         root, draft.model_copy(update={"gate": decision}), estimator, extra_files=copy
@@ -123,7 +162,7 @@ def retrain(
     if decision.passed and then != "keep":
         alias = "candidate" if then == "candidate" else "production"
         aliased = lifecycle.promote(root, name, saved.version, alias)
-    return RetrainResult(data, saved, decision, aliased)
+    return RetrainResult(data, saved, decision, aliased, int(overlap.sum()))
 
 
 def gate_metric(settings: Settings, production: ModelMetadata) -> GateMetric:
@@ -134,8 +173,7 @@ def gate_metric(settings: Settings, production: ModelMetadata) -> GateMetric:
 def held_out_mask(data: RetrainingSet) -> np.ndarray | None:
     """Which rows of ``data.frame`` are the production version's held-out base rows (see the
     module's docstring); None when there is no base or the version records no split."""
-    recorded = data.production.training_data
-    split = recorded.split if recorded else None
+    split = _base_split(data.production)
     base = _base_rows(data)
     if split is None or base == 0:
         return None
@@ -195,6 +233,28 @@ class Judged:
     ) -> float:
         predicted = estimator.predict(metadata.contract().matrix(frame_rows(frame)))
         return evaluate(metadata.task, actual, predicted)[self.metric]
+
+
+def _base_split(production: ModelMetadata) -> DataSplit | None:
+    """The split of the base that set the gate's held_out rows aside: recorded by a retrained
+    version (its own ``split`` was taken over other rows), else the version's own split."""
+    recorded = production.training_data
+    if recorded is None:
+        return None
+    return recorded.base_split or recorded.split
+
+
+def _same_as_held_out(data: RetrainingSet, held_out: np.ndarray | None) -> np.ndarray:
+    """Which feedback rows have the inputs of a held-out base row: trained on, they would put
+    the gate's held_out rows in the training rows after all."""
+    same = np.zeros(len(data.labels), dtype=bool)
+    if held_out is None:
+        return same
+    base = _base_rows(data)
+    held = {tuple(row) for row in data.frame[held_out].itertuples(index=False)}
+    feedback = data.frame.iloc[base:].itertuples(index=False)
+    same[base:] = [tuple(row) in held for row in feedback]
+    return same
 
 
 def _recipe(production: ModelMetadata, fitted: Any) -> Any:

@@ -133,6 +133,13 @@ def retraining_set(
         raise TrainingDataRefused(_too_few(production, trained, base is not None), model=name)
     # No empty part in the concatenation: pandas warns about its dtypes.
     parts = ([base.rows] if base else []) + ([feedback.train] if learnt else [])
+    classes = pd.concat([p.labels for p in parts]).nunique()
+    if production.task == "classification" and classes < 2:
+        raise TrainingDataRefused(
+            f"{name} v{production.version}: a classifier learns from at least 2 classes, the "
+            f"{trained} labelled rows hold {classes}",
+            model=name,
+        )
     digest = rows_digest(feedback.train.frame, feedback.train.labels) if learnt else None
     sources = [base.source] if base else []
     sources.append(DataSource(kind="feedback", rows=learnt, sha256=digest))
@@ -217,9 +224,43 @@ def given_csv(production: ModelMetadata, csv: Path, target: str | None = None) -
     digest = sha256_bytes(kept.to_csv(index=False).encode())
     frame = rows[names].reset_index(drop=True)
     labels = rows[target].reset_index(drop=True)
+    _check_labels(production, labels, f"{csv.name}: column {target!r}")
     return Base(
         Rows(frame, labels), DataSource(kind="csv", name=csv.name, rows=len(frame), sha256=digest)
     )
+
+
+def _check_labels(production: ModelMetadata, labels: pd.Series, where: str) -> None:
+    """Labels of a given CSV the production version's recipe can learn: finite numbers for a
+    regressor; for a classifier, values of its classes' type (text or numbers), at least one
+    of them a class it knows (else the column is likely not its label). TrainingDataRefused
+    with the count otherwise; the values themselves are never repeated."""
+    version = f"{production.name} v{production.version}"
+    if production.task == "regression":
+        numbers = pd.to_numeric(labels, errors="coerce").astype(float)
+        bad = int((~numbers.map(math.isfinite)).sum())
+        if bad:
+            raise TrainingDataRefused(
+                f"{where}: {bad} of {len(labels)} labels are not finite numbers, and {version} "
+                "is a regressor",
+                model=production.name,
+            )
+        return
+    classes = production.classes or []
+    text = all(isinstance(c, str) for c in classes)
+    bad = int(labels.map(lambda label: isinstance(label, str) != text).sum())
+    if bad:
+        kind = "text" if text else "numbers"
+        raise TrainingDataRefused(
+            f"{where}: {bad} of {len(labels)} labels are not {kind} like {version}'s classes",
+            model=production.name,
+        )
+    if classes and not labels.isin(classes).any():
+        raise TrainingDataRefused(
+            f"{where}: no label is one of {version}'s {len(classes)} classes: is it the "
+            "label column?",
+            model=production.name,
+        )
 
 
 def _feedback(

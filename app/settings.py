@@ -174,6 +174,13 @@ class Settings(BaseSettings):
         "pass the gate: absolute for accuracy and macro-F1 (0.01 = one point), relative for MAE "
         "(0.01 = 1% more error).",
     )
+    gate_min_rows: int = Field(
+        20,
+        ge=1,
+        le=1_000_000,
+        description="A gate set with fewer rows than this is skipped, not judged: a handful of "
+        "rows decides nothing.",
+    )
     auto_rollback: bool = Field(
         False,
         description="Automatic rollback for every model without a policy of its own (`steward "

@@ -25,7 +25,7 @@ from sklearn.model_selection import train_test_split
 from app.aliases import read_aliases
 from app.artifacts import DataSource, ModelMetadata, load_estimator, read_metadata, save_version
 from app.errors import NoRecipe
-from app.gate import GateSet, decide, judge, skipped
+from app.gate import GateSet, at_least, decide, judge, skipped
 from app.main import create_app
 from app.registration import register_estimator
 from app.retraining import retrain
@@ -153,7 +153,7 @@ def test_a_retraining_on_feedback_from_a_shifted_distribution_passes_and_becomes
     )
     assert lines[1] == (
         f"feedback: {len(frame)} labelled, {trained} trained on, {len(frame) // 2} held out "
-        "(recent), 0 duplicates, 0 conflicts, 0 unfit"
+        "(recent), 0 same as a held-out row, 0 duplicates, 0 conflicts, 0 unfit"
     )
     assert lines[3] == "gate: accuracy, margin 0.01"
     assert lines[4].split() == [
@@ -291,7 +291,9 @@ def test_a_registered_regressor_retrains_on_feedback_alone_judged_by_mae_on_rece
     x.to_csv(sample, index=False)
     models = tmp_path / "models"
     assert register_estimator(models, artifact, "line", sample).input_format == "dataframe"
-    settings = Settings(models_dir=models, data_dir=tmp_path / "data", gate_margin=0.05)
+    settings = Settings(
+        models_dir=models, data_dir=tmp_path / "data", gate_margin=0.05, gate_min_rows=4
+    )
     store = open_store(settings.store_url)
     try:
         # the truth changed: y = 3a + b. 12 rows two days ago, 4 in the last day (held out)
@@ -340,6 +342,11 @@ def test_a_registered_regressor_retrains_on_feedback_alone_judged_by_mae_on_rece
 
 
 def test_the_gate_judges_each_set_within_its_margin() -> None:
+    few = judge("recent", 19, 0.5, 0.1, "accuracy", 0.01)
+    assert at_least(few, 20) == skipped(
+        "recent", "19 rows, fewer than STEWARD_GATE_MIN_ROWS (20): too few to judge on"
+    )
+    assert at_least(few, 19) == few
     assert judge("recent", 10, 0.9, 0.89, "accuracy", 0.01).verdict == "pass"
     assert judge("recent", 10, 0.9, 0.889, "accuracy", 0.01).verdict == "worse"
     assert judge("held_out", 10, 0.5, 0.9, "f1_macro", 0.0).difference == 0.4
@@ -418,3 +425,69 @@ def test_a_version_whose_estimator_cannot_be_cloned_has_no_recipe(
     assert code == 1
     assert_one_line_error(err, "has no recipe to retrain: its estimator cannot be cloned")
     assert sorted(p.name for p in (models_dir / "iris").iterdir() if p.is_dir()) == ["1", "2"]
+
+
+def test_a_retraining_on_labels_shuffled_in_the_feedback_is_refused(
+    retrain_settings: Settings, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame, truth = shifted_iris(models_dir)
+    shuffled = pd.Series(np.random.default_rng(0).permutation(truth.to_numpy()))
+    recent, recent_labels = serve_feedback(retrain_settings, frame, shuffled, truth)
+
+    code, out, err = run_cli(
+        capsys, "--models-dir", str(models_dir), "retrain", "iris", "--candidate"
+    )
+    assert code == 1
+    assert_one_line_error(err, "iris v2 refused by the gate: accuracy worse than production v1")
+    new = read_metadata(models_dir, "iris", 2)
+    sets = expected_sets(models_dir, new, recent, recent_labels)
+    assert new.gate == decide(1, "accuracy", 0.01, sets)
+    assert not new.gate.passed
+    # v1's held-out rows, labelled by a person, show what the shuffled labels taught it; the
+    # recent traffic alone would have let it through (v1 fails on the shifted rows)
+    assert [s.verdict for s in sets] == ["worse", "pass"]
+    assert sets[0].difference is not None
+    assert sets[0].difference < -0.1
+    assert read_aliases(models_dir, "iris") == {"production": 1}
+    assert "refused: accuracy worse than production v1" in out
+
+
+def test_feedback_with_held_out_inputs_is_not_trained_on_and_retrained_versions_keep_v1s_split(
+    retrain_settings: Settings, models_dir: Path
+) -> None:
+    v1 = read_metadata(models_dir, "iris", 1)
+    frame, truth = demo_training_frame(v1, DEMOS)
+    distinct = ~frame.duplicated()
+    frame, truth = frame[distinct].reset_index(drop=True), truth[distinct].reset_index(drop=True)
+    serve_feedback(retrain_settings, frame, truth, truth)  # the demo's own rows, as clients send
+    held_x, held_y = v1_held_out(models_dir)
+    held = {tuple(row) for row in held_x.itertuples(index=False)}
+    trained = frame.iloc[::2]
+    same = sum(tuple(row) in held for row in trained.itertuples(index=False))
+    assert same > 0
+
+    store = open_store(retrain_settings.store_url)
+    try:
+        first = retrain(retrain_settings, store, "iris", then="promote")
+        v2 = first.version
+        assert first.decision.passed
+        assert (first.overlap, first.trained_on) == (same, len(trained) - same)
+        assert v2.training_data is not None
+        assert v2.training_data.sources[1].rows == len(trained) - same
+        assert v2.training_data.base_split == v1.training_data.split  # type: ignore[union-attr]
+        assert v2.training_data.feedback_until == first.data.recent_after
+        assert v2.training_data.feedback_since is None
+
+        # v2's own split was taken over other rows; its retraining is judged on v1's held-out
+        # rows still, which neither v2 nor v3 was trained on
+        second = retrain(retrain_settings, store, "iris")
+    finally:
+        store.close()
+    v3 = second.version
+    assert v3.training_data is not None
+    assert v3.training_data.base_split == v1.training_data.split  # type: ignore[union-attr]
+    assert second.overlap == same
+    (judged,) = [s for s in second.decision.sets if s.name == "held_out"]
+    assert judged.rows == len(held_y)
+    assert judged.production == score(models_dir, v2, held_x, held_y)
+    assert judged.new == score(models_dir, v3, held_x, held_y)

@@ -245,8 +245,9 @@ def _print_retraining(result: "RetrainResult") -> None:
         f"{new.name}: version {new.version} from v{data.production.version}'s recipe on {sources}"
     )
     print(
-        f"feedback: {data.labelled} labelled, {data.feedback_rows} trained on, "
-        f"{data.held_out} held out (recent), {data.duplicates} duplicates, "
+        f"feedback: {data.labelled} labelled, {result.trained_on} trained on, "
+        f"{data.held_out} held out (recent), {result.overlap} same as a held-out row, "
+        f"{data.duplicates} duplicates, "
         f"{data.conflicts} conflicts, {data.unfit} unfit"
     )
     print()

@@ -1,0 +1,67 @@
+"""`steward retrain --csv --target`: a label column the production version's recipe cannot
+learn is refused in one line with the count, never its values, and nothing is written."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_one_line_error, run_cli
+from sklearn.datasets import load_diabetes
+
+from app.artifacts import read_metadata
+from app.training import DEMOS
+from app.training_data import demo_training_frame
+
+
+def versions(models_dir: Path, name: str) -> list[str]:
+    return sorted(p.name for p in (models_dir / name).iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [
+        ("numbers", "column 'numbers': 150 of 150 labels are not text like iris v1's classes"),
+        ("other", "column 'other': no label is one of iris v1's 3 classes: is it the label"),
+        ("single", "iris v1: a classifier learns from at least 2 classes, the 150 labelled rows"),
+    ],
+)  # fmt: skip
+def test_a_classifier_refuses_labels_it_cannot_learn(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], column: str, message: str
+) -> None:
+    frame, species = demo_training_frame(read_metadata(models_dir, "iris", 1), DEMOS)
+    codes = {"setosa": 0, "versicolor": 1, "virginica": 2}
+    frame = frame.assign(
+        numbers=species.map(codes), other=species.map(lambda s: f"secret-{s}"), single="setosa"
+    )
+    frame.to_csv(tmp_path / "iris.csv", index=False)
+    argv = ("--models-dir", str(models_dir), "retrain", "iris", "--csv", str(tmp_path / "iris.csv"))
+    code, out, err = run_cli(capsys, *argv, "--target", column)
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, message)
+    assert "secret" not in err
+    assert versions(models_dir, "iris") == ["1"]
+
+
+def test_a_regressor_refuses_labels_that_are_not_finite_numbers(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = load_diabetes(as_frame=True).frame
+    data = data.assign(text="secret", infinite=np.where(np.arange(len(data)) < 2, np.inf, 1.0))
+    data.to_csv(tmp_path / "diabetes.csv", index=False)
+    csv = str(tmp_path / "diabetes.csv")
+    argv = ("--models-dir", str(models_dir), "retrain", "diabetes", "--csv", csv, "--target")
+    for column, count in (("text", 442), ("infinite", 2)):
+        code, _, err = run_cli(capsys, *argv, column)
+        assert code == 1
+        assert_one_line_error(
+            err,
+            f"column '{column}': {count} of 442 labels are not finite numbers, and diabetes v1 "
+            "is a regressor",
+        )
+        assert "secret" not in err
+    assert versions(models_dir, "diabetes") == ["1"]
+
+    # the same file's true target retrains: the check refuses only what cannot be learnt
+    code, _, err = run_cli(capsys, *argv, "target")
+    assert (code, err) == (0, "")
+    assert versions(models_dir, "diabetes") == ["1", "2"]
