@@ -180,6 +180,7 @@ def test_retrain_gate_shadow_promote_then_roll_back_by_itself(loop: Loop) -> Non
     promoted = loop.http.post("/admin/models/iris/promote", json={"version": 2}, headers=ADMIN_AUTH)
     assert promoted.status_code == 200, promoted.text
     assert loop.serving() == 2
+    assert loop.http.get("/models/iris").json()["auto_rollback"]["state"] == "waiting"
 
     # Later labels say v2 is wrong (every species rotated): worse than v1's live figure by far
     # more than the margin, over more than MIN_LABELS labels. Steward rolls back by itself.
@@ -192,11 +193,14 @@ def test_retrain_gate_shadow_promote_then_roll_back_by_itself(loop: Loop) -> Non
     history = read_alias_file(loop.models, "iris").history
     assert (history[-1].alias, history[-1].to, history[-1].action) == ("production", 1, "rollback")
     assert history[-1].by == "auto-rollback"
-    line = next(x for x in loop.log.read_text().splitlines() if "automatic rollback" in x)
-    assert "v2" in line, line
-    assert "v1" in line, line
+    (line,) = [x for x in loop.log.read_text().splitlines() if "auto-rollback iris:" in x]
+    assert "WARNING" in line, line
+    assert "production v2 -> v1 (accuracy_drop): worse by more than the margin (0.05)" in line
+    assert f"v2 accuracy {v2_later:.4f} over {len(frame)} labels since its promote" in line
+    assert loop.http.get("/models/iris").json()["auto_rollback"]["state"] == "idle"
     metrics = loop.http.get("/metrics").text
     assert 'steward_rollbacks_total{model="iris",reason="accuracy_drop"} 1.0' in metrics
+    assert 'steward_rollbacks_total{model="iris",reason="manual"} 0.0' in metrics
 
     # The bundled alert rule fires on it, in a real Prometheus evaluating alerts.yml.
     def firing() -> list[dict[str, Any]]:
