@@ -102,10 +102,21 @@ class ModelVersions(BaseModel):
 
 
 def promote(
-    root: Path, name: str, version: int, alias: str = "production", *, by: str | None = None
+    root: Path,
+    name: str,
+    version: int,
+    alias: str = "production",
+    *,
+    by: str | None = None,
+    judged_against: int | None = None,
 ) -> AliasState:
     """Point ``alias`` of model ``name`` at ``version``, which must exist with readable
-    metadata. ``by`` names who asked (default: ``user@host`` of this process)."""
+    metadata. ``by`` names who asked (default: ``user@host`` of this process).
+
+    ``judged_against``: promote only while production is still that version, checked under
+    the lock (LifecycleConflict otherwise). A retraining names the version its gate compared
+    the new one with: two retrainings at once never alias a version judged against a
+    production that has moved on."""
     _check_model(root, name)
     _check_actor(by)
     if alias not in ALIAS_NAMES:
@@ -116,6 +127,14 @@ def promote(
         )
     with aliases_locked(root, name):
         _check_version(root, name, version)
+        production = read_alias_file(root, name).aliases.get("production")
+        if judged_against is not None and production != judged_against:
+            raise LifecycleConflict(
+                f"{name}: production is version {production} now, not version "
+                f"{judged_against} that version {version} was judged against: it is kept, {alias} "
+                "not moved",
+                model=name,
+            )
         return _state(name, *record_alias(root, name, alias, version, by=by))
 
 

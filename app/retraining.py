@@ -161,7 +161,9 @@ def retrain(
     aliased = None
     if decision.passed and then != "keep":
         alias = "candidate" if then == "candidate" else "production"
-        aliased = lifecycle.promote(root, name, saved.version, alias)
+        aliased = lifecycle.promote(
+            root, name, saved.version, alias, judged_against=production.version
+        )
     return RetrainResult(data, saved, decision, aliased, int(overlap.sum()))
 
 

@@ -83,6 +83,20 @@ def test_promote_to_where_it_points_writes_nothing(root: Path) -> None:
     assert path.read_bytes() == before
 
 
+def test_a_version_judged_against_a_production_that_moved_is_not_aliased(root: Path) -> None:
+    """Two retrainings at once: each judged against v1; the second finds production moved."""
+    lifecycle.promote(root, "adder", 2, judged_against=1)
+    before = moves(root)
+    with pytest.raises(LifecycleConflict) as refused:
+        lifecycle.promote(root, "adder", 3, "candidate", judged_against=1)
+    assert refused.value.message == (
+        "adder: production is version 2 now, not version 1 that version 3 was judged against: "
+        "it is kept, candidate not moved"
+    )
+    assert moves(root) == before
+    assert lifecycle.promote(root, "adder", 3, judged_against=2).aliases == {"production": 3}
+
+
 def test_repeated_rollbacks_keep_going_back(root: Path) -> None:
     lifecycle.promote(root, "adder", 2)
     lifecycle.promote(root, "adder", 3)
