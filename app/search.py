@@ -151,7 +151,11 @@ def search_grid(estimator: Any, where: str, model: str | None = None) -> tuple[s
         why = NOTHING_TO_TUNE.get(family) if ours else None
         raise NoSearchGrid(
             f"{where}: --search has no grid for {family}"
-            + (f": {why}" if why else " (the families it knows: docs/operations.md, Retraining)")
+            + (
+                f": {why}"
+                if why
+                else " (the families it knows: docs/operations.md, Hyperparameter search)"
+            )
             + "; retrain without --search",
             model=model,
         )

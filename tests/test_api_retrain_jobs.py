@@ -142,7 +142,7 @@ def test_a_search_job_for_a_family_with_no_grid_fails_with_its_code_and_writes_n
     assert job["error"]["code"] == "no_search_grid"
     assert job["error"]["message"] == (
         "nb v1: --search has no grid for GaussianNB (the families it knows: docs/operations.md, "
-        "Retraining); retrain without --search"
+        "Hyperparameter search); retrain without --search"
     )
     assert sorted(p.name for p in (models_dir / "nb").iterdir()) == folders  # nothing written
 

@@ -96,8 +96,8 @@ def add_commands(commands: Commands) -> None:
         "version; --candidate or --promote aliases it only if it passed (exit 1 if not).\n\n"
         "--search first chooses the recipe's hyperparameters by cross-validation on the training\n"
         "rows, over a small grid for its estimator family (the recipe's own among the\n"
-        "candidates), within about STEWARD_SEARCH_SECONDS (docs/operations.md, Retraining).\n"
-        "Progress: bars on a terminal (stderr), plain lines on stdout otherwise.",
+        "candidates), within about STEWARD_SEARCH_SECONDS (docs/operations.md, Hyperparameter\n"
+        "search). Progress: bars on a terminal (stderr), plain lines on stdout otherwise.",
         "examples:\n"
         "  steward retrain iris --candidate\n"
         "  steward retrain iris --search --candidate\n"
