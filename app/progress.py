@@ -87,11 +87,9 @@ SILENT = Silent()
 
 
 class _LineStep(_Count):
-    def __init__(
-        self, stream: TextIO, name: str, total: int | None, unit: str, every_tick: bool
-    ) -> None:
+    def __init__(self, lines: "Lines", name: str, total: int | None, unit: str) -> None:
         super().__init__(name, total, unit)
-        self._stream, self._every_tick = stream, every_tick
+        self._lines, self._stream, self._every_tick = lines, lines.stream, lines.every_tick
         self._reported: str | None = None
         self._tenth = 0
 
@@ -129,21 +127,27 @@ class _LineStep(_Count):
             self._report(self.line())
 
     def _report(self, line: str) -> None:
-        self._stream.write(line + "\n")
-        self._stream.flush()
         self._reported = line
+        if self._lines.gone:
+            return
+        try:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+        except BrokenPipeError:  # the reader left (`| head -3`): the retraining goes on
+            self._lines.gone = True
 
 
 class Lines:
     """Plain lines on ``stream``: at the start, each tenth and the end of a step (or at each
-    advance, ``every_tick``)."""
+    advance, ``every_tick``). A reader that leaves ends the lines, not the work."""
 
     def __init__(self, stream: TextIO, *, every_tick: bool = False) -> None:
-        self._stream, self._every_tick = stream, every_tick
+        self.stream, self.every_tick = stream, every_tick
+        self.gone = False  # the reader closed the pipe: no more lines, no error
 
     @contextmanager
     def step(self, name: str, total: int | None = None, unit: str = "") -> Iterator[Step]:
-        line = _LineStep(self._stream, name, total, unit, self._every_tick)
+        line = _LineStep(self, name, total, unit)
         line.start()
         yield line
         line.finish()

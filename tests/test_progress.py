@@ -78,6 +78,21 @@ def test_every_tick_reports_each_advance_and_a_failed_step_no_end() -> None:
     ]
 
 
+def test_a_reader_that_leaves_ends_the_lines_not_the_work() -> None:
+    read, write = os.pipe()
+    os.close(read)  # `steward retrain iris | head -1`, once head has its line
+    stream = os.fdopen(write, "w")
+    lines = Lines(stream)
+    with lines.step("search", total=2, unit="fits") as step:
+        step.advance(2)
+    with lines.step("fit"):
+        fitted = True  # the work after the reader left still runs
+    assert fitted
+    assert lines.gone
+    with pytest.raises(BrokenPipeError):  # what is left in its buffer: the CLI's exit drops it
+        stream.close()
+
+
 def retrain_env(tmp_path: Path, models_dir: Path) -> dict[str, str]:
     return os.environ | {
         "STEWARD_MODELS_DIR": str(models_dir),
