@@ -177,7 +177,7 @@ def search_parameters(
     """The recipe with the parameters that cross-validate best on ``matrix`` and ``labels``
     (unfitted), and the record of the search (see the module's docstring)."""
     from sklearn.base import clone
-    from sklearn.model_selection import GridSearchCV, ParameterGrid, RandomizedSearchCV
+    from sklearn.model_selection import ParameterGrid
 
     family, grid = search_grid(recipe, where, model)
     own = recipe.get_params()
@@ -191,52 +191,10 @@ def search_parameters(
         own_scores = _cross_validate(recipe, matrix, labels, splitter, scorer, where, model)
         recipe_seconds = time.monotonic() - started
         affordable = math.floor((budget_seconds - recipe_seconds) / max(recipe_seconds, 1e-6))
-        single = [{key: [value] for key, value in point.items()} for point in points]
-        if affordable >= len(points):
-            method: Method = "GridSearchCV"
-            searcher: Any = GridSearchCV(
-                recipe, single, scoring=scorer, cv=splitter, refit=False, n_jobs=1
-            )
-        else:
-            method = "RandomizedSearchCV"
-            # Lists only: the points are sampled without replacement, each at most once.
-            searcher = RandomizedSearchCV(
-                recipe,
-                single,
-                n_iter=max(1, affordable),
-                scoring=scorer,
-                cv=splitter,
-                refit=False,
-                n_jobs=1,
-                random_state=SEED,
-            )
-        tried = len(points) if method == "GridSearchCV" else max(1, affordable)
-        step.expect(folds * (1 + tried))
+        method, searcher, searched = _searcher(recipe, points, affordable, scorer, splitter)
+        step.expect(folds * (1 + searched))
         searcher.fit(matrix, labels)
-    results = searcher.cv_results_
-    sign = 1.0 if higher_is_better(metric) else -1.0
-    candidates = [
-        SearchCandidate(
-            params=recipe_point,
-            mean=_score(sign * own_scores.mean()),
-            std=_score(own_scores.std()),
-            recipe=True,
-        ),
-        *(
-            SearchCandidate(
-                params={key: _plain(value) for key, value in params.items()},
-                mean=_score(sign * mean),
-                std=_score(std),
-                recipe=False,
-            )
-            for params, mean, std in zip(
-                results["params"],
-                results["mean_test_score"],
-                results["std_test_score"],
-                strict=True,
-            )
-        ),
-    ]
+    candidates = _candidates(recipe_point, own_scores, searcher.cv_results_, metric)
     best = _best(candidates, metric)
     chosen = clone(recipe)
     if not best.recipe:
@@ -261,6 +219,48 @@ def search_parameters(
         candidates=candidates,
     )
     return chosen, record
+
+
+def _searcher(
+    recipe: Any, points: list[dict[str, Any]], affordable: int, scorer: Any, splitter: Any
+) -> tuple[Method, Any, int]:
+    """GridSearchCV over ``points`` when all are ``affordable``, else RandomizedSearchCV over
+    as many as are (at least one); and how many candidates it will cross-validate."""
+    from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
+
+    single = [{key: [value] for key, value in point.items()} for point in points]
+    common = {"scoring": scorer, "cv": splitter, "refit": False, "n_jobs": 1}
+    if affordable >= len(points):
+        return "GridSearchCV", GridSearchCV(recipe, single, **common), len(points)
+    # Lists only: the points are sampled without replacement, each at most once.
+    n_iter = max(1, affordable)
+    searcher = RandomizedSearchCV(recipe, single, n_iter=n_iter, random_state=SEED, **common)
+    return "RandomizedSearchCV", searcher, n_iter
+
+
+def _candidates(
+    recipe_point: dict[str, Param], own_scores: Any, results: dict[str, Any], metric: GateMetric
+) -> list[SearchCandidate]:
+    """The recipe's own first, then the searched ones; scores in the metric (MAE positive)."""
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    own = SearchCandidate(
+        params=recipe_point,
+        mean=_score(sign * own_scores.mean()),
+        std=_score(own_scores.std()),
+        recipe=True,
+    )
+    searched = [
+        SearchCandidate(
+            params={key: _plain(value) for key, value in params.items()},
+            mean=_score(sign * mean),
+            std=_score(std),
+            recipe=False,
+        )
+        for params, mean, std in zip(
+            results["params"], results["mean_test_score"], results["std_test_score"], strict=True
+        )
+    ]
+    return [own, *searched]
 
 
 class _Counted:
