@@ -38,7 +38,7 @@ from app.retraining_data import retraining_set
 from app.search import GRIDS, SearchRecord, search_grid
 from app.settings import Settings
 from app.store import open_store
-from app.training import SEED, TEST_SIZE, fit_and_save
+from app.training import SEED, TEST_SIZE, fit_and_save, train_csv
 
 FOLDS = "2"  # few folds: fast, and still a cross-validation
 
@@ -197,6 +197,37 @@ def test_a_regressor_is_searched_on_mae_with_plain_folds(
         )
         assert candidate.mean == round(errors.mean(), 6)  # MAE, positive: lower is better
     assert search.best_score == min(c.mean or np.inf for c in search.candidates)
+
+
+def test_a_csv_version_is_searched_on_the_gates_macro_f1(
+    search_env: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`steward train --csv`'s recipe (impute, scale and one-hot, then a logistic regression)
+    reads a mixed matrix: the search cross-validates the whole pipeline on it."""
+    rng = np.random.default_rng(0)
+    months = rng.integers(1, 48, size=120)
+    plan = rng.choice(["basic", "pro", "team"], size=120)
+    churned = np.where((plan == "basic") & (months < 12), "yes", "no")
+    csv = tmp_path / "churn.csv"
+    pd.DataFrame({"plan": plan, "months": months, "churned": churned}).to_csv(csv, index=False)
+    models = tmp_path / "churn-models"
+    train_csv(models, csv, "churned", "churn")
+    monkeypatch.setenv("STEWARD_GATE_METRIC", "f1_macro")
+    code, _, err = run_cli(capsys, "--models-dir", str(models), "retrain", "churn", "--search")
+    assert (code, err) == (0, "")
+    new = read_metadata(models, "churn", 2)
+    assert new.search is not None
+    assert (new.search.metric, new.search.scoring, new.search.folds) == ("f1_macro", "f1_macro", 2)
+    assert set(new.search.best_params) == {"model__C", "model__class_weight"}
+    assert new.gate is not None
+    assert new.gate.metric == "f1_macro"
+    # the recipe's own preprocessing, fitted with the chosen model parameters
+    fitted = load_estimator(models, new)
+    assert [name for name, _ in fitted.steps] == ["prepare", "model"]
+    assert fitted.get_params()["model__C"] == new.search.best_params["model__C"]
 
 
 def test_grids_apply_to_a_pipelines_final_step_and_only_to_scikit_learns_estimators() -> None:
