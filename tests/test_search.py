@@ -288,6 +288,24 @@ def test_a_family_with_no_grid_is_refused_in_one_line_with_nothing_written(
     assert sorted(str(p.relative_to(models_dir)) for p in models_dir.rglob("*")) == before
 
 
+def test_a_class_with_one_training_row_cannot_be_cross_validated_and_is_refused(
+    search_env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """3 rows of class c: v1's split and the retraining's own leave one of them to train on."""
+    csv = tmp_path / "rare.csv"
+    labels = ["a"] * 30 + ["b"] * 27 + ["c"] * 3
+    pd.DataFrame({"x": np.arange(60.0), "y": labels}).to_csv(csv, index=False)
+    models = tmp_path / "rare-models"
+    train_csv(models, csv, "y", "rare")
+    code, _, err = run_cli(capsys, "--models-dir", str(models), "retrain", "rare", "--search")
+    assert code == 1
+    assert_one_line_error(
+        err, "rare v1: --search cross-validates on the training rows and needs at least 2 rows "
+        "of each class; one class has 1"
+    )  # fmt: skip
+    assert sorted(p.name for p in (models / "rare").iterdir() if p.is_dir()) == ["1"]
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "rule"),
     [
