@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.errors import ArtifactError
 from app.features import FeatureSpec, InputContract
 from app.gate import GateDecision
+from app.search import SearchRecord
 
 ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
@@ -159,6 +160,11 @@ class ModelMetadata(BaseModel):
     )
     gate: GateDecision | None = Field(
         None, description="A retrained version's gate decision against production (app/gate.py)."
+    )
+    search: SearchRecord | None = Field(
+        None,
+        description="A version retrained with --search: the hyperparameter search that chose its "
+        "parameters (app/search.py); None for any other version.",
     )
 
     def medians(self) -> dict[str, float]:

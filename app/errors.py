@@ -173,6 +173,14 @@ class NoRecipe(StewardError):
     code = "no_recipe"
 
 
+class NoSearchGrid(StewardError):
+    """A retraining asked to search hyperparameters for an estimator family that has no grid
+    (app/search.py): refused before anything is fitted, never silently done without a search."""
+
+    status_code = 409
+    code = "no_search_grid"
+
+
 class GateRefused(StewardError):
     """A retrained version the gate refused, asked to become candidate or production: it is
     kept as a version, never aliased."""

@@ -38,6 +38,8 @@ _HANDED_OVER = (
     "gate_margin",
     "gate_min_rows",
     "training_copy_max_bytes",
+    "search_seconds",
+    "search_folds",
 )
 _WITHHELD = ("STEWARD_ADMIN_TOKEN", "STEWARD_ADMIN_TOKEN_FILE")
 
@@ -72,6 +74,7 @@ class Job:
     model: str
     then: Then
     since: datetime | None
+    search: bool = False  # --search: the recipe's hyperparameters searched first
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     status: JobStatus = "queued"
     ended: datetime | None = None
@@ -126,7 +129,9 @@ class RetrainJobs:
             )
         return job
 
-    async def start(self, model: str, since: datetime | None, then: Then) -> Job:
+    async def start(
+        self, model: str, since: datetime | None, then: Then, search: bool = False
+    ) -> Job:
         """Start retraining ``model`` in its own process; RetrainRunning if one runs for it."""
         running = next(
             (j for j in self._jobs.values() if j.model == model and not j.finished), None
@@ -137,7 +142,7 @@ class RetrainJobs:
                 [{"field": "job", "message": running.id}],
                 model=model,
             )
-        job = Job(id=uuid.uuid4().hex, model=model, then=then, since=since)
+        job = Job(id=uuid.uuid4().hex, model=model, then=then, since=since, search=search)
         self._jobs[job.id] = job
         self._forget_oldest()
         task = asyncio.create_task(self._run(job))
@@ -163,6 +168,7 @@ class RetrainJobs:
         result_file = Path(self._folder.name) / f"{job.id}.json"
         argv = [sys.executable, "-m", "app.retrain_job", job.model, str(result_file)]
         argv += ["--then", job.then] + (["--since", job.since.isoformat()] if job.since else [])
+        argv += ["--search"] if job.search else []
         try:
             job.process = await asyncio.create_subprocess_exec(
                 *argv,

@@ -1,11 +1,12 @@
 """One retraining in a process of its own: ``python -m app.retrain_job MODEL RESULT --then X
-[--since ISO]``, started by app/jobs.py for ``POST /admin/models/{model}/retrain``.
+[--since ISO] [--search]``, started by app/jobs.py for ``POST /admin/models/{model}/retrain``.
 
 The fit is CPU work for seconds to minutes; in its own process it shares neither the server's
 event loop nor its GIL, so predictions keep their latency. Settings come from the environment
-the server hands over (its registry, its store, its gate). Progress goes to stdout, one line per
-step; the outcome goes to RESULT as JSON, written atomically, whatever happened:
-``{"status": "passed"|"refused", "version", "decision", "data", "aliased"}`` or
+the server hands over (its registry, its store, its gate, its search). Progress goes to stdout,
+one line per advance of each step (app/progress.py's Lines, every tick: ``search: 12/60 fits``);
+the outcome goes to RESULT as JSON, written atomically, whatever happened:
+``{"status": "passed"|"refused", "version", "decision", "data", "aliased", "search"}`` or
 ``{"status": "failed", "error": {"code", "message"}}``.
 """
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     result_file: Path = args.result
     try:
-        outcome = _run(args.model, args.then, args.since)
+        outcome = _run(args.model, args.then, args.since, args.search)
     except StewardError as exc:
         outcome = _failed(exc.code, exc.message)
     except Exception as exc:  # anything else still ends as one line in the job, not a traceback
@@ -42,11 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("result", type=Path)
     parser.add_argument("--then", choices=("keep", "candidate", "promote"), default="keep")
     parser.add_argument("--since", type=datetime.fromisoformat, default=None)
+    parser.add_argument("--search", action="store_true")
     return parser
 
 
-def _run(model: str, then: str, since: datetime | None) -> dict[str, Any]:
+def _run(model: str, then: str, since: datetime | None, search: bool) -> dict[str, Any]:
     _progress("loading settings and the store")
+    from app.progress import Lines
     from app.retraining import Then, retrain
     from app.settings import load_settings
     from app.store import open_store
@@ -54,11 +57,18 @@ def _run(model: str, then: str, since: datetime | None) -> dict[str, Any]:
     settings = load_settings()
     store = open_store(settings.store_url)
     try:
-        _progress(f"retraining {model}: reading feedback, fitting, judging with the gate")
-        result = retrain(settings, store, model, since=since, then=cast(Then, then))
+        result = retrain(
+            settings,
+            store,
+            model,
+            since=since,
+            then=cast(Then, then),
+            search=search,
+            progress=Lines(sys.stdout, every_tick=True),
+        )
     finally:
         store.close()
-    data = result.data
+    data, search_record = result.data, result.version.search
     aliased = result.aliased.change if result.aliased is not None else None
     return {
         "status": "passed" if result.decision.passed else "refused",
@@ -75,6 +85,7 @@ def _run(model: str, then: str, since: datetime | None) -> dict[str, Any]:
             "unfit": data.unfit,
         },
         "aliased": aliased.alias if aliased is not None else None,
+        "search": search_record.model_dump(mode="json") if search_record is not None else None,
     }
 
 

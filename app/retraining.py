@@ -15,6 +15,11 @@ let the new version serve only if the gate (app/gate.py) finds it not worse. No 
   training; skipped when there is none. A set with fewer than STEWARD_GATE_MIN_ROWS rows is
   skipped too. A feedback row with the inputs of a held_out row is not trained on either, and
   a retrained version records the base split (``base_split``) its retraining reuses.
+- The search (``search=True``, --search): the recipe's hyperparameters chosen by a
+  cross-validated search on the new version's training part (app/search.py), before its fit;
+  its record is the new version's ``search``.
+- Progress: each step (loading feedback, the search, the fit, the evaluation) reports to
+  ``progress`` (app/progress.py); silent by default.
 - The outcome: the version is always saved, its metadata holding the decision (``gate``); it
   becomes candidate (``then="candidate"``) or production (``then="promote"``) only if it
   passed.
@@ -22,6 +27,7 @@ let the new version serve only if the gate (app/gate.py) finds it not worse. No 
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,10 +57,12 @@ from app.gate import (
     skipped,
 )
 from app.lifecycle import AliasState
-from app.retraining_data import RetrainingSet, retraining_set
+from app.progress import SILENT, Progress, Step
+from app.retraining_data import RetrainingSet, production_version, retraining_set
+from app.search import search_grid, search_parameters
 from app.settings import Settings
 from app.store import PredictionStore
-from app.training import MIN_ROWS, evaluate, fit_version, frame_rows
+from app.training import MIN_ROWS, Tune, evaluate, fit_version, frame_rows
 
 Then = Literal["keep", "candidate", "promote"]
 
@@ -84,22 +92,33 @@ def retrain(
     csv: Path | None = None,
     target: str | None = None,
     then: Then = "keep",
+    search: bool = False,
+    progress: Progress = SILENT,
 ) -> RetrainResult:
-    """A new version of ``name`` from its production version's recipe, on its data and the
-    feedback since ``since`` (``csv``/``target``: instead of the version's own data), judged
-    against production by the gate, saved, and aliased per ``then`` if it passed."""
+    """A new version of ``name`` from its production version's recipe (its hyperparameters
+    searched first, ``search``), on its data and the feedback since ``since`` (``csv``/
+    ``target``: instead of the version's own data), judged against production by the gate,
+    saved, and aliased per ``then`` if it passed. Its steps report to ``progress``."""
     root = settings.models_dir
-    data = retraining_set(
-        root,
-        store,
-        name,
-        since=since,
-        csv=csv,
-        target=target,
-        holdout_seconds=settings.retrain_holdout_seconds,
-    )
+    if search:  # a family with no grid is refused before the store is read
+        first = production_version(root, name)
+        search_grid(_recipe(first, load_estimator(root, first)), _where(first), name)
+    with progress.step("loading feedback", unit="labelled rows") as step:
+        data = retraining_set(
+            root,
+            store,
+            name,
+            since=since,
+            csv=csv,
+            target=target,
+            holdout_seconds=settings.retrain_holdout_seconds,
+        )
+        step.advance(data.labelled)
     production = data.production
     fitted = load_estimator(root, production)
+    recipe = _recipe(production, fitted)
+    metric = gate_metric(settings, production)
+    tune = _tune(settings, production, metric, progress) if search else None
     held_out = held_out_mask(data)
     base_rows = _base_rows(data)
     contributed = base_rows - int(held_out.sum()) if held_out is not None else base_rows
@@ -134,25 +153,34 @@ def retrain(
         production.task,
         read_frame(frame, dates) if dates else frame,
         data.labels[keep].reset_index(drop=True),
-        _recipe(production, fitted),
-        description=f"Retrained by `steward retrain` from v{production.version}'s recipe on "
+        recipe,
+        description=f"Retrained by `steward retrain{' --search' if search else ''}` from "
+        f"v{production.version}'s recipe on "
         f"its data and {data.feedback_rows - int(overlap.sum())} rows of feedback.",
         data=training,
         dates=dates,
         input_format=production.input_format,
+        tune=tune,
+        progress=progress,
     )
-    metric = gate_metric(settings, production)
     judged = Judged(production, fitted, draft, estimator, metric, settings.gate_margin, dates)
-    sets = [
-        judged.score("held_out", data.frame, data.labels, held_out)
-        if held_out is not None
-        else skipped("held_out", _no_split_reason(data)),
-        judged.score("recent", data.recent_frame, data.recent_labels)
-        if data.held_out
-        else skipped(
-            "recent", "no labelled traffic in the window (STEWARD_RETRAIN_HOLDOUT_SECONDS)"
-        ),
-    ]
+    with progress.step("evaluation", total=2, unit="sets") as step:
+        sets = [
+            _counted(
+                step,
+                judged.score("held_out", data.frame, data.labels, held_out)
+                if held_out is not None
+                else skipped("held_out", _no_split_reason(data)),
+            ),
+            _counted(
+                step,
+                judged.score("recent", data.recent_frame, data.recent_labels)
+                if data.held_out
+                else skipped(
+                    "recent", "no labelled traffic in the window (STEWARD_RETRAIN_HOLDOUT_SECONDS)"
+                ),
+            ),
+        ]
     sets = [at_least(s, settings.gate_min_rows) for s in sets]
     decision = decide(production.version, metric, settings.gate_margin, sets)
     saved = save_version(
@@ -271,6 +299,34 @@ def _recipe(production: ModelMetadata, fitted: Any) -> Any:
             f"estimator cannot be cloned by scikit-learn ({type(exc).__name__})",
             model=production.name,
         ) from exc
+
+
+def _tune(
+    settings: Settings,
+    production: ModelMetadata,
+    metric: GateMetric,
+    progress: Progress,
+) -> Tune:
+    """The search fit_version runs on its training part (app/search.py)."""
+    return partial(
+        search_parameters,
+        metric=metric,
+        budget_seconds=settings.search_seconds,
+        folds=settings.search_folds,
+        progress=progress,
+        where=_where(production),
+        model=production.name,
+    )
+
+
+def _where(version: ModelMetadata) -> str:
+    return f"{version.name} v{version.version}"
+
+
+def _counted(step: Step, judged: GateSet) -> GateSet:
+    """One set of the gate done: the step advances, naming it (and whether it was skipped)."""
+    step.advance(1, judged.name if judged.verdict != "skipped" else f"{judged.name} skipped")
+    return judged
 
 
 def _base_rows(data: RetrainingSet) -> int:

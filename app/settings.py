@@ -209,6 +209,22 @@ class Settings(BaseSettings):
         le=86400,
         description="How often the server checks the models whose automatic rollback is on.",
     )
+    search_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=86400,
+        description="Time budget of `steward retrain --search`, an estimate: one cross-validation "
+        "of the recipe is timed, and the search tries the whole grid if it fits the rest of the "
+        "budget at that cost per candidate, as many random points of it as fit otherwise (at "
+        "least one).",
+    )
+    search_folds: int = Field(
+        5,
+        ge=2,
+        le=20,
+        description="Cross-validation folds of `steward retrain --search` (stratified for "
+        "classifiers; fewer when a class has fewer training rows).",
+    )
     host: str = Field("127.0.0.1", description="Address `steward serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `steward serve` binds.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(

@@ -8,7 +8,7 @@ the artifact's sha256. A version trained from a CSV keeps its rows, compressed, 
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ from app.artifacts import (
 from app.drift import reference_profile
 from app.errors import ArtifactError
 from app.feature_survey import infer_features, probe_features, read_frame, suspicious_columns
+from app.progress import SILENT, Progress
+from app.search import SearchRecord
 from app.settings import TRAINING_COPY_MAX_BYTES
 from app.training_data import Demo, demo_rows, keep_rows, rows_digest
 
@@ -53,6 +55,9 @@ MAX_CLASSES = 100  # more distinct labels than this is an identifier or a number
 MIN_ROWS_PER_CLASS = 3  # on average
 TEST_SIZE = 0.25
 SEED = 0
+
+Tune = Callable[[Any, Any, Any], tuple[Any, SearchRecord]]
+"""(recipe, training matrix, training labels) -> the estimator to fit, and how it was chosen."""
 
 DEMOS = (
     Demo(
@@ -237,9 +242,14 @@ def fit_version(
     data: TrainingData,
     dates: Sequence[str] = (),
     input_format: InputFormat = "array",
+    tune: Tune | None = None,
+    progress: Progress = SILENT,
 ) -> tuple[ModelMetadata, Any]:
     """Split, fit, evaluate on the held-out part, profile the training inputs: the draft
     metadata and the fitted estimator, not saved yet (a retraining judges it first).
+
+    ``tune`` (a retraining's --search) chooses the estimator to fit from the training part
+    alone, before the fit; its record is the draft's ``search``. ``progress`` sees the fit.
 
     The fitted model is then asked which features it takes missing and which categories it
     takes unseen (``probe_features``), so the schema accepts what the model handles. ``data``
@@ -266,8 +276,12 @@ def fit_version(
     contract = draft.contract()
     train_rows = frame_rows(train_x)
     train_matrix = contract.matrix(train_rows)
+    search = None
+    if tune is not None:
+        estimator, search = tune(estimator, train_matrix, train_y.to_numpy())
     try:
-        estimator.fit(train_matrix, train_y.to_numpy())
+        with progress.step("fit"):
+            estimator.fit(train_matrix, train_y.to_numpy())
     except ValueError as exc:  # e.g. a training part left with one class
         raise ArtifactError(f"{name}: training failed: {exc}") from exc
     predicted = estimator.predict(contract.matrix(frame_rows(test_x)))
@@ -280,6 +294,7 @@ def fit_version(
             "training_rows": len(train_x),
             **target_range(task, train_y),
             "reference_profile": reference_profile(np.asarray(train_matrix), features),
+            "search": search,
             "training_data": data.model_copy(
                 update={
                     "rows": len(frame),

@@ -4,18 +4,23 @@ decision (the same one stored in the new version's metadata) or the error; predi
 while it runs; hostile bodies and ids get 4xx in the one error shape; the counter is exact."""
 
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from helpers import ADMIN_AUTH, IRIS_SETOSA, assert_error, metric, predict, wait_until
+from sklearn.naive_bayes import GaussianNB
 
 from app.aliases import read_aliases
-from app.artifacts import read_metadata, save_version
+from app.artifacts import DataSource, TrainingData, read_metadata, save_version
 from app.main import create_app
 from app.settings import Settings
+from app.training import fit_and_save
 
 AUTH = ADMIN_AUTH
 RETRAIN = "/admin/models/iris/retrain"
@@ -81,8 +86,65 @@ def test_a_retrain_job_passes_the_gate_and_reports_what_metadata_records(
     assert result["aliased"] == "candidate"
     assert read_aliases(models_dir, "iris")["candidate"] == new.version
     assert result["data"]["production_version"] == new.gate.production_version
+    assert result["search"] is None  # not asked for
 
     assert count(admin, "retrain", "ok") == 1
+
+
+# The lines a retrain job's process prints, each advance of each step (app/progress.py).
+JOB_LINE = re.compile(
+    r"loading settings and the store|loading feedback: (started|\d+ labelled rows)"
+    r"|search: \d+/\d+ fits|fit: (started|done)|evaluation: \d/2 sets( \(\w+( skipped)?\))?"
+    r"|done: passed"
+)
+
+
+def test_a_search_job_shows_its_progress_and_returns_the_search_metadata_records(
+    admin: TestClient, models_dir: Path
+) -> None:
+    started = admin.post(RETRAIN, json={"then": "keep", "search": True}, headers=AUTH)
+    assert started.status_code == 202, started.text
+    job_id = started.json()["job"]
+    seen = []
+    while (job := job_of(admin, job_id))["status"] in ("queued", "running"):
+        if job["progress"] is not None and job["progress"] not in seen:
+            seen.append(job["progress"])
+        time.sleep(0.01)
+    assert job["status"] == "passed", job
+    assert job["progress"] == "done: passed"
+    assert [line for line in seen if not JOB_LINE.fullmatch(line)] == []
+    # 50 fits (5 folds, 10 candidates) take seconds: the polls see the search advance
+    searched = [int(m[1]) for line in seen if (m := re.fullmatch(r"search: (\d+)/50 fits", line))]
+    assert searched
+    assert searched == sorted(searched)
+    new = read_metadata(models_dir, "iris", job["result"]["version"])
+    assert new.search is not None
+    assert job["result"]["search"] == new.search.model_dump(mode="json")
+    assert (new.search.method, new.search.folds, new.search.tried) == ("GridSearchCV", 5, 10)
+    assert set(new.search.best_params) == {"model__C", "model__class_weight"}
+
+
+def test_a_search_job_for_a_family_with_no_grid_fails_with_its_code_and_writes_nothing(
+    models_dir: Path, admin_settings: Settings
+) -> None:
+    frame = pd.DataFrame({"a": np.arange(40, dtype=float), "b": np.arange(40, dtype=float) % 7})
+    fit_and_save(
+        models_dir, "nb", "classification", frame, pd.Series(np.where(frame["a"] > 19, "x", "y")),
+        GaussianNB(), promote=True, description="No grid for its family.",
+        data=TrainingData(sources=[DataSource(kind="csv", name="nb.csv", rows=40)]),
+    )  # fmt: skip
+    folders = sorted(p.name for p in (models_dir / "nb").iterdir())
+    with TestClient(create_app(admin_settings), raise_server_exceptions=False) as admin:
+        started = admin.post("/admin/models/nb/retrain", json={"search": True}, headers=AUTH)
+        job_id = started.json()["job"]
+        job = finished(admin, job_id)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "no_search_grid"
+    assert job["error"]["message"] == (
+        "nb v1: --search has no grid for GaussianNB (the families it knows: docs/operations.md, "
+        "Hyperparameter search); retrain without --search"
+    )
+    assert sorted(p.name for p in (models_dir / "nb").iterdir()) == folders  # nothing written
 
 
 def test_a_second_retrain_of_a_model_while_one_runs_is_409_naming_it(admin: TestClient) -> None:
@@ -164,6 +226,9 @@ def test_the_retrain_routes_need_the_token(admin: TestClient, client: TestClient
         {"since": 0},
         {"since": "x" * 100_000},
         {"since": "99999-01-01"},
+        {"search": "true"},
+        {"search": 1},
+        {"search": None},
         [],
         "candidate",
     ],

@@ -2,6 +2,7 @@
 a shifted input distribution logged by it, retrainings from v1's recipe judged against v1 on
 the same rows, their numbers recomputed here from the saved artifacts."""
 
+import re
 import shutil
 import time
 from datetime import timedelta
@@ -71,6 +72,14 @@ def retrain_settings(tmp_path: Path, models_dir: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("STEWARD_RETRAIN_HOLDOUT_SECONDS", "1")
     return Settings(models_dir=models_dir, data_dir=tmp_path / "data", retrain_holdout_seconds=1)
+
+
+def report(out: str) -> list[str]:
+    """`steward retrain`'s report: its output after the progress lines (app/progress.py's Lines,
+    since the output is not a terminal), from the line naming the new version."""
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if re.match(r"\S+: version \d+ from ", line))
+    return lines[first:]
 
 
 def score(
@@ -147,7 +156,7 @@ def test_a_retraining_on_feedback_from_a_shifted_distribution_passes_and_becomes
         new.training_data.training_rows + new.training_data.held_out_rows == new.training_data.rows
     )
 
-    lines = out.splitlines()
+    lines = report(out)
     assert lines[0] == (
         f"iris: version 2 from v1's recipe on demo iris 112 rows + feedback {trained} rows"
     )
@@ -235,7 +244,7 @@ def test_without_recent_traffic_the_recent_set_is_skipped_and_said_so(
     assert new.gate == decide(1, "accuracy", 0.01, [held, window])
     assert new.training_data is not None
     assert new.training_data.rows == 112  # the demo less v1's held-out rows, no feedback
-    assert out.splitlines()[6].split() == [
+    assert report(out)[6].split() == [
         "recent", "0", "-", "-", "-", "skipped:", "no", "labelled", "traffic", "in", "the",
         "window", "(STEWARD_RETRAIN_HOLDOUT_SECONDS)",
     ]  # fmt: skip
@@ -277,7 +286,8 @@ def test_the_gate_metric_may_be_macro_f1_and_a_csv_version_passes_on_its_copy(
     assert run_cli(capsys, "--models-dir", str(models), "promote", "churn", "2")[0] == 0
     code, out, err = run_cli(capsys, "--models-dir", str(models), "retrain", "churn")
     assert (code, err) == (0, "")
-    assert out.startswith("churn: version 3 from v2's recipe on csv churn.csv 90 rows + ")
+    first = report(out)[0]
+    assert first.startswith("churn: version 3 from v2's recipe on csv churn.csv 90 rows + ")
 
 
 def test_a_registered_regressor_retrains_on_feedback_alone_judged_by_mae_on_recent_traffic(

@@ -356,6 +356,12 @@ class RetrainRequest(BaseModel):
         description="Learn from feedback on predictions made at or after this time (ISO 8601; "
         "UTC if no zone). null: all of it.",
     )
+    search: bool = Field(
+        False,
+        description="Search the recipe's hyperparameters first (`steward retrain --search`): "
+        "cross-validated over a small grid for its estimator family, within about "
+        "STEWARD_SEARCH_SECONDS; a family with no grid fails the job, `no_search_grid`.",
+    )
 
     @field_validator("since", mode="before")
     @classmethod
@@ -389,7 +395,7 @@ async def retrain(model: str, body: RetrainRequest, built: AdminServices) -> Job
     409 ``retrain_running`` (naming the running job) while one runs for the model. The job
     (GET /admin/jobs/{id}) reports progress, then the gate's decision or the error."""
     await anyio.to_thread.run_sync(_known, built.registry.root, model)
-    job = await built.jobs.start(model, body.since, body.then)
+    job = await built.jobs.start(model, body.since, body.then, body.search)
     return JobStarted(job=job.id, status=job.status, links={"self": f"/admin/jobs/{job.id}"})
 
 

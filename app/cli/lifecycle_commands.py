@@ -20,6 +20,7 @@ from app.settings import Settings
 if TYPE_CHECKING:
     from app.gate import GateDecision, GateSet
     from app.retraining import RetrainResult
+    from app.search import SearchRecord
 
 # What a change on disk means for running servers (app/watcher.py).
 SWAP_NOTE = "running servers swap to it within STEWARD_RELOAD_INTERVAL_SECONDS"
@@ -126,9 +127,14 @@ def add_commands(commands: Commands) -> None:
         "(STEWARD_RETRAIN_HOLDOUT_SECONDS). The gate then scores both versions on those held-out\n"
         "rows and on the recent traffic (STEWARD_GATE_METRIC, MAE for regressors): the new one\n"
         "passes if not worse by more than STEWARD_GATE_MARGIN on each. It is always kept as a\n"
-        "version; --candidate or --promote aliases it only if it passed (exit 1 if not).",
+        "version; --candidate or --promote aliases it only if it passed (exit 1 if not).\n\n"
+        "--search first chooses the recipe's hyperparameters by cross-validation on the training\n"
+        "rows, over a small grid for its estimator family (the recipe's own among the\n"
+        "candidates), within about STEWARD_SEARCH_SECONDS (docs/operations.md, Hyperparameter\n"
+        "search). Progress: bars on a terminal (stderr), plain lines on stdout otherwise.",
         "examples:\n"
         "  steward retrain iris --candidate\n"
+        "  steward retrain iris --search --candidate\n"
         "  steward retrain iris --since 2026-06-01 --promote\n"
         "  steward retrain churn --csv churn.csv --target churned",
     )
@@ -146,6 +152,11 @@ def add_commands(commands: Commands) -> None:
         help="base data instead of the version's own (a version that keeps none)",
     )
     retrain.add_argument("--target", metavar="COLUMN", help="--csv's label column")
+    retrain.add_argument(
+        "--search",
+        action="store_true",
+        help="search the recipe's hyperparameters first (within STEWARD_SEARCH_SECONDS)",
+    )
     then = retrain.add_mutually_exclusive_group()
     then.add_argument(
         "--candidate",
@@ -204,6 +215,7 @@ def _change(change: AliasChange) -> str:
 
 def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     from app.errors import GateRefused
+    from app.progress import for_terminal
     from app.retraining import retrain
     from app.store import open_store
 
@@ -221,6 +233,8 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
             csv=args.csv,
             target=args.target,
             then=args.then,
+            search=args.search,
+            progress=for_terminal(),
         )
     finally:
         store.close()
@@ -250,6 +264,8 @@ def _print_retraining(result: "RetrainResult") -> None:
         f"{data.duplicates} duplicates, "
         f"{data.conflicts} conflicts, {data.unfit} unfit"
     )
+    if new.search is not None:
+        _print_search(new.search)
     print()
     _gate_table(decision, new.version)
     print()
@@ -259,6 +275,22 @@ def _print_retraining(result: "RetrainResult") -> None:
         print(f"passed: {decision.reason}; {_change(result.aliased.change)}")
     else:
         print(f"passed: {decision.reason}; kept as version {new.version}, not aliased")
+
+
+def _print_search(search: "SearchRecord") -> None:
+    tried = search.tried - 1
+    print(
+        f"search: {search.method} over {search.family}'s grid, {tried} of {search.grid_size} "
+        f"candidates and the recipe's own, {search.folds}-fold"
+        f"{' stratified' if search.stratified else ''} cross-validation on {search.metric}, "
+        f"{search.elapsed_seconds:.1f}s of STEWARD_SEARCH_SECONDS={search.budget_seconds:g}"
+    )
+    params = ", ".join(f"{k}={v!r}" for k, v in search.best_params.items())
+    which = "the recipe's own" if search.chose_recipe else "chosen"
+    print(
+        f"parameters: {params} ({which}; {search.metric} {search.best_score:.4f} on "
+        f"cross-validation, the recipe's own {search.recipe_score:.4f})"
+    )
 
 
 def _gate_table(decision: "GateDecision", version: int) -> None:
