@@ -61,12 +61,14 @@ class RetrainCost:
     window_seconds: float = 0.0  # the retraining windows, in all
     covered_seconds: float = 0.0  # of which a job was running
     pinning: str = ""
+    load_average: tuple[float, float] = (0.0, 0.0)  # 1-minute, at the start and at the end
 
 
 def retrain_cost(work: Path, seconds: float) -> RetrainCost:
     """Everything under ``work``: a registry of its own (the shadow part leaves iris with a
     candidate and a traffic policy), the store, the wrk script, the server's log."""
     work.mkdir()
+    began_load = os.getloadavg()[0]
     models_dir = work / "models"
     subprocess.run([STEWARD, "--models-dir", models_dir, "train", "demo"], check=True,
                    capture_output=True)  # fmt: skip
@@ -119,6 +121,7 @@ def retrain_cost(work: Path, seconds: float) -> RetrainCost:
                             max(0.0, min(j.ended, ended) - max(j.began, began)) for j in ran
                         )
         steward.stop(timeout=120)
+    cost.load_average = (began_load, os.getloadavg()[0])
     return cost
 
 

@@ -198,6 +198,8 @@ def print_retrain_cost(work: Path, seconds: float) -> None:
         f"(median {statistics.median(durations):.1f} s), running during "
         f"{cost.covered_seconds / cost.window_seconds:.0%} of the retrain windows"
     )
+    start, end = cost.load_average
+    print(f"load average (1 min) {start:.2f} at the start, {end:.2f} at the end")
 
 
 def set_traffic(url: str, models_dir: Path, mode: str) -> None:
