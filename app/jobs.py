@@ -7,10 +7,17 @@ The registry holds the jobs in memory: at most one running per model, the last
 scores). A job's state: queued (the process starting), running, then passed, refused (the gate
 kept the version unaliased) or failed (the error's code and one line). On shutdown the running
 processes are terminated and their jobs failed, "server shut down".
+
+A job process runs NICENESS below the server's CPU priority: where it shares a core with the
+server, predictions come first (docs/performance.md, "Predictions during a retrain"). A
+process that ends without its result (a crash before it could write one) fails its job with
+the last line of its stderr; the server logs the end of that stderr at WARNING.
 """
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -42,6 +49,11 @@ _HANDED_OVER = (
     "search_folds",
 )
 _WITHHELD = ("STEWARD_ADMIN_TOKEN", "STEWARD_ADMIN_TOKEN_FILE")
+NICENESS = 10  # added to the server's nice value for a job process (at most 19)
+STDERR_TAIL_BYTES = 2048  # the end of a job process's stderr, kept for a failure without result
+LAST_LINE_CHARS = 300
+
+logger = logging.getLogger(__name__)
 
 
 class JobError(BaseModel):
@@ -173,42 +185,48 @@ class RetrainJobs:
             job.process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
                 stdin=asyncio.subprocess.DEVNULL,
                 env=self._environment(),
             )
         except OSError as exc:
             job.fail("retrain_failed", f"could not start the retraining process: {exc}")
             return
+        _lower_priority(job.process.pid)
         if job.finished:  # shut down while the process started
             job.process.terminate()
         else:
             job.status = "running"
         try:
-            await self._follow(job, job.process)
+            stderr = await self._follow(job, job.process)
         finally:
             if job.process.returncode is None:
                 job.process.kill()
                 await job.process.wait()
         if not job.finished:
-            self._conclude(job, result_file, job.process.returncode)
+            self._conclude(job, result_file, job.process.returncode, stderr)
 
-    async def _follow(self, job: Job, process: asyncio.subprocess.Process) -> None:
-        """Keep the job's last progress line until the process ends."""
+    async def _follow(self, job: Job, process: asyncio.subprocess.Process) -> str:
+        """Keep the job's last progress line until the process ends; the end of its stderr
+        (both pipes read at once: a process blocked on a full one would never end)."""
         assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode(errors="replace").strip()
-            if line:
-                job.progress = line[:500]
+        assert process.stderr is not None
+        _, stderr = await asyncio.gather(_progress(job, process.stdout), _tail(process.stderr))
         await process.wait()
+        return stderr
 
-    def _conclude(self, job: Job, result_file: Path, returncode: int | None) -> None:
+    def _conclude(self, job: Job, result_file: Path, returncode: int | None, stderr: str) -> None:
         try:
             outcome: dict[str, Any] = json.loads(result_file.read_text())
         except (OSError, ValueError):
-            job.fail(
-                "retrain_failed", f"the retraining process ended ({returncode}) with no result"
-            )
+            ended = f"the retraining process ended ({returncode}) with no result"
+            last = _last_line(stderr)
+            if last:
+                logger.warning(
+                    "retrain job %s of %s: %s; the end of its stderr:\n%s",
+                    job.id, job.model, ended, stderr.rstrip(),
+                )  # fmt: skip
+            job.fail("retrain_failed", f"{ended}: {last}" if last else ended)
             return
         finally:
             result_file.unlink(missing_ok=True)
@@ -231,3 +249,32 @@ class RetrainJobs:
         finished = [j.id for j in self._jobs.values() if j.finished]
         for job_id in finished[: max(0, len(finished) - self._keep)]:
             del self._jobs[job_id]
+
+
+def _lower_priority(pid: int) -> None:
+    """The job process's nice value: the server's plus NICENESS."""
+    nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS)
+    with contextlib.suppress(OSError):  # it may have ended already
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+
+
+async def _progress(job: Job, stdout: asyncio.StreamReader) -> None:
+    """The job's latest progress line: the last non-empty line of the process's stdout."""
+    async for raw in stdout:
+        line = raw.decode(errors="replace").strip()
+        if line:
+            job.progress = line[:500]
+
+
+async def _tail(stream: asyncio.StreamReader) -> str:
+    """The last STDERR_TAIL_BYTES of ``stream``, read to its end."""
+    tail = b""
+    while chunk := await stream.read(65536):
+        tail = (tail + chunk)[-STDERR_TAIL_BYTES:]
+    return tail.decode(errors="replace")
+
+
+def _last_line(text: str) -> str:
+    """The last non-empty line of ``text``, stripped and cut to LAST_LINE_CHARS ("" if none)."""
+    lines = (line.strip() for line in reversed(text.splitlines()))
+    return next((line for line in lines if line), "")[:LAST_LINE_CHARS]

@@ -76,9 +76,14 @@ def lua_string(text: str) -> str:
     return "[==[" + text + "]==]"
 
 
-def wrk(url: str, script: Path, connections: int, seconds: float) -> Result:
-    """Drive ``url`` with ``connections`` keep-alive connections for ``seconds``."""
+def wrk(
+    url: str, script: Path, connections: int, seconds: float, cpus: str | None = None
+) -> Result:
+    """Drive ``url`` with ``connections`` keep-alive connections for ``seconds``; on the CPUs
+    ``cpus`` (taskset's list, e.g. "1") when given."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--timeout", "10s"]
+    if cpus is not None:
+        argv = ["taskset", "-c", cpus, *argv]
     done = subprocess.run(
         [*argv, "-s", str(script), url], capture_output=True, text=True, check=True
     )
@@ -93,17 +98,18 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> Result:
     )
 
 
-def get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def get(url: str, headers: dict[str, str] | None = None) -> bytes:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
         body: bytes = response.read()
         return body
 
 
-def post_json(url: str, payload: Any) -> Any:
+def post_json(url: str, payload: Any, headers: dict[str, str] | None = None) -> Any:
     request = urllib.request.Request(
         url,
         data=json.dumps(payload).encode(),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **(headers or {})},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as response:

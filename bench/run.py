@@ -10,6 +10,10 @@ Then the cost of shadowing: iris at 1 and 64 connections with its traffic policy
 ``shadow`` (a second iris version as candidate predicting every request's rows off the response
 path), interleaved over two rounds. ``--shadow-only`` runs just that part.
 
+Last, the cost of a retraining (bench/retrain.py): iris at 1 and 64 connections with no retrain
+job and while retrain jobs run one after the other, interleaved over two rounds; the job's
+duration alone and under load. ``--retrain-only`` runs just that part.
+
 ``--soak SECONDS`` instead runs iris at 64 connections for that long and prints RSS over time.
 """
 
@@ -31,6 +35,10 @@ from typing import Any
 
 from load import Result, get, lua_feedback, lua_post, post_json, wrk
 from prometheus_client.parser import text_string_to_metric_families
+from retrain import CONNECTIONS as RETRAIN_CONNECTIONS
+from retrain import MODES as RETRAIN_MODES
+from retrain import ROUNDS as RETRAIN_ROUNDS
+from retrain import retrain_cost
 from server import STEWARD, Server, free_port, serving
 
 BIN = Path(sys.executable).parent
@@ -49,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--connections", default=",".join(map(str, CONNECTIONS)))
     parser.add_argument("--soak", type=int, default=0, help="run the RSS soak instead")
     parser.add_argument("--shadow-only", action="store_true", help="only the shadow cost")
+    parser.add_argument("--retrain-only", action="store_true", help="only the retraining cost")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="steward-bench-") as folder:
         bench(Path(folder), args)
@@ -68,6 +77,9 @@ def bench(work: Path, args: argparse.Namespace) -> None:
         return
     if args.shadow_only:
         shadow_cost(work, models_dir, args.seconds)
+        return
+    if args.retrain_only:
+        print_retrain_cost(work, args.seconds)
         return
     models = args.models.split(",")
     connections = [int(c) for c in args.connections.split(",")]
@@ -106,6 +118,8 @@ def bench(work: Path, args: argparse.Namespace) -> None:
     print(f"peak RSS: steward {peak_rss:.0f} MiB, naive {naive_rss:.0f} MiB")
     print()
     shadow_cost(work, models_dir, args.seconds)
+    print()
+    print_retrain_cost(work, args.seconds)
 
 
 SHADOW_CONNECTIONS = (1, 64)
@@ -153,6 +167,39 @@ def shadow_cost(work: Path, models_dir: Path, seconds: float) -> None:
         rows,
     )  # fmt: skip
     print(f"served rows {served:,}; shadowed {shadowed:,}; shadow failures {failed:,}")
+
+
+def print_retrain_cost(work: Path, seconds: float) -> None:
+    """Predictions with no retrain job and while retrain jobs run (bench/retrain.py)."""
+    cost = retrain_cost(work / "retrain", seconds)
+    rows = []
+    for mode in RETRAIN_MODES:
+        for c in RETRAIN_CONNECTIONS:
+            runs = cost.runs[(mode, c)]
+            rows.append((
+                "no retrain" if mode == "idle" else "retrain running", str(c),
+                f"{statistics.median(r.rate for r in runs):,.0f}",
+                f"{statistics.median(r.p50_ms for r in runs):.2f}",
+                f"{statistics.median(r.p99_ms for r in runs):.2f}",
+                f"{max(r.p99_ms for r in runs):.2f}", str(sum(r.errors for r in runs)),
+            ))  # fmt: skip
+    print(
+        f"predictions during a retrain, iris, median of {RETRAIN_ROUNDS} interleaved rounds "
+        f"of {seconds} s; {cost.pinning}:"
+    )
+    print_markdown(("load", "conns", "req/s", "p50 ms", "p99 ms", "worst p99 ms", "err"), rows)
+    durations = sorted(j.seconds for j in cost.jobs)
+    assert cost.alone is not None
+    data = cost.alone.data
+    print(
+        f"retrain job: {cost.alone.seconds:.1f} s alone ({data['labelled']:,} labelled rows, "
+        f"{data['trained_on']:,} trained on, {data['held_out']:,} held out as recent); "
+        f"{len(durations)} jobs under load, {durations[0]:.1f}-{durations[-1]:.1f} s "
+        f"(median {statistics.median(durations):.1f} s), running during "
+        f"{cost.covered_seconds / cost.window_seconds:.0%} of the retrain windows"
+    )
+    start, end = cost.load_average
+    print(f"load average (1 min) {start:.2f} at the start, {end:.2f} at the end")
 
 
 def set_traffic(url: str, models_dir: Path, mode: str) -> None:

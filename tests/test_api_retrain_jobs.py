@@ -1,7 +1,8 @@
 """Retrain jobs over the admin API: POST /admin/models/{model}/retrain starts a real retraining
 in its own process on a real demo registry, GET /admin/jobs/{id} follows it to the gate's
-decision (the same one stored in the new version's metadata) or the error; predictions answer
-while it runs; hostile bodies and ids get 4xx in the one error shape; the counter is exact."""
+decision (the same one stored in the new version's metadata) or the error (too few labelled
+rows, a store it cannot open: one line, no version written); predictions answer while it runs;
+hostile bodies and ids get 4xx in the one error shape; the counter is exact."""
 
 import re
 import time
@@ -9,16 +10,28 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from helpers import ADMIN_AUTH, IRIS_SETOSA, assert_error, metric, predict, wait_until
+from helpers import (
+    ADMIN_AUTH,
+    ADMIN_TOKEN,
+    IRIS_SETOSA,
+    assert_error,
+    metric,
+    predict,
+    prediction_ids,
+    wait_until,
+)
+from sklearn.linear_model import LinearRegression
 from sklearn.naive_bayes import GaussianNB
 
 from app.aliases import read_aliases
 from app.artifacts import DataSource, TrainingData, read_metadata, save_version
 from app.main import create_app
+from app.registration import register_estimator
 from app.settings import Settings
 from app.training import fit_and_save
 
@@ -176,6 +189,61 @@ def test_a_model_with_no_recipe_fails_its_job_with_the_code_and_one_line(
     assert f"iris v{odd.version} has no recipe to retrain" in job["error"]["message"]
     assert "\n" not in job["error"]["message"]
     assert sorted(p.name for p in (models_dir / "iris").iterdir()) == folders  # nothing written
+
+
+def test_too_few_labelled_rows_fail_the_job_with_the_count_and_the_minimum(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """A model registered from elsewhere keeps no training data: it retrains on feedback alone,
+    and 9 labelled rows (sent through /predict and /feedback) are fewer than it needs."""
+    x = np.arange(40, dtype=float).reshape(20, 2)
+    artifact, sample = tmp_path / "model.joblib", tmp_path / "inputs.csv"
+    joblib.dump(LinearRegression().fit(x, 2 * x[:, 0]), artifact)
+    pd.DataFrame(x, columns=["a", "b"]).to_csv(sample, index=False)
+    register_estimator(models_dir, artifact, "line", sample)
+    settings = Settings(
+        models_dir=models_dir,
+        data_dir=tmp_path / "data",
+        admin_token=ADMIN_TOKEN,
+        reload_interval_seconds=0,
+        retrain_holdout_seconds=0,  # no recent window: every labelled row is for training
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as admin:
+        rows = [{"a": float(2 * i), "b": float(2 * i + 1)} for i in range(9)]
+        ids = prediction_ids(predict(admin, "line", *rows))
+        items = [{"prediction_id": i, "ground_truth": 4.0 * n} for n, i in enumerate(ids)]
+        assert admin.post("/feedback", json={"items": items}).status_code == 200
+        started = admin.post("/admin/models/line/retrain", json={"then": "promote"}, headers=AUTH)
+        job = finished(admin, started.json()["job"])
+    assert job["status"] == "failed"
+    assert job["result"] is None
+    assert job["error"] == {
+        "code": "training_data_refused",
+        "message": "line v1: need at least 10 labelled rows, got 9 of feedback (registered: "
+        "trained elsewhere, Steward holds no training data): pass --csv with its data",
+    }
+    assert sorted(p.name for p in (models_dir / "line").iterdir() if p.is_dir()) == ["1"]
+    assert read_aliases(models_dir, "line") == {"production": 1}
+
+
+def test_a_store_the_job_cannot_open_fails_it_in_one_line_and_writes_no_version(
+    admin: TestClient, admin_settings: Settings, models_dir: Path
+) -> None:
+    """The store becomes unreadable while the server runs (a folder where its SQLite file
+    was; the server keeps the file it opened): the job's process cannot open it."""
+    stored = admin_settings.data_dir / "steward.db"
+    stored.rename(stored.with_name("moved.db"))
+    stored.mkdir()
+    job = finished(admin, admin.post(RETRAIN, json={"then": "promote"}, headers=AUTH).json()["job"])
+    assert job["status"] == "failed"
+    assert job["result"] is None
+    assert job["error"] == {
+        "code": "store_unavailable",
+        "message": "prediction store failed to create its schema: unable to open database file",
+    }
+    assert sorted(p.name for p in (models_dir / "iris").iterdir() if p.is_dir()) == ["1"]
+    assert read_aliases(models_dir, "iris") == {"production": 1}
+    assert predict(admin, "iris", IRIS_SETOSA).status_code == 200  # the server still serves
 
 
 def test_since_is_handed_to_the_job_and_the_counter_is_exact(admin: TestClient) -> None:

@@ -1,13 +1,19 @@
 """The retrain job registry (app/jobs.py) on a real demo registry: each job a real process;
-shutdown terminates a running one and fails its job; only the last finished jobs are kept."""
+shutdown terminates a running one and fails its job; only the last finished jobs are kept; a
+process that ends without its result fails its job with the last line of its stderr; a job
+process runs below the server's CPU priority."""
 
 import asyncio
+import logging
+import os
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 from app.errors import RetrainRunning, UnknownJob
-from app.jobs import Job, RetrainJobs
+from app.jobs import NICENESS, Job, RetrainJobs
 from app.settings import Settings
 
 JOB_SECONDS = 120
@@ -83,3 +89,68 @@ def test_the_job_process_retrains_with_this_servers_settings(
     assert job.result is not None
     assert job.result["decision"]["margin"] == 0.25
     assert (models_dir / "iris" / str(job.result["version"]) / "metadata.json").is_file()
+
+
+async def until_running(job: Job) -> asyncio.subprocess.Process:
+    async with asyncio.timeout(JOB_SECONDS):
+        while job.status == "queued":
+            await asyncio.sleep(0.01)
+    assert job.status == "running"
+    assert job.process is not None
+    return job.process
+
+
+def test_a_process_that_ends_without_its_result_fails_with_its_last_stderr_line(
+    settings: Settings, models_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real crash: the folder the process writes its result to disappears while it runs (as
+    a /tmp cleaner may do to a long-running server's), so it dies on a traceback."""
+
+    async def scenario() -> tuple[Job, Path]:
+        jobs = RetrainJobs(settings)
+        job = await jobs.start("iris", None, "keep")
+        process = await until_running(job)
+        os.kill(process.pid, signal.SIGSTOP)  # held before it could write anything
+        argv = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+        result = Path(next(a.decode() for a in argv if a.endswith(b".json")))
+        assert not result.exists()
+        shutil.rmtree(result.parent)
+        os.kill(process.pid, signal.SIGCONT)
+        await until_finished(job)
+        await jobs.close()
+        return job, result
+
+    with caplog.at_level(logging.WARNING, logger="app.jobs"):
+        job, result = asyncio.run(scenario())
+    assert job.status == "failed"
+    assert job.result is None
+    assert job.error is not None
+    assert job.error.code == "retrain_failed"
+    partial = result.with_suffix(".partial")
+    assert job.error.message == (
+        "the retraining process ended (1) with no result: FileNotFoundError: [Errno 2] No such "
+        f"file or directory: '{partial}'"
+    )
+    [record] = caplog.records
+    assert record.levelname == "WARNING"
+    logged = record.getMessage()
+    assert logged.startswith(f"retrain job {job.id} of iris: the retraining process ended (1)")
+    assert "Traceback (most recent call last):" in logged
+    assert logged.endswith(f"FileNotFoundError: [Errno 2] No such file or directory: '{partial}'")
+    # The version it fitted was saved whole before the result could not be: a version folder.
+    assert (models_dir / "iris" / "2" / "metadata.json").is_file()
+
+
+def test_a_job_process_runs_below_the_servers_cpu_priority(settings: Settings) -> None:
+    async def scenario() -> tuple[int, Job]:
+        jobs = RetrainJobs(settings)
+        job = await jobs.start("iris", None, "keep")
+        process = await until_running(job)
+        nice = os.getpriority(os.PRIO_PROCESS, process.pid)
+        await until_finished(job)
+        await jobs.close()
+        return nice, job
+
+    nice, job = asyncio.run(scenario())
+    assert nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS)
+    assert job.status == "passed"

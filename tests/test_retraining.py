@@ -71,7 +71,11 @@ def serve_feedback(
 def retrain_settings(tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("STEWARD_RETRAIN_HOLDOUT_SECONDS", "1")
-    return Settings(models_dir=models_dir, data_dir=tmp_path / "data", retrain_holdout_seconds=1)
+    settings = Settings(
+        models_dir=models_dir, data_dir=tmp_path / "data", retrain_holdout_seconds=1
+    )
+    open_store(settings.store_url).close()  # as a server makes it at start-up: no feedback yet
+    return settings
 
 
 def report(out: str) -> list[str]:
@@ -264,6 +268,7 @@ def test_the_gate_metric_may_be_macro_f1_and_a_csv_version_passes_on_its_copy(
     v1 = train_csv(models, csv, "churned", "churn")
     monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("STEWARD_GATE_METRIC", "f1_macro")
+    open_store(f"sqlite:///{tmp_path / 'data' / 'steward.db'}").close()  # a server's, empty
     code, out, err = run_cli(capsys, "--models-dir", str(models), "retrain", "churn")
     assert (code, err) == (0, "")
     assert "gate: f1_macro, margin 0.01" in out
@@ -418,6 +423,41 @@ def test_bad_input_is_one_line_and_leaves_the_registry_alone(
     assert code == 1
     assert_one_line_error(err, "line v1: need at least 10 labelled rows, got 0")
     assert [p.name for p in (models_dir / "line").iterdir() if p.is_dir()] == ["1"]
+
+
+def test_a_store_that_is_missing_or_down_is_one_line_naming_its_setting_and_writes_nothing(
+    tmp_path: Path,
+    models_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    where = ["--models-dir", str(models_dir)]
+    # No store where STEWARD_DATA_DIR points (the wrong folder, or no server ran): refused, and
+    # no empty store made there, which a retraining would have learnt nothing from.
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(elsewhere))
+    code, out, err = run_cli(capsys, *where, "retrain", "iris")
+    assert (code, out) == (1, "")
+    assert_one_line_error(
+        err, f"no prediction store at {elsewhere / 'steward.db'} (STEWARD_DATA_DIR): a retraining"
+    )
+    assert not elsewhere.exists()
+    # A SQLite path that cannot be opened: a folder where the file should be.
+    (elsewhere / "steward.db").mkdir(parents=True)
+    code, out, err = run_cli(capsys, *where, "retrain", "iris")
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, "prediction store failed to ", "(STEWARD_DATA_DIR)")
+    # A PostgreSQL where nothing listens.
+    monkeypatch.setenv("STEWARD_DATABASE_URL", "postgresql://127.0.0.1:1/test")
+    code, out, err = run_cli(capsys, *where, "retrain", "iris", "--promote")
+    assert (code, out) == (1, "")
+    assert_one_line_error(
+        err,
+        "prediction store failed to create its schema: connection failed",
+        "(STEWARD_DATABASE_URL)",
+    )
+    assert sorted(p.name for p in (models_dir / "iris").iterdir() if p.is_dir()) == ["1"]
+    assert read_aliases(models_dir, "iris") == {"production": 1}
 
 
 def test_a_version_whose_estimator_cannot_be_cloned_has_no_recipe(

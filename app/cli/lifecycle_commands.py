@@ -15,12 +15,14 @@ from app.cli import arguments
 from app.cli.errors import UsageError
 from app.cli.parser import Commands, add_command, model_argument
 from app.cli.table import print_table
+from app.errors import StoreUnavailable
 from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.gate import GateDecision, GateSet
     from app.retraining import RetrainResult
     from app.search import SearchRecord
+    from app.store import SqlStore
 
 # What a change on disk means for running servers (app/watcher.py).
 SWAP_NOTE = "running servers swap to it within STEWARD_RELOAD_INTERVAL_SECONDS"
@@ -217,13 +219,14 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     from app.errors import GateRefused
     from app.progress import for_terminal
     from app.retraining import retrain
-    from app.store import open_store
+    from app.retraining_data import production_version
 
     if args.target is not None and args.csv is None:
         raise UsageError(
             "--target names --csv's label column: give --csv (see `steward retrain --help`)"
         )
-    store = open_store(settings.store_url)
+    production_version(settings.models_dir, args.model)  # an unknown model named before the store
+    store = _feedback_store(settings)
     try:
         result = retrain(
             settings,
@@ -247,6 +250,26 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
             model=new.name,
         )
     return 0
+
+
+def _feedback_store(settings: Settings) -> "SqlStore":
+    """The store a server logged the feedback to; never a new, empty one (a retraining against
+    the wrong STEWARD_DATA_DIR would learn from nothing, and say nothing). StoreUnavailable,
+    naming the setting, if it is not there or cannot be opened."""
+    from app.store import open_store
+
+    setting = "STEWARD_DATABASE_URL" if settings.database_url else "STEWARD_DATA_DIR"
+    sqlite_file = settings.data_dir / "steward.db"  # the store when no database URL is set
+    if settings.database_url is None and not sqlite_file.exists():
+        raise StoreUnavailable(
+            f"no prediction store at {sqlite_file} ({setting}): a retraining learns from the "
+            "feedback a server logged; point STEWARD_DATA_DIR (or STEWARD_DATABASE_URL) at "
+            "that server's store"
+        )
+    try:
+        return open_store(settings.store_url)
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(f"{exc} ({setting})") from exc
 
 
 def _print_retraining(result: "RetrainResult") -> None:
