@@ -157,7 +157,7 @@ class RetrainJobs:
         job = Job(id=uuid.uuid4().hex, model=model, then=then, since=since, search=search)
         self._jobs[job.id] = job
         self._forget_oldest()
-        task = asyncio.create_task(self._run(job))
+        task = asyncio.create_task(self._watch(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job
@@ -176,8 +176,22 @@ class RetrainJobs:
                 task.cancel()
         self._folder.cleanup()
 
+    async def _watch(self, job: Job) -> None:
+        """Run the job; whatever goes wrong here fails it, never leaves it running (its model
+        would refuse every other retrain until a restart)."""
+        try:
+            await self._run(job)
+        except Exception:
+            logger.exception("retrain job %s of %s: following it failed", job.id, job.model)
+            if job.process is not None and job.process.returncode is None:
+                job.process.kill()
+            if not job.finished:
+                job.fail("retrain_failed", "the server could not follow the retraining process")
+
     async def _run(self, job: Job) -> None:
-        result_file = Path(self._folder.name) / f"{job.id}.json"
+        folder = Path(self._folder.name)
+        folder.mkdir(exist_ok=True)  # a /tmp cleaner may have removed it on a long-lived server
+        result_file = folder / f"{job.id}.json"
         argv = [sys.executable, "-m", "app.retrain_job", job.model, str(result_file)]
         argv += ["--then", job.then] + (["--since", job.since.isoformat()] if job.since else [])
         argv += ["--search"] if job.search else []

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from app.errors import StewardError
 
+ACTOR = "admin-api"  # as app/api/admin.py's: a job is started through the admin API
 FAILED_CODE = "retrain_failed"  # an error that is not one of ours: its type, not its code
 
 
@@ -65,6 +66,7 @@ def _run(model: str, then: str, since: datetime | None, search: bool) -> dict[st
             then=cast(Then, then),
             search=search,
             progress=Lines(sys.stdout, every_tick=True),
+            by=ACTOR,
         )
     finally:
         store.close()

@@ -94,11 +94,13 @@ def retrain(
     then: Then = "keep",
     search: bool = False,
     progress: Progress = SILENT,
+    by: str | None = None,
 ) -> RetrainResult:
     """A new version of ``name`` from its production version's recipe (its hyperparameters
     searched first, ``search``), on its data and the feedback since ``since`` (``csv``/
     ``target``: instead of the version's own data), judged against production by the gate,
-    saved, and aliased per ``then`` if it passed. Its steps report to ``progress``."""
+    saved, and aliased per ``then`` if it passed (``by``: who asked, for the alias history).
+    Its steps report to ``progress``."""
     root = settings.models_dir
     if search:  # a family with no grid is refused before the store is read
         first = production_version(root, name)
@@ -190,7 +192,7 @@ def retrain(
     if decision.passed and then != "keep":
         alias = "candidate" if then == "candidate" else "production"
         aliased = lifecycle.promote(
-            root, name, saved.version, alias, judged_against=production.version
+            root, name, saved.version, alias, by=by, judged_against=production.version
         )
     return RetrainResult(data, saved, decision, aliased, int(overlap.sum()))
 

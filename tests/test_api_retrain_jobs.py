@@ -28,7 +28,7 @@ from helpers import (
 from sklearn.linear_model import LinearRegression
 from sklearn.naive_bayes import GaussianNB
 
-from app.aliases import read_aliases
+from app.aliases import read_alias_file, read_aliases
 from app.artifacts import DataSource, TrainingData, read_metadata, save_version
 from app.main import create_app
 from app.registration import register_estimator
@@ -98,6 +98,7 @@ def test_a_retrain_job_passes_the_gate_and_reports_what_metadata_records(
     assert held_out["rows"] > 0
     assert result["aliased"] == "candidate"
     assert read_aliases(models_dir, "iris")["candidate"] == new.version
+    assert read_alias_file(models_dir, "iris").history[-1].by == "admin-api"
     assert result["data"]["production_version"] == new.gate.production_version
     assert result["search"] is None  # not asked for
 
