@@ -42,7 +42,13 @@ from app.errors import LifecycleConflict, TrainingDataRefused, UnknownModel
 from app.features import InputContract
 from app.store import LabelledRow, PredictionStore
 from app.training import DEMOS, MIN_ROWS, read_csv
-from app.training_data import DEMO_TARGET, demo_training_frame, rows_digest, training_copy
+from app.training_data import (
+    DEMO_TARGET,
+    demo_training_frame,
+    rows_digest,
+    training_copy,
+    training_labels,
+)
 
 
 @dataclass(frozen=True)
@@ -223,7 +229,7 @@ def given_csv(production: ModelMetadata, csv: Path, target: str | None = None) -
     kept = rows.drop(columns=[c for c in (data.dropped if data else []) if c in rows.columns])
     digest = sha256_bytes(kept.to_csv(index=False).encode())
     frame = rows[names].reset_index(drop=True)
-    labels = rows[target].reset_index(drop=True)
+    labels = training_labels(rows[target].reset_index(drop=True), production.task)
     _check_labels(production, labels, f"{csv.name}: column {target!r}")
     return Base(
         Rows(frame, labels), DataSource(kind="csv", name=csv.name, rows=len(frame), sha256=digest)

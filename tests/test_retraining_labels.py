@@ -4,12 +4,13 @@ learn is refused in one line with the count, never its values, and nothing is wr
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import assert_one_line_error, run_cli
 from sklearn.datasets import load_diabetes
 
 from app.artifacts import read_metadata
-from app.training import DEMOS
+from app.training import DEMOS, train_csv
 from app.training_data import demo_training_frame
 
 
@@ -65,3 +66,26 @@ def test_a_regressor_refuses_labels_that_are_not_finite_numbers(
     code, _, err = run_cli(capsys, *argv, "target")
     assert (code, err) == (0, "")
     assert versions(models_dir, "diabetes") == ["1", "2"]
+
+
+def test_a_csv_version_with_a_true_false_target_retrains_on_its_copy_and_on_the_same_csv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`steward train` learns true/false as the classes "False"/"True"; its kept copy and the
+    same CSV given again read back as those, not as booleans."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 2))
+    csv = tmp_path / "churn.csv"
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "churned": x[:, 0] > 0}).to_csv(csv, index=False)
+    models = tmp_path / "models"
+    v1 = train_csv(models, csv, "churned", "churn")
+    assert v1.classes == ["False", "True"]
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
+    where = ("--models-dir", str(models), "retrain", "churn")
+    for argv in ((), ("--csv", str(csv))):
+        code, out, err = run_cli(capsys, *where, *argv)
+        assert (code, err) == (0, ""), err
+        assert "churn: version" in out
+    assert versions(models, "churn") == ["1", "2", "3"]
+    for version in (2, 3):
+        assert read_metadata(models, "churn", version).classes == ["False", "True"]
