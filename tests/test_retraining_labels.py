@@ -6,10 +6,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import assert_one_line_error, run_cli
+from fastapi.testclient import TestClient
+from helpers import assert_one_line_error, predict, prediction_ids, run_cli
 from sklearn.datasets import load_diabetes
 
 from app.artifacts import read_metadata
+from app.main import create_app
+from app.settings import Settings
 from app.training import DEMOS, train_csv
 from app.training_data import demo_training_frame
 
@@ -89,3 +92,41 @@ def test_a_csv_version_with_a_true_false_target_retrains_on_its_copy_and_on_the_
     assert versions(models, "churn") == ["1", "2", "3"]
     for version in (2, 3):
         assert read_metadata(models, "churn", version).classes == ["False", "True"]
+
+
+def test_feedback_labels_equal_to_integer_classes_keep_them_integers_and_count_as_equal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through the real app, clients label an integer-class model's predictions 1.0 and 2.0
+    (accepted: equal to the classes 1 and 2). The retrained version's classes are still the
+    integers, so served predictions keep their type, and 2 and 2.0 on the same inputs are
+    duplicates, not conflicts."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 2))
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0).astype(int)
+    csv = tmp_path / "cls.csv"
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "y": y}).to_csv(csv, index=False)
+    models = tmp_path / "models"
+    assert train_csv(models, csv, "y", "cls", promote=True).classes == [0, 1, 2]
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("STEWARD_RETRAIN_HOLDOUT_SECONDS", "0")
+    settings = Settings(models_dir=models, data_dir=tmp_path / "data", retrain_holdout_seconds=0)
+    distinct = [{"a": float(i) / 4, "b": 1.0} for i in range(6)]
+    repeated = [{"a": 0.3, "b": 1.5}] * 3
+    with TestClient(create_app(settings)) as client:
+        ids = prediction_ids(predict(client, "cls", *distinct, *repeated))
+        truth = [1.0] * 6 + [2, 2.0, 2]
+        items = [{"prediction_id": i, "ground_truth": y} for i, y in zip(ids, truth, strict=True)]
+        assert client.post("/feedback", json={"items": items}).status_code == 200
+
+    code, out, err = run_cli(capsys, "--models-dir", str(models), "retrain", "cls", "--promote")
+    assert (code, err) == (0, ""), err
+    counts = "9 labelled, 7 trained on, 0 held out (recent), 2 duplicates, 0 conflicts, 0 unfit"
+    assert f"feedback: {counts}" in out
+    v2 = read_metadata(models, "cls", 2)
+    assert v2.classes == [0, 1, 2]
+    assert [type(c) for c in v2.classes] == [int, int, int]
+    with TestClient(create_app(settings)) as client:
+        served = predict(client, "cls", *distinct).json()
+    assert served["version"] == 2
+    assert all(type(p["prediction"]) is int for p in served["predictions"])
