@@ -161,7 +161,7 @@ class RetrainJobs:
             job.process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
+                stderr=None,  # the server's own: an unexpected error's traceback lands in its log
                 stdin=asyncio.subprocess.DEVNULL,
                 env=self._environment(),
             )
