@@ -245,9 +245,10 @@ class Judged:
         try:
             predicted = estimator.predict(metadata.contract().matrix(frame_rows(frame)))
         except Exception as exc:  # its message may carry stored inputs: the type alone
+            who = "the retrained version" if metadata is self.new else f"v{metadata.version}"
             raise ModelFailure(
-                f"{metadata.name} v{metadata.version} failed to predict rows of the gate its "
-                f"contract accepts ({type(exc).__name__})",
+                f"{metadata.name}: {who} failed to predict rows of the gate its contract "
+                f"accepts ({type(exc).__name__})",
                 model=metadata.name,
             ) from exc
         return evaluate(metadata.task, actual, predicted)[self.metric]
