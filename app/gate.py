@@ -32,7 +32,12 @@ class GateSet(BaseModel):
     new: float | None = Field(None, description="The new version's score on the same rows.")
     difference: float | None = Field(None, description="new - production.")
     verdict: Verdict
-    note: str | None = Field(None, description="Why it was skipped, when it was.")
+    excluded: int = Field(
+        0, ge=0, description="Rows of the set left out: a version refuses them as served."
+    )
+    note: str | None = Field(
+        None, description="Why it was skipped, or why rows were left out (``excluded``)."
+    )
 
 
 class GateDecision(BaseModel):

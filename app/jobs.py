@@ -245,6 +245,12 @@ class RetrainJobs:
         finally:
             result_file.unlink(missing_ok=True)
         if outcome["status"] == "failed":
+            if outcome["error"]["code"] == "retrain_failed" and stderr.strip():
+                # not one of Steward's errors: its traceback, kept out of the job, is logged
+                logger.warning(
+                    "retrain job %s of %s failed; the end of its stderr:\n%s",
+                    job.id, job.model, stderr.rstrip(),
+                )  # fmt: skip
             job.fail(outcome["error"]["code"], outcome["error"]["message"])
             return
         job.status, job.result, job.ended = outcome.pop("status"), outcome, _now()

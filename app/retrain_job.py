@@ -7,13 +7,16 @@ the server hands over (its registry, its store, its gate, its search). Progress 
 one line per advance of each step (app/progress.py's Lines, every tick: ``search: 12/60 fits``);
 the outcome goes to RESULT as JSON, written atomically, whatever happened:
 ``{"status": "passed"|"refused", "version", "decision", "data", "aliased", "search"}`` or
-``{"status": "failed", "error": {"code", "message"}}``.
+``{"status": "failed", "error": {"code", "message"}}``: a Steward error's one line (at most
+MAX_MESSAGE characters), or for any other error its type alone, its traceback on stderr (which
+the server logs): its message may quote stored inputs.
 """
 
 import argparse
 import json
 import os
 import sys
+import traceback
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -22,6 +25,8 @@ from app.errors import StewardError
 
 ACTOR = "admin-api"  # as app/api/admin.py's: a job is started through the admin API
 FAILED_CODE = "retrain_failed"  # an error that is not one of ours: its type, not its code
+UNEXPECTED = "unexpected error in the retraining (its traceback is in the server's log)"
+MAX_MESSAGE = 300  # characters of a failed job's message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except StewardError as exc:
         outcome = _failed(exc.code, exc.message)
     except Exception as exc:  # anything else still ends as one line in the job, not a traceback
-        outcome = _failed(FAILED_CODE, f"{type(exc).__name__}: {exc}")
+        # Its message may quote stored inputs: the job says the type only, stderr has the rest.
+        traceback.print_exc()
+        outcome = _failed(FAILED_CODE, f"{type(exc).__name__}: {UNEXPECTED}")
     _write(result_file, outcome)
     _progress(f"done: {outcome['status']}")
     return 0 if outcome["status"] != "failed" else 1
@@ -93,6 +100,8 @@ def _run(model: str, then: str, since: datetime | None, search: bool) -> dict[st
 
 def _failed(code: str, message: str) -> dict[str, Any]:
     line = " ".join(message.split())  # one line, whatever the error carried
+    if len(line) > MAX_MESSAGE:
+        line = line[: MAX_MESSAGE - 1] + "…"
     return {"status": "failed", "error": {"code": code, "message": line}}
 
 

@@ -15,6 +15,11 @@ let the new version serve only if the gate (app/gate.py) finds it not worse. No 
   training; skipped when there is none. A set with fewer than STEWARD_GATE_MIN_ROWS rows is
   skipped too. A feedback row with the inputs of a held_out row is not trained on either, and
   a retrained version records the base split (``base_split``) its retraining reuses.
+  Each set is scored only on the rows both versions accept as a server serves them (their
+  contracts with STEWARD_INPUT_RANGE_MULTIPLE: an unseen category a version refuses, a number
+  out of its range); the rows left out are counted in the set (``excluded``, with a note), and
+  a set with none left is skipped. A version that still fails on rows it accepts is a
+  ModelFailure naming the error's type, never its message (it may quote stored inputs).
 - The search (``search=True``, --search): the recipe's hyperparameters chosen by a
   cross-validated search on the new version's training part (app/search.py), before its fit;
   its record is the new version's ``search``.
@@ -25,6 +30,7 @@ let the new version serve only if the gate (app/gate.py) finds it not worse. No 
   passed.
 """
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -33,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from app import lifecycle
 from app.artifacts import (
@@ -44,7 +51,7 @@ from app.artifacts import (
     read_checked,
     save_version,
 )
-from app.errors import NoRecipe, TrainingDataRefused
+from app.errors import ModelFailure, NoRecipe, TrainingDataRefused
 from app.feature_survey import read_frame
 from app.gate import (
     GateDecision,
@@ -165,7 +172,16 @@ def retrain(
         tune=tune,
         progress=progress,
     )
-    judged = Judged(production, fitted, draft, estimator, metric, settings.gate_margin, dates)
+    judged = Judged(
+        production,
+        fitted,
+        draft,
+        estimator,
+        metric,
+        settings.gate_margin,
+        dates,
+        settings.input_range_multiple,
+    )
     with progress.step("evaluation", total=2, unit="sets") as step:
         sets = [
             _counted(
@@ -234,7 +250,12 @@ def held_out_mask(data: RetrainingSet) -> np.ndarray | None:
 
 @dataclass(frozen=True)
 class Judged:
-    """The two versions the gate compares, and how: the metric, the margin, the date columns."""
+    """The two versions the gate compares, and how: the metric, the margin, the date columns,
+    and the range multiple each version's contract is served with (STEWARD_INPUT_RANGE_MULTIPLE).
+
+    A version is scored only on rows its contract accepts as served (an unseen category it
+    refuses, a number out of its range): both versions are scored on the rows both accept, and
+    the rows left out are counted in the set (``excluded``, ``note``)."""
 
     production: ModelMetadata
     production_estimator: Any
@@ -243,6 +264,7 @@ class Judged:
     metric: GateMetric
     margin: float
     dates: list[str]
+    range_multiple: float = 0.0
 
     def score(
         self,
@@ -251,19 +273,54 @@ class Judged:
         labels: pd.Series,
         rows: np.ndarray | None = None,
     ) -> GateSet:
-        """Both versions scored on the same rows (``rows``: a mask of them; None: all)."""
+        """Both versions scored on the same rows (``rows``: a mask of them; None: all), those
+        both accept as served."""
         if rows is not None:
             frame, labels = frame[rows], labels[rows]
+        by_production = ~self._accepted(self.production, frame)
+        by_new = ~self._accepted(self.new, frame)
+        left_out = by_production | by_new
+        note = None
+        if left_out.any():
+            note = (
+                f"{left_out.sum()} of {len(labels)} rows left out: a version refuses them as "
+                f"served (production v{self.production.version} {by_production.sum()}, the new "
+                f"version {by_new.sum()})"
+            )
+            frame, labels = frame[~left_out], labels[~left_out]
+        if labels.empty:
+            return skipped(name, note or "no rows")
         values = read_frame(frame, self.dates) if self.dates else frame
         actual = labels.to_numpy()
         production = self._metric(self.production, self.production_estimator, values, actual)
         new = self._metric(self.new, self.new_estimator, values, actual)
-        return judge(name, len(labels), production, new, self.metric, self.margin)
+        judged = judge(name, len(labels), production, new, self.metric, self.margin)
+        return judged.model_copy(update={"excluded": int(left_out.sum()), "note": note})
+
+    def _accepted(self, metadata: ModelMetadata, frame: pd.DataFrame) -> np.ndarray:
+        """Which rows the version's contract takes, as a server with these settings serves it."""
+        model = metadata.contract(range_multiple=self.range_multiple).request_model
+        accepted = np.ones(len(frame), dtype=bool)
+        for index, row in enumerate(frame.to_dict("records")):
+            instance = {str(k): None if _missing(v) else v for k, v in row.items()}
+            try:
+                model.model_validate({"instances": [instance]})
+            except ValidationError:
+                accepted[index] = False
+        return accepted
 
     def _metric(
         self, metadata: ModelMetadata, estimator: Any, frame: pd.DataFrame, actual: Any
     ) -> float:
-        predicted = estimator.predict(metadata.contract().matrix(frame_rows(frame)))
+        try:
+            predicted = estimator.predict(metadata.contract().matrix(frame_rows(frame)))
+        except Exception as exc:  # its message may carry stored inputs: the type alone
+            who = "the retrained version" if metadata is self.new else f"v{metadata.version}"
+            raise ModelFailure(
+                f"{metadata.name}: {who} failed to predict rows of the gate its contract "
+                f"accepts ({type(exc).__name__})",
+                model=metadata.name,
+            ) from exc
         return evaluate(metadata.task, actual, predicted)[self.metric]
 
 
@@ -287,6 +344,11 @@ def _same_as_held_out(data: RetrainingSet, held_out: np.ndarray | None) -> np.nd
     feedback = data.frame.iloc[base:].itertuples(index=False)
     same[base:] = [tuple(row) in held for row in feedback]
     return same
+
+
+def _missing(value: Any) -> bool:
+    """A missing value as a frame holds it (NaN), sent as null."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _recipe(production: ModelMetadata, fitted: Any) -> Any:

@@ -11,6 +11,8 @@ them. No HTTP here, and nothing written anywhere.
   a shadow prediction: those live in another table), made at or after ``since``. A row the
   production version could not have been given (another version's schema: a feature missing,
   a value of another type, a label its task cannot learn) is dropped and counted as unfit.
+  Labels are normalised to production's classes (``1.0`` sent for a class ``1`` is ``1``), so
+  a retrained version's classes keep their type and equal labels compare equal.
   Rows with the same inputs count once: the latest label (by prediction time) wins; the
   others are counted as duplicates (same label) or conflicts (another label).
 - Recent traffic: the feedback made within ``holdout_seconds`` of the newest labelled row is
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from pydantic import ValidationError
@@ -42,7 +44,13 @@ from app.errors import LifecycleConflict, TrainingDataRefused, UnknownModel
 from app.features import InputContract
 from app.store import LabelledRow, PredictionStore
 from app.training import DEMOS, MIN_ROWS, read_csv
-from app.training_data import DEMO_TARGET, demo_training_frame, rows_digest, training_copy
+from app.training_data import (
+    DEMO_TARGET,
+    demo_training_frame,
+    rows_digest,
+    training_copy,
+    training_labels,
+)
 
 
 @dataclass(frozen=True)
@@ -223,7 +231,7 @@ def given_csv(production: ModelMetadata, csv: Path, target: str | None = None) -
     kept = rows.drop(columns=[c for c in (data.dropped if data else []) if c in rows.columns])
     digest = sha256_bytes(kept.to_csv(index=False).encode())
     frame = rows[names].reset_index(drop=True)
-    labels = rows[target].reset_index(drop=True)
+    labels = training_labels(rows[target].reset_index(drop=True), production.task)
     _check_labels(production, labels, f"{csv.name}: column {target!r}")
     return Base(
         Rows(frame, labels), DataSource(kind="csv", name=csv.name, rows=len(frame), sha256=digest)
@@ -270,10 +278,13 @@ def _feedback(
     features, deduplicated, split into training rows and the recent window held out."""
     rows = store.labelled_rows(production.name, since, None)
     fitting = Fitter(production)
-    fitted = [(row, values) for row in rows if (values := fitting.values(row)) is not None]
+    fitted = [item for row in rows if (item := fitting.fit(row)) is not None]
+    # Rows made in the same instant (one request's) come in their random ids' order: ordered
+    # by their content instead, the same stored rows always give the same training rows.
+    fitted.sort(key=lambda f: (f.row.created_at, json.dumps(f.values), json.dumps(f.label)))
     kept, duplicates, conflicts = _deduplicate(fitted)
-    recent_after = kept[-1][0].created_at - timedelta(seconds=holdout) if kept else None
-    train = [item for item in kept if recent_after is None or item[0].created_at <= recent_after]
+    recent_after = kept[-1].row.created_at - timedelta(seconds=holdout) if kept else None
+    train = [item for item in kept if recent_after is None or item.row.created_at <= recent_after]
     recent = kept[len(train) :]
     label_name = _label_name(production)
     return _Feedback(
@@ -287,11 +298,25 @@ def _feedback(
     )
 
 
+class Fitted(NamedTuple):
+    """A stored row that fits the production version: its inputs in the version's feature
+    order (as stored), and its label as the version's classes spell it."""
+
+    row: LabelledRow
+    values: tuple[Any, ...]
+    label: Any
+
+
 class Fitter:
     """Whether a stored row fits the production version: its inputs, mapped onto the version's
     feature names, are what the version's contract accepts with every category open and no
     range bound (a retrained model learns new categories and new ranges: those are what it is
-    retrained for), and its label is one the version's task can learn."""
+    retrained for), and its label is one the version's task can learn.
+
+    Labels are normalised, so a retrained version's classes are production's, of the same
+    type: a label equal to one of production's classes becomes that class (feedback ``1.0`` for
+    a class ``1``); where production's classes are integers, a whole number becomes an integer
+    and a fractional one does not fit; a regressor's label is a float."""
 
     def __init__(self, production: ModelMetadata) -> None:
         self.production = production
@@ -299,40 +324,56 @@ class Fitter:
         features = [f.model_copy(update={"open_categories": True}) for f in production.features]
         self._contract = InputContract.build(production.name, production.version, features)
         classes = production.classes or []
+        self._classes = {c: c for c in classes if isinstance(c, str | int | float)}
         self._text_classes = bool(classes) and all(isinstance(c, str) for c in classes)
         self._number_classes = bool(classes) and not self._text_classes
+        self._integer_classes = self._number_classes and all(
+            isinstance(c, int) and not isinstance(c, bool) for c in classes
+        )
 
-    def values(self, row: LabelledRow) -> tuple[Any, ...] | None:
-        """The row's inputs in the production version's feature order, as stored; None when
-        the row does not fit."""
+    def fit(self, row: LabelledRow) -> Fitted | None:
+        """The row's inputs in the production version's feature order, as stored, and its
+        label normalised; None when the row does not fit."""
         mapped = {n: row.inputs[n] for n in self.names if n in row.inputs}
         try:
             self._contract.request_model.model_validate({"instances": [mapped]})
         except ValidationError:
             return None
-        if not self._learnable(row.ground_truth):
+        label = self.label(row.ground_truth)
+        if label is None:
             return None
-        return tuple(mapped.get(n) for n in self.names)
+        return Fitted(row, tuple(mapped.get(n) for n in self.names), label)
 
-    def _learnable(self, label: Any) -> bool:
-        if isinstance(label, bool) or label is None:
-            return False
+    def label(self, label: Any) -> Any:
+        """The label as the production version learns it; None when it cannot."""
+        if isinstance(label, bool) or not isinstance(label, str | int | float):
+            return None
         if isinstance(label, float) and not math.isfinite(label):
-            return False
+            return None
         if self.production.task == "regression":
-            return isinstance(label, int | float)
+            if isinstance(label, str):
+                return None
+            try:
+                number = float(label)
+            except OverflowError:  # an integer beyond any float
+                return None
+            return number if math.isfinite(number) else None
+        if label in self._classes:
+            return self._classes[label]
         if isinstance(label, str):
-            return not self._number_classes
-        return isinstance(label, int | float) and not self._text_classes
+            return None if self._number_classes else label
+        if self._text_classes:
+            return None
+        if self._integer_classes and isinstance(label, float):
+            return int(label) if label.is_integer() else None
+        return label
 
 
-def _deduplicate(
-    rows: Sequence[tuple[LabelledRow, tuple[Any, ...]]],
-) -> tuple[list[tuple[LabelledRow, tuple[Any, ...]]], int, int]:
+def _deduplicate(rows: Sequence[Fitted]) -> tuple[list[Fitted], int, int]:
     """One row per distinct inputs, the latest (``rows`` are oldest first), in time order; the
-    others counted as duplicates (the kept row's label) or conflicts (another label)."""
+    others counted as duplicates (the kept row's label, normalised) or conflicts (another)."""
     latest: dict[str, int] = {}
-    keys = [json.dumps(values) for _, values in rows]
+    keys = [json.dumps(item.values) for item in rows]
     for index, key in enumerate(keys):
         latest[key] = index
     duplicates = conflicts = 0
@@ -340,17 +381,15 @@ def _deduplicate(
         kept = latest[key]
         if kept == index:
             continue
-        same = json.dumps(rows[index][0].ground_truth) == json.dumps(rows[kept][0].ground_truth)
+        same = json.dumps(rows[index].label) == json.dumps(rows[kept].label)
         duplicates += same
         conflicts += not same
     return [rows[i] for i in sorted(latest.values())], duplicates, conflicts
 
 
-def _frame(
-    rows: Sequence[tuple[LabelledRow, tuple[Any, ...]]], names: list[str], label_name: str
-) -> Rows:
-    frame = pd.DataFrame.from_records([values for _, values in rows], columns=names)
-    labels = pd.Series([row.ground_truth for row, _ in rows], name=label_name, dtype=object)
+def _frame(rows: Sequence[Fitted], names: list[str], label_name: str) -> Rows:
+    frame = pd.DataFrame.from_records([item.values for item in rows], columns=names)
+    labels = pd.Series([item.label for item in rows], name=label_name, dtype=object)
     return Rows(frame, labels.infer_objects())
 
 

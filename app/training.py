@@ -47,7 +47,7 @@ from app.feature_survey import infer_features, probe_features, read_frame, suspi
 from app.progress import SILENT, Progress
 from app.search import SearchRecord
 from app.settings import TRAINING_COPY_MAX_BYTES
-from app.training_data import Demo, demo_rows, keep_rows, rows_digest
+from app.training_data import Demo, demo_rows, keep_rows, rows_digest, training_labels
 
 MIN_ROWS = 10
 MAX_CLASSIFICATION_INTEGER_LABELS = 20
@@ -159,7 +159,7 @@ def train_csv(
     _check_rows(name, len(labels))  # before the classes: too few rows is the first thing to fix
     if task == "classification":
         _check_classes(f"{csv}: target {target!r}", labels)
-        labels = labels.astype(str) if is_bool_dtype(labels) else labels
+        labels = training_labels(labels, task)
     elif not is_numeric_dtype(labels):
         raise ArtifactError(f"{csv}: regression needs a numeric target, {target!r} is not")
     try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from app.artifacts import TRAINING_COPY, ModelMetadata, Task, read_checked, sha256_bytes
@@ -112,8 +113,20 @@ def training_copy(root: Path, metadata: ModelMetadata) -> tuple[pd.DataFrame, pd
     if source.sha256 is not None and sha256_bytes(text) != source.sha256:
         raise ArtifactError(f"{where}: {data.copy_file} does not hold the rows it was trained on")
     frame = pd.read_csv(io.BytesIO(text))
-    labels = frame.pop(data.target)
+    labels = training_labels(frame.pop(data.target), metadata.task)
     return frame, labels
+
+
+def training_labels(labels: pd.Series, task: Task) -> pd.Series:
+    """A CSV's label column as a version learns it: a classifier's true/false values become the
+    text ``"False"``/``"True"`` (its classes are JSON values feedback can name, and a boolean is
+    not a class). ``train_csv``, ``training_copy`` and a retraining's ``--csv`` all read labels
+    through this, so a version's own rows read back as it was trained on them."""
+    if task != "classification" or labels.empty:
+        return labels
+    if labels.map(lambda label: isinstance(label, bool | np.bool_)).all():
+        return labels.astype(str)
+    return labels
 
 
 def _snake(name: str) -> str:

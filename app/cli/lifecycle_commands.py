@@ -331,6 +331,9 @@ def _gate_table(decision: "GateDecision", version: int) -> None:
     ]
     rows += [_gate_row(s) for s in decision.sets]
     print_table(rows)
+    for judged in decision.sets:
+        if judged.excluded:
+            print(f"{judged.name}: {judged.note}")
 
 
 def _gate_row(judged: "GateSet") -> tuple[str, ...]:
