@@ -348,3 +348,14 @@ class InputContract:
                 middle = medians.get(f.name, (f.min + f.max) / 2)
                 values.append(round(middle) if f.dtype == "int" else middle)
         return tuple(values)
+
+
+def same_inputs(a: Sequence[FeatureSpec], b: Sequence[FeatureSpec]) -> bool:
+    """Whether two versions read the same inputs: names, types, categories, missing values.
+    The training ranges are left out: two fits of one recipe on other rows see other extremes,
+    and each version accepts STEWARD_INPUT_RANGE_MULTIPLE spans around its own, so they part
+    only on outliers far outside both."""
+    unbounded = {"min": None, "max": None}
+    return [f.model_copy(update=unbounded) for f in a] == [
+        f.model_copy(update=unbounded) for f in b
+    ]

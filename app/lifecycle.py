@@ -57,6 +57,7 @@ from app.errors import (
     UnknownVersion,
     ValidationFailed,
 )
+from app.features import same_inputs
 
 TRAFFIC_MODES: tuple[TrafficMode, ...] = get_args(TrafficMode)
 FULL_SHADOW = 100.0  # a shadow's percent when none is given: every request
@@ -260,7 +261,7 @@ def _check_candidate(root: Path, name: str, mode: str, aliases: dict[str, int]) 
     production = aliases.get("production")
     if mode == "canary" and production is not None:
         inputs = {v: _check_version(root, name, v).features for v in (production, candidate)}
-        if inputs[production] != inputs[candidate]:
+        if not same_inputs(inputs[production], inputs[candidate]):
             raise LifecycleConflict(
                 f"{name}: candidate v{candidate} reads other inputs than production "
                 f"v{production}: as a canary it would refuse requests production accepts; "

@@ -18,6 +18,7 @@ from pathlib import Path
 from app.aliases import TrafficPolicy
 from app.artifacts import ModelMetadata, list_versions, read_metadata
 from app.errors import ArtifactError, UnknownVersion
+from app.features import same_inputs
 from app.loading import LoadedModel, Refusal
 from app.schemas import LoadedVersion, ModelDetail, ModelSummary, TrafficStatus
 
@@ -83,7 +84,7 @@ class ModelState:
         if (
             traffic.mode == "canary"
             and production is not None
-            and model.metadata.features != production.metadata.features
+            and not same_inputs(model.metadata.features, production.metadata.features)
         ):
             return (
                 f"candidate v{number} reads other inputs than production: a canary would refuse "

@@ -347,6 +347,30 @@ def test_a_candidate_with_another_schema_cannot_be_a_canary(traffic_settings: Se
         assert "reads other inputs than production" in traffic["inactive_reason"]
 
 
+def test_a_candidate_whose_training_ranges_differ_can_be_a_canary(
+    traffic_settings: Settings,
+) -> None:
+    """A retraining of one recipe on other rows sees other extremes: the same inputs still,
+    so a canary (only an outlier far outside both accepted ranges could part them)."""
+    models_dir = traffic_settings.models_dir
+    metadata = read_metadata(models_dir, "iris", 1)
+    features = [
+        f.model_copy(update={"max": (f.max or 0) - 0.2, "min": (f.min or 0) + 0.1})
+        for f in metadata.features
+    ]
+    data = load_iris()
+    estimator = LogisticRegression(max_iter=500).fit(data.data, data.target)
+    version = save_version(
+        models_dir, metadata.model_copy(update={"features": features}), estimator
+    ).version
+    set_alias(models_dir, "iris", "candidate", version)
+    state = lifecycle.set_traffic(models_dir, "iris", "canary", 100)
+    assert (state.traffic.mode, state.traffic.candidate) == ("canary", version)
+    with start(traffic_settings) as client:
+        assert client.get("/models/iris").json()["traffic"]["active"] is True
+        assert versions(client, 5) == {version: 5}
+
+
 def test_a_new_candidate_starts_with_no_traffic(
     served: TestClient, traffic_settings: Settings
 ) -> None:
