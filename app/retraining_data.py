@@ -24,7 +24,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -167,6 +167,21 @@ def retraining_set(
     )
 
 
+def feedback_since(when: datetime, now: datetime | None = None) -> datetime:
+    """A retraining's ``since`` in UTC (a time without a zone is UTC). ValueError, without
+    repeating it, for a time UTC cannot hold (year 1 at +14:00) or one in the future: no
+    feedback was made since then, and the version would learn from none of it."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        when = when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the date is out of range once in UTC") from None
+    if when > (now or datetime.now(UTC)):
+        raise ValueError("the date is in the future: no feedback was made since then")
+    return when
+
+
 def production_version(root: Path, name: str) -> ModelMetadata:
     """The metadata of ``name``'s production version: what a retraining starts from."""
     if not NAME_PATTERN.match(name):  # never repeated: it may be anything
@@ -212,6 +227,7 @@ def given_csv(production: ModelMetadata, csv: Path, target: str | None = None) -
     where = f"{production.name} v{production.version}"
     data = production.training_data
     demo = data is not None and bool(data.sources) and data.sources[0].kind == "demo"
+    named = target is not None
     target = target or (data.target if data else None) or (DEMO_TARGET if demo else None)
     if target is None:
         raise TrainingDataRefused(
@@ -222,9 +238,10 @@ def given_csv(production: ModelMetadata, csv: Path, target: str | None = None) -
     names = _names(production)
     missing = [c for c in (*names, target) if c not in rows.columns]
     if missing:
+        given = "" if named else "; its label column under another name: --target COLUMN"
         raise TrainingDataRefused(
             f"{csv}: missing columns {', '.join(missing)} (the features and target "
-            f"{target!r} of {where})",
+            f"{target!r} of {where}{given})",
             model=production.name,
         )
     rows = rows[rows[target].notna()]

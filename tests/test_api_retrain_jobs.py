@@ -295,6 +295,9 @@ def test_the_retrain_routes_need_the_token(admin: TestClient, client: TestClient
         {"since": 0},
         {"since": "x" * 100_000},
         {"since": "99999-01-01"},
+        {"since": "0001-01-01T00:00:00+14:00"},  # out of range once in UTC
+        {"since": "9999-12-31T23:59:59-14:00"},
+        {"since": "2999-01-01"},  # the future: no feedback since then
         {"search": "true"},
         {"search": 1},
         {"search": None},
@@ -307,6 +310,14 @@ def test_hostile_retrain_bodies_are_422(admin: TestClient, body: object) -> None
     assert "x" * 100 not in str(error)
     assert count(admin, "retrain", "error") == 1
     assert admin.get("/readyz").status_code == 200
+
+
+def test_no_body_starts_a_job_with_every_default(admin: TestClient) -> None:
+    answer = admin.post(RETRAIN, headers=AUTH)
+    assert answer.status_code == 202, answer.text
+    job = admin.get(f"/admin/jobs/{answer.json()['job']}", headers=AUTH).json()
+    assert (job["then"], job["since"]) == ("candidate", None)
+    finished(admin, job["job"])
 
 
 def test_duplicate_keys_and_broken_json_are_400(admin: TestClient) -> None:

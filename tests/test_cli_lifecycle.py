@@ -437,6 +437,8 @@ def test_auto_rollback_sets_the_model_policy_and_status_shows_it(
         (["auto-rollback", "iris", "on", "--margin", "-0.1"], "a margin is a number from 0 to 1"),
         (["auto-rollback", "iris", "on", "--margin", "five"], "a margin is a number from 0 to 1"),
         (["auto-rollback", "iris", "on", "--window", "5"], "unrecognized arguments: --window 5"),
+        (["auto-rollback", "iris", "off", "--margin", "0.1"], "--min-labels and --margin go with"),
+        (["auto-rollback", "iris", "off", "--min-labels", "5"], "--min-labels and --margin go"),
     ],
 )
 def test_auto_rollback_with_wrong_arguments_is_one_line_and_writes_nothing(

@@ -400,6 +400,14 @@ def test_bad_input_is_one_line_and_leaves_the_registry_alone(
         assert code == 2
         assert_one_line_error(err, "a date is ISO 8601")
         assert bad not in err
+    for bad, why in (
+        ("0001-01-01T00:00:00+14:00", "the date is out of range once in UTC"),
+        ("2999-01-01", "the date is in the future: no feedback was made since then"),
+    ):
+        code, _, err = run_cli(capsys, *where, "retrain", "iris", "--since", bad)
+        assert code == 2
+        assert_one_line_error(err, why)
+        assert bad not in err
     code, _, err = run_cli(capsys, *where, "retrain", "iris", "--candidate", "--promote")
     assert code == 2
     code, _, err = run_cli(capsys, *where, "retrain", "iris", "--target", "species")

@@ -136,3 +136,19 @@ def test_feedback_labels_equal_to_integer_classes_keep_them_integers_and_count_a
         served = predict(client, "cls", *distinct).json()
     assert served["version"] == 2
     assert all(type(p["prediction"]) is int for p in served["predictions"])
+
+
+def test_a_csv_without_the_recorded_target_asks_for_target(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame, species = demo_training_frame(read_metadata(models_dir, "iris", 1), DEMOS)
+    frame.assign(species=species).to_csv(tmp_path / "iris.csv", index=False)
+    argv = ("--models-dir", str(models_dir), "retrain", "iris", "--csv", str(tmp_path / "iris.csv"))
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1
+    assert_one_line_error(
+        err,
+        "iris.csv: missing columns target (the features and target 'target' of iris v1; its "
+        "label column under another name: --target COLUMN)",
+    )
+    assert versions(models_dir, "iris") == ["1"]

@@ -15,12 +15,12 @@ refusals, the body's validation errors and the core's errors alike.
 import hmac
 import logging
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -44,6 +44,7 @@ from app.lifecycle import AliasState
 from app.metrics import ADMIN_ACTIONS, AdminAction, AdminOutcome
 from app.registry import Registry
 from app.retraining import Then
+from app.retraining_data import feedback_since
 from app.schemas import (
     AutoRollbackStatus,
     ErrorResponse,
@@ -374,10 +375,8 @@ class RetrainRequest(BaseModel):
     @field_validator("since")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        """As the CLI's --since: a time without a zone is UTC."""
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        """As the CLI's --since: in UTC (a time without a zone is UTC), not in the future."""
+        return feedback_since(value) if value is not None else None
 
 
 class JobStarted(BaseModel):
@@ -389,11 +388,15 @@ class JobStarted(BaseModel):
 
 
 @router.post("/models/{model}/retrain", name="retrain", status_code=202, dependencies=_SINGLE_KEYS)
-async def retrain(model: str, body: RetrainRequest, built: AdminServices) -> JobStarted:
+async def retrain(
+    model: str, built: AdminServices, body: Annotated[RetrainRequest | None, Body()] = None
+) -> JobStarted:
     """Start retraining a model in a process of its own; answers at once with the job's id.
+    No body: every field's default.
 
     409 ``retrain_running`` (naming the running job) while one runs for the model. The job
     (GET /admin/jobs/{id}) reports progress, then the gate's decision or the error."""
+    body = body or RetrainRequest()
     await anyio.to_thread.run_sync(_known, built.registry.root, model)
     job = await built.jobs.start(model, body.since, body.then, body.search)
     return JobStarted(job=job.id, status=job.status, links={"self": f"/admin/jobs/{job.id}"})

@@ -3,7 +3,7 @@
 import argparse
 import math
 import urllib.parse
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from app.artifacts import NAME_PATTERN
@@ -77,11 +77,17 @@ def input_file(value: str) -> Path:
 
 
 def iso_date(value: str) -> datetime:
-    """A date or date-time in ISO 8601; one without a zone is UTC."""
+    """A retraining's --since: a date or date-time in ISO 8601, in UTC (one without a zone is
+    UTC), not in the future."""
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(
             "a date is ISO 8601: 2026-06-01, or 2026-06-01T12:00:00+00:00"
         ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    from app.retraining_data import feedback_since
+
+    try:
+        return feedback_since(when)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

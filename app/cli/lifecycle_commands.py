@@ -202,6 +202,8 @@ def _traffic(args: argparse.Namespace, settings: Settings) -> int:
 def _auto_rollback(args: argparse.Namespace, settings: Settings) -> int:
     from app.auto_rollback import policy
 
+    if args.state == "off" and (args.min_labels is not None or args.margin is not None):
+        raise UsageError("--min-labels and --margin go with `on`: `off` judges nothing")
     lifecycle.set_auto_rollback(
         settings.models_dir, args.model, args.state == "on", args.min_labels, args.margin
     )
