@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.artifacts import load_estimator, read_metadata, save_version
 from app.cli import main
-from app.store import Label, PredictionRecord, PredictionStore
+from app.store import Label, PredictionRecord, PredictionStore, open_store
 
 ADMIN_TOKEN = "s3cret-admin-token-0123456789"
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -94,6 +94,13 @@ def stored_rows(data_dir: Path) -> list[sqlite3.Row]:
     with sqlite3.connect(data_dir / "steward.db") as conn:
         conn.row_factory = sqlite3.Row
         return list(conn.execute("SELECT * FROM predictions ORDER BY created_at, id"))
+
+
+def empty_store(data_dir: Path) -> None:
+    """The SQLite store a server makes at start-up, with nothing in it: `steward retrain`
+    reads a server's store and never makes one."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    open_store(f"sqlite:///{data_dir / 'steward.db'}").close()
 
 
 def stored_shadow_rows(data_dir: Path) -> list[sqlite3.Row]:

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import empty_store
 from server import STEWARD
 
 from app.progress import Lines
@@ -94,6 +95,7 @@ def test_a_reader_that_leaves_ends_the_lines_not_the_work() -> None:
 
 
 def retrain_env(tmp_path: Path, models_dir: Path) -> dict[str, str]:
+    empty_store(tmp_path / "data")
     return os.environ | {
         "STEWARD_MODELS_DIR": str(models_dir),
         "STEWARD_DATA_DIR": str(tmp_path / "data"),

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import (
     assert_one_line_error,
+    empty_store,
     predict,
     prediction_ids,
     run_cli,
@@ -268,7 +269,7 @@ def test_the_gate_metric_may_be_macro_f1_and_a_csv_version_passes_on_its_copy(
     v1 = train_csv(models, csv, "churned", "churn")
     monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("STEWARD_GATE_METRIC", "f1_macro")
-    open_store(f"sqlite:///{tmp_path / 'data' / 'steward.db'}").close()  # a server's, empty
+    empty_store(tmp_path / "data")
     code, out, err = run_cli(capsys, "--models-dir", str(models), "retrain", "churn")
     assert (code, err) == (0, "")
     assert "gate: f1_macro, margin 0.01" in out

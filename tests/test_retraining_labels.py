@@ -7,13 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from helpers import assert_one_line_error, predict, prediction_ids, run_cli
+from helpers import assert_one_line_error, empty_store, predict, prediction_ids, run_cli
 from sklearn.datasets import load_diabetes
 
 from app.artifacts import read_metadata
 from app.main import create_app
 from app.settings import Settings
-from app.store import open_store
 from app.training import DEMOS, train_csv
 from app.training_data import demo_training_frame
 
@@ -86,7 +85,7 @@ def test_a_csv_version_with_a_true_false_target_retrains_on_its_copy_and_on_the_
     v1 = train_csv(models, csv, "churned", "churn")
     assert v1.classes == ["False", "True"]
     monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
-    open_store(Settings(models_dir=models, data_dir=tmp_path / "data").store_url).close()
+    empty_store(tmp_path / "data")
     where = ("--models-dir", str(models), "retrain", "churn")
     for argv in ((), ("--csv", str(csv))):
         code, out, err = run_cli(capsys, *where, *argv)

@@ -10,7 +10,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import METADATA_BEFORE_TRAINING_DATA, assert_one_line_error, run_cli
+from helpers import METADATA_BEFORE_TRAINING_DATA, assert_one_line_error, empty_store, run_cli
 from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -48,6 +48,7 @@ def search_env(tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
     """The environment of the CLI runs below (their store in tmp_path), and its argv prefix."""
     monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("STEWARD_SEARCH_FOLDS", FOLDS)
+    empty_store(tmp_path / "data")
     return ["--models-dir", str(models_dir)]
 
 
