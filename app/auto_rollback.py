@@ -6,7 +6,9 @@ for every model, unless the model has its own in its aliases file (``steward aut
 ``PUT /admin/models/{model}/auto-rollback``), which every replica and the CLI read.
 
 The judgement (``assess``), for a model whose policy is on and whose production's latest change
-in the alias history is a promote from an earlier version P to V, at T:
+in the alias history is a promote from an earlier version P to V, at T, within the last
+STEWARD_QUALITY_WINDOW_SECONDS (an older promote is no longer watched: turning the policy on
+never judges a version that has served for months):
 
 - V's figure: its served (not shadow) predictions made since T, once at least ``min_labels`` of
   them are labelled: accuracy for a classifier, MAE for a regressor (by V's task);
@@ -110,6 +112,13 @@ def assess(settings: Settings, store: PredictionStore, name: str) -> AutoRollbac
         )
     current, previous = promote.to, promote.from_
     status = _with(status, promote=promote)
+    if datetime.now(UTC) - promote.at > timedelta(seconds=settings.quality_window_seconds):
+        return _with(
+            status,
+            state="idle",
+            reason=f"nothing to judge: the promote to v{current} is older than "
+            "STEWARD_QUALITY_WINDOW_SECONDS, the span a promote is watched for",
+        )
     try:
         task = read_metadata(root, name, current).task
     except ArtifactError as exc:

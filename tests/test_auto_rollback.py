@@ -5,6 +5,7 @@ periodic one being an hour away."""
 
 import logging
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,26 @@ def test_a_worse_promote_is_rolled_back_once_logged_and_counted(
     assert checker.check() == []
     assert assess(services(client).settings, services(client).store, "iris").state == "idle"
     assert rollbacks(client, "iris", "accuracy_drop") == 1
+
+
+def test_a_promote_older_than_the_quality_window_is_no_longer_judged(settings: Settings) -> None:
+    """Turning the policy on never judges a version that has long served: a promote is watched
+    for STEWARD_QUALITY_WINDOW_SECONDS (here 2 s)."""
+    watched = settings.model_copy(update={"quality_window_seconds": 2.0})
+    with TestClient(create_app(watched), raise_server_exceptions=False) as client:
+        serve_and_label(client, "iris", 1, [True] * 10)
+        promote(client, "iris", 2)
+        serve_and_label(client, "iris", 2, [False] * 10)
+        assert assess(watched, services(client).store, "iris").state == "worse"
+        time.sleep(2.2)
+        status = assess(watched, services(client).store, "iris")
+        assert (status.state, status.reason) == (
+            "idle",
+            "nothing to judge: the promote to v2 is older than STEWARD_QUALITY_WINDOW_SECONDS, "
+            "the span a promote is watched for",
+        )
+        assert services(client).auto_rollback.check() == []
+        assert production(client, "iris") == 2
 
 
 def test_not_judged_before_min_labels(client: TestClient) -> None:
