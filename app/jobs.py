@@ -44,6 +44,7 @@ _HANDED_OVER = (
     "gate_metric",
     "gate_margin",
     "gate_min_rows",
+    "input_range_multiple",
     "training_copy_max_bytes",
     "search_seconds",
     "search_folds",
@@ -195,6 +196,7 @@ class RetrainJobs:
         argv = [sys.executable, "-m", "app.retrain_job", job.model, str(result_file)]
         argv += ["--then", job.then] + (["--since", job.since.isoformat()] if job.since else [])
         argv += ["--search"] if job.search else []
+        argv += ["--nice", str(_job_nice())]
         try:
             job.process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -271,11 +273,16 @@ class RetrainJobs:
             del self._jobs[job_id]
 
 
+def _job_nice() -> int:
+    """A job process's nice value: the server's plus NICENESS."""
+    return min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS)
+
+
 def _lower_priority(pid: int) -> None:
-    """The job process's nice value: the server's plus NICENESS."""
-    nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS)
+    """Set the job process's nice value from outside at once (the process sets it too, on
+    its threads to come: see app/retrain_job.py)."""
     with contextlib.suppress(OSError):  # it may have ended already
-        os.setpriority(os.PRIO_PROCESS, pid, nice)
+        os.setpriority(os.PRIO_PROCESS, pid, _job_nice())
 
 
 async def _progress(job: Job, stdout: asyncio.StreamReader) -> None:

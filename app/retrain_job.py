@@ -13,6 +13,7 @@ the server logs): its message may quote stored inputs.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -31,6 +32,11 @@ MAX_MESSAGE = 300  # characters of a failed job's message
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.nice is not None:
+        # Set here too, before any thread starts: the threads a fit starts (BLAS, OpenMP)
+        # inherit it, whereas app/jobs.py's setpriority from outside reaches this one only.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     result_file: Path = args.result
     try:
         outcome = _run(args.model, args.then, args.since, args.search)
@@ -52,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--then", choices=("keep", "candidate", "promote"), default="keep")
     parser.add_argument("--since", type=datetime.fromisoformat, default=None)
     parser.add_argument("--search", action="store_true")
+    parser.add_argument("--nice", type=int, default=None, help="this process's nice value")
     return parser
 
 

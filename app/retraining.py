@@ -65,11 +65,12 @@ from app.gate import (
 )
 from app.lifecycle import AliasState
 from app.progress import SILENT, Progress, Step
-from app.retraining_data import RetrainingSet, production_version, retraining_set
+from app.retraining_data import RetrainingSet, label_name, production_version, retraining_set
 from app.search import search_grid, search_parameters
 from app.settings import Settings
 from app.store import PredictionStore
 from app.training import MIN_ROWS, Tune, evaluate, fit_version, frame_rows
+from app.training_data import rows_digest
 
 Then = Literal["keep", "candidate", "promote"]
 
@@ -147,9 +148,7 @@ def retrain(
             "feedback_since": data.since,
             "feedback_until": data.recent_after,
             "sources": [
-                s.model_copy(update={"rows": s.rows - int(overlap.sum())})
-                if s.kind == "feedback"
-                else s
+                _feedback_trained(s, data, keep) if s.kind == "feedback" else s
                 for s in training.sources
             ],
         }
@@ -340,10 +339,30 @@ def _same_as_held_out(data: RetrainingSet, held_out: np.ndarray | None) -> np.nd
     if held_out is None:
         return same
     base = _base_rows(data)
-    held = {tuple(row) for row in data.frame[held_out].itertuples(index=False)}
+    held = {_inputs_key(row) for row in data.frame[held_out].itertuples(index=False)}
     feedback = data.frame.iloc[base:].itertuples(index=False)
-    same[base:] = [tuple(row) in held for row in feedback]
+    same[base:] = [_inputs_key(row) in held for row in feedback]
     return same
+
+
+def _feedback_trained(source: DataSource, data: RetrainingSet, keep: np.ndarray) -> DataSource:
+    """The feedback source as trained on: its rows less those with a held-out row's inputs,
+    and the digest of those rows."""
+    base = _base_rows(data)
+    rows = keep[base:]
+    if int(rows.sum()) == source.rows:
+        return source
+    frame = data.frame.iloc[base:][rows].reset_index(drop=True)
+    labels = (
+        data.labels.iloc[base:][rows].reset_index(drop=True).rename(label_name(data.production))
+    )
+    digest = rows_digest(frame, labels) if len(labels) else None
+    return source.model_copy(update={"rows": len(labels), "sha256": digest})
+
+
+def _inputs_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row's inputs as a key: a missing value (NaN, which equals nothing) as None."""
+    return tuple(None if _missing(value) else value for value in row)
 
 
 def _missing(value: Any) -> bool:

@@ -303,10 +303,10 @@ def _feedback(
     recent_after = kept[-1].row.created_at - timedelta(seconds=holdout) if kept else None
     train = [item for item in kept if recent_after is None or item.row.created_at <= recent_after]
     recent = kept[len(train) :]
-    label_name = _label_name(production)
+    labelled_as = label_name(production)
     return _Feedback(
-        train=_frame(train, fitting.names, label_name),
-        recent=_frame(recent, fitting.names, label_name),
+        train=_frame(train, fitting.names, labelled_as),
+        recent=_frame(recent, fitting.names, labelled_as),
         recent_after=recent_after,
         labelled=len(rows),
         duplicates=duplicates,
@@ -430,6 +430,6 @@ def _names(production: ModelMetadata) -> list[str]:
     return [f.name for f in production.features]
 
 
-def _label_name(production: ModelMetadata) -> str:
+def label_name(production: ModelMetadata) -> str:
     data = production.training_data
     return (data.target if data else None) or DEMO_TARGET

@@ -199,7 +199,10 @@ def search_parameters(
     chosen = clone(recipe)
     if not best.recipe:
         chosen.set_params(**best.params)
-    assert candidates[0].mean is not None  # the recipe's own scores raise rather than fail
+    if candidates[0].mean is None:  # its scores past the float range (an MAE overflowing)
+        raise ArtifactError(
+            f"{where}: the recipe's cross-validated score is not finite", model=model
+        )
     record = SearchRecord(
         method=method,
         family=family,
@@ -311,8 +314,9 @@ def _cross_validate(
             recipe, matrix, labels, cv=splitter, scoring=scorer, error_score="raise", n_jobs=1
         )
     except ValueError as exc:
-        raise ArtifactError(
-            f"{where}: the recipe fails under cross-validation: {exc}", model=model
+        raise ArtifactError(  # the type only: the message may quote stored inputs
+            f"{where}: the recipe fails under cross-validation ({type(exc).__name__})",
+            model=model,
         ) from exc
 
 

@@ -2,6 +2,7 @@
 a shifted input distribution logged by it, retrainings from v1's recipe judged against v1 on
 the same rows, their numbers recomputed here from the saved artifacts."""
 
+import json
 import re
 import shutil
 import time
@@ -31,10 +32,11 @@ from app.gate import GateSet, at_least, decide, judge, skipped
 from app.main import create_app
 from app.registration import register_estimator
 from app.retraining import retrain
+from app.retraining_data import label_name
 from app.settings import Settings
 from app.store import open_store
 from app.training import DEMOS, TEST_SIZE, evaluate, frame_rows, train_csv
-from app.training_data import demo_training_frame
+from app.training_data import demo_training_frame, rows_digest
 
 SHIFT = 3.0  # cm added to every sepal width: v1 takes most such flowers for setosa
 ROTATED = {"setosa": "versicolor", "versicolor": "virginica", "virginica": "setosa"}
@@ -533,6 +535,14 @@ def test_feedback_with_held_out_inputs_is_not_trained_on_and_retrained_versions_
         assert (first.overlap, first.trained_on) == (same, len(trained) - same)
         assert v2.training_data is not None
         assert v2.training_data.sources[1].rows == len(trained) - same
+        # its digest is of the feedback rows it learnt, as read: one request's rows in the
+        # order of their inputs (app/retraining_data.py)
+        learnt = [tuple(row) not in held for row in trained.itertuples(index=False)]
+        fed = trained.assign(species=truth.iloc[::2])[learnt]
+        fed = fed.iloc[sorted(range(len(fed)), key=lambda i: json.dumps(fed.iloc[i, :4].tolist()))]
+        fed_labels = fed.pop("species").reset_index(drop=True).rename(label_name(v1))
+        digest = rows_digest(fed.reset_index(drop=True), fed_labels)
+        assert v2.training_data.sources[1].sha256 == digest
         assert v2.training_data.base_split == v1.training_data.split  # type: ignore[union-attr]
         assert v2.training_data.feedback_until == first.data.recent_after
         assert v2.training_data.feedback_since is None
