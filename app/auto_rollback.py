@@ -42,6 +42,7 @@ from app import lifecycle
 from app.aliases import AliasFile, read_alias_file
 from app.artifacts import list_models, read_metadata
 from app.errors import ArtifactError, LifecycleConflict, StewardError
+from app.gate import worse
 from app.metrics import Metrics, RollbackReason
 from app.schemas import AutoRollbackState, AutoRollbackStatus
 from app.settings import Settings
@@ -50,7 +51,6 @@ from app.store import PredictionStore, VersionCounts
 logger = logging.getLogger(__name__)
 
 ACTOR = "auto-rollback"  # the ``by`` of the roll-backs it makes
-TOLERANCE = 1e-9  # as app/gate.py: a figure exactly at the margin is not worse by more
 Metric = Literal["accuracy", "mae"]
 
 
@@ -154,13 +154,13 @@ def assess(settings: Settings, store: PredictionStore, name: str) -> AutoRollbac
     status = _with(status, previous_labelled=before.labelled, previous_figure=previous_figure)
     if previous_figure is None:  # a sum past the float range: nothing honest to compare
         return _with(status, state="no_baseline", reason=f"v{previous}'s {metric} is not finite")
-    worse = _worse(metric, figure, previous_figure, applied.margin)
+    is_worse = worse(metric, figure, previous_figure, applied.margin)
     allowed = f"{applied.margin:g}" + (" relative" if metric == "mae" else "")
     compared = (
         f"v{current} {metric} {figure:.4f} over {labelled} labels since its promote, "
         f"v{previous} {previous_figure:.4f} over {before.labelled} before it"
     )
-    if worse:
+    if is_worse:
         return _with(
             status, state="worse", reason=f"worse by more than the margin ({allowed}): {compared}"
         )
@@ -209,12 +209,6 @@ def _figure(counts: VersionCounts, metric: Metric) -> float | None:
         else counts.abs_error_sum / counts.labelled
     )
     return value if math.isfinite(value) else None
-
-
-def _worse(metric: Metric, figure: float, previous: float, margin: float) -> bool:
-    if metric == "accuracy":
-        return figure < previous - margin - TOLERANCE
-    return figure > previous * (1 + margin) + TOLERANCE
 
 
 @dataclass(frozen=True)

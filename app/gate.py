@@ -58,14 +58,19 @@ def higher_is_better(metric: GateMetric) -> bool:
     return metric != "mae"
 
 
+def worse(metric: GateMetric, new: float, old: float, margin: float) -> bool:
+    """Whether ``new`` is worse than ``old`` by more than the margin: absolute for accuracy and
+    macro-F1, relative for MAE. The automatic rollback judges a promote the same way."""
+    if higher_is_better(metric):
+        return new < old - margin - TOLERANCE
+    return new > old * (1 + margin) + TOLERANCE
+
+
 def judge(
     name: SetName, rows: int, production: float, new: float, metric: GateMetric, margin: float
 ) -> GateSet:
     """One evaluated set: ``new`` passes unless worse than ``production`` by over the margin."""
-    if higher_is_better(metric):
-        passed = new >= production - margin - TOLERANCE
-    else:
-        passed = new <= production * (1 + margin) + TOLERANCE
+    passed = not worse(metric, new, production, margin)
     return GateSet(
         name=name,
         rows=rows,

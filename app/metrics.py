@@ -38,7 +38,6 @@ ADMIN_OUTCOMES: tuple[AdminOutcome, ...] = get_args(AdminOutcome)
 RollbackReason = Literal["manual", "accuracy_drop", "mae_rise"]
 """Why production was rolled back: over the admin API, or automatically (app/auto_rollback.py)
 for a classifier's accuracy or a regressor's MAE worse than the version before's."""
-ROLLBACK_REASONS: tuple[RollbackReason, ...] = get_args(RollbackReason)
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
