@@ -5,7 +5,7 @@ let the new version serve only if the gate (app/gate.py) finds it not worse. No 
   same pipeline and hyperparameters, unfitted).
 - The rows: ``retraining_set`` (app/retraining_data.py), less the production version's
   held-out rows, fitted as every version is (``fit_version``: split, fit, held-out metrics).
-- The gate's sets, scored for both versions on the same rows:
+- The gate's sets (app/gate_rows.py), scored for both versions on the same rows:
   ``held_out``: the rows of the base (the production version's first source, rebuilt, or
   --csv) that ``train_test_split`` with the production version's recorded test size, seed and
   stratification holds out. For a version trained on that base alone, exactly the rows its
@@ -30,7 +30,6 @@ let the new version serve only if the gate (app/gate.py) finds it not worse. No 
   passed.
 """
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -38,30 +37,33 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
-from pydantic import ValidationError
 
 from app import lifecycle
 from app.artifacts import (
     DataSource,
-    DataSplit,
     ModelMetadata,
     TrainingData,
     load_estimator,
     read_checked,
     save_version,
 )
-from app.errors import ModelFailure, NoRecipe, TrainingDataRefused
+from app.errors import NoRecipe, TrainingDataRefused
 from app.feature_survey import read_frame
 from app.gate import (
     GateDecision,
     GateMetric,
     GateSet,
-    SetName,
     at_least,
     decide,
-    judge,
     skipped,
+)
+from app.gate_rows import (
+    Judged,
+    base_rows,
+    base_split,
+    held_out_mask,
+    no_split_reason,
+    same_as_held_out,
 )
 from app.lifecycle import AliasState
 from app.progress import SILENT, Progress, Step
@@ -69,7 +71,7 @@ from app.retraining_data import RetrainingSet, label_name, production_version, r
 from app.search import search_grid, search_parameters
 from app.settings import Settings
 from app.store import PredictionStore
-from app.training import MIN_ROWS, Tune, evaluate, fit_version, frame_rows
+from app.training import MIN_ROWS, Tune, fit_version
 from app.training_data import rows_digest
 
 Then = Literal["keep", "candidate", "promote"]
@@ -130,10 +132,10 @@ def retrain(
     metric = gate_metric(settings, production)
     tune = _tune(settings, production, metric, progress) if search else None
     held_out = held_out_mask(data)
-    base_rows = _base_rows(data)
-    contributed = base_rows - int(held_out.sum()) if held_out is not None else base_rows
+    from_base = base_rows(data)
+    contributed = from_base - int(held_out.sum()) if held_out is not None else from_base
     keep = ~held_out if held_out is not None else np.ones(len(data.labels), dtype=bool)
-    overlap = _same_as_held_out(data, held_out)
+    overlap = same_as_held_out(data, held_out)
     keep &= ~overlap
     if int(keep.sum()) < MIN_ROWS:
         raise TrainingDataRefused(
@@ -144,7 +146,7 @@ def retrain(
     training, copy = _training_data(root, data, csv is not None, contributed)
     training = training.model_copy(
         update={
-            "base_split": _base_split(production) if held_out is not None else None,
+            "base_split": base_split(production) if held_out is not None else None,
             "feedback_since": data.since,
             "feedback_until": data.recent_after,
             "sources": [
@@ -187,7 +189,7 @@ def retrain(
                 step,
                 judged.score("held_out", data.frame, data.labels, held_out)
                 if held_out is not None
-                else skipped("held_out", _no_split_reason(data)),
+                else skipped("held_out", no_split_reason(data)),
             ),
             _counted(
                 step,
@@ -217,138 +219,10 @@ def gate_metric(settings: Settings, production: ModelMetadata) -> GateMetric:
     return settings.gate_metric if production.task == "classification" else "mae"
 
 
-def held_out_mask(data: RetrainingSet) -> np.ndarray | None:
-    """Which rows of ``data.frame`` are the production version's held-out base rows (see the
-    module's docstring); None when there is no base or the version records no split."""
-    split = _base_split(data.production)
-    base = _base_rows(data)
-    if split is None or base == 0:
-        return None
-    from sklearn.model_selection import train_test_split
-
-    labels = data.labels.iloc[:base]
-    # Which rows go to the test part depends on the row count, the size, the seed and the
-    # labels (stratified) only: splitting the row numbers picks the rows a frame's split picks.
-    try:
-        _, test = train_test_split(
-            np.arange(base),
-            test_size=split.test_size,
-            random_state=split.seed,
-            stratify=labels if split.stratified else None,
-        )
-    except ValueError as exc:  # a --csv base with a class too rare to stratify
-        raise TrainingDataRefused(
-            f"{data.production.name}: cannot hold out v{data.production.version}'s split of the "
-            f"base rows: {exc}",
-            model=data.production.name,
-        ) from exc
-    mask = np.zeros(len(data.labels), dtype=bool)
-    mask[test] = True
-    return mask
-
-
-@dataclass(frozen=True)
-class Judged:
-    """The two versions the gate compares, and how: the metric, the margin, the date columns,
-    and the range multiple each version's contract is served with (STEWARD_INPUT_RANGE_MULTIPLE).
-
-    A version is scored only on rows its contract accepts as served (an unseen category it
-    refuses, a number out of its range): both versions are scored on the rows both accept, and
-    the rows left out are counted in the set (``excluded``, ``note``)."""
-
-    production: ModelMetadata
-    production_estimator: Any
-    new: ModelMetadata
-    new_estimator: Any
-    metric: GateMetric
-    margin: float
-    dates: list[str]
-    range_multiple: float = 0.0
-
-    def score(
-        self,
-        name: SetName,
-        frame: pd.DataFrame,
-        labels: pd.Series,
-        rows: np.ndarray | None = None,
-    ) -> GateSet:
-        """Both versions scored on the same rows (``rows``: a mask of them; None: all), those
-        both accept as served."""
-        if rows is not None:
-            frame, labels = frame[rows], labels[rows]
-        by_production = ~self._accepted(self.production, frame)
-        by_new = ~self._accepted(self.new, frame)
-        left_out = by_production | by_new
-        note = None
-        if left_out.any():
-            note = (
-                f"{left_out.sum()} of {len(labels)} rows left out: a version refuses them as "
-                f"served (production v{self.production.version} {by_production.sum()}, the new "
-                f"version {by_new.sum()})"
-            )
-            frame, labels = frame[~left_out], labels[~left_out]
-        if labels.empty:
-            return skipped(name, note or "no rows")
-        values = read_frame(frame, self.dates) if self.dates else frame
-        actual = labels.to_numpy()
-        production = self._metric(self.production, self.production_estimator, values, actual)
-        new = self._metric(self.new, self.new_estimator, values, actual)
-        judged = judge(name, len(labels), production, new, self.metric, self.margin)
-        return judged.model_copy(update={"excluded": int(left_out.sum()), "note": note})
-
-    def _accepted(self, metadata: ModelMetadata, frame: pd.DataFrame) -> np.ndarray:
-        """Which rows the version's contract takes, as a server with these settings serves it."""
-        model = metadata.contract(range_multiple=self.range_multiple).request_model
-        accepted = np.ones(len(frame), dtype=bool)
-        for index, row in enumerate(frame.to_dict("records")):
-            instance = {str(k): None if _missing(v) else v for k, v in row.items()}
-            try:
-                model.model_validate({"instances": [instance]})
-            except ValidationError:
-                accepted[index] = False
-        return accepted
-
-    def _metric(
-        self, metadata: ModelMetadata, estimator: Any, frame: pd.DataFrame, actual: Any
-    ) -> float:
-        try:
-            predicted = estimator.predict(metadata.contract().matrix(frame_rows(frame)))
-        except Exception as exc:  # its message may carry stored inputs: the type alone
-            who = "the retrained version" if metadata is self.new else f"v{metadata.version}"
-            raise ModelFailure(
-                f"{metadata.name}: {who} failed to predict rows of the gate its contract "
-                f"accepts ({type(exc).__name__})",
-                model=metadata.name,
-            ) from exc
-        return evaluate(metadata.task, actual, predicted)[self.metric]
-
-
-def _base_split(production: ModelMetadata) -> DataSplit | None:
-    """The split of the base that set the gate's held_out rows aside: recorded by a retrained
-    version (its own ``split`` was taken over other rows), else the version's own split."""
-    recorded = production.training_data
-    if recorded is None:
-        return None
-    return recorded.base_split or recorded.split
-
-
-def _same_as_held_out(data: RetrainingSet, held_out: np.ndarray | None) -> np.ndarray:
-    """Which feedback rows have the inputs of a held-out base row: trained on, they would put
-    the gate's held_out rows in the training rows after all."""
-    same = np.zeros(len(data.labels), dtype=bool)
-    if held_out is None:
-        return same
-    base = _base_rows(data)
-    held = {_inputs_key(row) for row in data.frame[held_out].itertuples(index=False)}
-    feedback = data.frame.iloc[base:].itertuples(index=False)
-    same[base:] = [_inputs_key(row) in held for row in feedback]
-    return same
-
-
 def _feedback_trained(source: DataSource, data: RetrainingSet, keep: np.ndarray) -> DataSource:
     """The feedback source as trained on: its rows less those with a held-out row's inputs,
     and the digest of those rows."""
-    base = _base_rows(data)
+    base = base_rows(data)
     rows = keep[base:]
     if int(rows.sum()) == source.rows:
         return source
@@ -358,16 +232,6 @@ def _feedback_trained(source: DataSource, data: RetrainingSet, keep: np.ndarray)
     )
     digest = rows_digest(frame, labels) if len(labels) else None
     return source.model_copy(update={"rows": len(labels), "sha256": digest})
-
-
-def _inputs_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A row's inputs as a key: a missing value (NaN, which equals nothing) as None."""
-    return tuple(None if _missing(value) else value for value in row)
-
-
-def _missing(value: Any) -> bool:
-    """A missing value as a frame holds it (NaN), sent as null."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _recipe(production: ModelMetadata, fitted: Any) -> Any:
@@ -412,11 +276,6 @@ def _counted(step: Step, judged: GateSet) -> GateSet:
     return judged
 
 
-def _base_rows(data: RetrainingSet) -> int:
-    """Rows of ``data.frame`` from the base (they come first), not from feedback."""
-    return sum(s.rows for s in data.sources if s.kind != "feedback")
-
-
 def _training_data(
     root: Path, data: RetrainingSet, given_csv: bool, contributed: int
 ) -> tuple[TrainingData, dict[str, bytes]]:
@@ -440,9 +299,3 @@ def _training_data(
         kept |= {"copy_file": old.copy_file, "copy_sha256": old.copy_sha256}
         return TrainingData(sources=sources, copy_bytes=len(copy), **kept), {old.copy_file: copy}
     return TrainingData(sources=sources, no_copy_reason=old.no_copy_reason, **kept), {}
-
-
-def _no_split_reason(data: RetrainingSet) -> str:
-    if _base_rows(data) == 0:
-        return "no base data: feedback only"
-    return f"v{data.production.version} records no held-out split"

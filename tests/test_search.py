@@ -33,7 +33,7 @@ from app.artifacts import (
     read_metadata,
 )
 from app.errors import NoSearchGrid
-from app.retraining import held_out_mask
+from app.gate_rows import held_out_mask
 from app.retraining_data import retraining_set
 from app.search import GRIDS, SearchRecord, search_grid
 from app.settings import Settings
