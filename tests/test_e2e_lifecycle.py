@@ -9,11 +9,9 @@ with not one failed request and every response naming the version that served it
 
 import csv
 import os
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,17 +19,16 @@ from typing import Any
 import httpx2
 import numpy as np
 import pytest
-import yaml
 from helpers import stored_rows, wait_until
 from promql import SHADOW_ACCURACY, docs_expression
-from server import STEWARD, free_port, serving
+from server import STEWARD
 from sklearn.datasets import load_iris
+from stack import scraped
 
 from app.artifacts import load_estimator, read_metadata
 
 TOKEN = "e2e-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-PROMETHEUS = shutil.which("prometheus")
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 
 
@@ -134,7 +131,6 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    assert PROMETHEUS, "Debian's prometheus package is missing: run `make test`"
     models, data = tmp_path / "models", tmp_path / "data"
     env = os.environ | {
         "STEWARD_MODELS_DIR": str(models),
@@ -146,38 +142,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     trained = cli(env, "train", "--csv", str(tmp_path / "v1.csv"), "--target", "species",
                   "--name", "iris")  # fmt: skip
     assert "version 1" in trained
-    steward_port, prometheus_port = free_port(), free_port()
-    config = {
-        "global": {"scrape_interval": "1s"},
-        "scrape_configs": [
-            {"job_name": "steward", "static_configs": [{"targets": [f"127.0.0.1:{steward_port}"]}]}
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    with ExitStack() as running:
-        steward = running.enter_context(
-            serving(
-                [STEWARD, "serve", "--port", str(steward_port)],
-                port=steward_port,
-                env=env,
-                log=tmp_path / "steward.log",
-                ready="/readyz",
-            )
-        )
-        prometheus = running.enter_context(
-            serving(
-                [
-                    PROMETHEUS,
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                ],
-                port=prometheus_port,
-                env=env,
-                log=tmp_path / "prometheus.log",
-                ready="/-/ready",
-            )
-        )
+    with scraped(tmp_path, env) as (steward, prometheus):
         yield Stack(steward.url, prometheus.url, env, models, data, tmp_path / "steward.log")
         code = steward.stop(timeout=30)
         assert code in (0, -15), (tmp_path / "steward.log").read_text()

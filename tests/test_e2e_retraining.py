@@ -9,11 +9,9 @@ puts v1 back, says why in the log and the alias history, counts it, and its aler
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,9 @@ from typing import Any
 import httpx2
 import pandas as pd
 import pytest
-import yaml
 from helpers import ADMIN_AUTH, ADMIN_TOKEN, wait_until
-from server import STEWARD, free_port, serving
+from server import STEWARD
+from stack import scraped
 from test_retraining import ROTATED, score, shifted_iris  # score: rounded to 6 decimals
 
 from app.aliases import read_alias_file
@@ -32,7 +30,6 @@ from app.artifacts import read_metadata
 HOLDOUT_SECONDS = 2.0  # the recent window the gate judges on, kept out of training
 MIN_LABELS = 40  # the automatic rollback judges v2 on at least this many labels
 MARGIN = 0.05
-PROMETHEUS = shutil.which("prometheus")
 RULES = Path(__file__).parents[1] / "prometheus" / "alerts.yml"
 
 
@@ -77,7 +74,6 @@ class Loop:
 
 @pytest.fixture
 def loop(tmp_path: Path, models_dir: Path) -> Iterator[Loop]:
-    assert PROMETHEUS, "Debian's prometheus package is missing: run `make test`"
     env = os.environ | {
         "STEWARD_MODELS_DIR": str(models_dir),
         "STEWARD_DATA_DIR": str(tmp_path / "data"),
@@ -89,39 +85,7 @@ def loop(tmp_path: Path, models_dir: Path) -> Iterator[Loop]:
         "STEWARD_AUTO_ROLLBACK_MARGIN": str(MARGIN),
         "STEWARD_AUTO_ROLLBACK_INTERVAL_SECONDS": "0.5",
     }
-    steward_port, prometheus_port = free_port(), free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [
-            {"job_name": "steward", "static_configs": [{"targets": [f"127.0.0.1:{steward_port}"]}]}
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    with ExitStack() as running:
-        steward = running.enter_context(
-            serving(
-                [STEWARD, "serve", "--port", str(steward_port)],
-                port=steward_port,
-                env=env,
-                log=tmp_path / "steward.log",
-                ready="/readyz",
-            )
-        )
-        prometheus = running.enter_context(
-            serving(
-                [
-                    PROMETHEUS,
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                ],
-                port=prometheus_port,
-                env=env,
-                log=tmp_path / "prometheus.log",
-                ready="/-/ready",
-            )
-        )
+    with scraped(tmp_path, env) as (steward, prometheus):
         with httpx2.Client(base_url=steward.url, timeout=30) as http:
             yield Loop(steward.url, prometheus.url, env, models_dir, tmp_path / "steward.log", http)
         code = steward.stop(timeout=30)

@@ -103,6 +103,28 @@ def retrain_env(tmp_path: Path, models_dir: Path) -> dict[str, str]:
     }
 
 
+def test_a_refused_retraining_exits_1_when_its_reader_left_early(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """`steward retrain iris --candidate | head -1`: the report has nowhere to go, and the
+    exit status still says the gate refused it (no set has the rows it asks for here)."""
+    env = retrain_env(tmp_path, models_dir) | {"STEWARD_GATE_MIN_ROWS": "100000"}
+    process = subprocess.Popen(
+        [STEWARD, "retrain", "iris", "--candidate"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == "loading feedback: started\n"
+    process.stdout.close()  # the reader leaves before the report
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert "iris v2 refused by the gate: no rows to compare it with production" in err
+    assert "Traceback" not in err
+
+
 def test_a_real_retrain_prints_its_steps_as_plain_lines_when_not_on_a_terminal(
     tmp_path: Path, models_dir: Path
 ) -> None:

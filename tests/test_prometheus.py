@@ -17,10 +17,8 @@ from typing import Any
 
 import httpx2
 import pytest
-import yaml
 from helpers import DIABETES_ROW, IRIS_SETOSA, wait_until
 from promql import (
-    ALERTS,
     ROOT,
     SHADOW_ACCURACY,
     alert_rules,
@@ -29,14 +27,13 @@ from promql import (
     docs_expressions,
     with_all_models,
 )
-from server import STEWARD, free_port, serving
+from stack import scraped
 
 from app.aliases import set_alias
 from app.artifacts import ARTIFACT, METADATA
 from app.ids import new_ids
 from app.store import PredictionRecord, open_store
 
-PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 INSTALL_HINT = "Debian's prometheus package is missing: run `make test`, which installs it"
 
@@ -153,41 +150,13 @@ def drive_traffic(url: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]
 
 @pytest.fixture(scope="module")
 def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    assert PROMETHEUS, INSTALL_HINT
     work = tmp_path_factory.mktemp("stack")
     models = work / "models"
     shutil.copytree(demo_models, models)
     add_refused_model(models)
     add_candidate(models)
     env = os.environ | {"STEWARD_MODELS_DIR": str(models), "STEWARD_DATA_DIR": str(work / "data")}
-    steward_port, prometheus_port = free_port(), free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(ALERTS)],
-        "scrape_configs": [
-            {"job_name": "steward", "static_configs": [{"targets": [f"127.0.0.1:{steward_port}"]}]}
-        ],
-    }
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-    steward_argv: list[str | Path] = [STEWARD, "serve", "--port", str(steward_port)]
-    prometheus_argv = [
-        PROMETHEUS,
-        f"--config.file={work / 'prometheus.yml'}",
-        f"--storage.tsdb.path={work / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{prometheus_port}",
-    ]
-    with (
-        serving(
-            steward_argv, port=steward_port, env=env, log=work / "steward.log", ready="/healthz"
-        ) as steward,
-        serving(
-            prometheus_argv,
-            port=prometheus_port,
-            env=env,
-            log=work / "prometheus.log",
-            ready="/-/ready",
-        ) as prometheus,
-    ):
+    with scraped(work, env, ready="/healthz") as (steward, prometheus):
         stack = Stack(steward.url, prometheus.url)
         # Load the candidate (versions load on first use), then let Prometheus see every series
         # at 0 first, so rates count all that follows.

@@ -192,11 +192,19 @@ def test_a_retraining_on_feedback_from_a_shifted_distribution_passes_and_becomes
                              "within STEWARD_RELOAD_INTERVAL_SECONDS)")  # fmt: skip
 
 
+@pytest.mark.parametrize("degraded", ["rotated", "shuffled"])
 def test_a_degraded_retraining_is_refused_kept_and_never_aliased(
-    retrain_settings: Settings, models_dir: Path, capsys: pytest.CaptureFixture[str]
+    retrain_settings: Settings,
+    models_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    degraded: str,
 ) -> None:
+    """The feedback trained on labelled wrong: every species rotated, or the labels shuffled."""
     frame, truth = shifted_iris(models_dir)
-    wrong = truth.map(ROTATED)  # every feedback label trained on is another species
+    if degraded == "rotated":
+        wrong = truth.map(ROTATED)
+    else:
+        wrong = pd.Series(np.random.default_rng(0).permutation(truth.to_numpy()))
     recent, recent_labels = serve_feedback(retrain_settings, frame, wrong, truth)
     where = ["--models-dir", str(models_dir)]
 
@@ -208,11 +216,12 @@ def test_a_degraded_retraining_is_refused_kept_and_never_aliased(
     sets = expected_sets(models_dir, new, recent, recent_labels)
     assert new.gate == decide(1, "accuracy", 0.01, sets)
     assert not new.gate.passed
-    # it learnt wrong species for most flowers: far worse on v1's held-out rows, and that
-    # refuses it whatever it does on the recent traffic
+    # it learnt wrong species for many flowers: far worse on v1's held-out rows, labelled by
+    # a person, and that refuses it; the recent traffic alone would have let it through (v1
+    # fails on the shifted rows)
     assert [s.verdict for s in sets] == ["worse", "pass"]
     assert sets[0].difference is not None
-    assert sets[0].difference < -0.2
+    assert sets[0].difference < -0.1
     assert read_aliases(models_dir, "iris") == {"production": 1}
     assert (
         "refused: accuracy worse than production v1 by more than the margin (0.01) on held_out"
@@ -486,31 +495,6 @@ def test_a_version_whose_estimator_cannot_be_cloned_has_no_recipe(
     assert code == 1
     assert_one_line_error(err, "has no recipe to retrain: its estimator cannot be cloned")
     assert sorted(p.name for p in (models_dir / "iris").iterdir() if p.is_dir()) == ["1", "2"]
-
-
-def test_a_retraining_on_labels_shuffled_in_the_feedback_is_refused(
-    retrain_settings: Settings, models_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    frame, truth = shifted_iris(models_dir)
-    shuffled = pd.Series(np.random.default_rng(0).permutation(truth.to_numpy()))
-    recent, recent_labels = serve_feedback(retrain_settings, frame, shuffled, truth)
-
-    code, out, err = run_cli(
-        capsys, "--models-dir", str(models_dir), "retrain", "iris", "--candidate"
-    )
-    assert code == 1
-    assert_one_line_error(err, "iris v2 refused by the gate: accuracy worse than production v1")
-    new = read_metadata(models_dir, "iris", 2)
-    sets = expected_sets(models_dir, new, recent, recent_labels)
-    assert new.gate == decide(1, "accuracy", 0.01, sets)
-    assert not new.gate.passed
-    # v1's held-out rows, labelled by a person, show what the shuffled labels taught it; the
-    # recent traffic alone would have let it through (v1 fails on the shifted rows)
-    assert [s.verdict for s in sets] == ["worse", "pass"]
-    assert sets[0].difference is not None
-    assert sets[0].difference < -0.1
-    assert read_aliases(models_dir, "iris") == {"production": 1}
-    assert "refused: accuracy worse than production v1" in out
 
 
 def test_feedback_with_held_out_inputs_is_not_trained_on_and_retrained_versions_keep_v1s_split(

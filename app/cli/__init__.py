@@ -12,13 +12,12 @@ types in arguments.py; each command, its options and its output in the module na
 """
 
 import argparse
-import os
 import sys
 import traceback
 from collections.abc import Sequence
 
 from app.cli import lifecycle_commands, registry_commands, server_commands, versions
-from app.cli.errors import UsageError
+from app.cli.errors import UsageError, reader_left
 from app.cli.lifecycle_commands import SWAP_NOTE, TRAFFIC_NOTE
 from app.cli.parser import root_parser
 from app.errors import StewardError
@@ -50,8 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(exc))
         return USAGE_ERROR
     except BrokenPipeError:  # the reader left (`steward versions iris | head -1`): done
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush has nowhere to fail
+        reader_left()
         return 0
     except (StewardError, OSError) as exc:
         _fail(str(exc))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from app import lifecycle, status
 from app.aliases import ALIAS_NAMES, AliasChange, read_alias_file
 from app.cli import arguments
-from app.cli.errors import UsageError
+from app.cli.errors import UsageError, reader_left
 from app.cli.parser import Commands, add_command, model_argument
 from app.cli.table import print_table
 from app.errors import StoreUnavailable
@@ -243,7 +243,10 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
         )
     finally:
         store.close()
-    _print_retraining(result)
+    try:
+        _print_retraining(result)
+    except BrokenPipeError:  # the reader left: the exit status still says whether it passed
+        reader_left()
     new = result.version
     if not result.decision.passed and args.then != "keep":
         raise GateRefused(
