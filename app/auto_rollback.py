@@ -27,8 +27,6 @@ change made since is never undone. It logs one WARNING line with the figures, co
 it, production's latest change is a roll-back: the model is idle until its next promote.
 """
 
-import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -44,6 +42,7 @@ from app.artifacts import list_models, read_metadata
 from app.errors import ArtifactError, LifecycleConflict, StewardError
 from app.gate import worse
 from app.metrics import Metrics, RollbackReason
+from app.periodic import Periodic
 from app.schemas import AutoRollbackState, AutoRollbackStatus
 from app.settings import Settings
 from app.store import PredictionStore, VersionCounts
@@ -236,21 +235,20 @@ class AutoRollback:
         self.store = store
         self.metrics = metrics
         self.rescan = rescan
-        self._task: asyncio.Task[None] | None = None
         self._problems: dict[str, str] = {}  # the last problem logged per model: logged once
+        self._periodic = Periodic(
+            "automatic rollback check",
+            settings.auto_rollback_interval_seconds,
+            lambda: anyio.to_thread.run_sync(self.check),
+        )
 
     def start(self) -> None:
         """Start the periodic check on the running event loop."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="auto-rollback")
+        self._periodic.start()
 
     async def close(self) -> None:
         """Stop the periodic check; a check under way finishes first."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.close()
 
     def check(self) -> list[Rollback]:
         """Judge every model whose policy is on, and roll back the worse. Blocking."""
@@ -304,11 +302,3 @@ class AutoRollback:
         if self._problems.get(name) != message:
             self._problems[name] = message
             logger.warning("auto-rollback %s: %s", name, message)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.auto_rollback_interval_seconds)
-            try:
-                await anyio.to_thread.run_sync(self.check)
-            except Exception:  # a bug here must not stop the next checks
-                logger.exception("automatic rollback check failed")

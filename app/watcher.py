@@ -18,8 +18,6 @@ The file is read whole with ``app.aliases.read_alias_file``, whatever its format
 without a traffic policy is mode ``none``).
 """
 
-import asyncio
-import contextlib
 import logging
 import threading
 
@@ -29,6 +27,7 @@ from pydantic import BaseModel, Field
 from app.aliases import TrafficPolicy, read_alias_file
 from app.artifacts import list_models
 from app.errors import ArtifactError, ModelUnavailable, UnknownVersion
+from app.periodic import Periodic
 from app.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -86,20 +85,16 @@ class Watcher:
         self.registry = registry
         self.interval = interval
         self._lock = threading.Lock()  # one scan at a time: the periodic one or a reload
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("registry rescan", interval, self.reload)
 
     def start(self) -> None:
         """Start the periodic rescan on the running event loop (nothing when interval is 0)."""
-        if self.interval > 0 and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="registry-watcher")
+        if self.interval > 0:
+            self._periodic.start()
 
     async def close(self) -> None:
         """Stop the periodic rescan; a scan under way finishes first."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.close()
 
     async def reload(self) -> ReloadReport:
         """Rescan now, in a worker thread."""
@@ -118,14 +113,6 @@ class Watcher:
                     logger.info("new model %s", name)
                     report.added.append(name)
         return report
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.reload()
-            except Exception:  # a bug here must not stop the next rescans
-                logger.exception("registry rescan failed")
 
     def _sync(self, name: str, report: ReloadReport) -> None:
         registry = self.registry
