@@ -17,6 +17,13 @@ from app.training import DEMOS, train_csv
 from app.training_data import demo_training_frame
 
 
+@pytest.fixture(autouse=True)
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store a server made (empty), where `steward retrain` looks for it."""
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
+    empty_store(tmp_path / "data")
+
+
 def versions(models_dir: Path, name: str) -> list[str]:
     return sorted(p.name for p in (models_dir / name).iterdir() if p.is_dir())
 
