@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response
@@ -195,3 +197,25 @@ def write_labelled(
     ]
     assert store.label(labels) == {label.prediction_id for label in labels}
     return [r.id for r in records]
+
+
+def churn_frame(rows: int = 120) -> pd.DataFrame:
+    """A churn table (plan, months, spend -> churned), the same rows at every call: basic-plan
+    customers of under a year churn."""
+    rng = np.random.default_rng(0)
+    plan = rng.choice(["basic", "pro", "team"], size=rows)
+    months = rng.integers(1, 48, size=rows)
+    spend = rng.normal(50, 15, size=rows).round(2)
+    churned = np.where((plan == "basic") & (months < 12), "yes", "no")
+    return pd.DataFrame({"plan": plan, "months": months, "spend": spend, "churned": churned})
+
+
+def plan_churn_csv(path: Path) -> Path:
+    """A churn CSV of two features (plan, months -> churned): 120 rows, the same at every
+    call; the recipe `steward train --csv` makes for it imputes, scales and one-hot encodes."""
+    rng = np.random.default_rng(0)
+    months = rng.integers(1, 48, size=120)
+    plan = rng.choice(["basic", "pro", "team"], size=120)
+    churned = np.where((plan == "basic") & (months < 12), "yes", "no")
+    pd.DataFrame({"plan": plan, "months": months, "churned": churned}).to_csv(path, index=False)
+    return path

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from helpers import (
     assert_one_line_error,
     empty_store,
+    plan_churn_csv,
     predict,
     prediction_ids,
     run_cli,
@@ -271,12 +272,7 @@ def test_the_gate_metric_may_be_macro_f1_and_a_csv_version_passes_on_its_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     models = tmp_path / "models"
-    rng = np.random.default_rng(0)
-    months = rng.integers(1, 48, size=120)
-    plan = rng.choice(["basic", "pro", "team"], size=120)
-    churned = np.where((plan == "basic") & (months < 12), "yes", "no")
-    csv = tmp_path / "churn.csv"
-    pd.DataFrame({"plan": plan, "months": months, "churned": churned}).to_csv(csv, index=False)
+    csv = plan_churn_csv(tmp_path / "churn.csv")
     v1 = train_csv(models, csv, "churned", "churn")
     monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("STEWARD_GATE_METRIC", "f1_macro")

@@ -19,6 +19,7 @@ from helpers import (
     IRIS_SETOSA,
     IRIS_VIRGINICA,
     NOW,
+    churn_frame,
     predict,
     prediction_ids,
     stored_shadow_rows,
@@ -167,13 +168,7 @@ def test_a_demo_version_retrains_on_its_rows_and_the_served_feedback_never_the_s
 
 
 def churn_csv(path: Path, rows: int = 120) -> Path:
-    rng = np.random.default_rng(0)
-    plan = rng.choice(["basic", "pro", "team"], size=rows)
-    months = rng.integers(1, 48, size=rows)
-    spend = rng.normal(50, 15, size=rows).round(2)
-    churned = np.where((plan == "basic") & (months < 12), "yes", "no")
-    frame = pd.DataFrame({"plan": plan, "months": months, "spend": spend, "churned": churned})
-    frame.assign(note="kept out").to_csv(path, index=False)
+    churn_frame(rows).assign(note="kept out").to_csv(path, index=False)
     return path
 
 

@@ -10,7 +10,13 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import METADATA_BEFORE_TRAINING_DATA, assert_one_line_error, empty_store, run_cli
+from helpers import (
+    METADATA_BEFORE_TRAINING_DATA,
+    assert_one_line_error,
+    empty_store,
+    plan_churn_csv,
+    run_cli,
+)
 from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -208,12 +214,7 @@ def test_a_csv_version_is_searched_on_the_gates_macro_f1(
 ) -> None:
     """`steward train --csv`'s recipe (impute, scale and one-hot, then a logistic regression)
     reads a mixed matrix: the search cross-validates the whole pipeline on it."""
-    rng = np.random.default_rng(0)
-    months = rng.integers(1, 48, size=120)
-    plan = rng.choice(["basic", "pro", "team"], size=120)
-    churned = np.where((plan == "basic") & (months < 12), "yes", "no")
-    csv = tmp_path / "churn.csv"
-    pd.DataFrame({"plan": plan, "months": months, "churned": churned}).to_csv(csv, index=False)
+    csv = plan_churn_csv(tmp_path / "churn.csv")
     models = tmp_path / "churn-models"
     train_csv(models, csv, "churned", "churn")
     monkeypatch.setenv("STEWARD_GATE_METRIC", "f1_macro")

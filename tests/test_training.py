@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from helpers import assert_error
+from helpers import assert_error, churn_frame
 from sklearn import datasets
 from sklearn.base import clone
 from sklearn.model_selection import train_test_split
@@ -65,14 +65,7 @@ def test_demo_models_metadata(demo_models: Path) -> None:
 
 
 def _churn_csv(path: Path, rows: int = 120) -> Path:
-    rng = np.random.default_rng(0)
-    plan = rng.choice(["basic", "pro", "team"], size=rows)
-    months = rng.integers(1, 48, size=rows)
-    spend = rng.normal(50, 15, size=rows).round(2)
-    churned = np.where((plan == "basic") & (months < 12), "yes", "no")
-    pd.DataFrame({"plan": plan, "months": months, "spend": spend, "churned": churned}).to_csv(
-        path, index=False
-    )
+    churn_frame(rows).to_csv(path, index=False)
     return path
 
 
