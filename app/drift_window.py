@@ -1,0 +1,138 @@
+"""The request path's share of drift: each served version keeps its last rows in a ring of
+fixed size, and counts the data-quality issues of every row as it passes.
+
+Appending a row stores three references (the validated row, its probabilities, the time) in
+slots allocated when the window was made, and runs one check per feature that can have an
+issue: O(features), no allocation beyond the window. The scores are computed elsewhere
+(app/drift_monitor.py) from a ``snapshot``. Appends and snapshots happen on the event loop, so
+they never interleave.
+
+Issues (``ISSUES``): ``missing`` (null or omitted, for a feature that accepts it),
+``out_of_range`` (a number or date outside the training range, which the request model accepts
+within STEWARD_INPUT_RANGE_MULTIPLE spans), ``unseen_category`` (a category training never
+saw, for a feature whose model accepts them). Values the request model refuses never get here.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+
+from app.features import FeatureSpec, Row, date_to_days
+
+if TYPE_CHECKING:  # the metrics import this module's names, and the CLI stays light
+    from app.loading import RowOutput
+
+Issue = Literal["missing", "out_of_range", "unseen_category"]
+ISSUES: tuple[Issue, ...] = get_args(Issue)
+MAX_CELLS = 1_000_000
+"""A window holds at most this many values (rows x features): a model with many features keeps
+fewer rows, so a window's memory is bounded whatever the model."""
+
+
+class Increment(Protocol):
+    """What counts one issue: a Prometheus counter child (app/drift_metrics.py)."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The window's rows served since a time, oldest first, with their probabilities."""
+
+    rows: list[Row]
+    probabilities: list[dict[str, float] | None]
+
+
+def capacity(rows: int, features: int) -> int:
+    """The window's size for ``rows`` wanted and a model of ``features`` features."""
+    return max(1, min(rows, MAX_CELLS // max(features, 1)))
+
+
+class DriftWindow:
+    """The last rows one version served, and the data-quality counts of all it served."""
+
+    def __init__(
+        self,
+        features: Sequence[FeatureSpec],
+        size: int,
+        counters: Sequence[dict[Issue, Increment]],
+    ) -> None:
+        """``counters[j][issue]`` counts ``issue`` of feature ``j`` (several features may
+        share one: app/drift_metrics.py caps the labels)."""
+        self.features = tuple(features)
+        self.size = size
+        self.appended = 0
+        self.counts = [dict.fromkeys(ISSUES, 0) for _ in self.features]
+        """Issues per feature since the window was made: the report's totals."""
+        self._rows: list[Row | None] = [None] * size
+        self._probabilities: list[dict[str, float] | None] = [None] * size
+        self._times: list[float] = [0.0] * size
+        self._next = 0
+        self._checks = [
+            (index, check, self.counts[index], counters[index])
+            for index, feature in enumerate(self.features)
+            if (check := _check(feature)) is not None
+        ]
+
+    def append(self, rows: Sequence[Row], outputs: Sequence["RowOutput"], now: float) -> None:
+        """Rows a client was answered for (on the event loop), at time ``now``."""
+        size, ring, probabilities, times = self.size, self._rows, self._probabilities, self._times
+        slot = self._next
+        for row, (_, proba) in zip(rows, outputs, strict=True):
+            ring[slot] = row
+            probabilities[slot] = proba
+            times[slot] = now
+            slot = slot + 1 if slot + 1 < size else 0
+            for index, check, counts, counters in self._checks:
+                issue = check(row[index])
+                if issue is not None:
+                    counts[issue] += 1
+                    counters[issue].inc()
+        self._next = slot
+        self.appended += len(rows)
+
+    def snapshot(self, since: float) -> Snapshot:
+        """The rows appended at ``since`` or later, oldest first (on the event loop)."""
+        held = min(self.appended, self.size)
+        start = (self._next - held) % self.size
+        order = [(start + i) % self.size for i in range(held)]
+        rows: list[Row] = []
+        probabilities: list[dict[str, float] | None] = []
+        for i in order:
+            row = self._rows[i]
+            if row is not None and self._times[i] >= since:
+                rows.append(row)
+                probabilities.append(self._probabilities[i])
+        return Snapshot(rows, probabilities)
+
+
+Check = Callable[[Any], Issue | None]
+
+
+def _check(feature: FeatureSpec) -> Check | None:
+    """The issue one value of ``feature`` has, if any; None: this feature can have none."""
+    nullable = feature.nullable
+    if feature.dtype == "category":
+        known = frozenset(feature.categories or ())
+        if not feature.open_categories or not known:
+            return (lambda v: "missing" if v is None else None) if nullable else None
+
+        def category(value: Any) -> Issue | None:
+            if value is None:
+                return "missing"
+            return None if value in known else "unseen_category"
+
+        return category
+    low, high = feature.min, feature.max
+    if feature.dtype == "bool" or low is None or high is None:
+        return (lambda v: "missing" if v is None else None) if nullable else None
+    to_number = date_to_days if feature.dtype == "date" else None
+
+    def number(value: Any) -> Issue | None:
+        if value is None:
+            return "missing"
+        if to_number is not None:
+            value = to_number(value)
+        return None if low <= value <= high else "out_of_range"
+
+    return number
