@@ -3,8 +3,8 @@ its metadata), and the scores of a window of served values against it.
 
 Numeric features (floats, integers, booleans as 0/1, dates as days) are cut into the training
 part's deciles (fewer bins for a small training set): the profile keeps the inner bin edges,
-the training share of each bin and an evenly spaced sample of the training values, sorted. Categorical features keep each category's
-share. Served values are scored against that with:
+the training share of each bin and an evenly spaced sample of the training values, sorted.
+Categorical features keep each category's share. Served values are scored against that with:
 
 - the Population Stability Index, ``sum((served - training) * ln(served / training))`` over
   the bins (numeric) or the categories plus one bin for categories training never saw; a share
