@@ -42,6 +42,7 @@ from app.drift_report import (
     ReferenceSource,
 )
 from app.drift_window import DriftWindow, Snapshot, capacity
+from app.errors import ArtifactError, UnknownVersion
 from app.features import FeatureSpec, Row, date_to_days
 from app.loading import LoadedModel, RowOutput
 from app.model_entry import ModelEntry
@@ -107,15 +108,23 @@ class DriftMonitor:
     def report(self, entry: ModelEntry, version: str | None) -> DriftReport:
         """The latest report of the version ``version`` names (None: production), with the data
         quality counted up to now."""
-        number = entry.number(version)
-        if number not in entry.state.versions:
-            entry.cached(str(number))  # raises UnknownVersion / ModelUnavailable
+        state = entry.state
+        number = entry.number(version, state)
+        refusal = state.refusals.get(number)
+        if refusal is not None:
+            raise refusal.unavailable()
+        if number not in state.versions:
+            raise UnknownVersion(
+                f"model {entry.name!r} has no such version or alias",
+                [{"field": "version", "message": "a version number or an alias of the model"}],
+                model=entry.name,
+            )
         watched = next(
             (w for m, w in self._watched.items() if m.name == entry.name and m.version == number),
             None,
         )
         if watched is None:
-            return self._idle(entry.metadata(number))
+            return self._idle(entry, number)
         report = watched.report or self._report(watched, Snapshot([], []))
         counts = watched.window.counts
         features = [
@@ -239,22 +248,27 @@ class DriftMonitor:
             return "collecting", "no feature has enough values present in the window"
         return max(judged, key=STATUS_LEVEL.__getitem__), None
 
-    def _idle(self, metadata: ModelMetadata) -> DriftReport:
-        """A version that is not loaded here: it has served nothing to score."""
+    def _idle(self, entry: ModelEntry, number: int) -> DriftReport:
+        """A version with no window here: drift is off, or it is not loaded (it has served
+        nothing to score)."""
         settings = self.settings
         status = "off" if not settings.drift else "collecting"
         reason = (
             "STEWARD_DRIFT is false: served inputs are not watched"
             if not settings.drift
-            else f"v{metadata.version} is not loaded in this server: it has served nothing here"
+            else f"v{number} is not loaded in this server: it has served nothing here"
         )
+        try:
+            features = len(entry.metadata(number).features)
+        except ArtifactError:  # loading it would refuse it: say so when it is asked to serve
+            features = 1
         return DriftReport(
-            model=metadata.name,
-            version=metadata.version,
+            model=entry.name,
+            version=number,
             status=status,
             reason=reason,
             window_rows=0,
-            window_max_rows=capacity(settings.drift_window_rows, len(metadata.features)),
+            window_max_rows=capacity(settings.drift_window_rows, features),
             window_seconds=settings.drift_window_seconds,
             min_rows=settings.drift_min_rows,
             psi_warn=settings.drift_psi_warn,
