@@ -125,7 +125,16 @@ class DriftMonitor:
         )
         if watched is None:
             return self._idle(entry, number)
-        report = watched.report or self._report(watched, Snapshot([], []))
+        report = watched.report
+        if report is None:  # loaded since the last round: nothing scored yet
+            report = self._report(watched, Snapshot([], [])).model_copy(
+                update={
+                    "status": "collecting",
+                    "reason": "not scored yet: scores are computed every "
+                    f"{self.settings.drift_interval_seconds:g} s (STEWARD_DRIFT_INTERVAL_SECONDS)",
+                    "computed_at": None,
+                }
+            )
         counts = watched.window.counts
         features = [
             f.model_copy(update={"quality": DataQuality.of(counts[i])})
