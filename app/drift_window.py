@@ -68,26 +68,44 @@ class DriftWindow:
         self._probabilities: list[dict[str, float] | None] = [None] * size
         self._times: list[float] = [0.0] * size
         self._next = 0
-        self._checks = [
-            (index, check, self.counts[index], counters[index])
-            for index, feature in enumerate(self.features)
-            if (check := _check(feature)) is not None
-        ]
+        # Numbers with a training range are checked inline (most features of most models);
+        # the others through a function of their kind.
+        self._ranges: list[tuple[int, float, float, dict[Issue, int], dict[Issue, Increment]]] = []
+        self._checks: list[tuple[int, Check, dict[Issue, int], dict[Issue, Increment]]] = []
+        for index, feature in enumerate(self.features):
+            counts, counter = self.counts[index], counters[index]
+            if (
+                feature.dtype in ("float", "int")
+                and feature.min is not None
+                and feature.max is not None
+            ):
+                self._ranges.append((index, feature.min, feature.max, counts, counter))
+            elif (check := _check(feature)) is not None:
+                self._checks.append((index, check, counts, counter))
 
     def append(self, rows: Sequence[Row], outputs: Sequence["RowOutput"], now: float) -> None:
         """Rows a client was answered for (on the event loop), at time ``now``."""
         size, ring, probabilities, times = self.size, self._rows, self._probabilities, self._times
+        ranges, checks = self._ranges, self._checks
         slot = self._next
         for row, (_, proba) in zip(rows, outputs, strict=True):
             ring[slot] = row
             probabilities[slot] = proba
             times[slot] = now
             slot = slot + 1 if slot + 1 < size else 0
-            for index, check, counts, counters in self._checks:
+            for index, low, high, counts, counter in ranges:
+                value = row[index]
+                if value is None:
+                    counts["missing"] += 1
+                    counter["missing"].inc()
+                elif not low <= value <= high:
+                    counts["out_of_range"] += 1
+                    counter["out_of_range"].inc()
+            for index, check, counts, counter in checks:
                 issue = check(row[index])
                 if issue is not None:
                     counts[issue] += 1
-                    counters[issue].inc()
+                    counter[issue].inc()
         self._next = slot
         self.appended += len(rows)
 
