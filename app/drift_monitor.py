@@ -31,7 +31,13 @@ import anyio.to_thread
 import numpy as np
 
 from app.artifacts import FeatureProfile, ModelMetadata
-from app.drift import Scores, categorical_scores, numeric_scores, usable_profile
+from app.drift import (
+    Scores,
+    categorical_scores,
+    numeric_scores,
+    reference_profile,
+    usable_profile,
+)
 from app.drift_metrics import DriftMetrics
 from app.drift_report import (
     STATUS_LEVEL,
@@ -49,6 +55,7 @@ from app.model_entry import ModelEntry
 from app.periodic import Periodic
 from app.registry import Registry
 from app.settings import Settings
+from app.training_rows import stored_training_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -183,13 +190,28 @@ class DriftMonitor:
                 self.metrics.publish(report)
 
     def _rebuild(self, watched: _Watched) -> None:
-        """A profile from the rows the version was trained on, where they are stored."""
+        """A profile from the rows the version was trained on, where they are stored (once:
+        a version's folder never changes)."""
         watched.rebuilt = True
         metadata = watched.metadata
         problem = "its metadata has no usable reference profile"
         if metadata.reference_profile:
             problem = "its reference profile predates drift scores"
-        watched.reason = f"no reference: {problem}, and no training rows are stored to rebuild it"
+        try:
+            matrix, source = stored_training_matrix(self.root, metadata)
+        except ArtifactError as exc:
+            watched.reason = f"{problem}, and it cannot be rebuilt: {exc}"
+            return
+        watched.reference = reference_profile(matrix, metadata.features)
+        watched.source = source
+        watched.reference_rows = len(matrix)
+        logger.info(
+            "%s v%d: reference profile rebuilt from its %s (%s)",
+            metadata.name,
+            metadata.version,
+            source.replace("_", " "),
+            problem,
+        )
 
     def _report(self, watched: _Watched, snapshot: Snapshot) -> DriftReport:
         settings, metadata = self.settings, watched.metadata

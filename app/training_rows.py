@@ -12,6 +12,7 @@
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -53,7 +54,10 @@ def split_positions(labels: pd.Series, split: DataSplit) -> tuple[np.ndarray, np
     return positions[0], positions[1]
 
 
-def stored_training_matrix(root: Path, metadata: ModelMetadata) -> tuple[np.ndarray, str]:
+StoredRows = Literal["demo", "training_copy"]
+
+
+def stored_training_matrix(root: Path, metadata: ModelMetadata) -> tuple[np.ndarray, StoredRows]:
     """The training part of a version's rows rebuilt from what is stored, as ``fit_version``
     profiled it (its contract's matrix, features in the metadata's order), and where the rows
     came from: ``"demo"`` (scikit-learn's bundled data, checked against the recorded digest) or
@@ -78,6 +82,7 @@ def stored_training_matrix(root: Path, metadata: ModelMetadata) -> tuple[np.ndar
         )
     if kinds == ["sample"]:
         raise ArtifactError(f"{where} is a registered model: trained elsewhere, on no rows kept")
+    source: StoredRows
     if kinds == ["demo"]:
         frame, labels = demo_training_frame(metadata, DEMOS)
         source = "demo"
