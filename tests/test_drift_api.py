@@ -29,7 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.main import create_app
 from app.services import Services
 from app.settings import Settings
-from app.training import train_csv, train_demo
+from app.training import DEMOS, train_csv, train_demo
+from app.training_data import demo_rows
 
 IRIS_FEATURES = ("sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm")
 GAUGES = (
@@ -337,3 +338,52 @@ def test_a_version_with_unreadable_metadata_is_no_server_error(
     assert_error(refused, 503, "model_unavailable")
     assert_error(drift_client.get("/models/iris/drift?version=2"), 503, "model_unavailable")
     assert drift(drift_client, "iris")["version"] == 1
+
+
+def test_a_wide_model_exports_its_top_drifting_features_only(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """breast-cancer's 30 features above a cap of 5: /metrics has the PSI of the 3 features
+    with the highest PSI (and their KS), the same figures as the report, and the data-quality
+    issues of all features summed under feature="_all"."""
+    settings = drift_settings(tmp_path, models_dir, drift_feature_labels=5, drift_top_features=3)
+    frame, _ = demo_rows(next(d for d in DEMOS if d.name == "breast-cancer"))
+    rows: list[dict[str, Any]] = [
+        {str(k): v for k, v in row.items()} for row in frame.iloc[:60].to_dict("records")
+    ]
+    for row in rows[:20]:
+        row["mean_radius"] *= 1.6  # some past the training maximum
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert send(client, "breast-cancer", rows) == 1
+        report = scored(client, "breast-cancer")
+        metrics = samples(client)
+    features = {f["name"]: f for f in report["features"]}
+    assert len(features) == 30
+    ranked = sorted(features, key=lambda name: -features[name]["psi"])
+    assert features[ranked[2]]["psi"] > features[ranked[3]]["psi"]  # the top 3 are clear
+    labels = (("model", "breast-cancer"), ("version", "1"))
+
+    def exported(name: str) -> dict[str, float]:
+        return {
+            dict(key)["feature"]: value
+            for (metric, key), value in metrics.items()
+            if metric == name and set(labels) <= set(key)
+        }
+
+    assert exported("steward_feature_drift_psi") == {
+        name: features[name]["psi"] for name in ranked[:3]
+    }
+    assert exported("steward_feature_drift_ks") == {
+        name: features[name]["ks"] for name in ranked[:3]
+    }
+    quality = {
+        dict(key)["feature"] + "/" + dict(key)["issue"]: value
+        for (metric, key), value in metrics.items()
+        if metric == "steward_data_quality_total" and set(labels) <= set(key)
+    }
+    totals = {
+        f"_all/{issue}": sum(f["quality"][issue] for f in features.values())
+        for issue in ("missing", "out_of_range", "unseen_category")
+    }
+    assert quality == totals
+    assert totals["_all/out_of_range"] >= features["mean_radius"]["quality"]["out_of_range"] > 0
