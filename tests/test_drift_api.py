@@ -244,7 +244,7 @@ def test_a_missing_or_corrupt_reference_says_no_reference_and_serves(tmp_path: P
             report = drift(client, name)
             assert report["status"] == "no_reference", (name, report)
             assert isinstance(report["reason"], str)
-            assert "no reference" in report["reason"]
+            assert "reference profile" in report["reason"]  # says why
             assert (report["reference_rows"], report["reference_source"]) == (None, None)
             assert report["window_rows"] == len(rows)
             assert {f["status"] for f in report["features"]} == {"no_reference"}
