@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from app.api.deps import DriftDep, RegistryDep, SettingsDep, StoreDep, VersionQuery
 from app.auto_rollback import assess
 from app.drift_report import DriftReport
-from app.errors import StoreUnavailable
+from app.errors import ArtifactError, StoreUnavailable
 from app.quality import live_quality, report
 from app.schemas import ErrorResponse, ModelReport, ModelSummary
 
@@ -56,11 +56,11 @@ async def get_drift(
     found = drift.report(entry, version)
 
     def realised() -> DriftReport:
-        metadata = {found.version: entry.metadata(found.version)}
         try:
+            metadata = {found.version: entry.metadata(found.version)}
             served = live_quality(store, entry.name, metadata, settings.quality_window_seconds)
-        except StoreUnavailable:  # the drift report stands without it
-            return found
+        except (StoreUnavailable, ArtifactError):  # the drift report stands without it (a
+            return found  # version whose metadata is unreadable is refused when asked to serve)
         quality = next(q for q in served if q.version == found.version and q.role == "served")
         return found.model_copy(
             update={"realised_accuracy": quality.accuracy, "labelled": quality.labelled}
