@@ -223,6 +223,8 @@ class DriftMonitor:
         features = []
         for index, feature in enumerate(metadata.features):
             profile = watched.reference.get(feature.name) if watched.reference else None
+            if profile is not None and not profile.rows:  # no training value to compare with
+                profile = None
             scores = _scores(feature, columns[index], profile, min_rows)
             features.append(
                 FeatureDrift(
