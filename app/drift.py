@@ -1,9 +1,11 @@
 """Input drift, the statistics: the reference profile of a version's training inputs (saved in
 its metadata), and the scores of a window of served values against it.
 
-Numeric features (floats, integers, booleans as 0/1, dates as days) are cut into the training
+Numeric features (floats, integers, booleans as 0/1, dates as days) are cut at the training
 part's deciles (fewer bins for a small training set): the profile keeps the inner bin edges,
 the training share of each bin and an evenly spaced sample of the training values, sorted.
+Values below the smallest training value, and above the largest, fall in bins training left
+empty, so a feature that was constant in training (a flag always false) drifts when it moves.
 Categorical features keep each category's share. Served values are scored against that with:
 
 - the Population Stability Index, ``sum((served - training) * ln(served / training))`` over
@@ -61,10 +63,15 @@ def _numeric_profile(column: npt.NDArray[np.generic]) -> FeatureProfile:
     values = column.astype(np.float64)
     present = np.sort(values[np.isfinite(values)])
     rows, missing = int(present.size), _share(values.size - present.size, values.size)
-    if not rows:
-        return FeatureProfile(rows=0, missing=missing, edges=[], shares=[], sample=[])
+    if not rows:  # nothing to compare with: this feature is not judged (app/drift_report.py)
+        return FeatureProfile(rows=0, missing=missing, edges=[], shares=[1.0], sample=[])
     bins = min(BINS, max(2, rows // ROWS_PER_BIN))
-    edges = np.unique(np.quantile(present, np.arange(1, bins) / bins))
+    # Edges are training values (every bin holds one), and the largest value ends a bin of its
+    # own: above it, where training never went, is a bin of share 0, like below the smallest.
+    quantiles = np.quantile(present, np.arange(1, bins) / bins, method="inverted_cdf")
+    edges = np.unique(quantiles)
+    if edges[-1] == present[-1]:
+        edges = np.append(edges, np.nextafter(present[-1], np.inf))
     positions = np.linspace(0, rows - 1, min(rows, SAMPLE_SIZE)).round().astype(np.intp)
     return FeatureProfile(
         probabilities=list(QUANTILE_PROBABILITIES),

@@ -1,12 +1,28 @@
-"""GET /models/{model}/drift: what app/drift_monitor.py last computed for one version, the
-same figures the drift metrics carry (app/drift_metrics.py)."""
+"""GET /models/{model}/drift: one version's window judged against its reference (``judge``),
+the figures the drift metrics carry too (app/drift_metrics.py). app/drift_monitor.py keeps the
+windows and calls ``judge`` every round, in a worker thread.
 
-from datetime import datetime
-from typing import Literal
+Estimated accuracy (confidence-based performance estimation, as NannyML's CBPE): the mean
+top-class probability over the window. Steward predicts the top class (app/prediction.py), so
+this is the accuracy a calibrated classifier expects of itself, with no label; it is only as
+good as the model's calibration, and the gap to the accuracy on feedback shows how good that is
+(docs/metrics.md).
+"""
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
 from pydantic import BaseModel, Field
 
-from app.drift_window import Issue
+from app.artifacts import FeatureProfile, ModelMetadata
+from app.drift import Scores, categorical_scores, numeric_scores
+from app.drift_window import Issue, Snapshot
+from app.features import FeatureSpec, date_to_days
+from app.settings import Settings
 
 DriftStatus = Literal["ok", "warn", "drift", "collecting", "no_reference", "off"]
 """A version's: its worst feature's status once judged; ``collecting`` while the window has
@@ -78,3 +94,139 @@ class DriftReport(BaseModel):
     )
     labelled: int = Field(0, description="Labelled predictions behind realised_accuracy.")
     features: list[FeatureDrift]
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """What a version's window is judged against: its training profile, where that came from
+    and how many rows it covers; or, with no profile, why not."""
+
+    profile: dict[str, FeatureProfile] | None
+    source: ReferenceSource | None = None
+    rows: int | None = None
+    reason: str | None = None
+
+
+def judge(
+    metadata: ModelMetadata,
+    reference: Reference,
+    snapshot: Snapshot,
+    counts: Sequence[dict[Issue, int]],
+    window_max_rows: int,
+    settings: Settings,
+) -> DriftReport:
+    """The report of a window ``snapshot`` of a version, with its data-quality ``counts``."""
+    rows = len(snapshot.rows)
+    min_rows = min(settings.drift_min_rows, window_max_rows)  # a wide model's window is short
+    columns: list[Sequence[Any]] = (
+        list(zip(*snapshot.rows, strict=True)) if rows else [() for _ in metadata.features]
+    )
+    features = []
+    for index, feature in enumerate(metadata.features):
+        profile = reference.profile.get(feature.name) if reference.profile else None
+        if profile is not None and not profile.rows:  # no training value to compare with
+            profile = None
+        scores = _scores(feature, columns[index], profile, min_rows)
+        features.append(
+            FeatureDrift(
+                name=feature.name,
+                kind="numeric" if feature.numeric else "categorical",
+                status=_feature_status(scores, profile is not None, settings),
+                psi=scores.psi,
+                ks=scores.ks,
+                ks_pvalue=scores.ks_pvalue,
+                window_values=scores.values,
+                quality=DataQuality.of(counts[index]),
+            )
+        )
+    status, reason = _status(reference, rows, min_rows, features)
+    return DriftReport(
+        model=metadata.name,
+        version=metadata.version,
+        status=status,
+        reason=reason,
+        computed_at=datetime.now(UTC),
+        window_rows=rows,
+        window_max_rows=window_max_rows,
+        window_seconds=settings.drift_window_seconds,
+        min_rows=min_rows,
+        reference_rows=reference.rows if reference.profile else None,
+        reference_source=reference.source,
+        psi_warn=settings.drift_psi_warn,
+        psi_drift=settings.drift_psi_drift,
+        estimated_accuracy=_estimated_accuracy(metadata, snapshot, min_rows),
+        features=features,
+    )
+
+
+def idle(
+    model: str,
+    version: int,
+    status: DriftStatus,
+    reason: str,
+    window_max_rows: int,
+    settings: Settings,
+) -> DriftReport:
+    """The report of a version with no window scored: nothing served or nothing watched."""
+    return DriftReport(
+        model=model,
+        version=version,
+        status=status,
+        reason=reason,
+        window_rows=0,
+        window_max_rows=window_max_rows,
+        window_seconds=settings.drift_window_seconds,
+        min_rows=min(settings.drift_min_rows, window_max_rows),
+        psi_warn=settings.drift_psi_warn,
+        psi_drift=settings.drift_psi_drift,
+        features=[],
+    )
+
+
+def _scores(
+    feature: FeatureSpec, values: Sequence[Any], profile: FeatureProfile | None, min_rows: int
+) -> Scores:
+    present = sum(v is not None for v in values)
+    if profile is None:
+        return Scores(present)
+    if not feature.numeric:
+        return categorical_scores(values, profile, min_rows)
+    if feature.dtype == "date":
+        values = [date_to_days(v) for v in values]
+    numbers = np.array(values, dtype=np.float64)  # None -> NaN; booleans -> 0.0 / 1.0
+    return numeric_scores(numbers, profile, min_rows)
+
+
+def _feature_status(scores: Scores, referenced: bool, settings: Settings) -> FeatureStatus:
+    if not referenced:
+        return "no_reference"
+    if scores.psi is None:
+        return "collecting"
+    if scores.psi >= settings.drift_psi_drift:
+        return "drift"
+    return "warn" if scores.psi >= settings.drift_psi_warn else "ok"
+
+
+def _status(
+    reference: Reference, rows: int, min_rows: int, features: list[FeatureDrift]
+) -> tuple[DriftStatus, str | None]:
+    if reference.profile is None:
+        return "no_reference", reference.reason or "no reference profile yet"
+    if rows < min_rows:
+        return "collecting", (
+            f"{rows} of the {min_rows} rows needed (STEWARD_DRIFT_MIN_ROWS) in the window"
+        )
+    judged = [f.status for f in features if f.status in STATUS_LEVEL]
+    if not judged:
+        return "collecting", "no feature has enough values present in the window"
+    return max(judged, key=STATUS_LEVEL.__getitem__), None
+
+
+def _estimated_accuracy(metadata: ModelMetadata, snapshot: Snapshot, min_rows: int) -> float | None:
+    if metadata.task != "classification" or not metadata.has_proba:
+        return None
+    confidences = [max(p.values()) for p in snapshot.probabilities if p]
+    if len(confidences) < min_rows:
+        return None
+    mean = math.fsum(confidences) / len(confidences)
+    return mean if math.isfinite(mean) else None

@@ -13,10 +13,12 @@ within STEWARD_INPUT_RANGE_MULTIPLE spans), ``unseen_category`` (a category trai
 saw, for a feature whose model accepts them). Values the request model refuses never get here.
 """
 
+import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args
 
+from app.artifacts import ModelMetadata
 from app.features import FeatureSpec, Row, date_to_days
 
 if TYPE_CHECKING:  # the metrics import this module's names, and the CLI stays light
@@ -25,8 +27,8 @@ if TYPE_CHECKING:  # the metrics import this module's names, and the CLI stays l
 Issue = Literal["missing", "out_of_range", "unseen_category"]
 ISSUES: tuple[Issue, ...] = get_args(Issue)
 MAX_CELLS = 1_000_000
-"""A window holds at most this many values (rows x features): a model with many features keeps
-fewer rows, so a window's memory is bounded whatever the model."""
+"""A window holds at most this many values (rows x (features + classes)): a model with many
+features or classes keeps fewer rows, so a window's memory is bounded whatever the model."""
 
 
 class Increment(Protocol):
@@ -43,9 +45,11 @@ class Snapshot:
     probabilities: list[dict[str, float] | None]
 
 
-def capacity(rows: int, features: int) -> int:
-    """The window's size for ``rows`` wanted and a model of ``features`` features."""
-    return max(1, min(rows, MAX_CELLS // max(features, 1)))
+def capacity(rows: int, metadata: ModelMetadata) -> int:
+    """The window's size for ``rows`` wanted, for a version of this many features and classes
+    (each row keeps its probabilities)."""
+    width = len(metadata.features) + len(metadata.classes or ())
+    return max(1, min(rows, MAX_CELLS // max(width, 1)))
 
 
 class DriftWindow:
@@ -110,18 +114,20 @@ class DriftWindow:
         self.appended += len(rows)
 
     def snapshot(self, since: float) -> Snapshot:
-        """The rows appended at ``since`` or later, oldest first (on the event loop)."""
-        held = min(self.appended, self.size)
-        start = (self._next - held) % self.size
-        order = [(start + i) % self.size for i in range(held)]
-        rows: list[Row] = []
-        probabilities: list[dict[str, float] | None] = []
-        for i in order:
-            row = self._rows[i]
-            if row is not None and self._times[i] >= since:
-                rows.append(row)
-                probabilities.append(self._probabilities[i])
-        return Snapshot(rows, probabilities)
+        """The rows appended at ``since`` or later, oldest first (on the event loop: copies of
+        the ring's slices, and a binary search, since times only grow along the ring)."""
+        held, slot = min(self.appended, self.size), self._next
+        start = slot - held  # negative: the oldest rows are at the ring's end
+        if start < 0:
+            times = self._times[start:] + self._times[:slot]
+            rows = self._rows[start:] + self._rows[:slot]
+            probabilities = self._probabilities[start:] + self._probabilities[:slot]
+        else:
+            times = self._times[start:slot]
+            rows = self._rows[start:slot]
+            probabilities = self._probabilities[start:slot]
+        first = bisect.bisect_left(times, since)
+        return Snapshot(cast(list[Row], rows[first:]), probabilities[first:])
 
 
 Check = Callable[[Any], Issue | None]

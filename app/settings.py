@@ -232,14 +232,14 @@ class Settings(BaseSettings):
         "accuracy. Off: nothing is kept or computed, GET /models/{model}/drift says `off`.",
     )
     drift_window_rows: int = Field(
-        1000,
+        2000,
         ge=10,
-        le=1_000_000,
+        le=100_000,
         description="Drift: the latest served rows kept per model version (fewer for a model "
-        "whose rows x features would pass 1,000,000 values).",
+        "whose rows x (features + classes) would pass 1,000,000 values).",
     )
     drift_window_seconds: float = Field(
-        3600.0,
+        86400.0,
         gt=0,
         le=30 * 86400,
         description="Drift: rows served longer ago than this leave the window.",
@@ -252,11 +252,13 @@ class Settings(BaseSettings):
         "(in the background, off the request path).",
     )
     drift_min_rows: int = Field(
-        200,
+        500,
         ge=1,
-        le=1_000_000,
+        le=100_000,
         description="Drift: rows in the window (and values of a feature) before it is judged; "
-        "until then its status is `collecting`.",
+        "until then its status is `collecting`. Between two samples of one distribution, a "
+        "PSI is noise of about (bins - 1) x (1/window rows + 1/training rows): fewer rows warn "
+        "for nothing.",
     )
     drift_psi_warn: float = Field(
         0.1, gt=0, le=100, description="Drift: a feature's PSI from which its status is `warn`."
@@ -295,11 +297,16 @@ class Settings(BaseSettings):
     _file_token: SecretStr | None = PrivateAttr(None)  # admin_token_file's, read at start-up
 
     @model_validator(mode="after")
-    def _drift_above_warn(self) -> "Settings":
+    def _drift_judgeable(self) -> "Settings":
         if self.drift_psi_drift <= self.drift_psi_warn:
             raise ValueError(
                 f"{ENV_PREFIX}DRIFT_PSI_DRIFT must be above {ENV_PREFIX}DRIFT_PSI_WARN: a feature "
                 "would drift before it warns"
+            )
+        if self.drift_min_rows > self.drift_window_rows:
+            raise ValueError(
+                f"{ENV_PREFIX}DRIFT_MIN_ROWS must be at most {ENV_PREFIX}DRIFT_WINDOW_ROWS: no "
+                "window would ever be judged"
             )
         return self
 

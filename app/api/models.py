@@ -38,7 +38,10 @@ async def get_model(
     return await anyio.to_thread.run_sync(build)
 
 
-@router.get("/models/{model}/drift", responses={404: {"model": ErrorResponse}})
+@router.get(
+    "/models/{model}/drift",
+    responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+)
 async def get_drift(
     model: str,
     registry: RegistryDep,
