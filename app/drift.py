@@ -70,6 +70,11 @@ def _numeric_profile(column: npt.NDArray[np.generic]) -> FeatureProfile:
     # own: above it, where training never went, is a bin of share 0, like below the smallest.
     quantiles = np.quantile(present, np.arange(1, bins) / bins, method="inverted_cdf")
     edges = np.unique(quantiles)
+    if edges[0] == present[0] < present[-1]:
+        # Ties at the smallest value fill the lowest deciles: the next training value is an
+        # edge too, so they keep a bin of their own (a flag 5 % true turned always true moves
+        # the PSI, not only the KS).
+        edges = np.unique(np.append(edges, present[np.searchsorted(present, edges[0], "right")]))
     if edges[-1] == present[-1]:
         edges = np.append(edges, np.nextafter(present[-1], np.inf))
     positions = np.linspace(0, rows - 1, min(rows, SAMPLE_SIZE)).round().astype(np.intp)
