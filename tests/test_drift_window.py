@@ -234,6 +234,18 @@ def test_a_scripted_sequence_has_exact_counts_statuses_and_eviction(
     assert [f["status"] for f in report["features"]] == ["drift", "drift"]
     assert (report["status"], _gauges(client, "mixed")) == ("drift", (2, 10))
 
+    # one row per training decile, the colours 2 / 3 / 5 where training had about a third each
+    skewed = ["blue"] * 2 + ["green"] * 3 + ["red"] * 5
+    _predict(client, "mixed", _mixed(*zip(bins, skewed, strict=True)))
+    _refresh(client)
+    report = _report(client, "mixed")
+    features = {f["name"]: f for f in report["features"]}
+    psi_colour = _categorical_psi(metadata, "colour", skewed)
+    assert 0.1 <= psi_colour < 0.25
+    assert features["colour"]["psi"] == pytest.approx(psi_colour, rel=1e-9)
+    assert [f["status"] for f in report["features"]] == ["ok", "warn"]
+    assert (report["status"], _gauges(client, "mixed")) == ("warn", (1, 10))
+
     # one row per training decile, the colours about as trained: ok again
     as_trained = _mixed(*zip(bins, ["blue", "green", "red"] * 3 + ["red"], strict=True))
     _predict(client, "mixed", as_trained)
