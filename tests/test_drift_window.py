@@ -279,6 +279,9 @@ def test_rows_older_than_the_time_span_leave_the_window(tmp_path: Path, drift_mo
         report = _report(client, "mixed")
         assert (report["status"], report["window_rows"]) == ("drift", 6)
         assert _gauges(client, "mixed") == (2, 6)
+        assert _series(client, "steward_estimated_accuracy", model="mixed") == {
+            "": pytest.approx(report["estimated_accuracy"], rel=1e-12)
+        }
 
         def emptied() -> bool:
             _refresh(client)
@@ -291,6 +294,8 @@ def test_rows_older_than_the_time_span_leave_the_window(tmp_path: Path, drift_mo
         assert _gauges(client, "mixed") == (-1, 0)
         assert _series(client, "steward_feature_drift_psi", model="mixed") == {}
         assert _series(client, "steward_feature_drift_ks", model="mixed") == {}
+        assert report["estimated_accuracy"] is None
+        assert _series(client, "steward_estimated_accuracy", model="mixed") == {}
         # the counts are of everything served, not of the window
         assert report["features"][0]["quality"]["missing"] == 1
         assert _quality(client, "mixed", "x")["missing"] == 1
