@@ -60,8 +60,9 @@ def test_a_numeric_profile_has_deciles_of_its_training_values() -> None:
     values = np.arange(1000, dtype=np.float64)
     profile = reference_profile(_column(list(values)), [NUMBER])["x"]
     assert (profile.rows, profile.missing) == (1000, 0.0)
-    assert profile.edges == pytest.approx(np.quantile(values, np.arange(1, BINS) / BINS))
-    assert profile.shares == pytest.approx([0.1] * BINS)
+    deciles = np.quantile(values, np.arange(1, BINS) / BINS, method="inverted_cdf")
+    assert profile.edges == deciles.tolist() == [99.0 + 100 * k for k in range(9)]  # values
+    assert profile.shares == pytest.approx([0.099] + [0.1] * 8 + [0.101])
     sample = profile.sample or []
     assert (len(sample), sample[0], sample[-1]) == (200, 0.0, 999.0)
     assert sample == sorted(sample)
@@ -97,19 +98,21 @@ def test_an_all_missing_column_has_an_empty_profile_and_is_never_scored() -> Non
     assert (scores.values, scores.psi, scores.ks) == (50, None, None)
 
 
-def test_a_constant_feature_has_one_edge_at_its_value() -> None:
+def test_a_constant_feature_has_a_bin_of_its_own_and_drifts_either_way() -> None:
     profile = reference_profile(_column([5.0] * 40), [NUMBER])["x"]
-    assert (profile.edges, profile.shares) == ([5.0], [0.0, 1.0])
+    assert (profile.edges, profile.shares) == ([5.0, np.nextafter(5.0, 6.0)], [0.0, 1.0, 0.0])
     assert set(profile.sample or []) == {5.0}
     same = numeric_scores(np.full(30, 5.0), profile, 5)
     assert (same.psi, same.ks) == (0.0, 0.0)
-    below = numeric_scores(np.full(30, 4.0), profile, 5)
-    assert below.psi == pytest.approx(psi([0.0, 1.0], [1.0, 0.0]))
+    for moved in (4.0, 6.0):
+        scores = numeric_scores(np.full(30, moved), profile, 5)
+        assert scores.psi == pytest.approx(psi([0.0, 1.0], [1.0, 0.0]))
 
 
 def test_a_boolean_feature_is_binned_as_0_and_1() -> None:
     profile = reference_profile(_column([True] * 30 + [False] * 70), [FLAG])["flag"]
-    assert (profile.edges, profile.shares) == ([0.0, 1.0], [0.0, pytest.approx(0.7), 0.3])
+    assert profile.edges == [0.0, 1.0, np.nextafter(1.0, 2.0)]
+    assert profile.shares == pytest.approx([0.0, 0.7, 0.3, 0.0])
     as_trained = numeric_scores(np.array([1.0] * 3 + [0.0] * 7), profile, 5)
     assert as_trained.psi == pytest.approx(0.0, abs=1e-12)
 
@@ -130,7 +133,7 @@ def test_numeric_scores_match_an_independent_computation() -> None:
     training = rng.normal(size=1000)
     profile = reference_profile(_column(list(training)), [NUMBER])["x"]
     served = rng.normal(0.5, 1, size=300)
-    edges = np.quantile(np.sort(training), np.arange(1, 10) / 10)
+    edges = np.quantile(np.sort(training), np.arange(1, 10) / 10, method="inverted_cdf")
     trained = [np.mean((training >= lo) & (training < hi)) for lo, hi in _bins(edges)]
     now = [np.mean((served >= lo) & (served < hi)) for lo, hi in _bins(edges)]
     expected = sum((a - e) * math.log(a / e) for e, a in zip(trained, now, strict=True))

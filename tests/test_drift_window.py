@@ -425,8 +425,8 @@ def test_extreme_missing_and_constant_windows_give_finite_numbers(
 def test_a_version_trained_with_an_empty_column_serves_and_scores_the_others(
     tmp_path: Path,
 ) -> None:
-    """A column with no value at all in training is profiled as one empty bin: training
-    succeeds, the column is never judged, the other columns are."""
+    """A column with no value at all in training: training succeeds, the column has no
+    reference (nothing to compare with), the other columns are judged."""
     rng = np.random.default_rng(5)
     x = rng.normal(size=200)
     frame = pd.DataFrame({"x": x, "blank": [None] * 200, "y": (x > 0).astype(int)})
@@ -446,7 +446,7 @@ def test_a_version_trained_with_an_empty_column_serves_and_scores_the_others(
         report = _report(client, "blank")
         features = {f["name"]: f for f in report["features"]}
         assert report["reference_source"] == "metadata"
-        assert (features["blank"]["status"], features["blank"]["psi"]) == ("collecting", None)
+        assert (features["blank"]["status"], features["blank"]["psi"]) == ("no_reference", None)
         assert features["blank"]["quality"]["missing"] == 10
         assert features["x"]["psi"] is not None
         assert report["status"] in {"ok", "warn", "drift"}
