@@ -4,8 +4,10 @@ its metadata), and the scores of a window of served values against it.
 Numeric features (floats, integers, booleans as 0/1, dates as days) are cut at the training
 part's deciles (fewer bins for a small training set): the profile keeps the inner bin edges,
 the training share of each bin and an evenly spaced sample of the training values, sorted.
-Values below the smallest training value, and above the largest, fall in bins training left
-empty, so a feature that was constant in training (a flag always false) drifts when it moves.
+A feature with no more distinct training values than bins (a flag, a count, a rating) has a
+bin per value. Values below the smallest training value, and above the largest, fall in bins
+training left empty, so a feature that was constant in training (a flag always false) drifts
+when it moves.
 Categorical features keep each category's share. Served values are scored against that with:
 
 - the Population Stability Index, ``sum((served - training) * ln(served / training))`` over
@@ -66,16 +68,21 @@ def _numeric_profile(column: npt.NDArray[np.generic]) -> FeatureProfile:
     if not rows:  # nothing to compare with: this feature is not judged (app/drift_report.py)
         return FeatureProfile(rows=0, missing=missing, edges=[], shares=[1.0], sample=[])
     bins = min(BINS, max(2, rows // ROWS_PER_BIN))
-    # Edges are training values (every bin holds one), and the largest value ends a bin of its
-    # own: above it, where training never went, is a bin of share 0, like below the smallest.
-    quantiles = np.quantile(present, np.arange(1, bins) / bins, method="inverted_cdf")
-    edges = np.unique(quantiles)
-    if edges[0] == present[0] < present[-1]:
-        # Ties at the smallest value fill the lowest deciles: the next training value is an
-        # edge too, so they keep a bin of their own (a flag 5 % true turned always true moves
-        # the PSI, not only the KS).
-        edges = np.unique(np.append(edges, present[np.searchsorted(present, edges[0], "right")]))
+    distinct = np.unique(present)
+    if distinct.size <= bins:
+        # Few values (a flag, a count, a rating): each its own bin, so a rare one turned
+        # common moves the PSI, not only the KS.
+        edges = distinct
+    else:
+        # Edges are training values (every bin holds one).
+        edges = np.unique(np.quantile(present, np.arange(1, bins) / bins, method="inverted_cdf"))
+        if edges[0] == present[0]:
+            # Ties at the smallest value fill the lowest deciles: the next training value is
+            # an edge too, so they keep a bin of their own.
+            edges = np.unique(np.append(edges, distinct[1]))
     if edges[-1] == present[-1]:
+        # The largest value ends a bin of its own: above it, where training never went, is a
+        # bin of share 0, like below the smallest.
         edges = np.append(edges, np.nextafter(present[-1], np.inf))
     positions = np.linspace(0, rows - 1, min(rows, SAMPLE_SIZE)).round().astype(np.intp)
     return FeatureProfile(
