@@ -198,7 +198,9 @@ class AppendTiming:
 
 
 def time_append(models_dir: Path, name: str, rows: int, *, outside: bool = False) -> AppendTiming:
-    """The best of 5 timeit repeats (each about 0.2 s or more), per row appended."""
+    """The best of 5 timeit repeats (each about 0.2 s or more), per row appended. The same rows
+    each call: the append's own work. In the server each append also frees the rows it evicts
+    (new objects each request), about twice this per row (docs/performance.md)."""
     case = append_case(models_dir, name, rows, outside=outside)
     timer = timeit.Timer(case.append)
     number, _ = timer.autorange()
