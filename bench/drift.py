@@ -180,7 +180,7 @@ def append_case(models_dir: Path, name: str, rows: int, *, outside: bool = False
     features = model.metadata.features
     window = DriftWindow(
         features,
-        capacity(settings.drift_window_rows, len(features)),
+        capacity(settings.drift_window_rows, model.metadata),
         metrics.counters(model.metadata),
     )
     row = (outside_row if outside else middle_row)(models_dir, name)
