@@ -112,6 +112,7 @@ class DriftMonitor:
             report = self._judge(watched, Snapshot([], [])).model_copy(
                 update={
                     "status": "collecting",
+                    "window_rows": min(watched.window.appended, watched.window.size),
                     "reason": "not scored yet: scores are computed every "
                     f"{self.settings.drift_interval_seconds:g} s (STEWARD_DRIFT_INTERVAL_SECONDS)",
                     "computed_at": None,
