@@ -109,7 +109,7 @@ class DriftMonitor:
             return self._idle(entry, number)
         report = watched.report
         if report is None:  # loaded since the last round: nothing judged yet
-            report = self._judge(watched, Snapshot([], [])).model_copy(
+            report = self._judge(watched, Snapshot.empty()).model_copy(
                 update={
                     "status": "collecting",
                     "window_rows": min(watched.window.appended, watched.window.size),

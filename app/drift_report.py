@@ -13,14 +13,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from app.artifacts import FeatureProfile, ModelMetadata
 from app.drift import Scores, categorical_scores, numeric_scores
-from app.drift_window import Issue, Snapshot
+from app.drift_window import Column, Issue, Snapshot
 from app.features import FeatureSpec, date_to_days
 from app.settings import Settings
 
@@ -116,11 +116,9 @@ def judge(
     settings: Settings,
 ) -> DriftReport:
     """The report of a window ``snapshot`` of a version, with its data-quality ``counts``."""
-    rows = len(snapshot.rows)
+    rows = len(snapshot)
     min_rows = min(settings.drift_min_rows, window_max_rows)  # a wide model's window is short
-    columns: list[Sequence[Any]] = (
-        list(zip(*snapshot.rows, strict=True)) if rows else [() for _ in metadata.features]
-    )
+    columns = snapshot.columns(len(metadata.features))
     features = []
     for index, feature in enumerate(metadata.features):
         profile = reference.profile.get(feature.name) if reference.profile else None
@@ -184,16 +182,20 @@ def idle(
 
 
 def _scores(
-    feature: FeatureSpec, values: Sequence[Any], profile: FeatureProfile | None, min_rows: int
+    feature: FeatureSpec, values: Column, profile: FeatureProfile | None, min_rows: int
 ) -> Scores:
-    present = sum(v is not None for v in values)
-    if profile is None:
-        return Scores(present)
-    if not feature.numeric:
+    if isinstance(values, np.ndarray):  # a window of numbers keeps floats, NaN for missing
+        numbers = values
+    elif feature.numeric:
+        if feature.dtype == "date":
+            values = [date_to_days(v) for v in values]
+        numbers = np.array(values, dtype=np.float64)  # None -> NaN; booleans -> 0.0 / 1.0
+    elif profile is None:
+        return Scores(sum(v is not None for v in values))
+    else:
         return categorical_scores(values, profile, min_rows)
-    if feature.dtype == "date":
-        values = [date_to_days(v) for v in values]
-    numbers = np.array(values, dtype=np.float64)  # None -> NaN; booleans -> 0.0 / 1.0
+    if profile is None:
+        return Scores(int(np.count_nonzero(np.isfinite(numbers))))
     return numeric_scores(numbers, profile, min_rows)
 
 
@@ -225,8 +227,8 @@ def _status(
 def _estimated_accuracy(metadata: ModelMetadata, snapshot: Snapshot, min_rows: int) -> float | None:
     if metadata.task != "classification" or not metadata.has_proba:
         return None
-    confidences = [max(p.values()) for p in snapshot.probabilities if p]
+    confidences = snapshot.confidences[np.isfinite(snapshot.confidences)]
     if len(confidences) < min_rows:
         return None
-    mean = math.fsum(confidences) / len(confidences)
+    mean = math.fsum(confidences.tolist()) / len(confidences)
     return mean if math.isfinite(mean) else None

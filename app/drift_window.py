@@ -1,9 +1,11 @@
 """The request path's share of drift: each served version keeps its last rows in a ring of
 fixed size, and counts the data-quality issues of every row as it passes.
 
-Appending a row stores three references (the validated row, its probabilities, the time) in
-slots allocated when the window was made, and runs one check per feature that can have an
-issue: O(features), no allocation beyond the window. The scores are computed elsewhere
+Appending a row writes into slots allocated when the window was made: its values (into a
+float array when every feature is a number or a flag, so the row's objects are freed with its
+request; as the validated row otherwise), the probability of its predicted class and the time;
+then one check per feature that can have an issue: O(features), no allocation beyond the
+window. The scores are computed elsewhere
 (app/drift_monitor.py) from a ``snapshot``. Appends and snapshots happen on the event loop, so
 they never interleave.
 
@@ -14,9 +16,13 @@ saw, for a feature whose model accepts them). Values the request model refuses n
 """
 
 import bisect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+
+import numpy as np
+import numpy.typing as npt
 
 from app.artifacts import ModelMetadata
 from app.features import FeatureSpec, Row, date_to_days
@@ -37,12 +43,35 @@ class Increment(Protocol):
     def inc(self, amount: float = 1) -> None: ...
 
 
+Column = Sequence[Any] | npt.NDArray[np.float64]
+"""One feature's values in a window: floats, or the values as served."""
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The window's rows served since a time, oldest first, with their probabilities."""
+    """The window's rows served since a time, oldest first: as floats (NaN: missing) when the
+    window keeps numbers, as the validated rows otherwise; and per row the probability of its
+    predicted class (NaN: the model gives none)."""
 
+    numbers: npt.NDArray[np.float64] | None
     rows: list[Row]
-    probabilities: list[dict[str, float] | None]
+    confidences: npt.NDArray[np.float64]
+
+    @classmethod
+    def empty(cls) -> "Snapshot":
+        return cls(None, [], np.empty(0))
+
+    def __len__(self) -> int:
+        return len(self.confidences)
+
+    def columns(self, width: int) -> list["Column"]:
+        """Each feature's values, in feature order (blocking for validated rows: call it off
+        the event loop)."""
+        if self.numbers is not None:
+            return [self.numbers[:, index] for index in range(width)]
+        if not self.rows:
+            return [() for _ in range(width)]
+        return list(zip(*self.rows, strict=True))
 
 
 def capacity(rows: int, metadata: ModelMetadata) -> int:
@@ -68,8 +97,11 @@ class DriftWindow:
         self.appended = 0
         self.counts = [dict.fromkeys(ISSUES, 0) for _ in self.features]
         """Issues per feature since the window was made: the report's totals."""
-        self._rows: list[Row | None] = [None] * size
-        self._probabilities: list[dict[str, float] | None] = [None] * size
+        numeric = all(f.dtype in ("float", "int", "bool") for f in self.features)
+        # NumPy makes a number, a flag or None (NaN) a float as it writes the row.
+        self._numbers = np.zeros((size, len(self.features))) if numeric else None
+        self._rows: list[Row | None] = [] if numeric else [None] * size
+        self._confidences = np.full(size, math.nan)
         self._times: list[float] = [0.0] * size
         self._next = 0
         # Numbers with a training range are checked inline (most features of most models);
@@ -89,12 +121,16 @@ class DriftWindow:
 
     def append(self, rows: Sequence[Row], outputs: Sequence["RowOutput"], now: float) -> None:
         """Rows a client was answered for (on the event loop), at time ``now``."""
-        size, ring, probabilities, times = self.size, self._rows, self._probabilities, self._times
+        size, numbers, ring, times = self.size, self._numbers, self._rows, self._times
+        confidences, nan = self._confidences, math.nan
         ranges, checks = self._ranges, self._checks
         slot = self._next
         for row, (_, proba) in zip(rows, outputs, strict=True):
-            ring[slot] = row
-            probabilities[slot] = proba
+            if numbers is not None:
+                numbers[slot] = row
+            else:
+                ring[slot] = row
+            confidences[slot] = max(proba.values()) if proba else nan
             times[slot] = now
             slot = slot + 1 if slot + 1 < size else 0
             for index, low, high, counts, counter in ranges:
@@ -118,16 +154,12 @@ class DriftWindow:
         the ring's slices, and a binary search, since times only grow along the ring)."""
         held, slot = min(self.appended, self.size), self._next
         start = slot - held  # negative: the oldest rows are at the ring's end
-        if start < 0:
-            times = self._times[start:] + self._times[:slot]
-            rows = self._rows[start:] + self._rows[:slot]
-            probabilities = self._probabilities[start:] + self._probabilities[:slot]
-        else:
-            times = self._times[start:slot]
-            rows = self._rows[start:slot]
-            probabilities = self._probabilities[start:slot]
-        first = bisect.bisect_left(times, since)
-        return Snapshot(cast(list[Row], rows[first:]), probabilities[first:])
+        order = np.r_[start:0, 0:slot] if start < 0 else np.arange(start, slot)
+        times = [self._times[i] for i in order.tolist()]
+        kept = order[bisect.bisect_left(times, since) :]
+        numbers = None if self._numbers is None else self._numbers[kept]
+        rows = [self._rows[i] for i in kept.tolist()] if self._numbers is None else []
+        return Snapshot(numbers, rows, self._confidences[kept])
 
 
 Check = Callable[[Any], Issue | None]

@@ -15,9 +15,11 @@ def test_append_case_in_range_counts_no_issue(models_dir: Path, name: str) -> No
     case = append_case(models_dir, name, BATCH_ROWS)
     case.append()
     snapshot = case.window.snapshot(0.0)
-    assert snapshot.rows == case.rows
-    assert len(snapshot.rows) == BATCH_ROWS
-    assert snapshot.probabilities == [proba for _, proba in case.outputs]
+    assert len(snapshot) == BATCH_ROWS
+    assert snapshot.numbers is not None  # every demo feature is a number: kept as floats
+    assert snapshot.numbers.tolist() == [list(row) for row in case.rows]
+    confidences = [max(proba.values()) if proba else None for _, proba in case.outputs]
+    assert [None if c != c else c for c in snapshot.confidences.tolist()] == confidences
     assert case.window.counts == [
         {"missing": 0, "out_of_range": 0, "unseen_category": 0} for _ in case.rows[0]
     ]
