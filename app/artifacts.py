@@ -16,15 +16,26 @@ so listing the registry or moving an alias (`steward models`, `steward promote`)
 
 import hashlib
 import io
+import logging
+import math
 import os
 import re
 import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
 
 from app.errors import ArtifactError
 from app.features import FeatureSpec, InputContract
@@ -34,6 +45,8 @@ from app.search import SearchRecord
 ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
 TRAINING_COPY = "training.csv.gz"
+
+logger = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: "$" lets a final newline in
 
 Label = str | int | float
@@ -42,13 +55,57 @@ InputFormat = Literal["array", "dataframe"]
 
 
 class FeatureProfile(BaseModel):
-    """Training distribution of one feature: quantiles if numeric, frequencies if categorical."""
+    """Training distribution of one feature (app/drift.py): for a number, its quantiles, its
+    decile bins (inner edges, training share per bin) and a sorted sample of its values; for a
+    category, each category's share. Profiles written before drift scores have only
+    ``probabilities``/``quantiles`` or ``frequencies``; ``rows`` tells the new ones."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     probabilities: list[float] | None = None
     quantiles: list[float] | None = None
     frequencies: dict[str, float] | None = None
+    rows: int | None = Field(None, ge=0, description="Training values present (not missing).")
+    missing: float | None = Field(None, ge=0, le=1, description="Training share missing.")
+    edges: list[float] | None = Field(None, description="Inner bin edges, ascending.")
+    shares: list[float] | None = Field(None, description="Training share per bin.")
+    sample: list[float] | None = Field(None, description="Training values for the KS test.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FeatureProfile":
+        """A profile that cannot be scored against is refused here, not mid-computation."""
+        numbers = [
+            *(self.quantiles or ()),
+            *(self.edges or ()),
+            *(self.shares or ()),
+            *(self.sample or ()),
+            *(self.frequencies or {}).values(),
+        ]
+        if not all(math.isfinite(n) for n in numbers):
+            raise ValueError("a reference profile holds finite numbers only")
+        if self.edges is not None and any(a >= b for a, b in pairwise(self.edges)):
+            raise ValueError("bin edges must ascend")
+        if (self.edges is None) != (self.shares is None) or (
+            self.shares is not None and len(self.shares) != len(self.edges or ()) + 1
+        ):
+            raise ValueError("one training share per bin: one more than the edges")
+        for shares in (self.shares, self.frequencies and list(self.frequencies.values())):
+            if shares and (min(shares) < 0 or abs(sum(shares) - 1) > 1e-3):
+                raise ValueError("training shares are at least 0 and add up to 1")
+        return self
+
+
+def _profile_or_nothing(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A version whose profile is unreadable still serves: it has no reference (app/drift.py
+    says so), rather than its metadata being refused."""
+    try:
+        return handler(value)
+    except ValidationError:
+        logger.warning("a reference profile in metadata is unreadable: taken as none")
+        return {}
+
+
+ReferenceProfile = Annotated[dict[str, FeatureProfile], WrapValidator(_profile_or_nothing)]
 
 
 SourceKind = Literal["demo", "csv", "sample", "feedback"]
@@ -153,7 +210,7 @@ class ModelMetadata(BaseModel):
     sklearn_version: str = Field("", description="Set by save_version.")
     sha256: str = Field("", description="Of model.joblib; set by save_version.")
     created_at: datetime | None = Field(None, description="Set by save_version.")
-    reference_profile: dict[str, FeatureProfile] = Field(default_factory=dict)
+    reference_profile: ReferenceProfile = Field(default_factory=dict)
     description: str = ""
     training_data: TrainingData | None = Field(
         None, description="Its data's sources and counts; None in metadata written before."

@@ -25,6 +25,7 @@ from app.feature_survey import read_frame
 from app.gate import GateMetric, GateSet, SetName, judge, skipped
 from app.retraining_data import RetrainingSet
 from app.training import evaluate, frame_rows
+from app.training_rows import split_positions
 
 
 def held_out_mask(data: RetrainingSet) -> np.ndarray | None:
@@ -34,18 +35,8 @@ def held_out_mask(data: RetrainingSet) -> np.ndarray | None:
     base = base_rows(data)
     if split is None or base == 0:
         return None
-    from sklearn.model_selection import train_test_split
-
-    labels = data.labels.iloc[:base]
-    # Which rows go to the test part depends on the row count, the size, the seed and the
-    # labels (stratified) only: splitting the row numbers picks the rows a frame's split picks.
     try:
-        _, test = train_test_split(
-            np.arange(base),
-            test_size=split.test_size,
-            random_state=split.seed,
-            stratify=labels if split.stratified else None,
-        )
+        _, test = split_positions(data.labels.iloc[:base], split)
     except ValueError as exc:  # a --csv base with a class too rare to stratify
         raise TrainingDataRefused(
             f"{data.production.name}: cannot hold out v{data.production.version}'s split of the "

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from app import __version__, api
 from app.auto_rollback import AutoRollback
+from app.drift_monitor import DriftMonitor
 from app.errors import InvalidSettings
 from app.feedback import FeedbackRecorder
 from app.jobs import RetrainJobs
@@ -35,7 +36,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "(train a model into it first, e.g. `steward train demo`)"
         )
     # Built here, not in the lifespan, because the middleware needs it when the app is built.
-    metrics = Metrics(CollectorRegistry(), settings.max_class_labels)
+    metrics = Metrics(
+        CollectorRegistry(),
+        settings.max_class_labels,
+        drift_feature_labels=settings.drift_feature_labels,
+        drift_top_features=settings.drift_top_features,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
@@ -48,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             warm_up=scores_typical_row,
         )
         metrics.follow(registry)
+        drift = DriftMonitor(settings, metrics.drift)
+        drift.follow(registry)
         registry.load()
         log = PredictionLog(
             store, metrics, batch_size=settings.log_batch_size, max_pending=settings.log_max_pending
@@ -64,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log_wait=settings.log_wait_seconds,
             shadow_max_pending_rows=settings.shadow_max_pending_rows,
             shadow_window=settings.shadow_window_seconds,
+            drift=drift,
         )
         watcher = Watcher(registry, settings.reload_interval_seconds)
         services = Services(
@@ -87,15 +96,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watcher=watcher,
             jobs=RetrainJobs(settings),
             auto_rollback=AutoRollback(settings, store, metrics, watcher.scan),
+            drift=drift,
         )
         # Everything loaded so far (modules, models) lives as long as the process: take it out
         # of the collector's full scans, which otherwise pause the loop ~100 ms under load.
         gc.freeze()
         services.watcher.start()
         services.auto_rollback.start()
+        drift.start()
         try:
             yield {"services": services}  # requests reach it through app/api/deps.py
         finally:
+            await drift.close()
             await services.auto_rollback.close()
             await services.watcher.close()  # no swap while the rest shuts down
             await services.jobs.close()  # running retrainings terminated, their jobs failed

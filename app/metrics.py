@@ -1,5 +1,6 @@
 """Every Prometheus collector of the service, on one injected registry, and its domain events
-(the shadow ones in app/shadow_metrics.py, reached as ``metrics.shadow``).
+(the shadow ones in app/shadow_metrics.py, reached as ``metrics.shadow``; the drift ones in
+app/drift_metrics.py, as ``metrics.drift``).
 
 Label values are bounded: route templates (never raw paths), model names and versions from the
 registry (an unknown model is ``_unknown``), and at most ``max_class_labels`` class labels per
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.aliases import TrafficPolicy
 from app.artifacts import Label, ModelMetadata
+from app.drift_metrics import DriftMetrics
 from app.errors import Stage
 from app.shadow_metrics import ShadowMetrics
 
@@ -52,7 +54,14 @@ ABSOLUTE_ERROR_BUCKETS = (
 class Metrics:
     """The service's collectors and the few domain events that update them."""
 
-    def __init__(self, registry: CollectorRegistry, max_class_labels: int = 25) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        max_class_labels: int = 25,
+        *,
+        drift_feature_labels: int = 50,
+        drift_top_features: int = 10,
+    ) -> None:
         self.registry = registry
         self.max_class_labels = max_class_labels
         self.http_requests = Counter(
@@ -130,6 +139,7 @@ class Metrics:
             registry=registry,
         )
         self.shadow = ShadowMetrics(registry)
+        self.drift = DriftMetrics(registry, drift_feature_labels, drift_top_features)
         self.model_info = Gauge(
             "steward_model_info",
             "1 for each served model version and alias.",

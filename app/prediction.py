@@ -18,6 +18,7 @@ import anyio.to_thread
 import numpy as np
 
 from app.batching import Batcher, BatcherClosed, BatchStats
+from app.drift_monitor import DriftMonitor
 from app.errors import ModelFailure, NotReady, StewardError, UnscorableInput
 from app.features import Row
 from app.ids import new_ids
@@ -117,8 +118,10 @@ class Predictor:
         log_wait: float,
         shadow_max_pending_rows: int = 1000,
         shadow_window: float = 0.02,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.registry = registry
+        self.drift = drift
         self.log = log
         self.metrics = metrics
         self.default_model = default_model
@@ -177,6 +180,8 @@ class Predictor:
             error.model = model.name  # counted under this model where it is rendered
             raise
         self.metrics.series(model.metadata).count_predictions([label for label, _ in outputs])
+        if self.drift is not None:
+            self.drift.observe(model, rows, outputs)
         self._shadow(model, ids, rows, body)
         return PredictionResult(model.name, model.version, ids, outputs)
 

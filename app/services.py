@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from app.auto_rollback import AutoRollback
+from app.drift_monitor import DriftMonitor
 from app.feedback import FeedbackRecorder
 from app.jobs import RetrainJobs
 from app.metrics import Metrics
@@ -29,3 +30,4 @@ class Services:
     watcher: Watcher
     jobs: RetrainJobs
     auto_rollback: AutoRollback
+    drift: DriftMonitor

@@ -225,6 +225,62 @@ class Settings(BaseSettings):
         description="Cross-validation folds of `steward retrain --search` (stratified for "
         "classifiers; fewer when a class has fewer training rows).",
     )
+    drift: bool = Field(
+        True,
+        description="Watch served inputs: per model version, a window of its latest rows scored "
+        "against its training profile (PSI, KS), data-quality counts and the estimated "
+        "accuracy. Off: nothing is kept or computed, GET /models/{model}/drift says `off`.",
+    )
+    drift_window_rows: int = Field(
+        2000,
+        ge=10,
+        le=100_000,
+        description="Drift: the latest served rows kept per model version (fewer for a model "
+        "whose rows x (features + classes) would pass 1,000,000 values).",
+    )
+    drift_window_seconds: float = Field(
+        86400.0,
+        gt=0,
+        le=30 * 86400,
+        description="Drift: rows served longer ago than this leave the window.",
+    )
+    drift_interval_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=86400,
+        description="Drift: how often the scores, statuses and estimated accuracy are computed "
+        "(in the background, off the request path).",
+    )
+    drift_min_rows: int = Field(
+        500,
+        ge=1,
+        le=100_000,
+        description="Drift: rows in the window (and values of a feature) before it is judged; "
+        "until then its status is `collecting`. Between two samples of one distribution, a "
+        "PSI is noise of about (bins - 1) x (1/window rows + 1/training rows): fewer rows warn "
+        "for nothing.",
+    )
+    drift_psi_warn: float = Field(
+        0.1, gt=0, le=100, description="Drift: a feature's PSI from which its status is `warn`."
+    )
+    drift_psi_drift: float = Field(
+        0.25, gt=0, le=100, description="Drift: a feature's PSI from which its status is `drift`."
+    )
+    drift_feature_labels: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="Drift metrics: a model with at most this many features has a series per "
+        "feature; a wider one only its STEWARD_DRIFT_TOP_FEATURES most drifting ones (and its "
+        "data-quality counts under feature `_all`), so the label count stays bounded.",
+    )
+    drift_top_features: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="Drift metrics: features exported for a model wider than "
+        "STEWARD_DRIFT_FEATURE_LABELS, those with the highest PSI.",
+    )
     host: str = Field("127.0.0.1", description="Address `steward serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `steward serve` binds.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
@@ -239,6 +295,20 @@ class Settings(BaseSettings):
         return value
 
     _file_token: SecretStr | None = PrivateAttr(None)  # admin_token_file's, read at start-up
+
+    @model_validator(mode="after")
+    def _drift_judgeable(self) -> "Settings":
+        if self.drift_psi_drift <= self.drift_psi_warn:
+            raise ValueError(
+                f"{ENV_PREFIX}DRIFT_PSI_DRIFT must be above {ENV_PREFIX}DRIFT_PSI_WARN: a feature "
+                "would drift before it warns"
+            )
+        if self.drift_min_rows > self.drift_window_rows:
+            raise ValueError(
+                f"{ENV_PREFIX}DRIFT_MIN_ROWS must be at most {ENV_PREFIX}DRIFT_WINDOW_ROWS: no "
+                "window would ever be judged"
+            )
+        return self
 
     @model_validator(mode="after")
     def _shadow_wait_outlasts_the_window(self) -> "Settings":

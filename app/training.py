@@ -7,7 +7,6 @@ the artifact's sha256. A version trained from a CSV keeps its rows, compressed, 
 (app/training_data.py).
 """
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from sklearn.metrics import (
     mean_squared_error,
     r2_score,
 )
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
@@ -48,13 +46,12 @@ from app.progress import SILENT, Progress
 from app.search import SearchRecord
 from app.settings import TRAINING_COPY_MAX_BYTES
 from app.training_data import Demo, demo_rows, keep_rows, rows_digest, training_labels
+from app.training_rows import SEED, TEST_SIZE, split_rows
 
 MIN_ROWS = 10
 MAX_CLASSIFICATION_INTEGER_LABELS = 20
 MAX_CLASSES = 100  # more distinct labels than this is an identifier or a number, not a class
 MIN_ROWS_PER_CLASS = 3  # on average
-TEST_SIZE = 0.25
-SEED = 0
 
 Tune = Callable[[Any, Any, Any], tuple[Any, SearchRecord]]
 """(recipe, training matrix, training labels) -> the estimator to fit, and how it was chosen."""
@@ -256,15 +253,7 @@ def fit_version(
     says where the rows came from; the counts and the split are added here. ``input_format``:
     how rows reach the model (a retrained registered model may read a named DataFrame)."""
     _check_rows(name, len(frame))
-    stratify = None
-    counts = labels.value_counts()
-    test_rows = math.ceil(len(labels) * TEST_SIZE)
-    # A stratified split needs two rows of each class and a test part with room for every class.
-    if task == "classification" and counts.min() >= 2 and test_rows >= len(counts):
-        stratify = labels
-    train_x, test_x, train_y, test_y = train_test_split(
-        frame, labels, test_size=TEST_SIZE, random_state=SEED, stratify=stratify
-    )
+    train_x, test_x, train_y, test_y, stratified = split_rows(frame, labels, task)
     features = infer_features(train_x, dates)
     draft = ModelMetadata(
         name=name,
@@ -300,9 +289,7 @@ def fit_version(
                     "rows": len(frame),
                     "training_rows": len(train_x),
                     "held_out_rows": len(test_x),
-                    "split": DataSplit(
-                        test_size=TEST_SIZE, seed=SEED, stratified=stratify is not None
-                    ),
+                    "split": DataSplit(test_size=TEST_SIZE, seed=SEED, stratified=stratified),
                 }
             ),
         }

@@ -14,6 +14,11 @@ Last, the cost of a retraining (bench/retrain.py): iris at 1 and 64 connections 
 job and while retrain jobs run one after the other, interleaved over two rounds; the job's
 duration alone and under load. ``--retrain-only`` runs just that part.
 
+Then the cost of watching the inputs (bench/drift.py): iris and breast-cancer at 1 and 64
+connections and with 64-row requests, STEWARD_DRIFT false, true, and true with scoring every
+second, interleaved over two rounds; and ``DriftWindow.append`` alone, per row. ``--drift-only``
+runs just that part.
+
 ``--soak SECONDS`` instead runs iris at 64 connections for that long and prints RSS over time.
 """
 
@@ -33,6 +38,13 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from drift import BATCH_CONNECTIONS as DRIFT_BATCH_CONNECTIONS
+from drift import BATCH_ROWS as DRIFT_BATCH_ROWS
+from drift import CONNECTIONS as DRIFT_CONNECTIONS
+from drift import MODELS as DRIFT_MODELS
+from drift import MODES as DRIFT_MODES
+from drift import ROUNDS as DRIFT_ROUNDS
+from drift import drift_cost
 from load import Result, get, lua_feedback, lua_post, post_json, wrk
 from prometheus_client.parser import text_string_to_metric_families
 from retrain import CONNECTIONS as RETRAIN_CONNECTIONS
@@ -58,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--soak", type=int, default=0, help="run the RSS soak instead")
     parser.add_argument("--shadow-only", action="store_true", help="only the shadow cost")
     parser.add_argument("--retrain-only", action="store_true", help="only the retraining cost")
+    parser.add_argument("--drift-only", action="store_true", help="only the drift cost")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="steward-bench-") as folder:
         bench(Path(folder), args)
@@ -80,6 +93,9 @@ def bench(work: Path, args: argparse.Namespace) -> None:
         return
     if args.retrain_only:
         print_retrain_cost(work, args.seconds)
+        return
+    if args.drift_only:
+        print_drift_cost(work, args.seconds)
         return
     models = args.models.split(",")
     connections = [int(c) for c in args.connections.split(",")]
@@ -120,6 +136,8 @@ def bench(work: Path, args: argparse.Namespace) -> None:
     shadow_cost(work, models_dir, args.seconds)
     print()
     print_retrain_cost(work, args.seconds)
+    print()
+    print_drift_cost(work, args.seconds)
 
 
 SHADOW_CONNECTIONS = (1, 64)
@@ -200,6 +218,57 @@ def print_retrain_cost(work: Path, seconds: float) -> None:
     )
     start, end = cost.load_average
     print(f"load average (1 min) {start:.2f} at the start, {end:.2f} at the end")
+
+
+def print_drift_cost(work: Path, seconds: float) -> None:
+    """Predictions with STEWARD_DRIFT off and on (bench/drift.py), and the append alone."""
+    cost = drift_cost(work / "drift", seconds)
+    rows = []
+    cells: list[int | str] = [*DRIFT_CONNECTIONS, "batch"]
+    for name in DRIFT_MODELS:
+        for c in cells:
+            scale = DRIFT_BATCH_ROWS if c == "batch" else 1
+            label = f"{DRIFT_BATCH_CONNECTIONS} ({DRIFT_BATCH_ROWS} rows/req, rows/s)"
+            off = cost.runs[("off", name, c)]
+            for mode in DRIFT_MODES:
+                runs = cost.runs[(mode, name, c)]
+                rate = statistics.median(r.rate for r in runs) * scale
+                p50 = statistics.median(r.p50_ms for r in runs)
+                p99 = statistics.median(r.p99_ms for r in runs)
+                base = statistics.median(r.rate for r in off) * scale
+                rows.append((
+                    name, label if c == "batch" else str(c), mode, f"{rate:,.0f}",
+                    f"{rate / base:.3f}", f"{p50:.2f}",
+                    f"{p50 / statistics.median(r.p50_ms for r in off):.3f}", f"{p99:.2f}",
+                    f"{p99 / statistics.median(r.p99_ms for r in off):.3f}",
+                    str(sum(r.errors for r in runs)),
+                ))  # fmt: skip
+    print(
+        f"drift cost, median of {DRIFT_ROUNDS} interleaved rounds of {seconds} s "
+        "(ratios: to drift off):"
+    )
+    print_markdown(
+        ("model", "conns", "drift", "req/s", "ratio", "p50 ms", "ratio", "p99 ms", "ratio", "err"),
+        rows,
+    )
+    for w in cost.watching:
+        scored = "never" if w.scored_seconds_ago is None else f"{w.scored_seconds_ago:.1f} s ago"
+        print(
+            f"drift {w.mode}, {w.model} at the end: {w.status}, {w.window_rows:,} rows in the "
+            f"window, last scored {scored}"
+        )
+    start, end = cost.load_average
+    print(f"load average (1 min) {start:.2f} at the start, {end:.2f} at the end")
+    print()
+    print("DriftWindow.append alone (timeit, best of 5), microseconds per row:")
+    print_markdown(
+        ("model", "features", "rows/append", "values", "us/row"),
+        [
+            (t.model, str(t.features), str(t.rows),
+             "all out of range" if t.outside else "in range", f"{t.microseconds_per_row:.2f}")
+            for t in cost.appends
+        ],
+    )  # fmt: skip
 
 
 def set_traffic(url: str, models_dir: Path, mode: str) -> None:

@@ -38,6 +38,20 @@ SHADOW_ACCURACY = 'steward_shadow_feedback_total{outcome="correct"}'
 """What tells docs/metrics.md's champion-vs-challenger (shadow) accuracy expression apart."""
 
 
+DRIFT_GAUGES = {
+    "steward_feature_drift_psi": "max",
+    "steward_feature_drift_ks": "max",
+    "steward_model_drift_status": "max",
+    "steward_estimated_accuracy": "min|avg",
+}
+"""The drift gauges each instance sets over the rows it served, and how an expression reads them
+across instances (docs/metrics.md, Input drift). ``steward_drift_window_rows`` is read per
+instance."""
+
+DRIFT_METRICS = {*DRIFT_GAUGES, "steward_data_quality_total", "steward_drift_window_rows"}
+"""Every sample name of the drift metrics."""
+
+
 def docs_expression(containing: str) -> str:
     """The one expression of docs/metrics.md that contains ``containing``."""
     (expression,) = [e for e in docs_expressions() if containing in e]
@@ -86,3 +100,8 @@ def defined_metric_names() -> set[str]:
 
 def used_metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\b(steward_[a-z0-9_]+|up)\b(?=\s*[{\[)]|\s*$|\s*[=<>!])", expr))
+
+
+def expressions_using(expressions: list[str], metric: str) -> list[str]:
+    """The expressions that read ``metric``."""
+    return [e for e in expressions if metric in used_metric_names(e)]

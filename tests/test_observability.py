@@ -5,11 +5,14 @@
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from promql import (
     DOCS,
+    DRIFT_GAUGES,
+    DRIFT_METRICS,
     ROOT,
     alert_rules,
     dashboard,
@@ -17,9 +20,12 @@ from promql import (
     dashboard_panels,
     defined_metric_names,
     docs_expressions,
+    expressions_using,
     used_metric_names,
     without_dashboard_filters,
 )
+
+from app.settings import Settings
 
 
 def test_dashboard_uses_only_defined_metrics() -> None:
@@ -37,8 +43,9 @@ def test_dashboard_expressions_are_the_documented_ones() -> None:
 
 
 def test_dashboard_filters_by_its_model_and_version_variables() -> None:
+    per_version = {"steward_predictions_total", "steward_feedback_total"} | DRIFT_METRICS
     for expr in dashboard_expressions():
-        if used_metric_names(expr) & {"steward_predictions_total", "steward_feedback_total"}:
+        if used_metric_names(expr) & per_version:
             assert 'model=~"$model"' in expr, expr
             assert 'version=~"$version"' in expr, expr
 
@@ -51,7 +58,7 @@ def test_dashboard_shape() -> None:
     assert variables["model"]["query"]["query"] == "label_values(steward_model_info, model)"
     assert "$model" in variables["version"]["query"]["query"]
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Traffic", "Latency", "Errors", "Model quality", "Models"]
+    assert rows == ["Traffic", "Latency", "Errors", "Model quality", "Input drift", "Models"]
     for panel in dashboard_panels():
         assert panel["description"], panel["title"]
         assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
@@ -61,10 +68,51 @@ def test_dashboard_shape() -> None:
     titles = " ".join(p["title"] for p in dashboard_panels())
     for needed in ("Requests/s", "Predictions/s", "p99", "inference", "error ratio", "Errors/s",
                    "Accuracy", "Precision", "Recall", "F1", "MAE", "RMSE", "coverage",
-                   "class distribution", "versions and aliases", "refused"):  # fmt: skip
+                   "class distribution", "versions and aliases", "refused", "PSI", "KS",
+                   "Data-quality", "drift status", "Estimated vs realised"):  # fmt: skip
         assert needed in titles, needed
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_drift_is_read_across_instances_as_documented() -> None:
+    """Each instance judges drift over the rows it served: every shipped expression reads its
+    gauges across instances (the worst: max of scores and status, min or avg of the estimated
+    accuracy) and adds its data-quality counters up (docs/metrics.md, Input drift)."""
+    shipped = dashboard_expressions() + docs_expressions() + [r["expr"] for r in alert_rules()]
+    for metric, readings in DRIFT_GAUGES.items():
+        for expr in expressions_using(shipped, metric):
+            assert re.search(rf"\b({readings}) by \([^)]*\) \({metric}\b", expr), expr
+    quality = expressions_using(shipped, "steward_data_quality_total")
+    assert quality
+    for expr in quality:
+        assert re.search(r"\bsum by \([^)]*\) \(rate\(steward_data_quality_total\b", expr), expr
+    used = {m for e in dashboard_expressions() for m in used_metric_names(e)}
+    assert used >= DRIFT_METRICS, DRIFT_METRICS - used
+
+
+def _panel(title: str) -> dict[str, Any]:
+    (panel,) = [p for p in dashboard_panels() if title in p["title"]]
+    return panel
+
+
+def test_drift_panels_draw_the_thresholds_and_status_values() -> None:
+    steps = _panel("PSI")["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    fields = Settings.model_fields
+    assert [s["value"] for s in steps] == [
+        None, fields["drift_psi_warn"].default, fields["drift_psi_drift"].default,
+    ]  # fmt: skip
+    assert [s["color"] for s in steps] == ["green", "yellow", "red"]
+    (mapping,) = _panel("drift status")["fieldConfig"]["defaults"]["mappings"]
+    shown = {value: option["text"] for value, option in mapping["options"].items()}
+    assert shown == {"-1": "not judged", "0": "ok", "1": "warn", "2": "drift"}
+    accuracy = _panel("Estimated vs realised")
+    used = [used_metric_names(t["expr"]) for t in accuracy["targets"]]
+    assert used == [{"steward_estimated_accuracy"}, {"steward_feedback_total"}]
+    realised = without_dashboard_filters(accuracy["targets"][1]["expr"])
+    assert realised == without_dashboard_filters(
+        _panel("Accuracy on feedback")["targets"][0]["expr"]
+    )
 
 
 def _anchors(markdown: str) -> set[str]:
@@ -81,6 +129,8 @@ REQUIRED_ALERTS = {
     "StewardNoFeedback",
     "StewardModelRefused",
     "StewardAutomaticRollback",
+    "StewardInputDrift",
+    "StewardEstimatedAccuracyLow",
 }
 
 
@@ -103,6 +153,22 @@ def test_alert_rules_are_complete() -> None:
         if "model" in rule["expr"] and "version" in rule["expr"]:
             assert "$labels.model" in annotations["description"], rule["alert"]
             assert "$labels.version" in annotations["description"], rule["alert"]
+
+
+def _rule(name: str) -> dict[str, Any]:
+    (rule,) = [r for r in alert_rules() if r["alert"] == name]
+    return rule
+
+
+def test_estimated_accuracy_alert_has_the_realised_accuracy_floor() -> None:
+    """One floor for both accuracies: docs/operations.md says to change them together."""
+    floors = [
+        re.findall(r"\) < ([0-9.]+)", _rule(name)["expr"])
+        for name in ("StewardAccuracyBelowFloor", "StewardEstimatedAccuracyLow")
+    ]
+    assert floors[0] == floors[1] == ["0.8"]
+    for name in ("StewardInputDrift", "StewardEstimatedAccuracyLow"):
+        assert _rule(name)["for"] == "30m", name
 
 
 def test_prometheus_config_loads_the_rules() -> None:

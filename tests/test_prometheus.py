@@ -19,12 +19,14 @@ import httpx2
 import pytest
 from helpers import DIABETES_ROW, IRIS_SETOSA, wait_until
 from promql import (
+    DRIFT_METRICS,
     ROOT,
     SHADOW_ACCURACY,
     alert_rules,
     dashboard_expressions,
     docs_expression,
     docs_expressions,
+    expressions_using,
     with_all_models,
 )
 from stack import scraped
@@ -155,7 +157,13 @@ def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     shutil.copytree(demo_models, models)
     add_refused_model(models)
     add_candidate(models)
-    env = os.environ | {"STEWARD_MODELS_DIR": str(models), "STEWARD_DATA_DIR": str(work / "data")}
+    env = os.environ | {
+        "STEWARD_MODELS_DIR": str(models),
+        "STEWARD_DATA_DIR": str(work / "data"),
+        # The scripted traffic is a dozen rows per version: judge drift from 3, every second.
+        "STEWARD_DRIFT_MIN_ROWS": "3",
+        "STEWARD_DRIFT_INTERVAL_SECONDS": "1",
+    }
     with scraped(work, env, ready="/healthz") as (steward, prometheus):
         stack = Stack(steward.url, prometheus.url)
         # Load the candidate (versions load on first use), then let Prometheus see every series
@@ -192,6 +200,24 @@ def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield stack
 
 
+OUT_OF_RANGE = {**IRIS_SETOSA, "petal_length_cm": 9.0}
+"""An iris row the server accepts (within STEWARD_INPUT_RANGE_MULTIPLE) with a petal longer than
+any in iris' training data (6.9 cm at most): one ``out_of_range`` value."""
+
+
+@pytest.fixture(scope="module")
+def drifted(stack: Stack) -> Stack:
+    """The stack once its server has judged drift on the scripted traffic (a dozen copies of one
+    setosa row: every iris feature drifts) and on one row out of iris' training range, and
+    Prometheus has scraped every drift expression docs/metrics.md ships."""
+    response = httpx2.post(f"{stack.steward}/predict/iris", json={"instances": [OUT_OF_RANGE]})
+    assert response.status_code == 200
+    documented = docs_expressions()
+    drift = {e for m in DRIFT_METRICS for e in expressions_using(documented, m)}
+    wait_for(lambda: all(stack.query(e) for e in drift), "drift to be judged and scraped")
+    return stack
+
+
 def test_promtool_checks_the_shipped_files() -> None:
     for args in (
         ("check", "config", "prometheus.yml"),
@@ -210,14 +236,44 @@ def test_promtool_finds_no_problem_in_metrics(stack: Stack) -> None:
     assert problems == ""
 
 
-def test_every_dashboard_panel_returns_data(stack: Stack) -> None:
+def test_every_dashboard_panel_returns_data(drifted: Stack) -> None:
     for expr in dashboard_expressions():
-        assert stack.query(with_all_models(expr)), f"no data for dashboard expression:\n{expr}"
+        assert drifted.query(with_all_models(expr)), f"no data for dashboard expression:\n{expr}"
 
 
-def test_every_documented_expression_returns_data(stack: Stack) -> None:
+def test_every_documented_expression_returns_data(drifted: Stack) -> None:
     for expr in docs_expressions():
-        assert stack.query(expr), f"no data for docs/metrics.md expression:\n{expr}"
+        assert drifted.query(expr), f"no data for docs/metrics.md expression:\n{expr}"
+
+
+def test_drift_reaches_prometheus_and_its_alert(drifted: Stack) -> None:
+    """The one out-of-range value served is counted once, on its feature; the copies of one row
+    are drift, so StewardInputDrift is pending for iris (it fires after 30 minutes)."""
+    expected = {("petal_length_cm", "out_of_range"): 1.0}
+
+    def issues() -> dict[tuple[str, str], float]:
+        counted = drifted.query(
+            'sum by (feature, issue) (steward_data_quality_total{model="iris", version="1"}) > 0'
+        )
+        return {
+            (r["metric"]["feature"], r["metric"]["issue"]): float(r["value"][1]) for r in counted
+        }
+
+    wait_until(lambda: issues() == expected, seconds=30, interval=0.2)
+    assert issues() == expected
+    (status,) = drifted.query('max by (model) (steward_model_drift_status{model="iris"})')
+    assert float(status["value"][1]) == 2
+
+    def pending() -> bool:
+        alerts = httpx2.get(f"{drifted.prometheus}/api/v1/alerts").json()["data"]["alerts"]
+        return any(
+            a["labels"]["alertname"] == "StewardInputDrift"
+            and a["labels"]["model"] == "iris"
+            and a["state"] == "pending"
+            for a in alerts
+        )
+
+    wait_for(pending, "StewardInputDrift to be pending for iris")
 
 
 def test_every_alert_expression_evaluates_and_the_rules_are_healthy(stack: Stack) -> None:

@@ -44,7 +44,8 @@ from app.retraining_data import retraining_set
 from app.search import GRIDS, SearchRecord, search_grid
 from app.settings import Settings
 from app.store import open_store
-from app.training import SEED, TEST_SIZE, fit_and_save, train_csv
+from app.training import fit_and_save, train_csv
+from app.training_rows import SEED, TEST_SIZE
 
 FOLDS = "2"  # few folds: fast, and still a cross-validation
 

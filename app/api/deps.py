@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 
+from app.drift_monitor import DriftMonitor
 from app.feedback import FeedbackRecorder
 from app.loading import LoadedModel
 from app.metrics import Metrics
@@ -62,6 +63,10 @@ async def _settings(request: Request) -> Settings:
     return services(request).settings
 
 
+async def _drift(request: Request) -> DriftMonitor:
+    return services(request).drift
+
+
 KeyHeader = Annotated[
     str | None,
     Header(
@@ -95,5 +100,6 @@ MetricsDep = Annotated[Metrics, Depends(_metrics)]
 ReadinessDep = Annotated[Readiness, Depends(_readiness)]
 StoreDep = Annotated[PredictionStore, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+DriftDep = Annotated[DriftMonitor, Depends(_drift)]
 ResolvedModel = Annotated[LoadedModel, Depends(_resolved_model)]
 DefaultModel = Annotated[LoadedModel, Depends(_default_model)]
