@@ -140,6 +140,15 @@ def test_retrain_gate_shadow_promote_then_roll_back_by_itself(loop: Loop) -> Non
     assert pair["challenger_accuracy"] == pytest.approx(v2_live, abs=1e-6)
     assert v2_live > v1_live + 0.3
 
+    # Prometheus has scraped the rollback counter at 0: an increase it can see (on a fast
+    # machine the loop gets here before Prometheus's first scrape).
+    def counter_scraped() -> bool:
+        query = 'steward_rollbacks_total{model="iris",reason="accuracy_drop"}'
+        response = httpx2.get(f"{loop.prometheus}/api/v1/query", params={"query": query})
+        return bool(response.json()["data"]["result"])
+
+    assert wait_until(counter_scraped, seconds=30)
+
     # Promote v2 over the admin API.
     promoted = loop.http.post("/admin/models/iris/promote", json={"version": 2}, headers=ADMIN_AUTH)
     assert promoted.status_code == 200, promoted.text
