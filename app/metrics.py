@@ -158,6 +158,13 @@ class Metrics:
             ["model", "version"],
             registry=registry,
         )
+        self.runtime = Gauge(
+            "steward_model_runtime",
+            "1 per loaded version, naming what it serves on: its compiled twin (onnxruntime, "
+            "treelite; fallback none) or sklearn, with the fallback's reason.",
+            ["model", "version", "runtime", "fallback"],
+            registry=registry,
+        )
         self.traffic_percent = Gauge(
             "steward_model_traffic_percent",
             "Per model, the percent of requests its traffic policy sends to the candidate, under "
@@ -236,6 +243,7 @@ class Metrics:
         name, version = metadata.name, str(metadata.version)
         self._publish_info(entry, model.version)
         self.sklearn_mismatch.labels(name, version).set(int(model.sklearn_mismatch is not None))
+        self.runtime.labels(name, version, *_runtime_labels(model)).set(1)
         self.predictions.labels(name, version)
         self.inference_duration.labels(name, version)
         self.batch_rows.labels(name, version)
@@ -286,6 +294,7 @@ class Metrics:
         and rate() needs them), and so do its class labels (feedback for its predictions)."""
         self._publish_info(entry, model.version)
         self.sklearn_mismatch.remove(model.name, str(model.version))
+        self.runtime.remove(model.name, str(model.version), *_runtime_labels(model))
         self._series.pop((model.name, model.version), None)
 
     def _traffic(self, entry: ModelEntry, old: TrafficPolicy | None, new: TrafficPolicy) -> None:
@@ -405,3 +414,7 @@ class ModelSeries:
 
 def _bool_label(value: bool) -> str:
     return "true" if value else "false"
+
+
+def _runtime_labels(model: LoadedModel) -> tuple[str, str]:
+    return model.runtime, "none" if model.fallback is None else model.fallback.reason

@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio.to_thread
 import numpy as np
@@ -51,12 +52,25 @@ class UnusableOutput(ValueError):
 
 
 def infer(model: LoadedModel, rows: Sequence[Row]) -> list[RowOutput]:
-    """One model call for all rows: label or value, and class probabilities when available."""
-    metadata = model.metadata
+    """One model call for all rows: label or value, and class probabilities when available.
+
+    Through the version's compiled twin when it has one; rows the twin fails on, or answers
+    something unservable for, go to the estimator, whose answer (or failure) is the last word:
+    the twin was proven on the version's data, not on every input."""
     matrix = model.contract.matrix(rows)
+    if model.twin is not None:
+        try:
+            return _outputs(model, model.twin, matrix, len(rows))
+        except Exception:  # scikit-learn answers, or says why it cannot
+            pass
+    return _outputs(model, model.estimator, matrix, len(rows))
+
+
+def _outputs(model: LoadedModel, scorer: Any, matrix: Any, count: int) -> list[RowOutput]:
+    metadata = model.metadata
     if metadata.task == "classification" and metadata.has_proba and metadata.classes:
         with np.errstate(all="ignore"):  # overflow shows as a non-finite result, checked below
-            proba = np.asarray(model.estimator.predict_proba(matrix), dtype=np.float64)
+            proba = np.asarray(scorer.predict_proba(matrix), dtype=np.float64)
         if not np.isfinite(proba).all():
             raise UnusableOutput("the model returned a non-finite probability")
         classes, keys = metadata.classes, model.class_keys
@@ -65,9 +79,9 @@ def infer(model: LoadedModel, rows: Sequence[Row]) -> list[RowOutput]:
             for best, row in zip(proba.argmax(axis=1).tolist(), proba.tolist(), strict=True)
         ]
     with np.errstate(all="ignore"):
-        raw = np.asarray(model.estimator.predict(matrix))
-    if raw.shape != (len(rows),):
-        raise ValueError(f"expected {len(rows)} predictions, got shape {raw.shape}")
+        raw = np.asarray(scorer.predict(matrix))
+    if raw.shape != (count,):
+        raise ValueError(f"expected {count} predictions, got shape {raw.shape}")
     if metadata.task == "regression":
         values = raw.astype(np.float64)
         if not np.isfinite(values).all():

@@ -71,6 +71,7 @@ class Registry:
         input_range_multiple: float = 0.0,
         target_range_multiple: float = 0.0,
         warm_up: Callable[[LoadedModel], bool] | None = None,
+        twins: bool = True,
     ) -> None:
         """``warm_up(model)`` (blocking) says whether a version works: one prediction on a
         typical row. Every version loaded after start-up passes it or is refused
@@ -81,6 +82,7 @@ class Registry:
         self.input_range_multiple = input_range_multiple
         self.target_range_multiple = target_range_multiple
         self.warm_up = warm_up
+        self.twins = twins
         self.on_load: list[VersionHook] = []
         self.on_swap: list[SwapHook] = []
         self.on_refuse: list[RefuseHook] = []
@@ -349,6 +351,7 @@ class Registry:
                 max_instances=self.max_instances,
                 input_range_multiple=self.input_range_multiple,
                 target_range_multiple=self.target_range_multiple,
+                twins=self.twins,
             )
         except Refused as exc:
             raise self._refuse(entry, number, exc.reason, exc) from exc

@@ -39,6 +39,7 @@ from app.artifacts import (
     list_versions,
     save_version,
 )
+from app.compiling import compile_estimator
 from app.drift import reference_profile
 from app.errors import ArtifactError
 from app.feature_survey import infer_features, probe_features, read_frame, suspicious_columns
@@ -220,12 +221,18 @@ def fit_and_save(
     extra_files: dict[str, bytes] | None = None,
 ) -> ModelMetadata:
     """Split, fit, evaluate on the held-out part, profile the training inputs, save
-    (``fit_version``, then ``save_version``). ``extra_files`` are saved in the version's folder
-    with it (the training copy)."""
+    (``fit_version``, ``compile_estimator`` with its twin proven on the held-out part too, then
+    ``save_version``). ``extra_files`` are saved in the version's folder with it (the
+    training copy)."""
     draft, fitted = fit_version(
         name, task, frame, labels, estimator, description=description, data=data, dates=dates
     )
-    return save_version(root, draft, fitted, promote=promote, extra_files=extra_files)
+    held_out = split_rows(frame, labels, task)[1]
+    matrix = draft.contract().matrix(frame_rows(held_out[[f.name for f in draft.features]]))
+    compiled = compile_estimator(root, draft, fitted, (matrix, "training_split"))
+    return save_version(
+        root, draft, fitted, promote=promote, extra_files=extra_files, compiled=compiled
+    )
 
 
 def fit_version(
