@@ -52,8 +52,7 @@ class Twin:
         scores = self._treelite(matrix)
         if self.classes is None:
             return scores[:, 0]
-        classes: npt.NDArray[Any] = np.asarray(self.classes, dtype=object)
-        return classes[scores.argmax(axis=1)]
+        return np.asarray(self.classes, dtype=object)[scores.argmax(axis=1)]  # type: ignore[no-any-return]
 
     def predict_proba(self, matrix: Any) -> npt.NDArray[np.float64]:
         if self.record.runtime == "onnxruntime":
