@@ -54,11 +54,12 @@ class UnusableOutput(ValueError):
 def infer(model: LoadedModel, rows: Sequence[Row]) -> list[RowOutput]:
     """One model call for all rows: label or value, and class probabilities when available.
 
-    Through the version's compiled twin when it has one; rows the twin fails on, or answers
-    something unservable for, go to the estimator, whose answer (or failure) is the last word:
-    the twin was proven on the version's data, not on every input."""
+    Through the version's compiled twin when it has one and every value lies in its training
+    range; rows outside it, rows the twin fails on or answers something unservable for, go to
+    the estimator, whose answer (or failure) is the last word: the twin was proven on the
+    version's data, not on every input."""
     matrix = model.contract.matrix(rows)
-    if model.twin is not None:
+    if model.twin is not None and model.twin.covers(matrix):
         try:
             return _outputs(model, model.twin, matrix, len(rows))
         except Exception:  # scikit-learn answers, or says why it cannot

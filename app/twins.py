@@ -40,6 +40,24 @@ class Twin:
     prefix: Any  # the pipeline steps kept in scikit-learn, or None
     runner: Any  # an onnxruntime.InferenceSession or a treelite.Model
     classes: tuple[Any, ...] | None
+    # The training range of the numeric features (their positions, lowest, highest values):
+    # the twin was proven inside it, so it answers only rows inside it.
+    ranged: tuple[int, ...] = ()
+    low: npt.NDArray[np.float64] | None = None
+    high: npt.NDArray[np.float64] | None = None
+
+    def covers(self, matrix: Any) -> bool:
+        """Whether every numeric value of ``matrix`` (missing ones aside) lies in its feature's
+        training range: rows that do not go to the estimator (app/prediction.py)."""
+        if self.low is None or self.high is None:
+            return True
+        if isinstance(matrix, np.ndarray) and matrix.dtype == np.float64:
+            values = matrix if len(self.ranged) == matrix.shape[1] else matrix[:, self.ranged]
+        elif isinstance(matrix, np.ndarray):
+            values = matrix[:, self.ranged].astype(np.float64)
+        else:  # a DataFrame
+            values = matrix.iloc[:, list(self.ranged)].to_numpy(dtype=np.float64)
+        return not bool(((values < self.low) | (values > self.high)).any())
 
     @property
     def runtime(self) -> str:
@@ -110,7 +128,15 @@ def open_twin(record: CompiledTwin, data: bytes, estimator: Any, metadata: Model
         import treelite
 
         runner = treelite.Model.deserialize_bytes(data)
-    return Twin(record, prefix, runner, classes)
+    ranged = [
+        (index, feature.min, feature.max)
+        for index, feature in enumerate(metadata.features)
+        if feature.dtype in ("float", "int") and feature.min is not None and feature.max is not None
+    ]
+    if not ranged:
+        return Twin(record, prefix, runner, classes)
+    positions, low, high = zip(*ranged, strict=True)
+    return Twin(record, prefix, runner, classes, positions, np.array(low), np.array(high))
 
 
 def compare(twin: Twin, estimator: Any, metadata: ModelMetadata, matrix: Any) -> float:
@@ -145,7 +171,7 @@ def compare(twin: Twin, estimator: Any, metadata: ModelMetadata, matrix: Any) ->
         raise TwinMismatch(
             f"{int(labels_differ.sum())} of {len(labels_differ)} labels differ (first: row {row})"
         )
-    if difference > tolerance:
+    if not difference <= tolerance:  # NaN (an estimator answering NaN) is not equal either
         raise TwinMismatch(f"outputs differ by {difference:.3g}, over the {tolerance:g} allowed")
     return difference
 
