@@ -105,8 +105,9 @@ def add_commands(commands: Commands) -> None:
         "skl2onnx; Treelite for tree ensembles) and prove the twin equal to it on the version's\n"
         "reference sample and held-out rows: identical labels, probabilities within 1e-6,\n"
         "values within 1e-6 relative. The twin and its proof go into the version's folder and\n"
-        "metadata; a server serves it from the next time it loads the version. A model that\n"
-        "cannot be converted, or a twin that differs, keeps serving on scikit-learn, and the\n"
+        "metadata; a running server loads the version again with it at its next rescan. A model\n"
+        "that"
+        " cannot be converted, or a twin that differs, keeps serving on scikit-learn, and the\n"
         "reason is recorded (exit status 1). `steward train` and `register` compile already.",
         "examples:\n  steward compile iris\n  steward compile churn 3",
     )
