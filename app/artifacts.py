@@ -48,6 +48,7 @@ from app.search import SearchRecord
 ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
 TRAINING_COPY = "training.csv.gz"
+TWIN_FILES = frozenset({"twin.onnx", "twin.treelite"})
 
 logger = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: "$" lets a final newline in
@@ -90,6 +91,11 @@ class CompiledTwin(BaseModel):
     )
     precision: Literal["float64", "float32"] = Field(
         description="The twin's input: float32 where the estimator itself rounds to float32."
+    )
+    scores: bool = Field(
+        False,
+        description="The twin computes a linear classifier's decision function; labels are "
+        "read from it as scikit-learn reads them.",
     )
     proof: TwinProof
 
@@ -460,13 +466,18 @@ def save_compilation(
         write_atomically(folder / compilation.twin.file, twin)
     updated = metadata.model_copy(update={"compilation": compilation})
     write_atomically(folder / METADATA, updated.model_dump_json(indent=2) + "\n")
+    for stale in TWIN_FILES - {compilation.twin.file if compilation.twin else ""}:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / stale).unlink()  # a twin the metadata no longer names
     return updated
 
 
 def write_atomically(path: Path, content: str | bytes) -> None:
     """Replace ``path`` with ``content`` so that a reader sees the old file or the new one."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp's is 0600
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(content.encode() if isinstance(content, str) else content)
             handle.flush()

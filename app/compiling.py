@@ -5,8 +5,8 @@ version is saved, or by ``steward compile``; never on the request path. Candidat
 
 1. Treelite, for a tree ensemble (random forests, extra trees, gradient boosting, histogram
    gradient boosting) as the estimator or as a pipeline's last step.
-2. ONNX Runtime (skl2onnx) for the whole estimator, when its input is a float matrix: in
-   float64 first, in float32 where a converter has no float64 form.
+2. ONNX Runtime (skl2onnx, float64) for the whole estimator, when its input is a float
+   matrix; a linear classifier without probabilities as its decision function.
 3. ONNX Runtime for a pipeline's last step, the steps before it kept in scikit-learn (a
    ColumnTransformer with one-hot encoders, which takes mixed columns ONNX would need one input
    per column for).
@@ -19,9 +19,11 @@ stored (a demo's dataset, a CSV version's kept copy) or handed in by whoever jus
 """
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from app.artifacts import (
     CompiledTwin,
     ModelMetadata,
     TwinProof,
+    TwinRuntime,
     load_estimator,
     read_metadata,
     save_compilation,
@@ -102,9 +105,10 @@ def _compile(
         message = "no reference profile and no held-out rows to prove a twin on"
         return Compilation(reason="no_proof_rows", message=message, compiled_at=now()), None
     failures: list[str] = []
-    for runtime, sklearn_steps, precision, build in _candidates(metadata, estimator):
+    for candidate in _candidates(metadata, estimator):
+        runtime, precision = candidate.runtime, candidate.precision
         try:
-            data = build()
+            data = candidate.build()
         except Exception as exc:  # converters raise anything for a model they do not know
             failures.append(f"{runtime}: cannot convert: {_one_line(exc)}")
             continue
@@ -113,8 +117,9 @@ def _compile(
             runtime_version=_runtime_version(runtime),
             file="twin.onnx" if runtime == "onnxruntime" else "twin.treelite",
             sha256=sha256_bytes(data),
-            sklearn_steps=sklearn_steps,
+            sklearn_steps=candidate.sklearn_steps,
             precision=precision,
+            scores=candidate.scores,
             proof=TwinProof(reference_rows=0, held_out_rows=0, max_difference=0, tolerance=0),
         )
         try:
@@ -203,45 +208,87 @@ def _stored_held_out(
     return (matrix, source), None
 
 
-def _candidates(metadata: ModelMetadata, estimator: Any) -> list[tuple[Any, int, Any, Any]]:
-    """(runtime, steps kept in scikit-learn, precision, build) per candidate, in order."""
+@dataclass(frozen=True)
+class Candidate:
+    """One way to compile an estimator: the twin's runtime and how it reads its input, and
+    ``build``, which converts it (and raises for a model its converter does not know)."""
+
+    runtime: TwinRuntime
+    sklearn_steps: int
+    precision: Literal["float64", "float32"]
+    scores: bool
+    build: Callable[[], bytes]
+
+
+def _candidates(metadata: ModelMetadata, estimator: Any) -> list[Candidate]:
+    """The candidates for ``estimator``, in the order they are tried."""
     steps = list(getattr(estimator, "steps", ()))
     last = steps[-1][1] if steps else estimator
-    prefix_steps = len(steps) - 1 if steps else 0
-    candidates: list[tuple[Any, int, Any, Any]] = []
+    kept = len(steps) - 1 if steps else 0
     if _kind(last) in TREE_ENSEMBLES:
-        precision = "float32" if _kind(last) in ROUNDS_TO_FLOAT32 else "float64"
-        candidates.append(("treelite", prefix_steps, precision, lambda: _treelite(last)))
-        return candidates
+        precision: Literal["float64", "float32"] = (
+            "float32" if _kind(last) in ROUNDS_TO_FLOAT32 else "float64"
+        )
+        return [Candidate("treelite", kept, precision, False, lambda: _treelite(last))]
+    surrogate = _decision_function(last)
+    scores = surrogate is not None
+    final = last if surrogate is None else surrogate
+    candidates = []
     contract = metadata.contract()
     if contract.numeric and not contract.dataframe:
+        whole = estimator if not kept and surrogate is None else _pipeline(steps, final)
         width = len(metadata.features)
-        for precision in ("float64", "float32"):
-            candidates.append(
-                ("onnxruntime", 0, precision, lambda p=precision: _onnx(estimator, width, p))
+        candidates.append(
+            Candidate("onnxruntime", 0, "float64", scores, lambda: _onnx(whole, width))
+        )
+    if kept:
+        prefix = estimator[:kept]
+        candidates.append(
+            Candidate(
+                "onnxruntime",
+                kept,
+                "float64",
+                scores,
+                lambda: _onnx(final, _width_after(prefix, metadata)),
             )
-    if prefix_steps:
-        prefix = estimator[:prefix_steps]
-        for precision in ("float64", "float32"):
-            candidates.append(
-                (
-                    "onnxruntime",
-                    prefix_steps,
-                    precision,
-                    lambda p=precision: _onnx(last, _width_after(prefix, metadata), p),
-                )
-            )
+        )
     return candidates
 
 
-def _onnx(estimator: Any, width: int, precision: str) -> bytes:
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+def _decision_function(estimator: Any) -> Any:
+    """For a linear classifier without probabilities (RidgeClassifier, LinearSVC), a linear
+    regression with its coefficients: its output is the classifier's decision function, which
+    skl2onnx converts in float64 (it converts those classifiers in float32 only). None for any
+    other estimator."""
+    from sklearn.base import is_classifier
+    from sklearn.linear_model import LinearRegression
 
-    tensor = DoubleTensorType if precision == "float64" else FloatTensorType
+    linear = all(hasattr(estimator, a) for a in ("coef_", "intercept_", "decision_function"))
+    if not linear or not is_classifier(estimator) or hasattr(estimator, "predict_proba"):
+        return None
+    surrogate = LinearRegression()
+    surrogate.coef_ = np.asarray(estimator.coef_, dtype=np.float64)
+    surrogate.intercept_ = np.asarray(estimator.intercept_, dtype=np.float64)
+    surrogate.n_features_in_ = surrogate.coef_.shape[-1]
+    return surrogate
+
+
+def _pipeline(steps: list[tuple[str, Any]], final: Any) -> Any:
+    """The pipeline's steps with ``final`` in place of its last (or ``final`` alone)."""
+    if not steps:
+        return final
+    from sklearn.pipeline import Pipeline
+
+    return Pipeline([*steps[:-1], (steps[-1][0], final)])
+
+
+def _onnx(estimator: Any, width: int) -> bytes:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import DoubleTensorType
+
     options = {"zipmap": False} if hasattr(estimator, "predict_proba") else None
-    model = to_onnx(estimator, initial_types=[("X", tensor([None, width]))], options=options)
-    return model.SerializeToString()  # type: ignore[no-any-return]
+    initial = [("X", DoubleTensorType([None, width]))]
+    return to_onnx(estimator, initial_types=initial, options=options).SerializeToString()  # type: ignore[no-any-return]
 
 
 def _treelite(estimator: Any) -> bytes:
@@ -280,6 +327,7 @@ def _one_line(exc: Exception) -> str:
 def _proven(twin: CompiledTwin) -> str:
     proof = twin.proof
     kept = f", {twin.sklearn_steps} step(s) kept in scikit-learn" if twin.sklearn_steps else ""
+    kept += ", its decision function" if twin.scores else ""
     held = (
         f"{proof.held_out_rows} held-out rows ({proof.held_out_source})"
         if proof.held_out_rows

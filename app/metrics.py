@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # metrics, store and registry sit side by side: no import at 
 UNKNOWN_MODEL = "_unknown"
 OTHER_CLASS = "_other"
 ERROR_STAGES: tuple[Stage, ...] = get_args(Stage)
+TWIN_FALLBACK_REASONS = ("out_of_range", "error", "unusable")
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
 AdminAction = Literal["promote", "rollback", "traffic", "reload", "retrain", "job", "auto_rollback"]
@@ -165,6 +166,14 @@ class Metrics:
             ["model", "version", "runtime", "fallback"],
             registry=registry,
         )
+        self.twin_fallbacks = Counter(
+            "steward_twin_fallback_rows",
+            "Rows of a version served by its compiled twin's estimator instead: out_of_range "
+            "(a value outside its feature's training range, where the twin was not proven), "
+            "error (the twin failed), unusable (the twin answered a non-finite number).",
+            ["model", "version", "reason"],
+            registry=registry,
+        )
         self.traffic_percent = Gauge(
             "steward_model_traffic_percent",
             "Per model, the percent of requests its traffic policy sends to the candidate, under "
@@ -244,6 +253,9 @@ class Metrics:
         self._publish_info(entry, model.version)
         self.sklearn_mismatch.labels(name, version).set(int(model.sklearn_mismatch is not None))
         self.runtime.labels(name, version, *_runtime_labels(model)).set(1)
+        if model.twin is not None:
+            for reason in TWIN_FALLBACK_REASONS:
+                self.twin_fallbacks.labels(name, version, reason)
         self.predictions.labels(name, version)
         self.inference_duration.labels(name, version)
         self.batch_rows.labels(name, version)
@@ -337,6 +349,10 @@ class Metrics:
         if child is None:
             child = self._errors[key] = self.errors.labels(*key)
         child.inc()
+
+    def count_twin_fallback(self, model: LoadedModel, reason: str, rows: int) -> None:
+        """Rows of ``model`` its twin left to the estimator (app/prediction.py ``infer``)."""
+        self.twin_fallbacks.labels(model.name, str(model.version), reason).inc(rows)
 
     def series(self, metadata: ModelMetadata) -> ModelSeries:
         """The served version's label children, made once: requests do no label lookups."""

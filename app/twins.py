@@ -4,7 +4,10 @@ A twin answers what its estimator answers, through a faster runtime: ONNX Runtim
 skl2onnx converts, Treelite's GTIL for a tree ensemble. ``sklearn_steps`` leading steps of a
 pipeline (a ColumnTransformer with its one-hot encoders, say) stay in scikit-learn and feed the
 twin their output. ``precision`` float32 rounds the input as scikit-learn's decision trees do
-before comparing it with their thresholds.
+before comparing it with their thresholds (ONNX twins are float64 only: float32 arithmetic
+would flip labels near a decision boundary). A linear classifier without probabilities
+(RidgeClassifier, LinearSVC) has a twin of its decision function (``scores``), read as
+scikit-learn reads it: the sign for two classes, the largest score otherwise.
 
 ``compare`` is the proof (app/compiling.py runs it when compiling, app/loading.py again when
 loading, on the reference rows): identical labels, and probabilities within
@@ -12,7 +15,7 @@ loading, on the reference rows): identical labels, and probabilities within
 least 1).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,43 +42,54 @@ class Twin:
     record: CompiledTwin
     prefix: Any  # the pipeline steps kept in scikit-learn, or None
     runner: Any  # an onnxruntime.InferenceSession or a treelite.Model
-    classes: tuple[Any, ...] | None
-    # The training range of the numeric features (their positions, lowest, highest values):
-    # the twin was proven inside it, so it answers only rows inside it.
-    ranged: tuple[int, ...] = ()
+    classes: list[Any] | None  # the estimator's own classes_, as its predict gives them
+    # The training range of the numeric and date features (their positions, lowest, highest
+    # values): the twin was proven inside it, so it answers only rows inside it.
+    ranged: list[int] = field(default_factory=list)
     low: npt.NDArray[np.float64] | None = None
     high: npt.NDArray[np.float64] | None = None
-
-    def covers(self, matrix: Any) -> bool:
-        """Whether every numeric value of ``matrix`` (missing ones aside) lies in its feature's
-        training range: rows that do not go to the estimator (app/prediction.py)."""
-        if self.low is None or self.high is None:
-            return True
-        if isinstance(matrix, np.ndarray) and matrix.dtype == np.float64:
-            values = matrix if len(self.ranged) == matrix.shape[1] else matrix[:, self.ranged]
-        elif isinstance(matrix, np.ndarray):
-            values = matrix[:, self.ranged].astype(np.float64)
-        else:  # a DataFrame
-            values = matrix.iloc[:, list(self.ranged)].to_numpy(dtype=np.float64)
-        return not bool(((values < self.low) | (values > self.high)).any())
 
     @property
     def runtime(self) -> str:
         return self.record.runtime
 
+    def covered(self, matrix: Any) -> npt.NDArray[np.bool_]:
+        """Per row of ``matrix``, whether its every ranged value (missing ones aside) lies in
+        its feature's training range: the rows the twin answers (app/prediction.py)."""
+        if self.low is None or self.high is None:
+            return np.ones(len(matrix), dtype=bool)
+        if isinstance(matrix, np.ndarray) and matrix.dtype == np.float64:
+            values = matrix if len(self.ranged) == matrix.shape[1] else matrix[:, self.ranged]
+        elif isinstance(matrix, np.ndarray):
+            values = matrix[:, self.ranged].astype(np.float64)
+        else:  # a DataFrame
+            values = matrix.iloc[:, self.ranged].to_numpy(dtype=np.float64)
+        outside = ((values < self.low) | (values > self.high)).any(axis=1)
+        return np.asarray(~outside, dtype=bool)
+
     def predict(self, matrix: Any) -> npt.NDArray[Any]:
-        if self.record.runtime == "onnxruntime":
-            labels: npt.NDArray[Any] = np.asarray(self._onnx(matrix)[0]).ravel()
-            return labels
-        scores = self._treelite(matrix)
+        """Labels (the estimator's own classes, of their own type) or values."""
+        if self.record.runtime == "treelite":
+            scores = self._treelite(matrix)
+            return scores[:, 0] if self.classes is None else self._labels(scores.argmax(axis=1))
+        output = np.asarray(self._onnx(matrix)[0])
         if self.classes is None:
-            return scores[:, 0]
-        return np.asarray(self.classes, dtype=object)[scores.argmax(axis=1)]  # type: ignore[no-any-return]
+            return output.ravel()
+        if self.record.scores:  # a decision function: as LinearClassifierMixin.predict reads it
+            scores = output.reshape(len(output), -1)
+            best = (scores[:, 0] > 0).astype(int) if scores.shape[1] == 1 else scores.argmax(1)
+            return self._labels(best)
+        same = {label: label for label in self.classes}  # ONNX's 0 for a class 0.0 or False
+        return np.array([same[label] for label in output.ravel().tolist()], dtype=object)
 
     def predict_proba(self, matrix: Any) -> npt.NDArray[np.float64]:
         if self.record.runtime == "onnxruntime":
             return np.asarray(self._onnx(matrix)[1], dtype=np.float64)
         return self._treelite(matrix)
+
+    def _labels(self, positions: npt.NDArray[np.intp]) -> npt.NDArray[Any]:
+        classes = self.classes or []
+        return np.array([classes[i] for i in positions.tolist()], dtype=object)
 
     def _input(self, matrix: Any) -> npt.NDArray[Any]:
         if self.prefix is not None:
@@ -110,7 +124,7 @@ class Twin:
 def open_twin(record: CompiledTwin, data: bytes, estimator: Any, metadata: ModelMetadata) -> Twin:
     """The twin in ``data`` (already checked against ``record.sha256``), ready to run."""
     prefix = estimator[: record.sklearn_steps] if record.sklearn_steps else None
-    classes = tuple(metadata.classes or ()) if metadata.task == "classification" else None
+    classes = estimator.classes_.tolist() if metadata.task == "classification" else None
     if record.runtime == "onnxruntime":
         import onnxruntime
 
@@ -131,12 +145,14 @@ def open_twin(record: CompiledTwin, data: bytes, estimator: Any, metadata: Model
     ranged = [
         (index, feature.min, feature.max)
         for index, feature in enumerate(metadata.features)
-        if feature.dtype in ("float", "int") and feature.min is not None and feature.max is not None
+        if feature.dtype in ("float", "int", "date")
+        and feature.min is not None
+        and feature.max is not None
     ]
     if not ranged:
         return Twin(record, prefix, runner, classes)
     positions, low, high = zip(*ranged, strict=True)
-    return Twin(record, prefix, runner, classes, positions, np.array(low), np.array(high))
+    return Twin(record, prefix, runner, classes, list(positions), np.array(low), np.array(high))
 
 
 def compare(twin: Twin, estimator: Any, metadata: ModelMetadata, matrix: Any) -> float:
@@ -155,8 +171,8 @@ def compare(twin: Twin, estimator: Any, metadata: ModelMetadata, matrix: Any) ->
         expected = np.asarray(estimator.predict(matrix))
         got = twin.predict(matrix)
         _same_shape(expected, got)
-        if metadata.task == "classification":
-            labels_differ = expected.astype(object) != got.astype(object)
+        if metadata.task == "classification":  # of the same type too: 0.0 and 0 serve apart
+            labels_differ = np.array(_differ(expected.tolist(), got.tolist()), dtype=bool)
             difference = 0.0
         else:
             expected, got = expected.astype(np.float64), got.astype(np.float64)
@@ -174,6 +190,11 @@ def compare(twin: Twin, estimator: Any, metadata: ModelMetadata, matrix: Any) ->
     if not difference <= tolerance:  # NaN (an estimator answering NaN) is not equal either
         raise TwinMismatch(f"outputs differ by {difference:.3g}, over the {tolerance:g} allowed")
     return difference
+
+
+def _differ(expected: list[Any], got: list[Any]) -> list[bool]:
+    """Per label, whether the two differ in value or in type (JSON writes 0.0, 0, false)."""
+    return [type(a) is not type(b) or a != b for a, b in zip(expected, got, strict=True)]
 
 
 def _same_shape(expected: npt.NDArray[Any], got: npt.NDArray[Any]) -> None:
