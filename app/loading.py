@@ -70,13 +70,8 @@ class LoadedModel:
     fallback: Fallback | None = None
 
     @property
-    def scorer(self) -> Any:
-        """What answers a request: the twin when there is one, else the estimator."""
-        return self.estimator if self.twin is None else self.twin
-
-    @property
     def runtime(self) -> str:
-        """onnxruntime, treelite or sklearn: what ``scorer`` runs on."""
+        """onnxruntime, treelite or sklearn: what answers its requests (app/prediction.py)."""
         return "sklearn" if self.twin is None else self.twin.runtime
 
     @property
