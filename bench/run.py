@@ -21,6 +21,9 @@ connections and with 64-row requests, STEWARD_DRIFT false, true, and true with s
 second, interleaved over two rounds; and ``DriftWindow.append`` alone, per row. ``--drift-only``
 runs just that part.
 
+Last, the model call alone (bench/twins.py): ``infer`` on scikit-learn and on each version's
+compiled twin, in process, 1 and 64 rows. ``--twins-only`` runs just that part.
+
 ``--soak SECONDS`` instead runs iris at 64 connections for that long and prints RSS over time.
 """
 
@@ -49,6 +52,7 @@ from retrain import retrain_cost
 from scrape import Watch, counter, rows_written
 from server import STEWARD
 from speed import measure_speed, print_speed, start_steward
+from twins import twins_cost
 
 MODELS = ("iris", "breast-cancer", "diabetes")
 CONNECTIONS = (1, 8, 64)
@@ -64,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--shadow-only", action="store_true", help="only the shadow cost")
     parser.add_argument("--retrain-only", action="store_true", help="only the retraining cost")
     parser.add_argument("--drift-only", action="store_true", help="only the drift cost")
+    parser.add_argument("--twins-only", action="store_true", help="only the model call alone")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="steward-bench-") as folder:
         bench(Path(folder), args)
@@ -90,6 +95,9 @@ def bench(work: Path, args: argparse.Namespace) -> None:
     if args.drift_only:
         print_drift_cost(work, args.seconds)
         return
+    if args.twins_only:
+        twins_cost()
+        return
     models = args.models.split(",")
     connections = [int(c) for c in args.connections.split(",")]
     speed = measure_speed(work / "speed", models_dir, models, connections, args.seconds)
@@ -102,6 +110,8 @@ def bench(work: Path, args: argparse.Namespace) -> None:
     print_retrain_cost(work, args.seconds)
     print()
     print_drift_cost(work, args.seconds)
+    print()
+    twins_cost()
 
 
 SHADOW_CONNECTIONS = (1, 64)
