@@ -140,3 +140,15 @@ def test_compile_usage_errors_are_one_line_exit_2_and_change_nothing(
     assert (code, out) == (2, "")
     assert_one_line_error(err, said)
     assert (models_dir / "iris" / "1" / METADATA).read_bytes() == before
+
+
+def test_compile_a_version_whose_artifact_was_changed_is_one_line_exit_1(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with (models_dir / "iris" / "1" / "model.joblib").open("ab") as artifact:
+        artifact.write(b"x")
+    before = (models_dir / "iris" / "1" / METADATA).read_bytes()
+    code, out, err = run_cli(capsys, "--models-dir", str(models_dir), "compile", "iris", "1")
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, "iris v1: sha256 of model.joblib is ", ", metadata says ")
+    assert (models_dir / "iris" / "1" / METADATA).read_bytes() == before

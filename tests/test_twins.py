@@ -228,16 +228,26 @@ def test_registered_tree_ensembles_have_a_treelite_twin_equal_to_them(
     assert not served.twin.covers(x)  # type: ignore[union-attr]
 
 
-def test_a_forest_answers_missing_values_as_scikit_learn_does(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RandomForestClassifier(10, random_state=0),
+        lambda: HistGradientBoostingClassifier(max_iter=20, random_state=0),
+    ],
+    ids=["forest", "boosted"],
+)
+def test_tree_ensembles_answer_missing_values_as_scikit_learn_does(
+    tmp_path: Path, make: Any
+) -> None:
     """The proof has one row per nullable feature missing; scikit-learn's trees send a missing
     value to a learnt side at every split, and the twin must follow them on any row."""
     root = tmp_path / "models"
     x, y = load_breast_cancer(return_X_y=True)
-    metadata = _register(root, tmp_path, "forest", RandomForestClassifier(10, random_state=0), x, y)
+    metadata = _register(root, tmp_path, "trees", make(), x, y)
     assert all(f.nullable for f in metadata.features)
     holes = x[1::2].copy()
     holes[np.random.default_rng(0).random(holes.shape) < 0.3] = np.nan
-    assert assert_twin_answers_as_sklearn(root, "forest", 1, holes) == len(holes)
+    assert assert_twin_answers_as_sklearn(root, "trees", 1, holes) == len(holes)
 
 
 def test_a_retrained_version_is_proven_on_its_reference_sample_and_says_why_no_held_out(

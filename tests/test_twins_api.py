@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from helpers import (
+    ADMIN_AUTH,
+    ADMIN_TOKEN,
     DIABETES_ROW,
     IRIS_SETOSA,
     IRIS_VIRGINICA,
@@ -32,7 +34,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from app.artifacts import METADATA, load_estimator, read_metadata, sha256_bytes
+from app.artifacts import METADATA, load_estimator, read_metadata, save_version, sha256_bytes
+from app.compiling import compile_version
 from app.loading import load_version
 from app.main import create_app
 from app.prediction import infer
@@ -385,3 +388,32 @@ def test_iris_rows_outside_the_training_range_get_scikit_learns_exact_answer(
     ]
     assert loaded(client, "iris")["runtime"] == "onnxruntime"
     assert answers(predict(client, "iris", *rows)) == sklearn_answers(models_dir, "iris", rows)
+
+
+def test_each_loaded_version_has_its_one_runtime_series_until_it_leaves(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """v1 (its twin spoilt) and v2 (its twin proven) side by side, then v1 rolled off."""
+    _tamper(models_dir, tmp_path)
+    v1 = read_metadata(models_dir, "iris", 1)
+    draft = v1.model_copy(update={"compilation": None})
+    v2 = save_version(models_dir, draft, load_estimator(models_dir, v1))
+    assert compile_version(models_dir, "iris", v2.version).compilation.twin is not None  # type: ignore[union-attr]
+    settings = Settings(
+        models_dir=models_dir,
+        data_dir=tmp_path / "data",
+        admin_token=ADMIN_TOKEN,
+        reload_interval_seconds=0,
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert runtime_series(client, "iris", "1") == {("sklearn", "checksum_mismatch"): 1.0}
+        assert runtime_series(client, "iris", "2") == {}  # not loaded
+        promoted = client.post(
+            "/admin/models/iris/promote", json={"version": 2}, headers=ADMIN_AUTH
+        )
+        assert promoted.status_code == 200, promoted.text
+        assert runtime_series(client, "iris", "2") == {("onnxruntime", "none"): 1.0}
+        assert [v["version"] for v in client.get("/models/iris").json()["loaded"]] == [2]
+        assert runtime_series(client, "iris", "1") == {}  # v1 unloaded: its series removed
+        answer = predict(client, "iris", IRIS_SETOSA).json()
+        assert answer["version"] == 2
