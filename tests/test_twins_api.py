@@ -208,6 +208,17 @@ def _swap(root: Path, folder: Path) -> None:
     _rewrite_metadata(root, point_at_it)
 
 
+def _garble(root: Path, _: Path) -> None:
+    """Bytes no runtime reads, the metadata's sha256 updated to match."""
+    garbage = b"not an onnx model"
+    (root / "iris" / "1" / "twin.onnx").write_bytes(garbage)
+
+    def point_at_it(data: dict[str, Any]) -> None:
+        data["compilation"]["twin"]["sha256"] = sha256_bytes(garbage)
+
+    _rewrite_metadata(root, point_at_it)
+
+
 def _uncompile(root: Path, _: Path) -> None:
     _rewrite_metadata(root, lambda data: data.pop("compilation"))  # as saved before twins
 
@@ -215,12 +226,17 @@ def _uncompile(root: Path, _: Path) -> None:
 FALLBACKS: list[tuple[str, Callable[[Path, Path], None], str]] = [
     ("checksum_mismatch", _tamper, "twin.onnx"),
     ("twin_unreadable", _remove, "twin.onnx"),
+    ("twin_unreadable", _garble, "twin.onnx"),
     ("twin_differs", _swap, "on the reference sample"),
     ("not_compiled", _uncompile, "steward compile"),
 ]
 
 
-@pytest.mark.parametrize(("reason", "spoil", "said"), FALLBACKS, ids=[f[0] for f in FALLBACKS])
+@pytest.mark.parametrize(
+    ("reason", "spoil", "said"),
+    FALLBACKS,
+    ids=["tampered", "missing", "garbled", "swapped", "uncompiled"],
+)
 def test_a_spoilt_or_missing_twin_falls_back_to_scikit_learn_visibly_and_keeps_serving(
     tmp_path: Path,
     models_dir: Path,
