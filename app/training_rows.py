@@ -85,7 +85,12 @@ def _stored_parts(
     """The training and held-out parts of a version's stored rows (see above)."""
     from app.training import DEMOS  # here: app.training imports this module
 
-    where = f"{metadata.name} v{metadata.version}"
+    # version 0: a draft not saved yet (retraining compiles it before save_version numbers it)
+    where = (
+        f"{metadata.name} v{metadata.version}"
+        if metadata.version
+        else f"{metadata.name}'s new version"
+    )
     data = metadata.training_data
     if data is None:
         raise ArtifactError(f"{where} records no training data (saved before versions did)")
