@@ -102,7 +102,7 @@ def assert_twin_answers_as_sklearn(root: Path, name: str, version: int, matrix: 
     assert plain.fallback is not None
     assert plain.fallback.reason == "twins_off"
     rows = as_rows(matrix)
-    covered = [row for row in rows if served.twin.covers(served.contract.matrix([row]))]
+    covered = [row for row in rows if served.twin.covered(served.contract.matrix([row])).all()]
     outside = [row for row in rows if row not in covered]
     for part, scorer in ((covered, served.twin), (outside, served.estimator)):
         if not part:
@@ -225,7 +225,7 @@ def test_registered_tree_ensembles_have_a_treelite_twin_equal_to_them(
     # the whole dataset: the training rows, the sample, and rows outside the sample's range
     served = load(root, name)
     assert assert_twin_answers_as_sklearn(root, name, 1, x) < len(x)
-    assert not served.twin.covers(x)  # type: ignore[union-attr]
+    assert not served.twin.covered(x).all()  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -250,7 +250,7 @@ def test_tree_ensembles_answer_missing_values_as_scikit_learn_does(
     assert assert_twin_answers_as_sklearn(root, "trees", 1, holes) == len(holes)
 
 
-def test_a_retrained_version_is_proven_on_its_reference_sample_and_says_why_no_held_out(
+def test_a_retrained_version_is_proven_on_its_reference_sample_and_its_held_out_split(
     tmp_path: Path,
 ) -> None:
     x = np.column_stack([np.arange(20, dtype=float), np.arange(20, dtype=float) % 3])
@@ -277,27 +277,23 @@ def test_a_retrained_version_is_proven_on_its_reference_sample_and_says_why_no_h
     proof = new.compilation.twin.proof
     reference = reference_matrix(new)
     assert proof.reference_rows == len(reference) > 0
-    assert (proof.held_out_rows, proof.held_out_source) == (0, None)
-    assert proof.held_out_note == (
-        "line's new version was retrained: part of its rows are labelled predictions in the "
-        "prediction store, not stored with it"
-    )
-    assert f"no held-out rows ({proof.held_out_note})" in new.compilation.message
+    assert new.training_data is not None
+    held_out = new.training_data.held_out_rows
+    assert (proof.held_out_rows, proof.held_out_source) == (held_out, "training_split")
+    assert held_out > 0
+    assert proof.held_out_note is None
+    assert f"{held_out} held-out rows (training_split)" in new.compilation.message
     assert assert_twin_answers_as_sklearn(root, "line", 2, reference) == len(reference)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug, for the lead: breast-cancer's twin is ONNX in float32 (skl2onnx has no float64 "
-    "RidgeClassifier) while scikit-learn decides in float64, so rows within about 1e-7 of the "
-    "decision boundary get the other label; the proof's 343 rows never come that close",
-)
 def test_the_breast_cancer_twin_labels_rows_at_its_decision_boundary_as_scikit_learn(
     demo_models: Path,
 ) -> None:
+    """skl2onnx converts RidgeClassifier in float32 only, which flips labels within about
+    1e-7 of the boundary: its twin computes the decision function in float64 instead."""
     model = load(demo_models, "breast-cancer")
     assert model.twin is not None
-    assert model.twin.record.precision == "float32"
+    assert (model.twin.record.precision, model.twin.record.scores) == ("float64", True)
     held_out, _ = stored_held_out_matrix(demo_models, model.metadata)
     labels = model.estimator.predict(held_out)
     a, b = held_out[0], held_out[int(np.flatnonzero(labels != labels[0])[0])]
@@ -309,6 +305,6 @@ def test_the_breast_cancer_twin_labels_rows_at_its_decision_boundary_as_scikit_l
         else:
             high = middle
     rows = np.array([a + t * (b - a) for t in np.linspace(low - 1e-6, high + 1e-6, 201)])
-    assert model.twin.covers(rows)  # inside the training range: the twin answers them
+    assert model.twin.covered(rows).all()  # inside the training range: the twin answers them
     served = [label for label, _ in infer(model, as_rows(rows))]
     assert served == model.estimator.predict(rows).tolist()
