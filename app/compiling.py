@@ -142,7 +142,12 @@ def _compile(
         record = record.model_copy(update={"proof": proof})
         return Compilation(twin=record, message=_proven(record), compiled_at=now()), data
     if not failures:
-        failures.append(f"{_kind(estimator)} has no converter in skl2onnx or Treelite")
+        failures.append(
+            f"{_kind(estimator)} was fitted on a named DataFrame: only a pipeline's last step "
+            "can be compiled (the steps before it read the frame in scikit-learn)"
+            if metadata.input_format == "dataframe"
+            else f"{_kind(estimator)} has no converter in skl2onnx or Treelite"
+        )
     converted = any("cannot convert" not in failure for failure in failures)
     return Compilation(
         reason="proof_failed" if converted else "unsupported",
