@@ -69,8 +69,9 @@ chromium:
 wrk:
 	$(call debian,wrk,wrk)
 
-# Steward vs. the naive route in bench/, same machine, same run: prints the table of
-# docs/performance.md. `make bench-soak` runs iris at 64 connections for 5 minutes (RSS, log).
+# Steward vs. the hand-written routes of bench/naive.py, same machine, same run: prints the
+# tables of docs/performance.md (`bench/run.py --speed-only`: the main one alone).
+# `make bench-soak` runs iris at 64 connections for 5 minutes (RSS, log).
 bench: $(VENV)/.installed wrk
 	$(BIN)/python bench/run.py
 

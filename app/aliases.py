@@ -27,7 +27,6 @@ import getpass
 import json
 import os
 import socket
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
-from app.artifacts import list_versions
+from app.artifacts import list_versions, write_atomically
 from app.errors import AliasesUnreadable, ArtifactError, UnknownVersion
 
 ALIASES = "aliases.json"
@@ -245,7 +244,7 @@ def _write_alias_file(root: Path, name: str, written: AliasFile) -> None:
     if dumped["auto_rollback"] is None:  # a file without a policy stays as older Stewards wrote
         del dumped["auto_rollback"]
     text = json.dumps(dumped, indent=2, sort_keys=True)
-    _write_atomically(root / name / ALIASES, text + "\n")
+    write_atomically(root / name / ALIASES, text + "\n")
 
 
 @contextlib.contextmanager
@@ -268,17 +267,3 @@ def process_actor() -> str:
     except (KeyError, OSError):  # a container's uid with no passwd entry and no $USER
         user = f"uid{os.getuid()}"
     return f"{user}@{socket.gethostname()}"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -4,6 +4,8 @@
     models/<name>/<version>/metadata.json   ModelMetadata, including the artifact's sha256
     models/<name>/<version>/training.csv.gz the rows a CSV-trained version was given (gzip),
                                             when under the size cap (TrainingData says)
+    models/<name>/<version>/twin.onnx       its compiled twin, once proven equal to it
+    models/<name>/<version>/twin.treelite   (app/compiling.py; metadata's ``compilation``)
 
 A version directory appears whole or not at all (written aside, then renamed into place, its
 extra files such as training.csv.gz with it), so a reader never sees half of one. Where each
@@ -14,6 +16,7 @@ joblib and scikit-learn are imported by the two functions that read and write an
 so listing the registry or moving an alias (`steward models`, `steward promote`) stays light.
 """
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -45,6 +48,7 @@ from app.search import SearchRecord
 ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
 TRAINING_COPY = "training.csv.gz"
+TWIN_FILES = frozenset({"twin.onnx", "twin.treelite"})
 
 logger = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: "$" lets a final newline in
@@ -52,6 +56,63 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: "$" lets a fin
 Label = str | int | float
 Task = Literal["classification", "regression"]
 InputFormat = Literal["array", "dataframe"]
+TwinRuntime = Literal["onnxruntime", "treelite"]
+NoTwinReason = Literal["unsupported", "proof_failed", "no_proof_rows"]
+
+
+class TwinProof(BaseModel):
+    """How a compiled twin was shown equal to its estimator (app/compiling.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reference_rows: int = Field(description="Rows drawn from the version's reference profile.")
+    held_out_rows: int = Field(description="Rows the version was not fitted on.")
+    held_out_source: str | None = Field(
+        None, description="Where those came from: demo, training_copy, training_split, sample."
+    )
+    held_out_note: str | None = Field(None, description="Why there are none, when none.")
+    max_difference: float = Field(
+        description="Largest absolute difference of a probability or (relative) of a value."
+    )
+    tolerance: float = Field(description="The largest difference the proof allows.")
+
+
+class CompiledTwin(BaseModel):
+    """A version's compiled twin: its file, checksum, how it takes its input, and its proof."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    runtime: TwinRuntime
+    runtime_version: str = Field(description="Of the runtime that compiled and proved it.")
+    file: str = Field(description="In the version's folder: twin.onnx or twin.treelite.")
+    sha256: str
+    sklearn_steps: int = Field(
+        0, ge=0, description="Leading pipeline steps kept in scikit-learn (0: none)."
+    )
+    precision: Literal["float64", "float32"] = Field(
+        description="The twin's input: float32 where the estimator itself rounds to float32."
+    )
+    scores: bool = Field(
+        False,
+        description="The twin computes a linear classifier's decision function; labels are "
+        "read from it as scikit-learn reads them.",
+    )
+    proof: TwinProof
+
+
+class Compilation(BaseModel):
+    """What compiling a version gave: a twin, or the reason it serves on scikit-learn alone."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    twin: CompiledTwin | None = None
+    reason: NoTwinReason | None = Field(None, description="Why there is no twin, when none.")
+    message: str = ""
+    compiled_at: datetime
+
+
+Compiled = tuple[Compilation, bytes | None]
+"""A compilation and its twin's bytes (None: no twin), as app/compiling.py gives them."""
 
 
 class FeatureProfile(BaseModel):
@@ -223,6 +284,9 @@ class ModelMetadata(BaseModel):
         description="A version retrained with --search: the hyperparameter search that chose its "
         "parameters (app/search.py); None for any other version.",
     )
+    compilation: Compilation | None = Field(
+        None, description="Its compiled twin, or why it has none; None before it was compiled."
+    )
 
     def medians(self) -> dict[str, float]:
         """Training medians of the numeric features, from the reference profile."""
@@ -311,18 +375,24 @@ def save_version(
     *,
     promote: bool = False,
     extra_files: Mapping[str, bytes] | None = None,
+    compiled: Compiled | None = None,
 ) -> ModelMetadata:
     """Store ``estimator`` as version max+1 of ``draft.name``; returns the final metadata.
 
-    ``extra_files`` (file name -> content, e.g. the training copy) are written into the same
-    staging folder, so they appear with the version or not at all. ``production`` is pointed at
-    the new version when the model had none, or when ``promote``.
+    ``extra_files`` (file name -> content, e.g. the training copy) and the ``compiled`` twin
+    are written into the same staging folder, so they appear with the version or not at all.
+    ``production`` is pointed at the new version when the model had none, or when ``promote``.
     """
     import joblib
     import sklearn
 
     name = check_name(draft.name)
     extra = dict(extra_files or {})
+    if compiled is not None:
+        compilation, twin = compiled
+        draft = draft.model_copy(update={"compilation": compilation})
+        if compilation.twin is not None and twin is not None:
+            extra[compilation.twin.file] = twin
     for file_name in extra:
         if file_name in (ARTIFACT, METADATA) or not NAME_PATTERN.match(file_name):
             raise ArtifactError(f"{name}: {file_name!r} cannot be a version's extra file")
@@ -381,6 +451,42 @@ def read_checked(root: Path, metadata: ModelMetadata, file_name: str, sha256: st
             f"{where}: sha256 of {file_name} is {digest}, metadata says {sha256}"
         )
     return data
+
+
+def save_compilation(
+    root: Path, metadata: ModelMetadata, compilation: Compilation, twin: bytes | None
+) -> ModelMetadata:
+    """Record a compilation in a saved version: the twin's file first, then the metadata that
+    names it and its sha256, each replaced atomically. The one change a version's folder takes
+    after it is saved; its artifact never changes."""
+    folder = root / metadata.name / str(metadata.version)
+    if compilation.twin is not None:
+        if twin is None or sha256_bytes(twin) != compilation.twin.sha256:
+            raise ArtifactError(f"{metadata.name} v{metadata.version}: not the twin proven")
+        write_atomically(folder / compilation.twin.file, twin)
+    updated = metadata.model_copy(update={"compilation": compilation})
+    write_atomically(folder / METADATA, updated.model_dump_json(indent=2) + "\n")
+    for stale in TWIN_FILES - {compilation.twin.file if compilation.twin else ""}:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / stale).unlink()  # a twin the metadata no longer names
+    return updated
+
+
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Replace ``path`` with ``content`` so that a reader sees the old file or the new one."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp's is 0600
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content.encode() if isinstance(content, str) else content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _fsync_dir_entries(folder: Path) -> None:

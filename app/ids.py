@@ -1,7 +1,42 @@
 """Prediction ids: what a client quotes to /feedback, and the store's primary key."""
 
 import os
+import threading
 import time
+
+POOL_BYTES = 4096  # random bytes fetched from the OS at a time: 409 one-row requests' worth
+
+
+class _RandomPool:
+    """The OS's random bytes, fetched a few kilobytes at a time, each byte handed out once.
+
+    ``os.urandom`` lets go of the GIL for its system call, and the event loop then waits for
+    it until a busy thread (the log's writer, a model call in a worker) gives it back: up to
+    a switch interval (5 ms). Once per request that was 15 % of the loop's samples at 64
+    connections (docs/performance.md); once per 4 KiB it is nothing.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._offset = 0
+        os.register_at_fork(after_in_child=self._forget)  # a child never reuses its parent's
+
+    def take(self, count: int) -> bytes:
+        with self._lock:
+            start = self._offset
+            if start + count > len(self._buffer):
+                self._buffer = os.urandom(max(POOL_BYTES, count))
+                start = 0
+            self._offset = start + count
+            return self._buffer[start : start + count]
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer, self._offset = b"", 0
+
+
+_POOL = _RandomPool()
 
 
 def new_ids(count: int) -> list[str]:
@@ -13,7 +48,7 @@ def new_ids(count: int) -> list[str]:
     """
     millis = time.time_ns() // 1_000_000
     head = (millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76  # timestamp, version 7
-    noise = os.urandom(10 * count)
+    noise = _POOL.take(10 * count)
     ids = []
     for start in range(0, 10 * count, 10):
         bits = int.from_bytes(noise[start : start + 10])

@@ -4,6 +4,12 @@ A version is refused when its metadata is unreadable or names another version, w
 artifact is not the file the metadata describes (sha256), or when the artifact does not unpickle
 into something with a ``predict`` method. A version saved with another scikit-learn than the one
 running is loaded, and the mismatch reported.
+
+A version compiled with a twin (app/compiling.py) serves through it when twins are on, its
+file matches its sha256 and it still answers what the estimator answers on the reference
+sample (proved again here: the runtime may have been upgraded since). Otherwise the version
+serves on scikit-learn, and ``fallback`` says why; the version itself is never refused for its
+twin.
 """
 
 import logging
@@ -16,14 +22,35 @@ from typing import Any
 import sklearn
 from pydantic import BaseModel
 
-from app.artifacts import ChecksumMismatch, Label, ModelMetadata, load_estimator, read_metadata
+from app.artifacts import (
+    ChecksumMismatch,
+    Label,
+    ModelMetadata,
+    load_estimator,
+    read_checked,
+    read_metadata,
+)
 from app.errors import ArtifactError, ModelUnavailable
 from app.features import InputContract, Row, widen
 from app.schemas import parse_json
+from app.twins import Twin, TwinMismatch, compare, open_twin
 
 logger = logging.getLogger(__name__)
 
 RowOutput = tuple[Label, dict[str, float] | None]  # prediction, class probabilities if any
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Why a version serves on scikit-learn rather than its compiled twin.
+
+    ``reason``: twins_off (the setting), not_compiled (compiled before twins, or never),
+    unsupported / proof_failed / no_proof_rows (what compiling found), checksum_mismatch (the
+    twin file is not the one proven), twin_unreadable (missing, or its runtime cannot open it),
+    twin_differs (it no longer answers what the estimator answers)."""
+
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +66,13 @@ class LoadedModel:
     contract: InputContract
     output_range: tuple[float, float] | None = None
     sklearn_mismatch: str | None = None
+    twin: Twin | None = None
+    fallback: Fallback | None = None
+
+    @property
+    def runtime(self) -> str:
+        """onnxruntime, treelite or sklearn: what answers its requests (app/prediction.py)."""
+        return "sklearn" if self.twin is None else self.twin.runtime
 
     @property
     def name(self) -> str:
@@ -97,6 +131,7 @@ def load_version(
     max_instances: int,
     input_range_multiple: float,
     target_range_multiple: float,
+    twins: bool = True,
 ) -> LoadedModel:
     """Read version ``version`` of model ``name`` and check it; raises Refused. Blocking."""
     try:
@@ -122,6 +157,9 @@ def load_version(
             f"saved with scikit-learn {metadata.sklearn_version}, running {sklearn.__version__}"
         )
         logger.warning("%s v%d: %s %s", name, version, mismatch, " ".join(version_warnings))
+    twin, fallback = _twin(root, metadata, estimator) if twins else (None, TWINS_OFF)
+    if fallback is not None and twins:
+        logger.info("%s v%d serves on scikit-learn: %s", name, version, fallback.message)
     return LoadedModel(
         metadata=metadata,
         estimator=estimator,
@@ -130,4 +168,39 @@ def load_version(
         ),
         output_range=widen(metadata.target_min, metadata.target_max, target_range_multiple),
         sklearn_mismatch=mismatch,
+        twin=twin,
+        fallback=fallback,
     )
+
+
+TWINS_OFF = Fallback("twins_off", "compiled twins are off (STEWARD_TWINS=false)")
+
+
+def _twin(
+    root: Path, metadata: ModelMetadata, estimator: Any
+) -> tuple[Twin | None, Fallback | None]:
+    """The version's twin, checked and proved again on its reference sample; or why not."""
+    from app.compiling import reference_matrix  # here: it imports the converters' modules
+
+    compilation = metadata.compilation
+    if compilation is None:
+        return None, Fallback("not_compiled", "not compiled: run `steward compile`")
+    record = compilation.twin
+    if record is None:
+        return None, Fallback(compilation.reason or "unsupported", compilation.message)
+    try:
+        data = read_checked(root, metadata, record.file, record.sha256)
+        twin = open_twin(record, data, estimator, metadata)
+    except ChecksumMismatch as exc:
+        return None, Fallback("checksum_mismatch", str(exc))
+    except Exception as exc:  # a missing file, or a runtime that cannot read it
+        return None, Fallback("twin_unreadable", f"{record.file}: {exc}"[:500])
+    reference = reference_matrix(metadata)
+    try:
+        if reference is not None:
+            compare(twin, estimator, metadata, reference)
+    except TwinMismatch as exc:
+        return None, Fallback("twin_differs", f"on the reference sample: {exc}")
+    except Exception as exc:  # the runtime failed on the rows it was proven on
+        return None, Fallback("twin_differs", f"on the reference sample: {exc}"[:500])
+    return twin, None

@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             input_range_multiple=settings.input_range_multiple,
             target_range_multiple=settings.target_range_multiple,
             warm_up=scores_typical_row,
+            twins=settings.twins,
         )
         metrics.follow(registry)
         drift = DriftMonitor(settings, metrics.drift)

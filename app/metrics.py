@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # metrics, store and registry sit side by side: no import at 
 UNKNOWN_MODEL = "_unknown"
 OTHER_CLASS = "_other"
 ERROR_STAGES: tuple[Stage, ...] = get_args(Stage)
+TWIN_FALLBACK_REASONS = ("out_of_range", "error", "unusable")
 CLASSIFIER_OUTCOMES = ("correct", "incorrect", "duplicate", "conflict", "invalid")
 REGRESSOR_OUTCOMES = ("labelled", "duplicate", "conflict", "invalid")
 AdminAction = Literal["promote", "rollback", "traffic", "reload", "retrain", "job", "auto_rollback"]
@@ -158,6 +159,21 @@ class Metrics:
             ["model", "version"],
             registry=registry,
         )
+        self.runtime = Gauge(
+            "steward_model_runtime",
+            "1 per loaded version, naming what it serves on: its compiled twin (onnxruntime, "
+            "treelite; fallback none) or sklearn, with the fallback's reason.",
+            ["model", "version", "runtime", "fallback"],
+            registry=registry,
+        )
+        self.twin_fallbacks = Counter(
+            "steward_twin_fallback_rows",
+            "Rows of a version served by its compiled twin's estimator instead: out_of_range "
+            "(a value outside its feature's training range, where the twin was not proven), "
+            "error (the twin failed), unusable (the twin answered a non-finite number).",
+            ["model", "version", "reason"],
+            registry=registry,
+        )
         self.traffic_percent = Gauge(
             "steward_model_traffic_percent",
             "Per model, the percent of requests its traffic policy sends to the candidate, under "
@@ -236,6 +252,10 @@ class Metrics:
         name, version = metadata.name, str(metadata.version)
         self._publish_info(entry, model.version)
         self.sklearn_mismatch.labels(name, version).set(int(model.sklearn_mismatch is not None))
+        self.runtime.labels(name, version, *_runtime_labels(model)).set(1)
+        if model.twin is not None:
+            for reason in TWIN_FALLBACK_REASONS:
+                self.twin_fallbacks.labels(name, version, reason)
         self.predictions.labels(name, version)
         self.inference_duration.labels(name, version)
         self.batch_rows.labels(name, version)
@@ -286,6 +306,7 @@ class Metrics:
         and rate() needs them), and so do its class labels (feedback for its predictions)."""
         self._publish_info(entry, model.version)
         self.sklearn_mismatch.remove(model.name, str(model.version))
+        self.runtime.remove(model.name, str(model.version), *_runtime_labels(model))
         self._series.pop((model.name, model.version), None)
 
     def _traffic(self, entry: ModelEntry, old: TrafficPolicy | None, new: TrafficPolicy) -> None:
@@ -328,6 +349,10 @@ class Metrics:
         if child is None:
             child = self._errors[key] = self.errors.labels(*key)
         child.inc()
+
+    def count_twin_fallback(self, model: LoadedModel, reason: str, rows: int) -> None:
+        """Rows of ``model`` its twin left to the estimator (app/prediction.py ``infer``)."""
+        self.twin_fallbacks.labels(model.name, str(model.version), reason).inc(rows)
 
     def series(self, metadata: ModelMetadata) -> ModelSeries:
         """The served version's label children, made once: requests do no label lookups."""
@@ -405,3 +430,7 @@ class ModelSeries:
 
 def _bool_label(value: bool) -> str:
     return "true" if value else "false"
+
+
+def _runtime_labels(model: LoadedModel) -> tuple[str, str]:
+    return model.runtime, "none" if model.fallback is None else model.fallback.reason

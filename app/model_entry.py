@@ -198,6 +198,8 @@ class ModelEntry:
                     version=number,
                     aliases=state.aliases_of(number),
                     sklearn_mismatch=model.sklearn_mismatch,
+                    runtime=model.runtime,
+                    fallback=None if model.fallback is None else vars(model.fallback),
                 )
                 for number, model in sorted(state.loaded.items())
             ],

@@ -10,9 +10,11 @@ import hashlib
 import logging
 import random
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 import anyio.to_thread
 import numpy as np
@@ -50,13 +52,61 @@ class UnusableOutput(ValueError):
     value, or a regressor's value far outside its training target range."""
 
 
-def infer(model: LoadedModel, rows: Sequence[Row]) -> list[RowOutput]:
-    """One model call for all rows: label or value, and class probabilities when available."""
-    metadata = model.metadata
+FallbackCounter = Callable[[LoadedModel, str, int], None]
+"""Counts rows a twin left to scikit-learn: (model, reason, rows)."""
+
+
+def infer(
+    model: LoadedModel, rows: Sequence[Row], count_fallback: FallbackCounter | None = None
+) -> list[RowOutput]:
+    """One model call for all rows: label or value, and class probabilities when available.
+
+    Through the version's compiled twin when it has one, for the rows whose values all lie in
+    their features' training range (where the twin was proven); the other rows, and rows the
+    twin fails on or answers something unservable for, go to the estimator, whose answer (or
+    failure) is the last word. Each row's answer depends on that row alone, whatever rows
+    share its batch. ``count_fallback`` counts the rows the twin left (reasons
+    ``out_of_range``, ``error``, ``unusable``)."""
     matrix = model.contract.matrix(rows)
+    twin = model.twin
+    if twin is None:
+        return _outputs(model, model.estimator, matrix)
+    covered = twin.covered(matrix)
+    if covered.all():
+        return _through_twin(model, matrix, count_fallback)
+    if count_fallback is not None:
+        count_fallback(model, "out_of_range", int((~covered).sum()))
+    if not covered.any():
+        return _outputs(model, model.estimator, matrix)
+    inside, outside = np.flatnonzero(covered), np.flatnonzero(~covered)
+    by_twin = _through_twin(model, _take(matrix, inside), count_fallback)
+    by_estimator = _outputs(model, model.estimator, _take(matrix, outside))
+    answers = dict(zip(inside.tolist(), by_twin, strict=True))
+    answers.update(zip(outside.tolist(), by_estimator, strict=True))
+    return [answers[row] for row in range(len(rows))]
+
+
+def _through_twin(
+    model: LoadedModel, matrix: Any, count_fallback: FallbackCounter | None
+) -> list[RowOutput]:
+    try:
+        return _outputs(model, model.twin, matrix)
+    except Exception as exc:  # scikit-learn answers, or says why it cannot
+        if count_fallback is not None:
+            reason = "unusable" if isinstance(exc, UnusableOutput) else "error"
+            count_fallback(model, reason, len(matrix))
+        return _outputs(model, model.estimator, matrix)
+
+
+def _take(matrix: Any, positions: Any) -> Any:
+    return matrix[positions] if isinstance(matrix, np.ndarray) else matrix.iloc[positions]
+
+
+def _outputs(model: LoadedModel, scorer: Any, matrix: Any) -> list[RowOutput]:
+    metadata, count = model.metadata, len(matrix)
     if metadata.task == "classification" and metadata.has_proba and metadata.classes:
         with np.errstate(all="ignore"):  # overflow shows as a non-finite result, checked below
-            proba = np.asarray(model.estimator.predict_proba(matrix), dtype=np.float64)
+            proba = np.asarray(scorer.predict_proba(matrix), dtype=np.float64)
         if not np.isfinite(proba).all():
             raise UnusableOutput("the model returned a non-finite probability")
         classes, keys = metadata.classes, model.class_keys
@@ -65,9 +115,9 @@ def infer(model: LoadedModel, rows: Sequence[Row]) -> list[RowOutput]:
             for best, row in zip(proba.argmax(axis=1).tolist(), proba.tolist(), strict=True)
         ]
     with np.errstate(all="ignore"):
-        raw = np.asarray(model.estimator.predict(matrix))
-    if raw.shape != (len(rows),):
-        raise ValueError(f"expected {len(rows)} predictions, got shape {raw.shape}")
+        raw = np.asarray(scorer.predict(matrix))
+    if raw.shape != (count,):
+        raise ValueError(f"expected {count} predictions, got shape {raw.shape}")
     if metadata.task == "regression":
         values = raw.astype(np.float64)
         if not np.isfinite(values).all():
@@ -127,7 +177,7 @@ class Predictor:
         self.default_model = default_model
         self.log_wait = log_wait
         self.batcher: Batcher[LoadedModel, Row, RowOutput] = Batcher(
-            infer,
+            partial(infer, count_fallback=metrics.count_twin_fallback),
             max_rows=batch_max_rows,
             max_wait=batch_max_wait,
             inline_max=batch_inline_max,

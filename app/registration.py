@@ -13,6 +13,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from app.artifacts import DataSource, ModelMetadata, Task, TrainingData, check_name, save_version
+from app.compiling import compile_estimator
 from app.drift import reference_profile
 from app.errors import ArtifactError
 from app.feature_survey import infer_features, probe_features, read_frame
@@ -98,7 +99,10 @@ def register_estimator(
         update |= _score_on_sample(
             draft, labels, np.asarray(predicted), f"{sample_csv}: {target!r}"
         )
-    return save_version(root, draft.model_copy(update=update), estimator, promote=promote)
+    draft = draft.model_copy(update=update)
+    # The sample is data the model was not fitted on (as far as Steward knows): its held-out rows.
+    compiled = compile_estimator(root, draft, estimator, (contract.matrix(rows), "sample"))
+    return save_version(root, draft, estimator, promote=promote, compiled=compiled)
 
 
 def _load_estimator(artifact: Path) -> Any:

@@ -71,6 +71,7 @@ class Registry:
         input_range_multiple: float = 0.0,
         target_range_multiple: float = 0.0,
         warm_up: Callable[[LoadedModel], bool] | None = None,
+        twins: bool = True,
     ) -> None:
         """``warm_up(model)`` (blocking) says whether a version works: one prediction on a
         typical row. Every version loaded after start-up passes it or is refused
@@ -81,6 +82,7 @@ class Registry:
         self.input_range_multiple = input_range_multiple
         self.target_range_multiple = target_range_multiple
         self.warm_up = warm_up
+        self.twins = twins
         self.on_load: list[VersionHook] = []
         self.on_swap: list[SwapHook] = []
         self.on_refuse: list[RefuseHook] = []
@@ -276,6 +278,31 @@ class Registry:
             logger.info("unloaded %s v%d", name, version)
             self._fire(self.on_unload, entry, model)
 
+    def reload(self, name: str, version: int) -> LoadedModel | None:
+        """Load a loaded version again from disk, its compilation having changed there
+        (``steward compile``): checked and warmed up, the new copy replaces the old in one
+        step, and ``on_unload`` (old) then ``on_load`` (new) fire. Requests that resolved the
+        old copy finish on it. A copy that fails a check is logged and left out: the old one
+        keeps serving. None when the version is not loaded, or was not replaced."""
+        entry = self.entry(name)
+        with self._lock:
+            old = entry.state.loaded.get(version)
+            if old is None:
+                return None
+            try:
+                new = self._read(name, version)
+            except Refused as exc:
+                logger.warning("%s v%d not reloaded (%s): %s", name, version, exc.reason, exc)
+                return None
+            if self.warm_up is not None and not self.warm_up(new):
+                logger.warning("%s v%d not reloaded: it cannot score a typical row", name, version)
+                return None
+            entry.state = replace(entry.state, loaded={**entry.state.loaded, version: new})
+            logger.info("reloaded %s v%d: serves on %s", name, version, new.runtime)
+            self._fire(self.on_unload, entry, old)
+            self._fire(self.on_load, entry, new)
+        return new
+
     def unset(self, name: str, alias: str) -> int | None:
         """Remove ``alias`` in memory (it left the aliases file); the version it named, if any.
         Fires ``on_swap`` with ``new`` None. The version stays loaded until ``unload``."""
@@ -342,14 +369,7 @@ class Registry:
             if number not in versions:
                 raise UnknownVersion(f"model {entry.name!r} has no such version", model=entry.name)
         try:
-            loaded = load_version(
-                self.root,
-                entry.name,
-                number,
-                max_instances=self.max_instances,
-                input_range_multiple=self.input_range_multiple,
-                target_range_multiple=self.target_range_multiple,
-            )
+            loaded = self._read(entry.name, number)
         except Refused as exc:
             raise self._refuse(entry, number, exc.reason, exc) from exc
         if warm and self.warm_up is not None and not self.warm_up(loaded):
@@ -359,6 +379,17 @@ class Registry:
         logger.info("loaded %s v%d", entry.name, number)
         self._fire(self.on_load, entry, loaded)
         return loaded
+
+    def _read(self, name: str, number: int) -> LoadedModel:
+        return load_version(
+            self.root,
+            name,
+            number,
+            max_instances=self.max_instances,
+            input_range_multiple=self.input_range_multiple,
+            target_range_multiple=self.target_range_multiple,
+            twins=self.twins,
+        )
 
     def _refuse(
         self, entry: ModelEntry, version: int | None, reason: str, problem: Exception | str

@@ -47,6 +47,7 @@ from app.artifacts import (
     read_checked,
     save_version,
 )
+from app.compiling import compile_estimator
 from app.errors import NoRecipe, TrainingDataRefused
 from app.feature_survey import read_frame
 from app.gate import (
@@ -158,7 +159,7 @@ def retrain(
     )
     dates = training.dates
     frame = data.frame[keep].reset_index(drop=True)
-    draft, estimator = fit_version(
+    draft, estimator, held_out_part = fit_version(
         name,
         production.task,
         read_frame(frame, dates) if dates else frame,
@@ -202,9 +203,9 @@ def retrain(
         ]
     sets = [at_least(s, settings.gate_min_rows) for s in sets]
     decision = decide(production.version, metric, settings.gate_margin, sets)
-    saved = save_version(
-        root, draft.model_copy(update={"gate": decision}), estimator, extra_files=copy
-    )
+    draft = draft.model_copy(update={"gate": decision})
+    compiled = compile_estimator(root, draft, estimator, (held_out_part, "training_split"))
+    saved = save_version(root, draft, estimator, extra_files=copy, compiled=compiled)
     aliased = None
     if decision.passed and then != "keep":
         alias = "candidate" if then == "candidate" else "production"

@@ -227,10 +227,28 @@ class ModelSummary(BaseModel):
     )
 
 
+class RuntimeFallback(BaseModel):
+    """Why a loaded version serves on scikit-learn rather than a compiled twin."""
+
+    reason: str = Field(
+        description="twins_off, not_compiled, unsupported, proof_failed, no_proof_rows, "
+        "checksum_mismatch, twin_unreadable or twin_differs (docs/api.md)."
+    )
+    message: str
+
+
 class LoadedVersion(BaseModel):
     version: int
     aliases: list[str]
     sklearn_mismatch: str | None = None
+    runtime: str = Field(
+        "sklearn",
+        description="What answers its requests: onnxruntime or treelite (its compiled twin, "
+        "proven equal to it), or sklearn.",
+    )
+    fallback: RuntimeFallback | None = Field(
+        None, description="Why it serves on scikit-learn; None when its twin serves."
+    )
 
 
 class TrafficStatus(TrafficPolicy):

@@ -225,6 +225,12 @@ class Settings(BaseSettings):
         description="Cross-validation folds of `steward retrain --search` (stratified for "
         "classifiers; fewer when a class has fewer training rows).",
     )
+    twins: bool = Field(
+        True,
+        description="Serve a version through its compiled twin (ONNX Runtime or Treelite, "
+        "proven equal to its estimator when compiled and again when loaded). Off: every "
+        "version serves on scikit-learn; GET /models/{model} and steward_model_runtime say so.",
+    )
     drift: bool = Field(
         True,
         description="Watch served inputs: per model version, a window of its latest rows scored "

@@ -39,6 +39,7 @@ from app.artifacts import (
     list_versions,
     save_version,
 )
+from app.compiling import compile_estimator
 from app.drift import reference_profile
 from app.errors import ArtifactError
 from app.feature_survey import infer_features, probe_features, read_frame, suspicious_columns
@@ -220,12 +221,16 @@ def fit_and_save(
     extra_files: dict[str, bytes] | None = None,
 ) -> ModelMetadata:
     """Split, fit, evaluate on the held-out part, profile the training inputs, save
-    (``fit_version``, then ``save_version``). ``extra_files`` are saved in the version's folder
-    with it (the training copy)."""
-    draft, fitted = fit_version(
+    (``fit_version``, ``compile_estimator`` with its twin proven on the held-out part too, then
+    ``save_version``). ``extra_files`` are saved in the version's folder with it (the
+    training copy)."""
+    draft, fitted, held_out = fit_version(
         name, task, frame, labels, estimator, description=description, data=data, dates=dates
     )
-    return save_version(root, draft, fitted, promote=promote, extra_files=extra_files)
+    compiled = compile_estimator(root, draft, fitted, (held_out, "training_split"))
+    return save_version(
+        root, draft, fitted, promote=promote, extra_files=extra_files, compiled=compiled
+    )
 
 
 def fit_version(
@@ -241,9 +246,11 @@ def fit_version(
     input_format: InputFormat = "array",
     tune: Tune | None = None,
     progress: Progress = SILENT,
-) -> tuple[ModelMetadata, Any]:
+) -> tuple[ModelMetadata, Any, Any]:
     """Split, fit, evaluate on the held-out part, profile the training inputs: the draft
-    metadata and the fitted estimator, not saved yet (a retraining judges it first).
+    metadata, the fitted estimator and the held-out part as it takes it (what its compiled
+    twin is proven on, besides the reference sample), not saved yet (a retraining judges it
+    first).
 
     ``tune`` (a retraining's --search) chooses the estimator to fit from the training part
     alone, before the fit; its record is the draft's ``search``. ``progress`` sees the fit.
@@ -273,7 +280,8 @@ def fit_version(
             estimator.fit(train_matrix, train_y.to_numpy())
     except ValueError as exc:  # e.g. a training part left with one class
         raise ArtifactError(f"{name}: training failed: {exc}") from exc
-    predicted = estimator.predict(contract.matrix(frame_rows(test_x)))
+    held_out = contract.matrix(frame_rows(test_x))
+    predicted = estimator.predict(held_out)
     draft = draft.model_copy(
         update={
             "features": probe_features(contract, estimator, train_rows[0]),
@@ -294,7 +302,7 @@ def fit_version(
             ),
         }
     )
-    return draft, estimator
+    return draft, estimator, held_out
 
 
 def _check_rows(name: str, rows: int) -> None:

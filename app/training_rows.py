@@ -12,7 +12,7 @@
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -68,9 +68,29 @@ def stored_training_matrix(root: Path, metadata: ModelMetadata) -> tuple[np.ndar
     of its rows are feedback in the prediction store), a CSV version that keeps no copy, a copy
     or a demo dataset that is not the recorded one, or rows that do not split into as many
     training rows as it was fitted on."""
-    from app.training import DEMOS, frame_rows  # here: app.training imports this module
+    train_x, _, source = _stored_parts(root, metadata)
+    return np.asarray(metadata.contract().matrix(_frame_rows(train_x))), source
 
-    where = f"{metadata.name} v{metadata.version}"
+
+def stored_held_out_matrix(root: Path, metadata: ModelMetadata) -> tuple[Any, StoredRows]:
+    """The held-out part of a version's rows, the ones it was not fitted on, as its estimator
+    takes them; rebuilt and refused as ``stored_training_matrix`` says."""
+    _, test_x, source = _stored_parts(root, metadata)
+    return metadata.contract().matrix(_frame_rows(test_x)), source
+
+
+def _stored_parts(
+    root: Path, metadata: ModelMetadata
+) -> tuple[pd.DataFrame, pd.DataFrame, StoredRows]:
+    """The training and held-out parts of a version's stored rows (see above)."""
+    from app.training import DEMOS  # here: app.training imports this module
+
+    # version 0: a draft not saved yet (retraining compiles it before save_version numbers it)
+    where = (
+        f"{metadata.name} v{metadata.version}"
+        if metadata.version
+        else f"{metadata.name}'s new version"
+    )
     data = metadata.training_data
     if data is None:
         raise ArtifactError(f"{where} records no training data (saved before versions did)")
@@ -100,27 +120,35 @@ def stored_training_matrix(root: Path, metadata: ModelMetadata) -> tuple[np.ndar
     names = [f.name for f in metadata.features]
     if sorted(map(str, frame.columns)) != sorted(names):
         raise ArtifactError(f"{where}: its stored rows do not have its features' columns")
-    train_x = _training_part(
+    train_x, test_x = _split_parts(
         where, frame[names], labels, metadata.task, data, metadata.training_rows
     )
-    return np.asarray(metadata.contract().matrix(frame_rows(train_x))), source
+    return train_x, test_x, source
 
 
-def _training_part(
+def _frame_rows(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
+    from app.training import frame_rows  # here: app.training imports this module
+
+    return frame_rows(frame)
+
+
+def _split_parts(
     where: str,
     frame: pd.DataFrame,
     labels: pd.Series,
     task: Task,
     data: TrainingData,
     recorded_rows: int,
-) -> pd.DataFrame:
-    """The training part of the rows by the version's recorded split (today's rule when it
-    records none), refused unless it has as many rows as the version was fitted on."""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training and held-out parts of the rows by the version's recorded split (today's
+    rule when it records none), refused unless the training part has as many rows as the
+    version was fitted on."""
     try:
         if data.split is None:
-            train_x = split_rows(frame, labels, task)[0]
+            train_x, test_x = split_rows(frame, labels, task)[:2]
         else:
-            train_x = frame.iloc[split_positions(labels, data.split)[0]]
+            train, test = split_positions(labels, data.split)
+            train_x, test_x = frame.iloc[train], frame.iloc[test]
     except ValueError as exc:  # a recorded stratified split these labels cannot take
         raise ArtifactError(f"{where}: cannot split its stored rows as it was: {exc}") from exc
     recorded = {rows for rows in (recorded_rows, data.training_rows) if rows}
@@ -130,4 +158,4 @@ def _training_part(
             f"{where}: the stored data does not give the rows it was fitted on ({len(train_x)} "
             f"training rows rebuilt, {said} recorded)"
         )
-    return train_x
+    return train_x, test_x

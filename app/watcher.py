@@ -16,6 +16,11 @@ warm-up) if it is not yet; one refused is reported once and production serves al
 
 The file is read whole with ``app.aliases.read_alias_file``, whatever its format (one
 without a traffic policy is mode ``none``).
+
+A loaded version whose metadata.json changed on disk (its modification time) is read again;
+when its ``compilation`` differs from the one loaded (``steward compile`` gave it a new twin, or
+took it away), it is loaded again with ``Registry.reload``: checks, the twin's proof, warm-up,
+then the switch, so the twin serves without a restart.
 """
 
 import logging
@@ -25,7 +30,7 @@ import anyio.to_thread
 from pydantic import BaseModel, Field
 
 from app.aliases import TrafficPolicy, read_alias_file
-from app.artifacts import list_models
+from app.artifacts import METADATA, list_models, read_metadata
 from app.errors import ArtifactError, ModelUnavailable, UnknownVersion
 from app.periodic import Periodic
 from app.registry import Registry
@@ -65,6 +70,10 @@ class ReloadReport(BaseModel):
     traffic: dict[str, TrafficPolicy] = Field(
         default_factory=dict, description="Traffic policies new on disk, by model."
     )
+    recompiled: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="Loaded versions loaded again because `steward compile` changed their twin.",
+    )
 
     @property
     def changed(self) -> bool:
@@ -75,6 +84,7 @@ class ReloadReport(BaseModel):
             or self.unloaded
             or self.refused
             or self.traffic
+            or self.recompiled
         )
 
 
@@ -85,6 +95,7 @@ class Watcher:
         self.registry = registry
         self.interval = interval
         self._lock = threading.Lock()  # one scan at a time: the periodic one or a reload
+        self._metadata_mtimes: dict[tuple[str, int], int] = {}  # of loaded versions
         self._periodic = Periodic("registry rescan", interval, self.reload)
 
     def start(self) -> None:
@@ -166,6 +177,23 @@ class Watcher:
         else:
             registry.clear_aliases_refusal(name)
         self._apply_traffic(name, file.traffic, report)
+        self._reload_recompiled(name, report)
+
+    def _reload_recompiled(self, name: str, report: ReloadReport) -> None:
+        """Load again each loaded version whose compilation changed on disk."""
+        registry = self.registry
+        for number, model in sorted(registry.entry(name).state.loaded.items()):
+            path = registry.root / name / str(number) / METADATA
+            try:
+                mtime = path.stat().st_mtime_ns
+                if self._metadata_mtimes.get((name, number)) == mtime:
+                    continue
+                self._metadata_mtimes[(name, number)] = mtime
+                compilation = read_metadata(registry.root, name, number).compilation
+            except (OSError, ArtifactError):
+                continue  # the loaded copy serves on; a later load reports what is wrong
+            if compilation != model.metadata.compilation and registry.reload(name, number):
+                report.recompiled.setdefault(name, []).append(number)
 
     def _apply_traffic(self, name: str, policy: TrafficPolicy, report: ReloadReport) -> None:
         """The file's traffic policy, after its aliases; the candidate loaded while the policy

@@ -132,7 +132,7 @@ def watching(url: str, mode: str, name: str) -> Watching:
 
 def request_body(models_dir: Path, name: str, rows: int) -> str:
     """``rows`` copies of a row in the middle of the training range, as the rest of the bench
-    sends (bench/run.py's ``body``)."""
+    sends."""
     return json.dumps({"instances": [middle_row(models_dir, name)] * rows})
 
 

@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cpu import pinning
 from load import Result, get, lua_post, post_json, wrk
 from server import STEWARD, free_port, serving
 
@@ -75,18 +76,15 @@ def retrain_cost(work: Path, seconds: float) -> RetrainCost:
     token = secrets.token_urlsafe(24)
     admin = {"Authorization": f"Bearer {token}"}
     cost = RetrainCost()
-    pinned = _cpus()
-    prefix: list[str | Path] = []
-    load_cpus = None
-    if pinned is not None:
-        server_cpus, load_cpus = pinned
-        prefix = ["taskset", "-c", server_cpus]
-        cost.pinning = (
-            f"server on core {server_cpus} (its retraining processes inherit it), "
-            f"wrk on core {load_cpus}"
-        )
-    else:
-        cost.pinning = "not pinned (one core)"
+    pinned = pinning()
+    prefix: list[str | Path] = [*pinned.prefix()]
+    load_cpus = pinned.load
+    cost.pinning = (
+        "not pinned (one core)"
+        if pinned.server is None
+        else f"server on core {pinned.server} (its retraining processes inherit it), "
+        f"wrk on core {pinned.load}"
+    )
     port = free_port()
     env = os.environ | {
         "STEWARD_MODELS_DIR": str(models_dir),
@@ -123,12 +121,6 @@ def retrain_cost(work: Path, seconds: float) -> RetrainCost:
         steward.stop(timeout=120)
     cost.load_average = (began_load, os.getloadavg()[0])
     return cost
-
-
-def _cpus() -> tuple[str, str] | None:
-    """Two distinct cores for the server and for wrk, or None with fewer than two."""
-    cpus = sorted(os.sched_getaffinity(0))
-    return (str(cpus[0]), str(cpus[1])) if len(cpus) >= 2 else None
 
 
 def label_feedback(url: str, names: list[str], metadata: dict[str, Any]) -> None:

@@ -36,7 +36,15 @@ def test_list_models(client: TestClient) -> None:
 def test_model_detail(client: TestClient) -> None:
     body = client.get("/models/iris").json()
     assert body["aliases"] == {"production": 1}
-    assert body["loaded"] == [{"version": 1, "aliases": ["production"], "sklearn_mismatch": None}]
+    assert body["loaded"] == [
+        {
+            "version": 1,
+            "aliases": ["production"],
+            "sklearn_mismatch": None,
+            "runtime": "onnxruntime",
+            "fallback": None,
+        }
+    ]
     assert body["refusals"] == []
     assert body["traffic"] == {
         "mode": "none",
@@ -115,7 +123,13 @@ def test_a_swap_at_run_time_reaches_predict_models_readyz_and_metrics(settings: 
         )
         # The lane closes on the event loop; this request runs there after it.
         assert client.get("/models/iris").json()["loaded"] == [
-            {"version": 2, "aliases": ["production"], "sklearn_mismatch": None}
+            {
+                "version": 2,
+                "aliases": ["production"],
+                "sklearn_mismatch": None,
+                "runtime": "onnxruntime",
+                "fallback": None,
+            }
         ]
         assert [(m.name, m.version) for m in predictor.batcher.keys if m.name == "iris"] == [
             ("iris", 2)

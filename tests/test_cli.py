@@ -99,7 +99,9 @@ def test_register(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(capsys, *base, "--name", "flag")[0] == 0
     assert read_aliases(models, "flag") == {"production": 1}
     code, out, _ = run_cli(capsys, *base, "--name", "flag", "--promote")
-    assert (code, out) == (0, "flag: version 3 (production)\n")
+    assert code == 0
+    assert out.startswith("flag: version 3 (production)\n  twin: onnxruntime ")
+    assert "equal on 20 reference rows and 20 held-out rows (sample)" in out
     assert list_versions(models, "flag") == [1, 2, 3]
     metadata = read_metadata(models, "flag", 3)
     assert (metadata.sample_rows, metadata.training_rows) == (20, 0)  # not trained here

@@ -41,13 +41,17 @@ def drift_settings(tmp_path: Path, models_dir: Path) -> Settings:
     )
 
 
-def scored(client: TestClient, model: str) -> dict[str, Any]:
-    """The model's drift report once a round has scored it."""
+def scored(client: TestClient, model: str, rows: int = 0) -> dict[str, Any]:
+    """The model's drift report once a round has scored it, with at least ``rows`` values in
+    each feature's window (a round may run between start-up and the first request)."""
     reports: list[dict[str, Any]] = []
 
     def done() -> bool:
         reports.append(client.get(f"/models/{model}/drift").json())
-        return reports[-1]["computed_at"] is not None
+        report = reports[-1]
+        return report["computed_at"] is not None and all(
+            f["window_values"] >= rows for f in report["features"]
+        )
 
     assert wait_until(done, seconds=20)
     return reports[-1]
@@ -84,7 +88,7 @@ def test_a_csv_version_is_profiled_again_from_its_kept_rows(tmp_path: Path) -> N
     with TestClient(create_app(drift_settings(tmp_path, root))) as client:
         response = predict(client, "churn", {"plan": "basic", "months": 3})
         assert response.status_code == 200
-        report = scored(client, "churn")
+        report = scored(client, "churn", rows=1)
     assert report["reference_source"] == "training_copy"
     assert report["reference_rows"] == 90
     assert all(f["psi"] is not None for f in report["features"])

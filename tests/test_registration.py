@@ -150,5 +150,5 @@ def test_a_registered_version_records_its_sample_and_no_training_data(tmp_path: 
     )
     assert (metadata.training_data.training_rows, metadata.training_data.split) == (0, None)
     assert sorted(p.name for p in (models / "doubler" / "1").iterdir()) == [
-        METADATA, ARTIFACT,
+        METADATA, ARTIFACT, "twin.onnx",
     ]  # fmt: skip

@@ -30,10 +30,12 @@ def install(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     )
     for router in routers:
         app.include_router(router)
+    # /predict is served by plain routes, matched first; its FastAPI routes document it.
+    app.router.routes[:0] = predict.routes
     assets = Mount(docs.ASSETS_PATH, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
     app.router.routes.append(assets)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost: sees every status. The routes flat (an app lists included routers as one
     # route each), for requests answered before routing.
-    routes = [route for router in routers for route in router.routes] + [assets]
+    routes = [*predict.routes, *(route for router in routers for route in router.routes), assets]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)

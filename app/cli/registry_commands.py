@@ -97,6 +97,30 @@ def add_commands(commands: Commands) -> None:
     promote_flag(register)
     register.set_defaults(command=_register)
 
+    compile_ = add_command(
+        commands,
+        "compile",
+        "compile a version into a faster twin, proven equal to it",
+        "Convert a saved version's estimator for a faster runtime (ONNX Runtime through\n"
+        "skl2onnx; Treelite for tree ensembles) and prove the twin equal to it on the version's\n"
+        "reference sample and held-out rows: identical labels, probabilities within 1e-6,\n"
+        "values within 1e-6 relative. The twin and its proof go into the version's folder and\n"
+        "metadata; a running server loads the version again with it at its next rescan. A model\n"
+        "that"
+        " cannot be converted, or a twin that differs, keeps serving on scikit-learn, and the\n"
+        "reason is recorded (exit status 1). `steward train` and `register` compile already.",
+        "examples:\n  steward compile iris\n  steward compile churn 3",
+    )
+    compile_.add_argument("model", type=arguments.model_name, metavar="MODEL", help="model name")
+    compile_.add_argument(
+        "version",
+        nargs="?",
+        type=arguments.version_number,
+        metavar="VERSION",
+        help="version number (default: production)",
+    )
+    compile_.set_defaults(command=_compile)
+
     models = add_command(
         commands, "models", "list models, versions and aliases", "List the registry's models."
     )
@@ -160,6 +184,26 @@ def _register(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _compile(args: argparse.Namespace, settings: Settings) -> int:
+    from app import compiling
+
+    root, version = settings.models_dir, args.version
+    if args.model not in list_models(root):
+        raise UsageError(f"no model {args.model!r} in {root} (`steward models` lists them)")
+    if version is not None and version not in list_versions(root, args.model):
+        raise UsageError(f"model {args.model!r} has no version {version} (`steward versions`)")
+    if version is None:
+        version = read_aliases(root, args.model).get("production")
+        if version is None:
+            raise UsageError(
+                f"model {args.model!r} has no production version: name one "
+                f"(`steward versions {args.model}`)"
+            )
+    metadata = compiling.compile_version(root, args.model, version)
+    _print_version(settings, metadata)
+    return 0 if metadata.compilation is not None and metadata.compilation.twin else 1
+
+
 def _models(_: argparse.Namespace, settings: Settings) -> int:
     names = list_models(settings.models_dir)
     if not names:
@@ -185,3 +229,7 @@ def _print_version(settings: Settings, metadata: ModelMetadata) -> None:
     scores = " ".join(f"{k}={v:.4g}" for k, v in metadata.metrics.items())
     suffix = f" ({', '.join(tags)})" if tags else ""
     print(f"{metadata.name}: version {metadata.version}{suffix} {scores}".rstrip())
+    compilation = metadata.compilation
+    if compilation is not None:
+        kind = "twin" if compilation.twin else f"no twin ({compilation.reason})"
+        print(f"  {kind}: {compilation.message}")

@@ -1,0 +1,26 @@
+import os
+import uuid
+
+from app.ids import POOL_BYTES, new_ids
+
+
+def test_ids_stay_unique_across_refills_of_the_random_pool() -> None:
+    ids = [i for _ in range(POOL_BYTES // 10 * 3) for i in new_ids(1)]
+    ids += new_ids(POOL_BYTES)  # more than one pool's worth at once
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+
+
+def test_a_forked_child_does_not_reuse_its_parents_random_bytes() -> None:
+    new_ids(1)  # the parent's pool holds bytes it has not handed out yet
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.write(write, new_ids(1)[0].encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    theirs = os.read(read, 64).decode()
+    ours = new_ids(1)[0]
+    os.close(read)
+    os.close(write)
+    assert theirs[13:] != ours[13:]  # past the timestamp and version digit: the random bits
