@@ -159,7 +159,8 @@ def load_version(
         logger.warning("%s v%d: %s %s", name, version, mismatch, " ".join(version_warnings))
     twin, fallback = _twin(root, metadata, estimator) if twins else (None, TWINS_OFF)
     if fallback is not None and twins:
-        logger.info("%s v%d serves on scikit-learn: %s", name, version, fallback.message)
+        why = fallback.message.removeprefix(f"{name} v{version}: ")
+        logger.info("%s v%d serves on scikit-learn (%s): %s", name, version, fallback.reason, why)
     return LoadedModel(
         metadata=metadata,
         estimator=estimator,

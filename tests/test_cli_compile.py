@@ -1,5 +1,5 @@
 """`steward compile MODEL [VERSION]`: a twin proven and recorded (exit 0), no twin and why
-(exit 1), a wrong command line in one line (exit 2)."""
+(exit 1, as for a model or version not there), a wrong command line in one line (exit 2)."""
 
 import json
 from pathlib import Path
@@ -121,23 +121,24 @@ def test_compile_an_unsupported_estimator_exits_1_with_the_reason(
 
 
 @pytest.mark.parametrize(
-    ("argv", "said"),
+    ("argv", "code", "said"),
     [
-        (["nope"], "no model 'nope'"),
-        (["iris", "7"], "model 'iris' has no version 7"),
-        (["Bad Name!"], "argument MODEL: a model name is"),
-        (["iris", "0"], "argument VERSION: a version is a whole number from 1"),
-        (["iris", "-1"], "argument VERSION: a version is a whole number from 1"),
-        (["iris", "abc"], "argument VERSION: a version is a whole number from 1"),
-        ([], "the following arguments are required: MODEL"),
+        (["nope"], 1, "no model 'nope'"),  # as `steward promote` says it
+        (["iris", "7"], 1, "iris has no version 7 (versions: 1)"),
+        (["Bad Name!"], 2, "argument MODEL: a model name is"),
+        (["iris", "0"], 2, "argument VERSION: a version is a whole number from 1"),
+        (["iris", "-1"], 2, "argument VERSION: a version is a whole number from 1"),
+        (["iris", "abc"], 2, "argument VERSION: a version is a whole number from 1"),
+        ([], 2, "the following arguments are required: MODEL"),
     ],
 )
-def test_compile_usage_errors_are_one_line_exit_2_and_change_nothing(
-    models_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+def test_compile_wrong_names_are_one_line_and_change_nothing(
+    models_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, said: str
 ) -> None:
+    """A command line that is wrong: exit 2; a model or version not there: exit 1."""
     before = (models_dir / "iris" / "1" / METADATA).read_bytes()
-    code, out, err = run_cli(capsys, "--models-dir", str(models_dir), "compile", *argv)
-    assert (code, out) == (2, "")
+    status, out, err = run_cli(capsys, "--models-dir", str(models_dir), "compile", *argv)
+    assert (status, out) == (code, "")
     assert_one_line_error(err, said)
     assert (models_dir / "iris" / "1" / METADATA).read_bytes() == before
 

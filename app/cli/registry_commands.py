@@ -12,7 +12,7 @@ from app.cli import arguments
 from app.cli.errors import UsageError
 from app.cli.parser import Commands, add_command, promote_flag
 from app.cli.table import print_table
-from app.errors import ArtifactError
+from app.errors import ArtifactError, UnknownModel, UnknownVersion
 from app.settings import Settings
 
 
@@ -188,10 +188,12 @@ def _compile(args: argparse.Namespace, settings: Settings) -> int:
     from app import compiling
 
     root, version = settings.models_dir, args.version
-    if args.model not in list_models(root):
-        raise UsageError(f"no model {args.model!r} in {root} (`steward models` lists them)")
-    if version is not None and version not in list_versions(root, args.model):
-        raise UsageError(f"model {args.model!r} has no version {version} (`steward versions`)")
+    if args.model not in list_models(root):  # as `steward promote` says it: exit status 1
+        raise UnknownModel(f"no model {args.model!r} in {root}", model=args.model)
+    known = list_versions(root, args.model)
+    if version is not None and version not in known:
+        listed = ", ".join(map(str, known)) or "none"
+        raise UnknownVersion(f"{args.model} has no version {version} (versions: {listed})")
     if version is None:
         version = read_aliases(root, args.model).get("production")
         if version is None:
