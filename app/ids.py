@@ -39,19 +39,27 @@ class _RandomPool:
 _POOL = _RandomPool()
 
 
+# Per random byte, the same byte with its top bits set to the UUID's version (7, four bits) or
+# variant (0b10, two bits): ``bytes.translate`` rewrites every id's byte in one call.
+_VERSION_7 = bytes(0x70 | (byte & 0x0F) for byte in range(256))
+_VARIANT_10 = bytes(0x80 | (byte & 0x3F) for byte in range(256))
+
+
 def new_ids(count: int) -> list[str]:
     """``count`` prediction ids: UUIDv7 (RFC 9562) as 32 hex digits.
 
     74 random bits make an id unguessable; the leading millisecond timestamp makes ids arrive
     in order, so the log's primary-key index grows at its end instead of rewriting a random
     page per row (random ids cut SQLite's insert rate by four as the log grows; see bench/).
+
+    Each id is the timestamp's 12 digits and 10 random bytes, whose first byte carries the
+    version and third the variant; the bytes of all ids are rewritten and turned into digits
+    in one call each, a quarter of the time per id of building each from an integer.
     """
     millis = time.time_ns() // 1_000_000
-    head = (millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76  # timestamp, version 7
-    noise = _POOL.take(10 * count)
-    ids = []
-    for start in range(0, 10 * count, 10):
-        bits = int.from_bytes(noise[start : start + 10])
-        rand_a, rand_b = bits >> 68, bits & 0x3FFF_FFFF_FFFF_FFFF  # 12 and 62 random bits
-        ids.append(f"{head | rand_a << 64 | 0b10 << 62 | rand_b:032x}")  # variant 10
-    return ids
+    head = f"{millis & 0xFFFF_FFFF_FFFF:012x}"
+    noise = bytearray(_POOL.take(10 * count))
+    noise[0::10] = noise[0::10].translate(_VERSION_7)
+    noise[2::10] = noise[2::10].translate(_VARIANT_10)
+    digits = noise.hex()
+    return [head + digits[start : start + 20] for start in range(0, 20 * count, 20)]

@@ -1,4 +1,5 @@
 import os
+import time
 import uuid
 
 from app.ids import POOL_BYTES, new_ids
@@ -24,3 +25,18 @@ def test_a_forked_child_does_not_reuse_its_parents_random_bytes() -> None:
     os.close(read)
     os.close(write)
     assert theirs[13:] != ours[13:]  # past the timestamp and version digit: the random bits
+
+
+def test_every_random_bit_of_an_id_varies_and_the_rest_is_time_version_and_variant() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = new_ids(2000)
+    after = time.time_ns() // 1_000_000
+    values = [uuid.UUID(i).int for i in ids]
+    assert all(before <= v >> 80 <= after for v in values)  # the millisecond timestamp
+    assert {v >> 76 & 0xF for v in values} == {7}
+    assert {v >> 62 & 0b11 for v in values} == {0b10}
+    random_bits = [*range(64, 76), *range(62)]  # rand_a (12 bits) and rand_b (62 bits)
+    assert len(random_bits) == 74
+    for bit in random_bits:  # each is 1 in about half the ids: none is stuck
+        ones = sum(v >> bit & 1 for v in values)
+        assert 800 < ones < 1200, bit
