@@ -138,4 +138,6 @@ def _scores(contract: InputContract, estimator: Any, row: Row) -> bool:
             output = np.asarray(estimator.predict(contract.matrix([row])))
     except Exception:  # any failure means "not handled"
         return False
-    return output.dtype == object or bool(np.isfinite(output.astype(np.float64)).all())
+    if output.dtype.kind not in "fiuc":  # class labels (text, objects, booleans): none is NaN
+        return True
+    return bool(np.isfinite(output.astype(np.float64)).all())

@@ -5,6 +5,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -107,3 +108,16 @@ def test_probing_keeps_closed_what_the_model_refuses() -> None:
     c = _fitted(strict, features, frame)
     probed = probe_features(c, strict, (0.5, "a"))
     assert [(f.nullable, f.open_categories) for f in probed] == [(False, False), (False, False)]
+
+
+def test_probing_a_model_with_text_labels_that_takes_missing_values() -> None:
+    # Its predictions are a NumPy array of strings: there is no NaN to look for in them, and
+    # asking NumPy for their float value raised, which stopped `steward register`.
+    frame = pd.DataFrame({"x": np.linspace(0, 1, 20), "y": np.linspace(1, 0, 20)})
+    features = infer_features(frame)
+    c = contract(features)
+    model = HistGradientBoostingClassifier(max_iter=5)
+    model.fit(c.matrix(list(frame.itertuples(index=False, name=None))), ["no", "yes"] * 10)
+    assert model.predict(c.matrix([(0.5, 0.5)])).dtype.kind == "U"
+    probed = probe_features(c, model, (0.5, 0.5))
+    assert [f.nullable for f in probed] == [True, True]
