@@ -90,7 +90,9 @@ def render_model(detail: dict[str, Any]) -> list[str]:
     """`GET /models/{model}`: its aliases, the versions in memory, its traffic and
     automatic-rollback policies, and refusals."""
     loaded = [
-        f"{v.get('version')}" + (f" ({', '.join(v['aliases'])})" if v.get("aliases") else "")
+        f"{v.get('version')}"
+        + (f" ({', '.join(v['aliases'])})" if v.get("aliases") else "")
+        + _runtime(v)
         for v in detail.get("loaded") or []
     ]
     lines = [
@@ -131,6 +133,17 @@ def auto_rollback_text(policy: dict[str, Any]) -> str:
         f"on: after a promote, over at least {policy.get('min_labels')} labels, margin "
         f"{policy.get('margin')} ({source})"
     )
+
+
+def _runtime(version: dict[str, Any]) -> str:
+    """What answers a loaded version's requests: its compiled twin, or scikit-learn and why."""
+    runtime = version.get("runtime")
+    if runtime is None:  # a server from before compiled twins
+        return ""
+    fallback = version.get("fallback")
+    if isinstance(fallback, dict) and fallback.get("reason"):
+        return f" on {runtime} ({fallback['reason']})"
+    return f" on {runtime}"
 
 
 def _aliases(aliases: dict[str, Any]) -> str:

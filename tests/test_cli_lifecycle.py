@@ -179,6 +179,22 @@ def test_status_names_what_was_refused_once() -> None:
     ]
 
 
+def test_status_says_what_answers_each_loaded_version() -> None:
+    fallback = {"reason": "checksum_mismatch", "message": "the twin's sha256 differs"}
+    detail = {
+        "name": "iris",
+        "aliases": {"production": 1, "candidate": 2},
+        "loaded": [
+            {"version": 1, "aliases": ["production"], "runtime": "onnxruntime"},
+            {"version": 2, "aliases": ["candidate"], "runtime": "sklearn", "fallback": fallback},
+            {"version": 3, "aliases": []},  # a server from before compiled twins
+        ],
+    }
+    assert render_model(detail)[2] == (
+        "loaded:  1 (production) on onnxruntime, 2 (candidate) on sklearn (checksum_mismatch), 3"
+    )
+
+
 def test_versions_of_a_legacy_file_and_a_broken_version(
     models_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -264,7 +280,7 @@ def test_status_asks_a_real_server(
         assert out.splitlines() == [
             "model:   iris",
             "aliases: production=1",
-            "loaded:  1 (production)",
+            "loaded:  1 (production) on onnxruntime",
             "traffic: none",
             "auto-rollback: off (STEWARD_AUTO_ROLLBACK*)",
         ]
