@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     if not settings.models_dir.is_dir():  # a typo here would serve nothing, and say nothing
         raise InvalidSettings(
-            f"STEWARD_MODELS_DIR: no directory at {settings.models_dir} "
+            f"STEWARD_MODELS_DIR (or --models-dir): no directory at {settings.models_dir} "
             "(train a model into it first, e.g. `steward train demo`)"
         )
     # Built here, not in the lifespan, because the middleware needs it when the app is built.

@@ -493,7 +493,7 @@ SERVE_REFUSALS = {
     ),
     "no-models-dir": (
         {"STEWARD_MODELS_DIR": "{tmp}/no-such-dir"},
-        "STEWARD_MODELS_DIR: no directory at",
+        "STEWARD_MODELS_DIR (or --models-dir): no directory at",
     ),
     "database-down": (
         {"STEWARD_DATABASE_URL": "postgresql+psycopg://nobody:hunter2@127.0.0.1:1/x"},
@@ -578,7 +578,7 @@ def test_serve_takes_its_port_and_log_level_from_the_settings(
 def test_create_app_refuses_a_missing_models_dir(tmp_path: Path) -> None:
     """The same check for `uvicorn --factory app.main:create_app`, which skips the CLI."""
     settings = Settings(models_dir=tmp_path / "nope", data_dir=tmp_path / "data")
-    with pytest.raises(InvalidSettings, match=r"^STEWARD_MODELS_DIR: no directory at .*nope"):
+    with pytest.raises(InvalidSettings, match=r"^STEWARD_MODELS_DIR \(or --models-dir\): no directory at .*nope"):
         create_app(settings)
 
 
