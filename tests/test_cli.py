@@ -578,7 +578,9 @@ def test_serve_takes_its_port_and_log_level_from_the_settings(
 def test_create_app_refuses_a_missing_models_dir(tmp_path: Path) -> None:
     """The same check for `uvicorn --factory app.main:create_app`, which skips the CLI."""
     settings = Settings(models_dir=tmp_path / "nope", data_dir=tmp_path / "data")
-    with pytest.raises(InvalidSettings, match=r"^STEWARD_MODELS_DIR \(or --models-dir\): no directory at .*nope"):
+    with pytest.raises(
+        InvalidSettings, match=r"^STEWARD_MODELS_DIR \(or --models-dir\): no directory at .*nope"
+    ):
         create_app(settings)
 
 
