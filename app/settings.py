@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         description="Time a client has to send a whole request body once its headers arrived; "
         "a slower one gets 408 `request_timeout` and its connection is closed.",
     )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a request's headers, from connecting (or from "
+        "the request's first byte on a kept-alive connection); a slower one gets 408 "
+        "`request_timeout` and its connection is closed. `steward serve` only.",
+    )
     max_class_labels: int = Field(
         25,
         ge=2,

@@ -8,6 +8,7 @@ import asyncio
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,8 +177,14 @@ def _serve(tmp_path: Path, models: Path, **settings: str) -> Iterator[Server]:
 
 @pytest.fixture
 def limited(tmp_path: Path, demo_models: Path) -> Iterator[Server]:
-    """Two requests at once at most; a body has 2 seconds to arrive."""
-    yield from _serve(tmp_path, demo_models, max_concurrency="2", body_timeout_seconds="2")
+    """Two requests at once at most; headers have 1 second to arrive, a body 2 seconds."""
+    yield from _serve(
+        tmp_path,
+        demo_models,
+        max_concurrency="2",
+        body_timeout_seconds="2",
+        header_timeout_seconds="1",
+    )
 
 
 def _metric(url: str, name: str, **labels: str) -> float:
@@ -304,3 +311,71 @@ def test_trickling_clients_are_cut_off_and_a_normal_client_is_served_meanwhile(
     assert _metric(limited.url, "steward_http_refused_requests_total", reason="body_timeout") == 4
     assert _metric(limited.url, "steward_http_refused_requests_total", reason="overloaded") == 0
     assert httpx2.get(limited.url + "/readyz", timeout=10).status_code == 200
+
+
+def test_stalled_or_trickled_headers_are_cut_off_and_a_normal_client_is_served_meanwhile(
+    limited: Server,
+) -> None:
+    port = int(limited.url.rsplit(":", 1)[1])
+    head = _trickle_headers(200)
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(6)]
+    answers: list[bytes] = [b""] * len(sockets)
+    try:
+        for sock in sockets[:3]:
+            sock.sendall(head[:30])  # half the headers, then nothing
+        sockets[3].sendall(b"")  # connected, nothing sent at all
+
+        def trickle(index: int) -> None:  # the headers a byte at a time
+            sock = sockets[index]
+            sock.settimeout(0.2)
+            for byte in head:
+                try:
+                    sock.sendall(bytes([byte]))
+                    if first := sock.recv(65536):
+                        answers[index] = first + _read_to_close(sock)
+                        return
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+            answers[index] = _read_to_close(sock)
+
+        threads = [threading.Thread(target=trickle, args=(i,)) for i in (4, 5)]
+        for thread in threads:
+            thread.start()
+        with httpx2.Client(base_url=limited.url, timeout=10) as http:
+            for _ in range(5):
+                response = http.post("/predict/iris", json={"instances": [IRIS_SETOSA]})
+                assert response.status_code == 200, response.text
+        for index in range(4):
+            answers[index] = _read_to_close(sockets[index])
+        for thread in threads:
+            thread.join()
+    finally:
+        for sock in sockets:
+            sock.close()
+    for answer in answers:
+        head_sent, _, body = answer.partition(b"\r\n\r\n")
+        assert head_sent.startswith(b"HTTP/1.1 408"), answer
+        assert b"connection: close" in head_sent.lower()
+        assert orjson.loads(body)["error"]["code"] == "request_timeout"
+    # Cut off before any request began: nothing reached the app, nothing was counted as one.
+    assert _metric(limited.url, "steward_http_refused_requests_total") == 0
+    assert httpx2.get(limited.url + "/readyz", timeout=10).status_code == 200
+
+
+def test_a_kept_alive_connection_serves_requests_one_after_another(limited: Server) -> None:
+    """The header deadline is per request: a connection used longer than it is not cut."""
+    port = int(limited.url.rsplit(":", 1)[1])
+    body = orjson.dumps({"instances": [IRIS_SETOSA]})
+    request = _trickle_headers(len(body)) + body
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for _ in range(3):
+            sock.sendall(request)
+            answer = b""
+            while b"setosa" not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200")
+            time.sleep(0.7)  # 3 x 0.7 s: longer than the 1 s header deadline
