@@ -28,12 +28,15 @@ class ConcurrencyLimit:
     ) -> None:
         self.app = app
         self.limit = limit
-        self.paths = paths
+        self._paths = frozenset(paths)
+        self._prefixes = tuple(p + "/" for p in paths)
         self.in_flight = 0  # one event loop: no lock needed between the check and the increment
         self._refused = metrics.http_refused.labels("overloaded")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._limited(scope["path"]):
+        if scope["type"] != "http" or not (
+            scope["path"] in self._paths or scope["path"].startswith(self._prefixes)
+        ):
             await self.app(scope, receive, send)
             return
         arrived = deque(await _read_body(receive))
@@ -51,9 +54,6 @@ class ConcurrencyLimit:
             await self.app(scope, replay, send)
         finally:
             self.in_flight -= 1
-
-    def _limited(self, path: str) -> bool:
-        return any(path == p or path.startswith(p + "/") for p in self.paths)
 
 
 async def _read_body(receive: Receive) -> list[Message]:
