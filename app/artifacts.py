@@ -331,6 +331,29 @@ def list_models(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name))
 
 
+def unreadable_models(root: Path) -> dict[str, str]:
+    """Model names in ``root`` that are links to no folder (dangling, looping, or to a file),
+    each with why: ``list_models`` leaves them out, the registry refuses them by name.
+
+    A link is a model someone meant to serve (a release folder mounted by symlink whose target
+    went away); a stray file with a model-like name is not, and stays ignored.
+    """
+    if not root.is_dir():
+        return {}
+    problems = {}
+    for path in root.iterdir():
+        if not (NAME_PATTERN.match(path.name) and path.is_symlink()) or path.is_dir():
+            continue
+        try:
+            path.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a loop, before Python 3.13
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a link loop"
+            problems[path.name] = f"{path} is a link that cannot be followed: {why}"
+        else:
+            problems[path.name] = f"{path} is a link to something that is not a folder"
+    return dict(sorted(problems.items()))
+
+
 def list_versions(root: Path, name: str) -> list[int]:
     folder = root / name
     if not folder.is_dir():

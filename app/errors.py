@@ -131,6 +131,24 @@ class ClientClosedRequest(StewardError):
     code = "client_closed_request"
 
 
+class Overloaded(StewardError):
+    """More requests in flight than ``STEWARD_MAX_CONCURRENCY``: refused at once rather than
+    queued, so a client retries (on this replica or another) instead of waiting."""
+
+    status_code = 503
+    code = "overloaded"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+
+class RequestTimeout(StewardError):
+    """The body did not arrive within ``STEWARD_BODY_TIMEOUT_SECONDS``; the connection closes
+    (its unread bytes cannot be told apart from a next request)."""
+
+    status_code = 408
+    code = "request_timeout"
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}
+
+
 class NotReady(StewardError):
     status_code = 503
     code = "not_ready"

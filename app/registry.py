@@ -23,7 +23,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.aliases import TrafficPolicy, read_alias_file
-from app.artifacts import ModelMetadata, list_models, list_versions, read_metadata
+from app.artifacts import (
+    ModelMetadata,
+    list_models,
+    list_versions,
+    read_metadata,
+    unreadable_models,
+)
 from app.errors import ArtifactError, ModelUnavailable, UnknownModel, UnknownVersion
 from app.loading import LoadedModel, Refusal, Refused, load_version
 from app.model_entry import ModelEntry
@@ -97,6 +103,8 @@ class Registry:
         """Read every model of the registry directory and load its production version."""
         for name in list_models(self.root):
             self._add(name, warm=False)
+        for name, problem in unreadable_models(self.root).items():
+            self._add_unreadable(name, problem)
         if len(self._entries) == 1:
             self._only_at_start = next(iter(self._entries))
 
@@ -131,6 +139,15 @@ class Registry:
                 # Warmed up even at start-up: production serves if the candidate cannot.
                 self._load_alias(entry, "candidate", candidate, warm=True)
             return entry
+
+    def _add_unreadable(self, name: str, problem: str) -> None:
+        """A model whose folder cannot be read: named, refused (``folder_unreadable``), never
+        served. Once its folder reads again, a rescan loads it and clears the refusal."""
+        with self._lock:
+            entry = ModelEntry(self.root, name)
+            self._entries = {**self._entries, name: entry}
+            self._refuse(entry, None, "folder_unreadable", problem)
+            self._fire(self.on_traffic, entry, None, entry.state.traffic)
 
     def _load_alias(self, entry: ModelEntry, alias: str, number: int, *, warm: bool) -> None:
         """Load the version ``alias`` names as a model is added. A refused one stays out of

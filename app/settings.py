@@ -50,6 +50,25 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body accepted; larger ones get 413."
     )
+    max_concurrency: int = Field(
+        64,
+        ge=1,
+        description="Requests to /predict and /feedback served at once; more get an immediate "
+        "503 `overloaded` with Retry-After. A request counts once its body has arrived.",
+    )
+    body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Time a client has to send a whole request body once its headers arrived; "
+        "a slower one gets 408 `request_timeout` and its connection is closed.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a request's headers, from connecting (or from "
+        "the request's first byte on a kept-alive connection); a slower one gets 408 "
+        "`request_timeout` and its connection is closed. `steward serve` only.",
+    )
     max_class_labels: int = Field(
         25,
         ge=2,

@@ -57,6 +57,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from app.api.header_timeout import header_timeout_protocol
     from app.main import create_app
     from app.store import open_store
 
@@ -77,6 +78,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         host=host,
         port=port,
         log_level=settings.log_level,
+        http=header_timeout_protocol(settings.header_timeout_seconds),
         # Whole seconds for uvicorn, rounded up: 0.5 must not become "cancel requests at once".
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),
     )
