@@ -5,9 +5,11 @@ restarts (app/registry.py): so converting does not rewrite a version in place, i
 version of the model, holding the same estimator in the other format and the same metadata (input
 contract, metrics, reference profile, training data and its kept copy, gate decision, compiled
 twin), with ``converted_from`` naming the source. Before anything is written the new artifact is
-built back from its bytes, as the policy allows, and must answer exactly what the source answers
-on the version's reference sample (labels, and probabilities bit for bit); otherwise nothing is
-saved. Aliases stay where they are unless asked (``promote``): moving production is a promote.
+built back from its bytes and must answer exactly what the source answers on the version's
+reference sample (labels, and probabilities bit for bit); otherwise nothing is saved. It is built
+with whatever types it names: these bytes were made here, from an estimator already in memory;
+whether a server will trust them is ``untrusted_types``'s to say. Aliases stay where they are
+unless asked (``promote``): moving production is a promote.
 
 Reading a joblib source unpickles it whatever the policy says of pickle: converting is how a
 registry leaves pickle, and the file is checked against its sha256 first. Writing joblib is
@@ -20,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from app.artifact_formats import ArtifactFormat, ArtifactPolicy, dump, load, refuse_pickle
+from app.artifact_formats import (
+    ArtifactFormat,
+    ArtifactPolicy,
+    dump,
+    load,
+    refuse_pickle,
+    untrusted_types,
+)
 from app.artifacts import (
     TRAINING_COPY,
     Compiled,
@@ -54,7 +63,9 @@ def convert_version(
         refuse_pickle(policy, name, source.version)
     estimator = load_estimator(root, source, replace(policy, allow_pickle=True))
     data = dump(estimator, artifact_format)
-    converted = load(data, artifact_format, policy, name, version)
+    own = untrusted_types(data, policy) if artifact_format == "skops" else []
+    trusting = replace(policy, skops_trusted_types=(*policy.skops_trusted_types, *own))
+    converted = load(data, artifact_format, trusting, name, version)
     _same_answers(where, source, estimator, converted)
     extra = {}
     training = source.training_data

@@ -8,7 +8,7 @@ registry's files only.
 import argparse
 
 from app.aliases import read_aliases
-from app.artifact_formats import FORMATS, ArtifactFormat, ArtifactPolicy
+from app.artifact_formats import FILES, FORMATS, ArtifactFormat, ArtifactPolicy, untrusted_types
 from app.artifacts import ModelMetadata, list_models, list_versions
 from app.cli import arguments
 from app.cli.errors import UsageError
@@ -221,6 +221,7 @@ def _register(args: argparse.Namespace, settings: Settings) -> int:
         policy=ArtifactPolicy.of(settings),
     )
     _print_version(settings, metadata)
+    _untrusted_note(settings, metadata)
     return 0
 
 
@@ -244,7 +245,22 @@ def _convert(args: argparse.Namespace, settings: Settings) -> int:
     )
     _print_version(settings, metadata)
     print(f"  converted from version {args.version} to {args.format}: the same answers")
+    _untrusted_note(settings, metadata)
     return 0
+
+
+def _untrusted_note(settings: Settings, metadata: ModelMetadata) -> None:
+    """Say so when a skops version just written holds types this environment's allowlist
+    does not trust: a server with the same settings refuses it (untrusted_types)."""
+    if metadata.artifact_format != "skops":
+        return
+    path = settings.models_dir / metadata.name / str(metadata.version) / FILES["skops"]
+    types = untrusted_types(path.read_bytes(), ArtifactPolicy.of(settings))
+    if types:
+        print(
+            "  note: a server refuses this version (untrusted_types) unless "
+            f"STEWARD_SKOPS_TRUSTED_TYPES includes {','.join(types)}"
+        )
 
 
 def _format_option(parser: argparse.ArgumentParser, default: str) -> None:
