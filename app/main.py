@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from app import __version__, api
+from app.artifact_formats import ArtifactPolicy
 from app.auto_rollback import AutoRollback
 from app.drift_monitor import DriftMonitor
 from app.errors import InvalidSettings
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             target_range_multiple=settings.target_range_multiple,
             warm_up=scores_typical_row,
             twins=settings.twins,
+            policy=ArtifactPolicy.of(settings),
         )
         metrics.follow(registry)
         drift = DriftMonitor(settings, metrics.drift)

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.aliases import TrafficPolicy, read_alias_file
+from app.artifact_formats import ArtifactPolicy
 from app.artifacts import (
     ModelMetadata,
     list_models,
@@ -78,17 +79,20 @@ class Registry:
         target_range_multiple: float = 0.0,
         warm_up: Callable[[LoadedModel], bool] | None = None,
         twins: bool = True,
+        policy: ArtifactPolicy | None = None,
     ) -> None:
         """``warm_up(model)`` (blocking) says whether a version works: one prediction on a
         typical row. Every version loaded after start-up passes it or is refused
         (``warmup_failed``); the production versions of ``load`` are served without it (with
-        nothing else to serve, a broken model answers 500 rather than nothing)."""
+        nothing else to serve, a broken model answers 500 rather than nothing). ``policy``:
+        which artifacts may be loaded (pickle at all, the skops allowlist)."""
         self.root = root
         self.max_instances = max_instances
         self.input_range_multiple = input_range_multiple
         self.target_range_multiple = target_range_multiple
         self.warm_up = warm_up
         self.twins = twins
+        self.policy = policy or ArtifactPolicy()
         self.on_load: list[VersionHook] = []
         self.on_swap: list[SwapHook] = []
         self.on_refuse: list[RefuseHook] = []
@@ -406,6 +410,7 @@ class Registry:
             input_range_multiple=self.input_range_multiple,
             target_range_multiple=self.target_range_multiple,
             twins=self.twins,
+            policy=self.policy,
         )
 
     def _refuse(

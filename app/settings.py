@@ -1,6 +1,7 @@
 """Runtime configuration: one Settings class, read from ``STEWARD_*`` environment variables."""
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,7 @@ MIN_ADMIN_TOKEN = 16
 # silently drop an operator's tuning.
 FORMERLY_MILLISECONDS = ("batch_max_wait", "batch_inline_max")
 TRAINING_COPY_MAX_BYTES = 50 * 1024 * 1024
+TYPE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+\Z")  # module.Class, fully qualified
 
 
 class Settings(BaseSettings):
@@ -250,6 +252,17 @@ class Settings(BaseSettings):
         "proven equal to its estimator when compiled and again when loaded). Off: every "
         "version serves on scikit-learn; GET /models/{model} and steward_model_runtime say so.",
     )
+    allow_pickle: bool = Field(
+        True,
+        description="Load joblib (pickle) artifacts. Off: a joblib version is refused at load "
+        "(reason pickle_refused) and the skops versions serve; what Steward writes is skops.",
+    )
+    skops_trusted_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Types a skops artifact may hold besides skops's defaults and Steward's "
+        "own allowlist (fully qualified, comma-separated in the environment, e.g. "
+        "sklearn.tree._tree.Tree). A version needing another is refused (untrusted_types).",
+    )
     drift: bool = Field(
         True,
         description="Watch served inputs: per model version, a window of its latest rows scored "
@@ -312,12 +325,23 @@ class Settings(BaseSettings):
         "info", description="Logging level of the server."
     )
 
-    @field_validator("required_models", mode="before")
+    @field_validator("required_models", "skops_trusted_types", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
+
+    @field_validator("skops_trusted_types")
+    @classmethod
+    def _type_names(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if not TYPE_NAME.match(n)]
+        if bad:  # type names are no secret: naming them finds the typo
+            shown = ", ".join(repr(n[:80]) for n in bad[:5])
+            raise ValueError(
+                f"not fully qualified types (module.Class, e.g. sklearn.tree._tree.Tree): {shown}"
+            )
+        return names
 
     _file_token: SecretStr | None = PrivateAttr(None)  # admin_token_file's, read at start-up
 
