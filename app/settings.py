@@ -393,7 +393,9 @@ class Settings(BaseSettings):
                 text = self.api_keys_file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-                raise ValueError(f"{variable}: cannot read {self.api_keys_file}: {reason}") from None
+                raise ValueError(
+                    f"{variable}: cannot read {self.api_keys_file}: {reason}"
+                ) from None
             keys = [
                 line.strip()
                 for line in text.splitlines()

@@ -58,7 +58,9 @@ def test_keys_are_off_by_default(client: TestClient) -> None:
         {"X-API-Key": KEY_A, "Authorization": "Bearer nope"},
     ],
 )
-def test_a_listed_key_opens_predict_and_feedback(keyed: TestClient, headers: dict[str, str]) -> None:
+def test_a_listed_key_opens_predict_and_feedback(
+    keyed: TestClient, headers: dict[str, str]
+) -> None:
     (pid,) = prediction_ids(keyed.post("/predict/iris", json=BODY, headers=headers))
     prediction_ids(keyed.post("/predict", json=BODY, headers=headers))
     answer = keyed.post(
@@ -141,7 +143,7 @@ def test_openapi_documents_the_schemes(keyed: TestClient) -> None:
         "description": "An API key (STEWARD_API_KEYS or STEWARD_API_KEYS_FILE).",
     }
     assert schemes["ApiKeyBearer"]["scheme"] == "bearer"
-    either = [{"ApiKeyHeader": []}, {"ApiKeyBearer": []}]
+    either: list[dict[str, list[str]]] = [{"ApiKeyHeader": []}, {"ApiKeyBearer": []}]
     for path in ("/predict/{model}", "/predict", "/predict/iris", "/feedback"):
         operation = schema["paths"][path]["post"]
         assert operation["security"] == either, path
@@ -181,7 +183,7 @@ def test_bad_keys_are_refused_without_naming_them(
 def test_bad_key_files_are_refused(tmp_path: Path) -> None:
     empty, missing = tmp_path / "empty", tmp_path / "missing"
     empty.write_text("# nothing yet\n\n", encoding="utf-8")
-    with pytest.raises(InvalidSettings, match="STEWARD_API_KEYS_FILE: .* holds no key"):
+    with pytest.raises(InvalidSettings, match=r"STEWARD_API_KEYS_FILE: .* holds no key"):
         load_settings(models_dir=tmp_path, api_keys_file=empty)
     with pytest.raises(InvalidSettings, match="STEWARD_API_KEYS_FILE: cannot read"):
         load_settings(models_dir=tmp_path, api_keys_file=missing)
