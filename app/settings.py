@@ -169,6 +169,18 @@ class Settings(BaseSettings):
         description="A file holding the admin token (a Kubernetes Secret mounted as a file), "
         "read at start-up, a trailing newline stripped; not with admin_token.",
     )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=f"API keys of /predict and /feedback (comma-separated in the environment), "
+        f"each at least {MIN_ADMIN_TOKEN} printable characters without spaces or commas; "
+        "none (and no api_keys_file): both are open. Not the admin token.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file holding the API keys, one a line (a Kubernetes Secret mounted as a "
+        "file), read at start-up; blank lines and lines starting with # skipped; not with "
+        "api_keys.",
+    )
     training_copy_max_bytes: int = Field(
         TRAINING_COPY_MAX_BYTES,
         ge=0,
@@ -324,6 +336,11 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Logging level of the server."
     )
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="Server logs: one JSON object a line (json), or plain lines for a terminal "
+        "(text); every line of a request carries its request id.",
+    )
 
     @field_validator("required_models", "skops_trusted_types", mode="before")
     @classmethod
@@ -344,6 +361,7 @@ class Settings(BaseSettings):
         return names
 
     _file_token: SecretStr | None = PrivateAttr(None)  # admin_token_file's, read at start-up
+    _file_api_keys: tuple[SecretStr, ...] = PrivateAttr(())  # api_keys_file's, read at start-up
 
     @model_validator(mode="after")
     def _drift_judgeable(self) -> "Settings":
@@ -396,6 +414,55 @@ class Settings(BaseSettings):
             raise ValueError(f"{variable}: the token must be at least {MIN_ADMIN_TOKEN} characters")
         self._file_token = file_token
         return self
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _comma_separated_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _read_api_keys(self) -> "Settings":
+        # Messages name the variable and the key's position, never a key or the file's content.
+        if self.api_keys and self.api_keys_file is not None:
+            raise ValueError(
+                f"{ENV_PREFIX}API_KEYS and {ENV_PREFIX}API_KEYS_FILE are both set: set one of them"
+            )
+        keys, variable = [key.get_secret_value() for key in self.api_keys], f"{ENV_PREFIX}API_KEYS"
+        if self.api_keys_file is not None:
+            variable = f"{ENV_PREFIX}API_KEYS_FILE"
+            try:
+                text = self.api_keys_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ValueError(
+                    f"{variable}: cannot read {self.api_keys_file}: {reason}"
+                ) from None
+            keys = [
+                line.strip()
+                for line in text.splitlines()
+                if line.strip() and not line.strip().startswith("#")
+            ]
+            if not keys:
+                raise ValueError(f"{variable}: {self.api_keys_file} holds no key")
+            self._file_api_keys = tuple(SecretStr(key) for key in keys)
+        for number, key in enumerate(keys, 1):
+            if len(key) < MIN_ADMIN_TOKEN:
+                raise ValueError(
+                    f"{variable}: key {number} is shorter than {MIN_ADMIN_TOKEN} characters"
+                )
+            if not (key.isascii() and key.isprintable()) or " " in key or "," in key:
+                raise ValueError(
+                    f"{variable}: key {number} must be printable ASCII without spaces or commas "
+                    "(what an HTTP header can carry)"
+                )
+        return self
+
+    @property
+    def api_key_secrets(self) -> tuple[SecretStr, ...]:
+        """The keys /predict and /feedback accept, from api_keys or api_keys_file (none: open)."""
+        return tuple(self.api_keys) or self._file_api_keys
 
     @property
     def admin_secret(self) -> SecretStr | None:

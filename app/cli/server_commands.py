@@ -3,6 +3,7 @@ standard library only), and start one (the server and its store imported when it
 
 import argparse
 import logging
+import logging.config
 import math
 import socket
 
@@ -57,6 +58,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from app import logs
     from app.api.header_timeout import header_timeout_protocol
     from app.main import create_app
     from app.store import open_store
@@ -70,15 +72,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         raise StoreUnavailable(f"{exc} ({source})") from exc
     host, port = args.host or settings.host, args.port or settings.port
     _check_port_free(host, port)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # One handler and formatter for Steward's lines, uvicorn's and Python's warnings alike.
+    log_config = logs.config(settings)
+    logging.config.dictConfig(log_config)
+    logging.captureWarnings(True)
     uvicorn.run(
         app,
         host=host,
         port=port,
         log_level=settings.log_level,
         http=header_timeout_protocol(settings.header_timeout_seconds),
+        log_config=log_config,
+        access_log=False,  # steward.access has one line a request, with its id (app/logs.py)
         # Whole seconds for uvicorn, rounded up: 0.5 must not become "cancel requests at once".
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),
     )

@@ -315,14 +315,18 @@ def open_store(url: str) -> SqlStore:
         raise StoreUnavailable(
             "the store URL is not a SQLAlchemy URL (dialect+driver://user:password@host/database)"
         ) from None
+    # hide_parameters: a failed write's error text, which is logged, never quotes the rows'
+    # inputs and outputs.
     try:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 _make_folder(Path(parsed.database).parent)
-            engine = create_engine(url, json_serializer=_json_text)
+            engine = create_engine(url, json_serializer=_json_text, hide_parameters=True)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
+            engine = create_engine(
+                url, pool_pre_ping=True, json_serializer=_json_text, hide_parameters=True
+            )
     except (ArgumentError, ImportError) as exc:  # an unknown dialect, a driver not installed
         raise StoreUnavailable(
             f"no usable database driver for {parsed.drivername!r} in the store URL: {exc}"
