@@ -84,9 +84,7 @@ def test_a_new_store_is_created_at_the_latest_version(url: str) -> None:
 
 def test_processes_migrating_one_new_store_at_once_all_succeed(url: str) -> None:
     processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", OPEN_STORE, url], stderr=subprocess.PIPE, text=True
-        )
+        subprocess.Popen([sys.executable, "-c", OPEN_STORE, url], stderr=subprocess.PIPE, text=True)
         for _ in range(4)
     ]
     errors = [process.communicate(timeout=120)[1] for process in processes]
