@@ -5,6 +5,7 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -145,6 +146,28 @@ def test_row_count_keeps_the_newest_rows(store: SqlStore, tmp_path: Path) -> Non
     assert deleted(metrics, "predictions") == 6
     assert deleted(metrics, "shadow_predictions") == 6
     assert deleted(metrics, "prediction_quarantine") == 0
+
+
+def test_replicas_applying_the_row_count_at_once_keep_the_newest_rows(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    """Two servers on one store (each its own engine), passes at the same time: each deletes
+    what is older than the newest kept row, so together they delete no more than one would."""
+    rows = [served(0, n) for n in range(50)]
+    store.write_predictions(rows)
+    other = open_store(store.engine.url.render_as_string(hide_password=False))
+    try:
+        keepers = [
+            retention(s, tmp_path, retention_max_rows=7, retention_batch_size=3)
+            for s in (store, other)
+        ]
+        with ThreadPoolExecutor(2) as pool:
+            passes = list(pool.map(lambda k: k[0].run_pass(now=NOW), keepers))
+    finally:
+        other.close()
+    assert ids(store) == {row.id for row in rows[:7]}
+    assert sum(p.deleted["predictions"] for p in passes) == 43
+    assert sum(deleted(m, "predictions") or 0 for _, m in keepers) == 43
 
 
 def test_age_and_row_count_together(store: SqlStore, tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ store's write lock like the log writer's batches. Between two batches it rests a
 last one took, so the log writer always has the lock at least half the time, however large the
 backlog. Labelled rows are deleted like the others: the age setting is refused below the live
 quality window (app/settings.py). Quarantined rows (``prediction_quarantine``) older than the
-age are deleted too; the row count does not apply to them.
+age are deleted too; the row count does not apply to them. The count keeps the rows made since
+the oldest of the newest ``max_rows``: rows made in the same instant as that one stay with it.
 """
 
 import asyncio
@@ -18,14 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, Table, delete, func, select
+from sqlalchemy import Connection, Table, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import StoreUnavailable
 from app.metrics import Metrics
 from app.periodic import Periodic
 from app.settings import Settings
-from app.store.schema import predictions, quarantine, shadow_predictions
+from app.store.schema import as_utc, predictions, quarantine, shadow_predictions
 from app.store.sql import SqlStore
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,14 @@ class Retention:
             self._periodic.start()
 
     async def close(self) -> None:
-        """Stop; a pass under way stops after its current batch."""
+        """Stop; a pass under way stops after its current batch, before this returns."""
         self._stopping.set()
         await self._periodic.close()
+        await asyncio.to_thread(self._wait_idle)
+
+    def _wait_idle(self) -> None:
+        with self._lock:
+            pass
 
     def run_pass(self, now: datetime | None = None) -> RetentionPass:
         """One pass, to the end (blocking; the periodic work runs it in a thread)."""
@@ -79,11 +85,12 @@ class Retention:
         with self._lock:
             if self.max_age is not None:
                 cutoff = now - timedelta(seconds=self.max_age)
-                self._delete_predictions(done, cutoff=cutoff)
+                self._delete_predictions(done, cutoff)
                 self._delete_quarantined(done, cutoff)
             if self.max_rows is not None:
-                excess = self._count() - self.max_rows
-                self._delete_predictions(done, limit=excess)
+                kept_from = self._newest_kept(self.max_rows)
+                if kept_from is not None:
+                    self._delete_predictions(done, kept_from)
         return done
 
     async def _round(self) -> None:
@@ -100,32 +107,26 @@ class Retention:
                 done.batches,
             )
 
-    def _delete_predictions(
-        self, done: RetentionPass, *, cutoff: datetime | None = None, limit: int | None = None
-    ) -> None:
-        """The oldest predictions (before ``cutoff``, at most ``limit`` of them), one bounded
-        transaction at a time."""
+    def _delete_predictions(self, done: RetentionPass, cutoff: datetime) -> None:
+        """The predictions made before ``cutoff``, oldest first, one bounded transaction at a
+        time."""
         p = predictions.c
-        remaining = limit
-        while remaining is None or remaining > 0:
+        size = self.batch_size
+        query = select(p.id).where(p.created_at < cutoff).order_by(p.created_at).limit(size)
+        while True:
             if self._stopping.is_set():
                 done.stopped = True
                 return
-            size = self.batch_size if remaining is None else min(self.batch_size, remaining)
-            query = select(p.id).order_by(p.created_at).limit(size)
-            if cutoff is not None:
-                query = query.where(p.created_at < cutoff)
             started = time.monotonic()
             with self.store.transaction("apply retention") as conn:
                 ids = conn.execute(query).scalars().all()
                 shadows = _delete_in(conn, shadow_predictions, "prediction_id", ids)
                 deleted = _delete_in(conn, predictions, "id", ids)
+            done.batches += 1 if ids else 0
             self._count_deleted(done, predictions.name, deleted)
             self._count_deleted(done, shadow_predictions.name, shadows)
             if len(ids) < size:
                 return
-            if remaining is not None:
-                remaining -= len(ids)
             self._stopping.wait(time.monotonic() - started)  # the writer's turn
 
     def _delete_quarantined(self, done: RetentionPass, cutoff: datetime) -> None:
@@ -144,20 +145,22 @@ class Retention:
             if deleted < self.batch_size:
                 return
 
-    def _count(self) -> int:
+    def _newest_kept(self, max_rows: int) -> datetime | None:
+        """When the oldest of the newest ``max_rows`` predictions was made (None: there are no
+        more than that). A time, not a number of rows to delete: replicas that run passes at
+        once on one store agree on it, and none deletes a row the others keep."""
+        p = predictions.c
+        query = select(p.created_at).order_by(p.created_at.desc()).offset(max_rows - 1)
         try:
             with self.store.engine.connect() as conn:
-                query = select(func.count()).select_from(predictions)
-                return int(conn.execute(query).scalar_one())
+                return as_utc(conn.execute(query.limit(1)).scalar())
         except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"prediction store failed to count predictions: {exc}") from exc
+            raise StoreUnavailable(f"prediction store failed to read predictions: {exc}") from exc
 
     def _count_deleted(self, done: RetentionPass, table: str, rows: int) -> None:
         if rows:
             done.deleted[table] += rows
             self.metrics.retention_deleted.labels(table).inc(rows)
-        if table == predictions.name:
-            done.batches += 1
 
 
 def _delete_in(conn: Connection, table: Table, column: str, ids: Sequence[str]) -> int:
