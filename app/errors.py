@@ -124,6 +124,12 @@ class StoreUnavailable(StewardError):
     stage = "store"
 
 
+class StoreSchemaTooNew(StoreUnavailable):
+    """The store was migrated by a newer Steward: refused at start-up, never written to."""
+
+    code = "store_schema_too_new"
+
+
 class ClientClosedRequest(StewardError):
     """The client went away before sending its whole body; nobody reads this answer."""
 

@@ -26,6 +26,7 @@ from app.registry import Registry
 from app.services import Services
 from app.settings import Settings, load_settings
 from app.store import PredictionLog, open_store
+from app.store.retention import Retention
 from app.watcher import Watcher
 
 
@@ -107,9 +108,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.watcher.start()
         services.auto_rollback.start()
         drift.start()
+        retention = Retention(settings, store, metrics)
+        retention.start()
         try:
             yield {"services": services}  # requests reach it through app/api/deps.py
         finally:
+            await retention.close()
             await drift.close()
             await services.auto_rollback.close()
             await services.watcher.close()  # no swap while the rest shuts down

@@ -211,6 +211,15 @@ class Metrics:
             "Acknowledged predictions the store refused while it worked: quarantined, not retried.",
             registry=registry,
         )
+        self.retention_deleted = Counter(
+            "steward_retention_deleted_rows",
+            "Rows the prediction-log retention deleted, by table (predictions, "
+            "shadow_predictions, prediction_quarantine).",
+            ["table"],
+            registry=registry,
+        )
+        for table in ("predictions", "shadow_predictions", "prediction_quarantine"):
+            self.retention_deleted.labels(table)
         self.admin_actions = Counter(
             "steward_admin_actions",
             "Admin API calls by action ("

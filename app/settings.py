@@ -149,6 +149,31 @@ class Settings(BaseSettings):
         description="Live quality per version (GET /models/{model}) covers the predictions made "
         "in this span before now (by their created_at), labelled since or not.",
     )
+    retention_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Prediction-log retention by age: rows predicted longer ago than this are "
+        "deleted in the background (with their shadow rows; labelled rows too). Unset: kept "
+        "forever. At least quality_window_seconds, or live quality would lose its rows.",
+    )
+    retention_max_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Prediction-log retention by count: beyond this many rows in predictions, "
+        "the oldest are deleted in the background (with their shadow rows). Unset: no limit.",
+    )
+    retention_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often the retention pass runs (when a retention setting is on).",
+    )
+    retention_batch_size: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description="Most prediction rows one retention transaction deletes: the longest it "
+        "holds the store's write lock.",
+    )
     reload_interval_seconds: float = Field(
         2.0,
         ge=0,
@@ -374,6 +399,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}DRIFT_MIN_ROWS must be at most {ENV_PREFIX}DRIFT_WINDOW_ROWS: no "
                 "window would ever be judged"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _retention_covers_the_quality_window(self) -> "Settings":
+        if self.retention_seconds is not None and (
+            self.retention_seconds < self.quality_window_seconds
+        ):
+            raise ValueError(
+                f"{ENV_PREFIX}RETENTION_SECONDS must be at least "
+                f"{ENV_PREFIX}QUALITY_WINDOW_SECONDS: live quality would count rows retention "
+                "has deleted"
             )
         return self
 

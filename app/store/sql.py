@@ -49,10 +49,10 @@ from app.store.base import (
     VersionCounts,
 )
 from app.store.bulk import BulkInsert
+from app.store.migrations import migrate
 from app.store.queries import labelled_rows_query, paired_counts_query, version_counts_query
 from app.store.schema import (
     as_utc,
-    create_schema,
     heartbeat,
     predictions,
     quarantine,
@@ -102,9 +102,13 @@ class SqlStore:
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
-        with _store_errors("create its schema"):
-            create_schema(engine)
-            self._insert = BulkInsert(engine)
+        try:
+            with _store_errors("create its schema"):
+                migrate(engine)
+                self._insert = BulkInsert(engine)
+        except StoreUnavailable:
+            engine.dispose()  # a store refused at open leaves no connection behind
+            raise
 
     def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
         if not records:
@@ -268,6 +272,13 @@ class SqlStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def transaction(self, action: str) -> Iterator[Connection]:
+        """A write transaction queued with the log writer's (retention's deletes); database
+        errors as StoreUnavailable, naming ``action``."""
+        with _store_errors(action), self._writing() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:

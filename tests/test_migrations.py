@@ -1,0 +1,189 @@
+"""Schema versions: fresh stores, stores made before versions (upgraded in place, rows kept),
+several processes migrating one store at once, and a store from a newer Steward refused."""
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from helpers import assert_one_line_error, run_cli
+from sqlalchemy import create_engine, insert, inspect, text
+
+from app.errors import StoreSchemaTooNew
+from app.store import PredictionRecord, open_store
+from app.store.migrations import LATEST, schema_version
+from app.store.schema import predictions, schema
+
+POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+OPEN_STORE = "import sys; from app.store import open_store; open_store(sys.argv[1]).close()"
+EXPECTED_INDEXES = {
+    "predictions": {
+        "ix_predictions_model_version_created_at",
+        "ix_predictions_model_created_at",
+        "ix_predictions_created_at",
+    },
+    "shadow_predictions": {
+        "ix_shadow_predictions_prediction_id",
+        "ix_shadow_predictions_model_created_at",
+    },
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty store's URL: a new SQLite file, or a new PostgreSQL database dropped after."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    name = f"steward_migrate_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        base = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
+        try:
+            yield base.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def version_rows(url: str) -> list[int]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(schema_version.select()).scalars())
+    finally:
+        engine.dispose()
+
+
+def assert_latest_schema(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        found = inspect(engine)
+        assert set(schema.tables) <= set(found.get_table_names())
+        for table, indexes in EXPECTED_INDEXES.items():
+            assert {index["name"] for index in found.get_indexes(table)} == indexes
+    finally:
+        engine.dispose()
+    assert version_rows(url) == [LATEST]
+
+
+def test_a_new_store_is_created_at_the_latest_version(url: str) -> None:
+    open_store(url).close()
+    assert_latest_schema(url)
+    open_store(url).close()  # opening again changes nothing
+    assert_latest_schema(url)
+
+
+def test_processes_migrating_one_new_store_at_once_all_succeed(url: str) -> None:
+    processes = [
+        subprocess.Popen([sys.executable, "-c", OPEN_STORE, url], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    errors = [process.communicate(timeout=120)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, errors
+    assert_latest_schema(url)
+
+
+# The store as Steward made it before schema versions (less the indexes added later, which
+# that baseline also brings): no version table, no created_at index.
+PRE_VERSION_DDL = (
+    "CREATE TABLE predictions (id VARCHAR(64) PRIMARY KEY, model VARCHAR(64) NOT NULL, "
+    "version INTEGER NOT NULL, created_at TIMESTAMP WITH TIME ZONE NOT NULL, inputs JSON NOT "
+    "NULL, output JSON NOT NULL, ground_truth TEXT, correct BOOLEAN, abs_error FLOAT, "
+    "feedback_at TIMESTAMP WITH TIME ZONE)",
+    "CREATE INDEX ix_predictions_model_version_created_at ON predictions "
+    "(model, version, created_at)",
+)
+OLD_IDS = [f"0190aaaa00007000800000000000000{n}" for n in range(3)]
+OLD_TIMES = [datetime(2024, 6, 1, 12, 0, n, tzinfo=UTC) for n in range(3)]
+
+
+def test_a_store_made_before_schema_versions_is_upgraded_in_place(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for statement in PRE_VERSION_DDL:
+            conn.execute(text(statement))
+        conn.execute(
+            insert(predictions),
+            [
+                {
+                    "id": OLD_IDS[n],
+                    "model": "iris",
+                    "version": 1,
+                    "created_at": OLD_TIMES[n],
+                    "inputs": {"a": n},
+                    "output": {"prediction": "setosa"},
+                    "ground_truth": '"setosa"',
+                    "correct": n > 0,
+                }
+                for n in range(3)
+            ],
+        )
+    engine.dispose()
+
+    store = open_store(url)
+    try:
+        old = store.get_predictions(OLD_IDS)
+        assert sorted((row.inputs["a"], row.correct) for row in old.values()) == [
+            (0, False),
+            (1, True),
+            (2, True),
+        ]
+        assert sorted(row.created_at for row in old.values()) == OLD_TIMES
+        # and it takes new rows, shadow ones included, in the tables it gained
+        served = PredictionRecord(
+            uuid.uuid4().hex, "iris", 2, datetime.now(UTC), ("a",), (7,), "virginica"
+        )
+        shadow = served._replace(id=uuid.uuid4().hex, version=3, shadow_of=served.id)
+        store.write_predictions([served, shadow])
+        (stored,) = store.get_predictions([served.id]).values()
+        assert [s.id for s in stored.shadows] == [shadow.id]
+    finally:
+        store.close()
+    assert_latest_schema(url)
+
+
+def set_version(url: str, version: int) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(schema_version.update().values(version=version))
+    engine.dispose()
+
+
+def test_a_store_from_a_newer_steward_is_refused(url: str) -> None:
+    open_store(url).close()
+    set_version(url, LATEST + 1)
+    with pytest.raises(StoreSchemaTooNew) as refused:
+        open_store(url)
+    assert f"schema version {LATEST + 1}, newer than this Steward's ({LATEST})" in str(
+        refused.value
+    )
+    assert version_rows(url) == [LATEST + 1]  # left as it was
+
+
+def test_steward_serve_refuses_a_newer_store_in_one_line(
+    tmp_path: Path,
+    models_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = tmp_path / "data"
+    url = f"sqlite:///{data / 'steward.db'}"
+    open_store(url).close()
+    set_version(url, LATEST + 1)
+    monkeypatch.setenv("STEWARD_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(data))
+    code, out, err = run_cli(capsys, "serve", "--port", "1")
+    assert code == 1
+    assert out == ""
+    assert_one_line_error(
+        err, f"schema version {LATEST + 1}, newer than this Steward's", "STEWARD_DATA_DIR"
+    )
