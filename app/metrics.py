@@ -197,6 +197,12 @@ class Metrics:
             "Acknowledged predictions the store refused while it worked: quarantined, not retried.",
             registry=registry,
         )
+        self.log_dropped = Counter(
+            "steward_prediction_log_dropped_rows",
+            "Acknowledged predictions never written: still pending when the log closed (the "
+            "store stayed down through the shutdown's drain).",
+            registry=registry,
+        )
         self.admin_actions = Counter(
             "steward_admin_actions",
             "Admin API calls by action ("
