@@ -106,11 +106,15 @@ class SqlStore:
         with _store_errors("create its schema"):
             create_schema(engine)
             self._insert = BulkInsert(engine)
-        # A file on disk is watched: writes into one removed while serving would be lost.
+        # A file on disk is watched: writes into one removed while serving would be lost. (Not
+        # a URI filename: ``file:...?mode=ro`` and the like are opened as the URI says.)
         database = engine.url.database
         self._file = (
             SqliteFile(Path(database))
-            if engine.dialect.name == "sqlite" and database and database != ":memory:"
+            if engine.dialect.name == "sqlite"
+            and database
+            and database != ":memory:"
+            and not engine.url.query.get("uri")
             else None
         )
 
