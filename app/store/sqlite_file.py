@@ -61,8 +61,9 @@ class SqliteFile:
         if now is None:
             if not self._lost:
                 logger.error(
-                    "the SQLite file %s was removed while serving: rebuilding it from the copy "
-                    "still open (runbook: docs/operations.md#when-the-store-fails)",
+                    "the SQLite file %s is no longer at its path (removed, or its folder "
+                    "mounted over): rebuilding it from the copy still open (runbook: "
+                    "docs/operations.md#when-the-store-fails)",
                     self.path,
                 )
             self._lost = True
