@@ -118,10 +118,18 @@ class ModelFailure(StewardError):
     stage = "model"
 
 
+RETRY_AFTER_SECONDS = 1
+"""The ``Retry-After`` of a 503 for a store that is down or behind: the prediction log retries
+the store at least every 2 s and makes room as soon as it writes, so a client comes back soon."""
+
+
 class StoreUnavailable(StewardError):
+    """The store is down, or the log's buffer for it is full: nothing was acknowledged."""
+
     status_code = 503
     code = "store_unavailable"
     stage = "store"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 class StoreSchemaTooNew(StoreUnavailable):
@@ -158,6 +166,7 @@ class RequestTimeout(StewardError):
 class NotReady(StewardError):
     status_code = 503
     code = "not_ready"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 class ArtifactError(StewardError):

@@ -220,6 +220,12 @@ class Metrics:
         )
         for table in ("predictions", "shadow_predictions", "prediction_quarantine"):
             self.retention_deleted.labels(table)
+        self.log_dropped = Counter(
+            "steward_prediction_log_dropped_rows",
+            "Acknowledged predictions never written: still pending when the log closed (the "
+            "store stayed down through the shutdown's drain).",
+            registry=registry,
+        )
         self.admin_actions = Counter(
             "steward_admin_actions",
             "Admin API calls by action ("

@@ -188,7 +188,8 @@ class PredictionLog:
         written (feedback labels both).
 
         Rows are written in order, so this waits for the rows up to the last of those only,
-        not for the whole backlog.
+        not for the whole backlog. While the store is down it does not wait: StoreUnavailable
+        at once (feedback answers 503 with Retry-After rather than hold the client).
         """
         with self._cond:
             target = max(
@@ -196,7 +197,7 @@ class PredictionLog:
                 default=0,
             )
         if target:
-            self._wait_written(target, timeout)
+            self._wait_written(target, timeout, while_down=False)
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until every row appended so far is written (or quarantined); StoreUnavailable on
@@ -205,9 +206,12 @@ class PredictionLog:
             target = self._appended
         self._wait_written(target, timeout)
 
-    def _wait_written(self, target: int, timeout: float) -> None:
+    def _wait_written(self, target: int, timeout: float, *, while_down: bool = True) -> None:
+        def settled() -> bool:
+            return self._done >= target or (not while_down and self.last_error is not None)
+
         with self._cond:
-            if not self._cond.wait_for(lambda: self._done >= target, timeout):
+            if not self._cond.wait_for(settled, timeout) or self._done < target:
                 raise StoreUnavailable(
                     "the prediction store did not take pending rows in time"
                     + (f" ({self.last_error})" if self.last_error else "")
@@ -222,6 +226,7 @@ class PredictionLog:
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self._pending:
+            self.metrics.log_dropped.inc(len(self._pending))
             logger.error(
                 "prediction log closed with %d acknowledged rows unwritten: %s",
                 len(self._pending),
@@ -245,6 +250,7 @@ class PredictionLog:
                 with self._cond:
                     self.last_error = str(exc)
                     self._refuse_waiters(self._full)
+                    self._cond.notify_all()  # flush_if_pending does not wait for a store down
                 self.metrics.count_error(None, "store")
                 logger.warning(
                     "prediction log write failed (%d rows kept): %s", self.pending, self.last_error

@@ -58,6 +58,7 @@ from app.store.schema import (
     quarantine,
     shadow_predictions,
 )
+from app.store.sqlite_file import SqliteFile
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -109,6 +110,17 @@ class SqlStore:
         except StoreUnavailable:
             engine.dispose()  # a store refused at open leaves no connection behind
             raise
+        # A file on disk is watched: writes into one removed while serving would be lost. (Not
+        # a URI filename: ``file:...?mode=ro`` and the like are opened as the URI says.)
+        database = engine.url.database
+        self._file = (
+            SqliteFile(Path(database))
+            if engine.dialect.name == "sqlite"
+            and database
+            and database != ":memory:"
+            and not engine.url.query.get("uri")
+            else None
+        )
 
     def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
         if not records:
@@ -272,6 +284,8 @@ class SqlStore:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._file is not None:
+            self._file.close()
 
     @contextlib.contextmanager
     def transaction(self, action: str) -> Iterator[Connection]:
@@ -284,9 +298,17 @@ class SqlStore:
     def _writing(self) -> Iterator[Connection]:
         """A write transaction. SQLite takes one writer at a time, and one that finds the file
         locked sleeps in its busy handler (up to 100 ms a nap): writers of this process queue
-        on a lock instead, and are woken as soon as the one before them commits."""
-        with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        on a lock instead, and are woken as soon as the one before them commits. A SQLite file
+        removed or replaced since the last write is an outage until it is whole again."""
+        with self._write_lock:
+            if self._file is not None:
+                self._file.ensure(self.engine.dispose, self._create_schema)
+            with self.engine.begin() as conn:
+                yield conn
+
+    def _create_schema(self) -> None:
+        with _store_errors("create its schema"):
+            migrate(self.engine)
 
 
 def _ground_truth(text: str | None) -> Any:

@@ -1,0 +1,320 @@
+"""Store failures under a real `steward serve`: the SQLite folder turned read-only, the SQLite file
+removed, the disk full, the PostgreSQL connections cut and refused.
+
+In each, predictions are served while the log's buffer has room, then refused with 503 and
+Retry-After (never acknowledged and dropped), /readyz names the store, feedback answers 503,
+and once the store is back the server recovers by itself and writes every row it acknowledged.
+Recovery times are printed (``pytest -s``), never asserted: docs/operations.md quotes them.
+
+Mounting needs root (CAP_SYS_ADMIN): where the test cannot mount a file system it is skipped,
+saying so. Running as root, ``chmod`` does not stop the server from writing; a read-only file
+system does.
+"""
+
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2
+import psycopg
+import pytest
+from helpers import IRIS_SETOSA, stored_rows, wait_until
+from prometheus_client.parser import text_string_to_metric_families
+from server import STEWARD, Server, free_port, serving
+
+from app.errors import RETRY_AFTER_SECONDS
+
+POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+MAX_PENDING = 200  # rows the log holds for a store that is down: small, so the tests fill it
+ROWS = 10  # rows a request
+MAX_REQUESTS = 2000  # a bound on every loop of requests
+
+
+@dataclass
+class Traffic:
+    """What the clients of one test were told."""
+
+    acknowledged: list[str] = field(default_factory=list)  # ids of rows answered with 200
+    refused: int = 0  # 503s
+
+    def predict(self, http: httpx2.Client) -> httpx2.Response:
+        response = http.post("/predict/iris", json={"instances": [IRIS_SETOSA] * ROWS})
+        if response.status_code == 200:
+            self.acknowledged += [p["id"] for p in response.json()["predictions"]]
+        else:
+            assert_store_unavailable(response, "store_unavailable")
+            self.refused += 1
+        return response
+
+    def until_refused(self, http: httpx2.Client) -> int:
+        """Predict until the server refuses; how many rows it acknowledged meanwhile."""
+        before = len(self.acknowledged)
+        for _ in range(MAX_REQUESTS):
+            if self.predict(http).status_code == 503:
+                return len(self.acknowledged) - before
+        raise AssertionError(f"{MAX_REQUESTS} predictions and no refusal")
+
+
+def assert_store_unavailable(response: httpx2.Response, code: str) -> dict[str, object]:
+    """A 503 in the one error shape, with Retry-After in seconds."""
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code, body
+    error: dict[str, object] = body["error"]
+    return error
+
+
+def metric(http: httpx2.Client, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+def start(tmp_path: Path, models_dir: Path, data_dir: Path, **env: str) -> Server:
+    environment = os.environ | {
+        "STEWARD_MODELS_DIR": str(models_dir),
+        "STEWARD_DATA_DIR": str(data_dir),
+        "STEWARD_LOG_MAX_PENDING": str(MAX_PENDING),
+        "STEWARD_LOG_WAIT_SECONDS": "0.2",
+        "STEWARD_REQUIRED_MODELS": "iris",
+        **env,
+    }
+    port = free_port()
+    argv: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
+    server = Server(argv, port=port, env=environment, log=tmp_path / "server.log")
+    server.wait_ready("/readyz")
+    return server
+
+
+def outage_and_recovery(
+    server: Server, break_store: Callable[[], None], restore_store: Callable[[], None]
+) -> Traffic:
+    """The scripted sequence every store failure goes through; the clients' traffic."""
+    traffic = Traffic()
+    with httpx2.Client(base_url=server.url, timeout=30) as http:
+        for _ in range(5):
+            assert traffic.predict(http).status_code == 200
+        written = traffic.acknowledged[0]
+        assert wait_until(lambda: metric(http, "steward_prediction_log_pending_rows") == 0)
+        break_store()
+
+        served = traffic.until_refused(http)
+        assert 0 < served <= MAX_PENDING  # served while the buffer had room, not beyond
+        pending = traffic.acknowledged[-1]  # acknowledged, not yet written
+
+        ready = http.get("/readyz")
+        error = assert_store_unavailable(ready, "not_ready")
+        assert "store" in [d["component"] for d in error["details"]]  # type: ignore[attr-defined]
+        for prediction_id in (pending, written):
+            feedback = {"prediction_id": prediction_id, "ground_truth": "setosa"}
+            assert_store_unavailable(http.post("/feedback", json=feedback), "store_unavailable")
+
+        restored = time.monotonic()
+        restore_store()
+        assert wait_until(lambda: http.get("/readyz").status_code == 200, seconds=30)
+        ready_after = time.monotonic() - restored
+        assert wait_until(lambda: metric(http, "steward_prediction_log_pending_rows") == 0)
+        drained_after = time.monotonic() - restored
+        print(
+            f"\n{served} rows served into the buffer while down; ready {ready_after:.2f} s, "
+            f"backlog written {drained_after:.2f} s after the store came back"
+        )
+
+        assert traffic.predict(http).status_code == 200
+        feedback = {"prediction_id": pending, "ground_truth": "setosa"}
+        assert http.post("/feedback", json=feedback).json()["status"] == "accepted"
+        assert metric(http, "steward_prediction_log_dropped_rows_total") == 0
+        refusals = metric(http, "steward_errors_total", model="iris", stage="store")
+        assert refusals == traffic.refused
+    return traffic
+
+
+def stop(server: Server) -> str:
+    assert server.stop(timeout=30) in (0, -15)
+    output = server.log.read_text()
+    assert "unwritten" not in output, output
+    return output
+
+
+@contextlib.contextmanager
+def mounted(target: Path, *options: str) -> Iterator[None]:
+    """A tmpfs at ``target`` (skips the test if this machine lets it mount none)."""
+    target.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(("size=16m", *options)), "tmpfs", str(target)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def test_a_folder_turned_read_only_refuses_then_writes_every_row(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    data = tmp_path / "data"
+    server = start(tmp_path, models_dir, data)
+    try:
+        with contextlib.ExitStack() as read_only:
+            # A read-only file system over the folder: what root cannot write through (chmod
+            # does not stop root, and a mount cannot turn read-only under open files).
+            traffic = outage_and_recovery(
+                server,
+                lambda: read_only.enter_context(mounted(data, "ro")),
+                read_only.close,
+            )
+    finally:
+        output = stop(server)
+    assert "cannot be rebuilt here" in output
+    assert {row["id"] for row in stored_rows(data)} == set(traffic.acknowledged)
+
+
+def test_a_removed_sqlite_file_is_rebuilt_with_every_row(tmp_path: Path, models_dir: Path) -> None:
+    data = tmp_path / "data"
+    traffic = Traffic()
+    with serving(
+        [STEWARD, "serve", "--port", str(port := free_port())],
+        port=port,
+        env=os.environ | {"STEWARD_MODELS_DIR": str(models_dir), "STEWARD_DATA_DIR": str(data)},
+        log=tmp_path / "server.log",
+        ready="/readyz",
+    ) as server:
+        with httpx2.Client(base_url=server.url, timeout=30) as http:
+            for _ in range(20):
+                assert traffic.predict(http).status_code == 200
+            assert wait_until(lambda: metric(http, "steward_prediction_log_pending_rows") == 0)
+            before = (data / "steward.db").stat().st_ino
+            for name in ("steward.db", "steward.db-wal", "steward.db-shm"):
+                (data / name).unlink()  # `rm steward.db*` while serving
+            for _ in range(20):
+                assert traffic.predict(http).status_code == 200
+            assert http.get("/readyz").status_code == 200
+            assert wait_until(lambda: metric(http, "steward_prediction_log_pending_rows") == 0)
+            feedback = {"prediction_id": traffic.acknowledged[0], "ground_truth": "setosa"}
+            assert http.post("/feedback", json=feedback).json()["status"] == "accepted"
+            assert metric(http, "steward_prediction_log_dropped_rows_total") == 0
+        output = stop(server)
+    assert "is no longer at its path" in output
+    assert (data / "steward.db").stat().st_ino != before
+    rows = stored_rows(data)
+    assert [row["id"] for row in rows if row["ground_truth"]] == [traffic.acknowledged[0]]
+    assert {row["id"] for row in rows} == set(traffic.acknowledged)
+    assert len(traffic.acknowledged) == 40 * ROWS
+
+
+def test_a_full_disk_refuses_then_writes_every_row(tmp_path: Path, models_dir: Path) -> None:
+    data = tmp_path / "data"
+    filler = data / "filler"
+    with mounted(data):
+        server = start(tmp_path, models_dir, data)
+        try:
+
+            def fill() -> None:
+                with contextlib.suppress(OSError), filler.open("wb") as out:
+                    for _ in range(64 * 1024):  # at most 64 MiB, more than the file system
+                        out.write(b"\0" * 1024)
+                        out.flush()
+
+            traffic = outage_and_recovery(server, fill, filler.unlink)
+        finally:
+            output = stop(server)
+        assert "full" in output
+        assert {row["id"] for row in stored_rows(data)} == set(traffic.acknowledged)
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A database of its own on the test PostgreSQL; its name. Dropped afterwards."""
+    name = f"steward_faults_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield name
+        finally:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def sql(statement: str) -> None:
+    with psycopg.connect(POSTGRES, autocommit=True) as admin:
+        admin.execute(statement)
+
+
+def cut(name: str) -> None:
+    sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+
+
+def stored_ids(name: str) -> set[str]:
+    url = POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(url) as conn:
+        return {row[0] for row in conn.execute("SELECT id FROM predictions")}
+
+
+def postgres_url(name: str) -> str:
+    url = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
+    return url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_postgresql_connections_cut_under_load_lose_nothing(
+    tmp_path: Path, models_dir: Path, database: str
+) -> None:
+    server = start(
+        tmp_path, models_dir, tmp_path / "data", STEWARD_DATABASE_URL=postgres_url(database)
+    )
+    traffic = Traffic()
+    try:
+        with httpx2.Client(base_url=server.url, timeout=30) as http:
+            for _ in range(10):
+                for _ in range(10):
+                    traffic.predict(http)
+                cut(database)  # every backend of the server, mid-load
+            assert wait_until(lambda: http.get("/readyz").status_code == 200)
+            assert wait_until(lambda: metric(http, "steward_prediction_log_pending_rows") == 0)
+            assert metric(http, "steward_prediction_log_dropped_rows_total") == 0
+            assert metric(http, "steward_errors_total", model="iris", stage="store") == (
+                traffic.refused
+            )
+    finally:
+        stop(server)
+    print(f"\n10 cuts: {traffic.refused} of 100 requests refused with 503, none lost")
+    assert len(traffic.acknowledged) + traffic.refused * ROWS == 100 * ROWS
+    assert stored_ids(database) == set(traffic.acknowledged)
+
+
+def test_postgresql_refusing_connections_then_back_writes_every_row(
+    tmp_path: Path, models_dir: Path, database: str
+) -> None:
+    server = start(
+        tmp_path, models_dir, tmp_path / "data", STEWARD_DATABASE_URL=postgres_url(database)
+    )
+
+    def refuse() -> None:
+        sql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+        cut(database)
+
+    try:
+        traffic = outage_and_recovery(
+            server, refuse, lambda: sql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+        )
+    finally:
+        stop(server)
+    assert stored_ids(database) == set(traffic.acknowledged)
