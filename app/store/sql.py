@@ -302,9 +302,20 @@ class SqlStore:
         removed or replaced since the last write is an outage until it is whole again."""
         with self._write_lock:
             if self._file is not None:
-                self._file.ensure(self.engine.dispose, self._create_schema)
+                self._file.ensure(self._disconnect, self._create_schema)
             with self.engine.begin() as conn:
                 yield conn
+
+    def _disconnect(self) -> None:
+        """Close every connection to the old file, or refuse (the store stays down a moment):
+        a reader's connection closed after the new file is in place would, as the last one
+        on the old file, delete the new file's write-ahead log by its name."""
+        checked_out = getattr(self.engine.pool, "checkedout", lambda: 0)()
+        if checked_out:
+            raise StoreUnavailable(
+                f"the SQLite file is being replaced; {checked_out} reads still running"
+            )
+        self.engine.dispose()
 
     def _create_schema(self) -> None:
         with _store_errors("create its schema"):

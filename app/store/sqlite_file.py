@@ -98,7 +98,11 @@ class SqliteFile:
         # Our connections to the removed file close first (the last one checkpoints its
         # write-ahead log into it); that log and its shared memory, if left at the path, belong
         # to the removed file: the new one must not find them.
-        disconnect()
+        try:
+            disconnect()
+        except StoreUnavailable:
+            copy.unlink(missing_ok=True)  # made again at the next try, with the rows since
+            raise
         self._anchor.close()
         for leftover in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
