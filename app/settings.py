@@ -525,9 +525,9 @@ def load_settings(**values: Any) -> Settings:
         settings = Settings(**values)
     except ValidationError as exc:
         for error in exc.errors(include_url=False, include_input=False):
-            message = error["msg"]
+            message = error["msg"].removeprefix("Value error, ")  # a validator's own words
             if not error["loc"]:  # a rule across settings: its message names the variables
-                problems.append(message.removeprefix("Value error, "))
+                problems.append(message)
                 continue
             name = "_".join(str(part) for part in error["loc"]).upper()
             problems.append(f"{ENV_PREFIX}{name}: {message[:1].lower()}{message[1:]}")

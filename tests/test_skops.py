@@ -4,10 +4,12 @@ STEWARD_ALLOW_PICKLE=false every joblib version, are refused with their reason w
 serve."""
 
 import hashlib
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import joblib
 import numpy as np
 import pandas as pd
@@ -22,6 +24,8 @@ from helpers import (
     run_cli,
     write_labelled,
 )
+from prometheus_client.parser import text_string_to_metric_families
+from server import STEWARD, free_port, serving
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -142,6 +146,43 @@ def test_with_pickle_refused_joblib_versions_are_refused_and_skops_ones_serve(
         assert refused_metric(client, "iris", "pickle_refused") == 1
         response = client.post("/predict/diabetes", json={"instances": [DIABETES_ROW]})
         assert_error(response, 503, "model_unavailable")
+
+
+def test_a_real_server_with_pickle_refused_serves_skops_and_names_each_joblib_refusal(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`steward serve` with STEWARD_ALLOW_PICKLE=false in its environment: iris converted and
+    promoted serves, the two joblib models are refused (readiness, metric), none unpickled."""
+    code, _, err = run_cli(
+        capsys, "--models-dir", str(models_dir), "convert", "iris", "1", "--format", "skops",
+        "--promote",
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    env = os.environ | {
+        "STEWARD_MODELS_DIR": str(models_dir),
+        "STEWARD_DATA_DIR": str(tmp_path / "data"),
+        "STEWARD_ALLOW_PICKLE": "false",
+    }
+    port = free_port()
+    argv: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
+    with serving(argv, port=port, env=env, log=tmp_path / "server.log", ready="/readyz") as served:
+        ready = httpx2.get(f"{served.url}/readyz").json()
+        assert ready["models"] == {"iris": 2}
+        reasons = {p["component"]: p["reason"] for p in ready["degraded"]}
+        assert reasons == {
+            "model:breast-cancer": "pickle_refused",
+            "model:diabetes": "pickle_refused",
+        }
+        response = httpx2.post(f"{served.url}/predict/iris", json={"instances": [IRIS_SETOSA]})
+        assert (response.status_code, response.json()["version"]) == (200, 2)
+        text = httpx2.get(f"{served.url}/metrics").text
+    refused = {
+        (s.labels["model"], s.labels["reason"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "steward_model_refused"
+        for s in family.samples
+    }
+    assert refused == {("breast-cancer", "pickle_refused"): 1, ("diabetes", "pickle_refused"): 1}
 
 
 def test_the_cli_writes_skops_when_pickle_is_refused_and_refuses_an_explicit_joblib(
@@ -364,7 +405,9 @@ def test_skops_trusted_types_must_be_fully_qualified_names(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("STEWARD_SKOPS_TRUSTED_TYPES", "sklearn.tree._tree.Tree, Tree")
-    with pytest.raises(InvalidSettings, match=r"STEWARD_SKOPS_TRUSTED_TYPES: .* 'Tree'"):
+    with pytest.raises(
+        InvalidSettings, match=r"STEWARD_SKOPS_TRUSTED_TYPES: not fully qualified types .*: 'Tree'$"
+    ):
         load_settings()
     monkeypatch.setenv("STEWARD_SKOPS_TRUSTED_TYPES", "sklearn.tree._tree.Tree, numpy.dtype")
     assert load_settings().skops_trusted_types == ["sklearn.tree._tree.Tree", "numpy.dtype"]
