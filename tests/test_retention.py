@@ -222,7 +222,7 @@ def test_a_real_server_keeps_only_the_newest_rows(tmp_path: Path, models_dir: Pa
         "STEWARD_RETENTION_BATCH_SIZE": "4",
     }
     port = free_port()
-    argv = [STEWARD, "serve", "--port", str(port)]
+    argv: list[str | Path] = [STEWARD, "serve", "--port", str(port)]
     with serving(argv, port=port, env=env, log=tmp_path / "server.log", ready="/readyz") as server:
         answered = []
         with httpx2.Client(base_url=server.url, timeout=10) as http:

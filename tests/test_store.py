@@ -305,8 +305,9 @@ def test_version_counts_query_is_bounded_by_the_model_and_time_index(tmp_path: P
 
 
 def test_a_store_made_before_the_quality_index_gets_it_at_open(store: SqlStore) -> None:
-    with store.engine.begin() as conn:
+    with store.engine.begin() as conn:  # as the release before schema versions left it
         conn.execute(text("DROP INDEX ix_predictions_model_created_at"))
+        conn.execute(text("DROP TABLE steward_schema_version"))
     assert "ix_predictions_model_created_at" not in indexes(store)
     url = store.engine.url.render_as_string(hide_password=False)
     reopened: list[SqlStore] = []
@@ -1032,8 +1033,9 @@ def test_a_store_made_before_shadow_predictions_gets_the_table_at_open(store: Sq
     one creates the table and its indexes, the others find them made, old rows stay."""
     old = record()
     store.write_predictions([old])
-    with store.engine.begin() as conn:
+    with store.engine.begin() as conn:  # as that release left it: before schema versions too
         conn.execute(text("DROP TABLE shadow_predictions"))
+        conn.execute(text("DROP TABLE steward_schema_version"))
     assert "shadow_predictions" not in inspect(store.engine).get_table_names()
     url = store.engine.url.render_as_string(hide_password=False)
     reopened: list[SqlStore] = []

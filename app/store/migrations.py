@@ -49,8 +49,9 @@ created_at_index = Index("ix_predictions_created_at", predictions.c.created_at)
 
 
 def _baseline(conn: Connection) -> None:
-    """The schema of the releases before versioning: every table, and the indexes added to
-    them over time, each only if missing."""
+    """The schema of the releases before versioning: every table missing (a new table comes
+    with all its indexes, later ones included), and the indexes those releases added to their
+    existing tables, each only if missing."""
     schema.create_all(conn, checkfirst=True)
     for index in (*predictions.indexes, *shadow_predictions.indexes):
         if index.name in LATER_INDEXES:
