@@ -13,8 +13,8 @@ request: its lines carry no id.
 
 import asyncio
 import logging
+import os
 import re
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +51,7 @@ def request_id(given: str | None) -> str:
     """The client's id if it is a safe one, else a new one (32 hex digits)."""
     if given is not None and _SAFE_REQUEST_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def begin(request_id: str) -> RequestContext:

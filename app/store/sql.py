@@ -359,8 +359,8 @@ def open_store(url: str) -> SqlStore:
         raise StoreUnavailable(
             "the store URL is not a SQLAlchemy URL (dialect+driver://user:password@host/database)"
         ) from None
-    # hide_parameters: a failed write's error text, which is logged, never quotes the rows'
-    # inputs and outputs.
+    # hide_parameters: an SQLAlchemy error's text never quotes the rows' inputs and outputs, if
+    # one reaches a log line unwrapped (the store's own errors name the driver's reason only).
     try:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
