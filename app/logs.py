@@ -13,7 +13,6 @@ request: its lines carry no id.
 
 import asyncio
 import logging
-import os
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 
+from app.ids import new_ids
 from app.settings import Settings
 
 ACCESS_LOGGER = "steward.access"
@@ -48,10 +48,12 @@ _current: ContextVar[RequestContext | None] = ContextVar("steward_request", defa
 
 
 def request_id(given: str | None) -> str:
-    """The client's id if it is a safe one, else a new one (32 hex digits)."""
+    """The client's id if it is a safe one, else a new one: a UUIDv7 as 32 hex digits, from the
+    pool of random bytes prediction ids use (``os.urandom`` per request lets go of the GIL, and
+    the event loop waits to get it back: docs/performance.md)."""
     if given is not None and _SAFE_REQUEST_ID.fullmatch(given):
         return given
-    return os.urandom(16).hex()
+    return new_ids(1)[0]
 
 
 def begin(request_id: str) -> RequestContext:
