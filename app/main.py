@@ -33,7 +33,7 @@ from app.watcher import Watcher
 class Shutdown:
     """What the app's shutdown left behind; ``steward serve`` makes it the exit status."""
 
-    done: bool = False
+    done: bool = False  # the shutdown reached its end: the prediction log was closed
     unwritten_rows: int = 0  # acknowledged predictions the log could not write in time
 
 
@@ -127,9 +127,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
             await services.watcher.close()  # no swap while the rest shuts down
             await services.jobs.close()  # running retrainings terminated, their jobs failed
             await predictor.close()
-            unwritten = await anyio.to_thread.run_sync(
-                log.close, settings.shutdown_timeout_seconds
-            )
+            unwritten = await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)
             store.close()
             gc.unfreeze()
             if shutdown is not None:

@@ -216,6 +216,30 @@ def test_sigterm_exits_1_when_acknowledged_rows_are_left_unwritten(
     assert "steward: error: shut down with 3 acknowledged predictions unwritten" in output
 
 
+def test_a_second_ctrl_c_cancels_requests_in_flight_and_still_writes_the_log(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """Force quit skips the wait for requests in flight, not the prediction log's drain: the
+    app's shutdown still runs when the event loop cancels what is left."""
+    env = env_for(tmp_path, models_dir, drain_seconds="30")
+    log = tmp_path / "server.log"
+    with steward(env, log) as (server, port):
+        with httpx2.Client(base_url=server.url, timeout=10) as http:
+            answered = http.post("/predict/iris", json={"instances": [IRIS_SETOSA]})
+        trickle = Trickle(port)  # keeps the drain going
+        server.process.send_signal(signal.SIGINT)
+        assert wait_until(lambda: connection_refused(port), seconds=10, interval=0.02)
+        assert server.process.poll() is None
+        server.process.send_signal(signal.SIGINT)  # force quit
+        code = server.process.wait(timeout=30)
+        status, _ = trickle.read()
+    output = log.read_text()
+    assert code == 0, output
+    assert status != 200
+    assert "unwritten" not in output
+    assert stored_ids(tmp_path / "data") == {p["id"] for p in answered.json()["predictions"]}
+
+
 @pytest.mark.parametrize("interval", [0.05, 0.5])
 def test_sigkill_under_load_loses_at_most_the_last_flush_interval(
     tmp_path: Path, models_dir: Path, interval: float

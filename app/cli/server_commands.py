@@ -96,6 +96,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     _run_until_stopped(server)
     if not server.started:  # the app's start-up failed; uvicorn logged why
         return STARTUP_FAILURE
+    if not shutdown.done:  # the app's shutdown failed before it closed the log
+        raise StewardError(
+            "shut down before the prediction log was drained: acknowledged predictions may be "
+            "unwritten (see the log above)"
+        )
     if shutdown.unwritten_rows:
         raise StoreUnavailable(
             f"shut down with {shutdown.unwritten_rows} acknowledged predictions unwritten: the "

@@ -281,10 +281,12 @@ class PredictionLog:
             return
         due = self._appended_at[0][1] + self.flush_interval
         self._cond.wait_for(
-            lambda: self._closing
-            or len(self._pending) >= self.batch_size
-            or bool(self._waiters)
-            or self._hurry_upto > self._done,
+            lambda: (
+                self._closing
+                or len(self._pending) >= self.batch_size
+                or bool(self._waiters)
+                or self._hurry_upto > self._done
+            ),
             due - time.monotonic(),
         )
 
