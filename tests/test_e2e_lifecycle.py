@@ -235,6 +235,7 @@ def test_train_shadow_score_promote_under_load_and_roll_back(stack: Stack, tmp_p
     stack_log = stack.log.read_text()
     assert "iris: production is v2 (was v1)" in stack_log
     assert "iris: production is v1 (was v2)" in stack_log
+
     # The last answers may still wait in the writer's buffer: it flushes within its interval.
     def logged() -> dict[str, int | None]:
         stored = {row["id"]: row["version"] for row in stored_rows(stack.data)}
