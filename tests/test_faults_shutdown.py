@@ -99,10 +99,15 @@ class Trickle:
         return self.read()
 
     def read(self) -> tuple[int, bytes]:
+        """The status and body of the response; 0 when the connection closed without one."""
         data = b""
-        while chunk := self.sock.recv(65536):  # the server closes: it is shutting down
-            data += chunk
-        self.sock.close()
+        try:
+            while chunk := self.sock.recv(65536):  # the server closes: it is shutting down
+                data += chunk
+        except ConnectionResetError:  # closed with the unread rest of the request
+            pass
+        finally:
+            self.sock.close()
         if not data:
             return 0, b""
         head, _, body = data.partition(b"\r\n\r\n")
@@ -185,8 +190,8 @@ def test_sigterm_cancels_a_request_still_running_after_the_drain_time(
     output = log.read_text()
     assert code == 0, output  # nothing acknowledged was lost
     # Never acknowledged: uvicorn cancels it and answers 500 in its own plain text (the ASGI
-    # app is cancelled mid-request), and logs the traceback.
-    assert status != 200
+    # app is cancelled mid-request) and logs the traceback, or the connection is reset first.
+    assert status in (0, 500)
     assert "Cancel 1 running task(s), timeout graceful shutdown exceeded" in output
     assert stored_ids(tmp_path / "data") == {p["id"] for p in answered.json()["predictions"]}
 

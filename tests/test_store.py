@@ -397,17 +397,25 @@ def test_log_flush_interval_gathers_rows_until_a_batch_fills_someone_waits_or_it
     log.append([record() for _ in range(2)])
     assert log.pending == 2
     assert log.close(10) == 0
+    log.store.close()
     assert count(sqlite_path) == 15
 
 
 def test_log_close_says_how_many_acknowledged_rows_it_left_unwritten(sqlite_path: Path) -> None:
-    log = PredictionLog(open_store(f"sqlite:///{sqlite_path}"), Metrics(CollectorRegistry()))
+    store = open_store(f"sqlite:///{sqlite_path}")
+    log = PredictionLog(store, Metrics(CollectorRegistry()))
     log.start()
-    with sqlite3.connect(sqlite_path, isolation_level=None) as lock:
-        lock.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    lock = sqlite3.connect(sqlite_path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
         log.append([record() for _ in range(5)])
         assert log.close(0.5) == 5
+    finally:
         lock.rollback()
+        lock.close()
+    assert wait_until(lambda: log.pending == 0, seconds=30)  # the writer finishes its batch
+    store.close()
+    assert count(sqlite_path) == 5
 
 
 def test_log_refuses_beyond_max_pending_while_the_store_fails(
