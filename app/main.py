@@ -7,6 +7,7 @@ Serve with ``uvicorn --factory app.main:create_app`` (settings from STEWARD_* va
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -30,7 +31,16 @@ from app.store.retention import Retention
 from app.watcher import Watcher
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+@dataclass
+class Shutdown:
+    """What the app's shutdown left behind; ``steward serve`` makes it the exit status."""
+
+    done: bool = False  # the shutdown reached its end: the prediction log was closed
+    unwritten_rows: int = 0  # acknowledged predictions the log could not write in time
+
+
+def create_app(settings: Settings | None = None, shutdown: Shutdown | None = None) -> FastAPI:
+    """The app; ``shutdown``, when given, is filled in when the app shuts down."""
     settings = settings or load_settings()
     if not settings.models_dir.is_dir():  # a typo here would serve nothing, and say nothing
         raise InvalidSettings(
@@ -62,7 +72,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         drift.follow(registry)
         registry.load()
         log = PredictionLog(
-            store, metrics, batch_size=settings.log_batch_size, max_pending=settings.log_max_pending
+            store,
+            metrics,
+            batch_size=settings.log_batch_size,
+            max_pending=settings.log_max_pending,
+            flush_interval=settings.log_flush_interval_seconds,
         )
         log.start()
         predictor = Predictor(
@@ -119,9 +133,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.watcher.close()  # no swap while the rest shuts down
             await services.jobs.close()  # running retrainings terminated, their jobs failed
             await predictor.close()
-            await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)
+            unwritten = await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)
             store.close()
             gc.unfreeze()
+            if shutdown is not None:
+                shutdown.done, shutdown.unwritten_rows = True, unwritten
 
     app = FastAPI(
         title="Steward",

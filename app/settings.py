@@ -182,7 +182,26 @@ class Settings(BaseSettings):
         "(POST /admin/reload still rescans).",
     )
     shutdown_timeout_seconds: float = Field(
-        30.0, gt=0, description="How long shutdown waits for the prediction log to drain."
+        30.0,
+        gt=0,
+        description="How long shutdown waits for the prediction log to write every acknowledged "
+        "row, after the requests in flight are done (drain_seconds).",
+    )
+    drain_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="On SIGTERM, how long requests in flight get to complete (new connections "
+        "are refused at once); those still running then are cancelled. Whole seconds, rounded up.",
+    )
+    log_flush_interval_seconds: float = Field(
+        0.05,
+        ge=0,
+        le=10,
+        description="Longest an acknowledged prediction row waits before the writer starts its "
+        "write (rows gathered meanwhile share one transaction); 0 writes at once. Bounds what a "
+        "crash (SIGKILL, power loss) can lose: the rows acknowledged in this interval, plus the "
+        "batch being committed.",
     )
     admin_token: SecretStr | None = Field(
         None,

@@ -375,6 +375,50 @@ def test_log_close_drains(log: PredictionLog, sqlite_path: Path) -> None:
         log.append([record()])
 
 
+def test_log_flush_interval_gathers_rows_until_a_batch_fills_someone_waits_or_it_closes(
+    sqlite_path: Path,
+) -> None:
+    """With an interval longer than the test, only a full batch, a flush or the close writes."""
+    log = PredictionLog(
+        open_store(f"sqlite:///{sqlite_path}"),
+        Metrics(CollectorRegistry()),
+        batch_size=10,
+        flush_interval=3600,
+    )
+    log.start()
+    log.append([record() for _ in range(4)])
+    log.append([record() for _ in range(6)])  # a full batch: written without the interval
+    assert wait_until(lambda: log.pending == 0, seconds=10)
+    assert count(sqlite_path) == 10
+    waiting = [record() for _ in range(3)]
+    log.append(waiting)
+    assert log.pending == 3
+    log.flush_if_pending([waiting[0].id], timeout=10)  # feedback does not wait out the interval
+    assert count(sqlite_path) == 13
+    log.append([record() for _ in range(2)])
+    assert log.pending == 2
+    assert log.close(10) == 0
+    log.store.close()
+    assert count(sqlite_path) == 15
+
+
+def test_log_close_says_how_many_acknowledged_rows_it_left_unwritten(sqlite_path: Path) -> None:
+    store = open_store(f"sqlite:///{sqlite_path}")
+    log = PredictionLog(store, Metrics(CollectorRegistry()))
+    log.start()
+    lock = sqlite3.connect(sqlite_path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
+        log.append([record() for _ in range(5)])
+        assert log.close(0.5) == 5
+    finally:
+        lock.rollback()
+        lock.close()
+    assert wait_until(lambda: log.pending == 0, seconds=30)  # the writer finishes its batch
+    store.close()
+    assert count(sqlite_path) == 5
+
+
 def test_log_refuses_beyond_max_pending_while_the_store_fails(
     log: PredictionLog, sqlite_path: Path
 ) -> None:
