@@ -95,7 +95,10 @@ class Trickle:
 
     def finish(self) -> tuple[int, bytes]:
         """Send the rest of the body; the status and body of the response."""
-        self.sock.sendall(PREDICT_BODY[10:])
+        try:
+            self.sock.sendall(PREDICT_BODY[10:])
+        except OSError:  # the server closed first (a reset, a broken pipe): read says what came
+            pass
         return self.read()
 
     def read(self) -> tuple[int, bytes]:
