@@ -179,10 +179,11 @@ def test_a_model_folder_the_server_cannot_list_is_refused_and_the_others_serve(
         assert refused.json()["error"]["code"] == "model_unavailable"
     assert _refused_series(server.url) == {("diabetes", "folder_unreadable"): 1.0}
     lines = [line for line in server.log.read_text().splitlines() if "folder_unreadable" in line]
-    assert len(lines) == 1 and "diabetes" in lines[0], server.log.read_text()
+    assert len(lines) == 1, server.log.read_text()
+    assert "diabetes: refused (folder_unreadable)" in lines[0]
 
-    # A folder that becomes unlistable while serving: the rescan goes on (iris is picked up
-    # again below), the model is named, its loaded version serves on.
+    # A folder that becomes unlistable while serving: the rescan goes on (diabetes is picked
+    # up below), the model is named, its loaded version serves on.
     (models / "breast-cancer").chmod(0o000)
     assert wait_until(lambda: "model:breast-cancer" in _degraded(server.url), seconds=30)
     assert _degraded(server.url)["model:breast-cancer"] == "folder_unreadable"
