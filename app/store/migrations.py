@@ -1,15 +1,16 @@
 """The store's schema version, and the steps that bring a store up to it.
 
 A one-row table, ``steward_schema_version``, holds the version a store is at. At open, the steps
-above it run in order, in one transaction with the version's update (SQLite and PostgreSQL both
-roll DDL back), so a store is at one version or the next, never between. A store made before
+above it run in order, in one transaction with the version's update on SQLite, each step in one
+with its own on PostgreSQL (both roll DDL back), so a store is at one version or the next, never
+between. A store made before
 this table existed is at version 0: the first step is the schema as it then was, each part
 IF NOT EXISTS, so it keeps its rows and gains only what it lacks.
 
-Several processes starting at once on one store take turns: on PostgreSQL a transaction-level
-advisory lock, on SQLite a ``BEGIN IMMEDIATE`` transaction (the file's write lock, waited for).
-The one that comes second finds the store migrated and does nothing. A store at a version above
-this Steward's is refused: an older release cannot know what a newer one changed.
+Several processes starting at once on one store take turns: on PostgreSQL a session-level
+advisory lock (below), on SQLite a ``BEGIN IMMEDIATE`` transaction (the file's write lock,
+waited for). The one that comes second finds the store migrated and does nothing. A store at a
+version above this Steward's is refused: an older release cannot know what a newer one changed.
 
 On PostgreSQL an index added to an existing table (``IndexStep``) is built with ``CREATE INDEX
 CONCURRENTLY``, outside any transaction: a plain CREATE INDEX holds a SHARE lock for the whole
