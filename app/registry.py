@@ -122,7 +122,10 @@ class Registry:
         with self._lock:
             if name in self._entries:
                 return self._entries[name]
-            entry = ModelEntry(self.root, name)
+            try:
+                entry = ModelEntry(self.root, name)
+            except OSError as exc:  # a folder the service user cannot list (mode 000)
+                return self._add_unreadable(name, unlistable(self.root, name, exc))
             # Replaced, not changed in place: readers iterate the entries without the lock.
             self._entries = {**self._entries, name: entry}
             try:
@@ -144,14 +147,15 @@ class Registry:
                 self._load_alias(entry, "candidate", candidate, warm=True)
             return entry
 
-    def _add_unreadable(self, name: str, problem: str) -> None:
+    def _add_unreadable(self, name: str, problem: str) -> ModelEntry:
         """A model whose folder cannot be read: named, refused (``folder_unreadable``), never
         served. Once its folder reads again, a rescan loads it and clears the refusal."""
         with self._lock:
-            entry = ModelEntry(self.root, name)
+            entry = ModelEntry(self.root, name, versions=())
             self._entries = {**self._entries, name: entry}
             self._refuse(entry, None, "folder_unreadable", problem)
             self._fire(self.on_traffic, entry, None, entry.state.traffic)
+            return entry
 
     def _load_alias(self, entry: ModelEntry, alias: str, number: int, *, warm: bool) -> None:
         """Load the version ``alias`` names as a model is added. A refused one stays out of
@@ -339,7 +343,8 @@ class Registry:
             return old
 
     def refresh_versions(self, name: str) -> list[int]:
-        """Read the model's version numbers from disk again; the ones new since last read."""
+        """Read the model's version numbers from disk again; the ones new since last read.
+        OSError when the model's folder cannot be listed (the versions known stay)."""
         entry = self.entry(name)
         with self._lock:
             state = entry.state
@@ -385,7 +390,10 @@ class Registry:
         if number in state.refusals:
             raise state.refusals[number].unavailable()
         if number not in state.versions:
-            versions = tuple(list_versions(self.root, entry.name))  # registered since?
+            try:
+                versions = tuple(list_versions(self.root, entry.name))  # registered since?
+            except OSError:  # the folder cannot be listed: the rescan names it
+                versions = state.versions
             entry.state = replace(state, versions=versions)
             if number not in versions:
                 raise UnknownVersion(f"model {entry.name!r} has no such version", model=entry.name)
@@ -433,3 +441,12 @@ class Registry:
                 hook(*args)
             except Exception:  # a subscriber's bug must not undo a load or a swap
                 logger.exception("registry hook %r failed", hook)
+
+
+def unlistable(root: Path, name: str, exc: OSError) -> str:
+    """Why a model's folder cannot be listed, for a ``folder_unreadable`` refusal (the same
+    words at start-up and on a rescan, so it is logged once): named relative to the registry
+    folder, since the message reaches /readyz and 503 bodies."""
+    why = exc.strerror or type(exc).__name__
+    logger.debug("cannot list %s: %s", root / name, exc)
+    return f"its folder {name}/ cannot be listed: {why} (is it readable by the service user?)"

@@ -7,6 +7,7 @@ in ``steward_model_refused``; a folder that reads again is picked up while servi
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,3 +121,78 @@ def test_a_model_folder_that_reads_again_is_served_without_a_restart(
     assert "model:gone" not in degraded
     assert "model:loop" in degraded
     assert ("gone", "folder_unreadable") not in _refused_series(broken.url)
+
+
+NOBODY = 65534  # the unprivileged user the server runs as here, as in the Dockerfile
+
+
+@pytest.fixture
+def unprivileged(demo_models: Path) -> Iterator[tuple[Server, Path]]:
+    """A real `steward serve` run as an unprivileged user (root reads a mode-000 folder
+    anyway), on a registry whose diabetes folder is mode 000. Its folders live under /tmp, not
+    tmp_path: pytest's base folder is root's alone, and the server must reach them."""
+    base = Path(tempfile.mkdtemp(prefix="steward-unprivileged-"))
+    try:
+        models, data = base / "models", base / "data"
+        shutil.copytree(demo_models, models)
+        data.mkdir()
+        for path in (base, *base.rglob("*")):
+            os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+        base.chmod(0o755)
+        (models / "diabetes").chmod(0o000)
+        env = os.environ | {
+            "STEWARD_MODELS_DIR": str(models),
+            "STEWARD_DATA_DIR": str(data),
+            "STEWARD_RELOAD_INTERVAL_SECONDS": "0.2",
+        }
+        port = free_port()
+        argv: list[str | Path] = [
+            *("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"),
+            *(STEWARD, "serve", "--port", str(port)),
+        ]
+        log = base / "server.log"
+        with serving(argv, port=port, env=env, log=log, ready="/readyz") as served:
+            yield served, models
+    finally:
+        for path in (base / "models").glob("*"):
+            path.chmod(0o755)  # so that root's rmtree below, and a reader of the log, get in
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _degraded(url: str) -> dict[str, str]:
+    report = httpx2.get(url + "/readyz", timeout=10).json()
+    return {p["component"]: p["reason"] for p in report["degraded"]}
+
+
+def test_a_model_folder_the_server_cannot_list_is_refused_and_the_others_serve(
+    unprivileged: tuple[Server, Path],
+) -> None:
+    server, models = unprivileged
+    with httpx2.Client(base_url=server.url, timeout=10) as http:
+        report = http.get("/readyz").json()
+        assert report["models"] == {"iris": 1, "breast-cancer": 1}, report
+        assert _degraded(server.url) == {"model:diabetes": "folder_unreadable"}
+        response = http.post("/predict/iris", json={"instances": [IRIS_SETOSA]})
+        assert response.status_code == 200, response.text
+        refused = http.post("/predict/diabetes", json={"instances": [{"age": 0.0}]})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "model_unavailable"
+    assert _refused_series(server.url) == {("diabetes", "folder_unreadable"): 1.0}
+    lines = [line for line in server.log.read_text().splitlines() if "folder_unreadable" in line]
+    assert len(lines) == 1, server.log.read_text()
+    assert "diabetes: refused (folder_unreadable)" in lines[0]
+
+    # A folder that becomes unlistable while serving: the rescan goes on (diabetes is picked
+    # up below), the model is named, its loaded version serves on.
+    (models / "breast-cancer").chmod(0o000)
+    assert wait_until(lambda: "model:breast-cancer" in _degraded(server.url), seconds=30)
+    assert _degraded(server.url)["model:breast-cancer"] == "folder_unreadable"
+    assert _refused_series(server.url)[("breast-cancer", "folder_unreadable")] == 1.0
+
+    # Both read again: diabetes is loaded and both refusals clear, without a restart.
+    (models / "diabetes").chmod(0o755)
+    (models / "breast-cancer").chmod(0o755)
+    assert wait_until(lambda: not _degraded(server.url), seconds=30), server.log.read_text()
+    report = httpx2.get(server.url + "/readyz", timeout=10).json()
+    assert report["models"] == {"iris": 1, "breast-cancer": 1, "diabetes": 1}
+    assert _refused_series(server.url) == {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, wait_until
 from sqlalchemy import create_engine, insert, inspect, text
 
 from app.errors import StoreSchemaTooNew
@@ -187,3 +187,114 @@ def test_steward_serve_refuses_a_newer_store_in_one_line(
     assert_one_line_error(
         err, f"schema version {LATEST + 1}, newer than this Steward's", "STEWARD_DATA_DIR"
     )
+
+
+@pytest.fixture
+def postgres_url(tmp_path: Path) -> Iterator[str]:
+    """A new PostgreSQL database's URL, dropped after."""
+    name = f"steward_migrate_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        base = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
+        try:
+            yield base.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def _at_version_1_without_created_at_index(url: str) -> str:
+    """The store as the release before ``ix_predictions_created_at`` left it, with rows; the
+    psycopg URL of that database."""
+    open_store(url).close()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_predictions_created_at"))
+        conn.execute(schema_version.update().values(version=1))
+        conn.execute(insert(predictions), [_row(n) for n in range(20)])
+    engine.dispose()
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _row(n: int) -> dict[str, object]:
+    return {
+        "id": uuid.uuid4().hex,
+        "model": "iris",
+        "version": 1,
+        "created_at": datetime(2026, 1, 1, tzinfo=UTC),  # all at one instant: not unique
+        "inputs": {"a": n},
+        "output": {"prediction": "setosa"},
+    }
+
+
+def _index_state(dsn: str) -> tuple[bool, bool] | None:
+    """(valid, unique) of ix_predictions_created_at; None when there is none."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT indisvalid, indisunique FROM pg_index "
+            "WHERE indexrelid = to_regclass('ix_predictions_created_at')"
+        ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def test_the_created_at_index_is_built_without_blocking_inserts_on_postgresql(
+    postgres_url: str,
+) -> None:
+    """A replica of the older release is mid-insert when a new one migrates: its transaction
+    holds the table's ROW EXCLUSIVE lock. A plain CREATE INDEX queues for SHARE behind it, and
+    every insert after queues behind that; CREATE INDEX CONCURRENTLY lets them through."""
+    dsn = _at_version_1_without_created_at_index(postgres_url)
+    with psycopg.connect(dsn) as old_replica, psycopg.connect(dsn, autocommit=True) as other:
+        old_replica.execute(
+            "INSERT INTO predictions (id, model, version, created_at, inputs, output) "
+            "VALUES (%s, 'iris', 1, now(), '{}', '{}')",
+            (uuid.uuid4().hex,),
+        )  # left open
+        upgrade = subprocess.Popen(
+            [sys.executable, "-c", OPEN_STORE, postgres_url], stderr=subprocess.PIPE, text=True
+        )
+        try:
+
+            def building() -> bool:
+                return bool(
+                    other.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE "
+                        "'CREATE INDEX%%' AND wait_event_type = 'Lock' AND datname = "
+                        "current_database()"
+                    ).fetchone()[0]  # type: ignore[index]
+                )
+
+            assert wait_until(building, seconds=60), upgrade.stderr
+            # Bounded, so that a blocked insert fails the test instead of hanging it.
+            other.execute("SET lock_timeout = '10s'")
+            other.execute(
+                "INSERT INTO predictions (id, model, version, created_at, inputs, output) "
+                "VALUES (%s, 'iris', 1, now(), '{}', '{}')",
+                (uuid.uuid4().hex,),
+            )
+        finally:
+            old_replica.commit()
+            _, err = upgrade.communicate(timeout=120)
+    assert upgrade.returncode == 0, err
+    assert _index_state(dsn) == (True, False)
+    assert_latest_schema(postgres_url)
+
+
+def test_an_invalid_created_at_index_is_dropped_and_built_again_on_postgresql(
+    postgres_url: str,
+) -> None:
+    """A concurrent build that failed leaves an invalid index; IF NOT EXISTS alone would keep
+    it, and retention would scan the whole table."""
+    dsn = _at_version_1_without_created_at_index(postgres_url)
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.Error):
+        # unique on rows made at one instant: the build fails, its index stays, invalid
+        conn.execute(
+            "CREATE UNIQUE INDEX CONCURRENTLY ix_predictions_created_at ON predictions (created_at)"
+        )
+    assert _index_state(dsn) == (False, True)
+    open_store(postgres_url).close()
+    assert _index_state(dsn) == (True, False)
+    assert_latest_schema(postgres_url)

@@ -1,6 +1,7 @@
 """Prediction-log retention: by age and by row count, in bounded batches, shadow and quarantined
 rows with their predictions, on SQLite and PostgreSQL, and in a real server."""
 
+import asyncio
 import os
 import sqlite3
 import uuid
@@ -121,7 +122,7 @@ def test_age_deletes_older_rows_with_their_shadows_and_labels(
         "shadow_predictions": 3,
         "prediction_quarantine": 1,
     }
-    assert done.batches == 3  # 2 + 2 + 1 rows
+    assert done.batches == 4  # 2 + 2 + 1 predictions, 1 quarantined row
     assert deleted(metrics, "predictions") == 5
     assert deleted(metrics, "shadow_predictions") == 3
     assert deleted(metrics, "prediction_quarantine") == 1
@@ -130,6 +131,45 @@ def test_age_deletes_older_rows_with_their_shadows_and_labels(
     again = keeper.run_pass(now=NOW)
     assert again.deleted == {"predictions": 0, "shadow_predictions": 0, "prediction_quarantine": 0}
     assert deleted(metrics, "predictions") == 5
+
+
+def quarantine_old(store: SqlStore, n: int) -> None:
+    for i in range(n):
+        at = NOW - timedelta(days=40, seconds=i)
+        store.quarantine(QuarantinedPrediction(f"q-{i}", "iris", 1, at, "r", "row", at))
+
+
+def test_quarantined_rows_go_in_counted_batches(store: SqlStore, tmp_path: Path) -> None:
+    quarantine_old(store, 25)
+    keeper, metrics = retention(
+        store, tmp_path, retention_seconds=10 * DAY, retention_batch_size=10
+    )
+    done = keeper.run_pass(now=NOW)
+    assert done.deleted["prediction_quarantine"] == 25
+    assert done.batches == 3  # 10 + 10 + 5 rows, each its own transaction
+    assert deleted(metrics, "prediction_quarantine") == 25
+
+
+def test_closing_stops_a_quarantine_pass_between_batches(store: SqlStore, tmp_path: Path) -> None:
+    """The quarantine's deletion takes the same turns as the predictions': one batch, then the
+    writer's turn, and the server's close stops it there."""
+    quarantine_old(store, 400)
+    keeper, _ = retention(store, tmp_path, retention_seconds=10 * DAY, retention_batch_size=1)
+
+    def left() -> int:
+        with store.engine.connect() as conn:
+            return len(conn.execute(select(quarantine.c.id)).all())
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(keeper.run_pass, NOW)
+        assert wait_until(lambda: left() < 400, seconds=60, interval=0.005)
+        asyncio.run(keeper.close())
+        done = running.result(timeout=60)
+    assert done.stopped
+    remaining = left()
+    assert remaining > 0
+    assert done.deleted["prediction_quarantine"] == 400 - remaining
+    assert done.batches == 400 - remaining
 
 
 def test_row_count_keeps_the_newest_rows(store: SqlStore, tmp_path: Path) -> None:

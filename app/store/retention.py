@@ -15,7 +15,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -108,47 +108,64 @@ class Retention:
             )
 
     def _delete_predictions(self, done: RetentionPass, cutoff: datetime) -> None:
-        """The predictions made before ``cutoff``, oldest first, one bounded transaction at a
-        time."""
+        """The predictions made before ``cutoff``, oldest first, with their shadow rows."""
         p = predictions.c
-        size = self.batch_size
-        query = select(p.id).where(p.created_at < cutoff).order_by(p.created_at).limit(size)
+        query = select(p.id).where(p.created_at < cutoff).order_by(p.created_at)
+
+        def batch(conn: Connection) -> dict[str, int]:
+            ids = conn.execute(query.limit(self.batch_size)).scalars().all()
+            return {
+                predictions.name: _delete_in(conn, predictions, "id", ids),
+                shadow_predictions.name: _delete_in(conn, shadow_predictions, "prediction_id", ids),
+            }
+
+        self._in_batches(done, predictions.name, batch)
+
+    def _delete_quarantined(self, done: RetentionPass, cutoff: datetime) -> None:
+        """The rows quarantined before ``cutoff``, oldest first."""
+        q = quarantine.c
+        oldest = select(q.seq).where(q.quarantined_at < cutoff).order_by(q.seq)
+
+        def batch(conn: Connection) -> dict[str, int]:
+            chosen = oldest.limit(self.batch_size).scalar_subquery()
+            return {
+                quarantine.name: conn.execute(delete(quarantine).where(q.seq.in_(chosen))).rowcount
+            }
+
+        self._in_batches(done, quarantine.name, batch)
+
+    def _in_batches(
+        self, done: RetentionPass, table: str, batch: Callable[[Connection], dict[str, int]]
+    ) -> None:
+        """``batch`` (deletes at most ``batch_size`` rows of ``table``, and what goes with
+        them; returns the counts per table) in one transaction at a time, until one deletes
+        fewer than ``batch_size``. Between two, a rest as long as the last one took: the log
+        writer has the store's write lock at least half the time. Stops (``done.stopped``)
+        between batches when the server closes."""
         while True:
             if self._stopping.is_set():
                 done.stopped = True
                 return
             started = time.monotonic()
             with self.store.transaction("apply retention") as conn:
-                ids = conn.execute(query).scalars().all()
-                shadows = _delete_in(conn, shadow_predictions, "prediction_id", ids)
-                deleted = _delete_in(conn, predictions, "id", ids)
-            done.batches += 1 if ids else 0
-            self._count_deleted(done, predictions.name, deleted)
-            self._count_deleted(done, shadow_predictions.name, shadows)
-            if len(ids) < size:
+                counts = batch(conn)
+            done.batches += 1 if counts[table] else 0
+            for name, rows in counts.items():
+                self._count_deleted(done, name, rows)
+            if counts[table] < self.batch_size:
                 return
             self._stopping.wait(time.monotonic() - started)  # the writer's turn
-
-    def _delete_quarantined(self, done: RetentionPass, cutoff: datetime) -> None:
-        q = quarantine.c
-        while not self._stopping.is_set():
-            oldest = (
-                select(q.seq)
-                .where(q.quarantined_at < cutoff)
-                .order_by(q.seq)
-                .limit(self.batch_size)
-                .scalar_subquery()
-            )
-            with self.store.transaction("apply retention") as conn:
-                deleted = conn.execute(delete(quarantine).where(q.seq.in_(oldest))).rowcount
-            self._count_deleted(done, quarantine.name, deleted)
-            if deleted < self.batch_size:
-                return
 
     def _newest_kept(self, max_rows: int) -> datetime | None:
         """When the oldest of the newest ``max_rows`` predictions was made (None: there are no
         more than that). A time, not a number of rows to delete: replicas that run passes at
-        once on one store agree on it, and none deletes a row the others keep."""
+        once on one store agree on it, and none deletes a row the others keep.
+
+        OFFSET walks the created_at index over ``max_rows`` entries: O(max_rows), kept on
+        purpose. It is one read per pass, outside any write transaction (no lock the writer
+        waits for), measured at about 45 ms (SQLite) and 100 ms (PostgreSQL) for a million
+        kept rows; a cached or keyset bound would have to be kept right under deletes by
+        other replicas, for a saving of tens of milliseconds a minute."""
         p = predictions.c
         query = select(p.created_at).order_by(p.created_at.desc()).offset(max_rows - 1)
         try:
