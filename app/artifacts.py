@@ -362,9 +362,9 @@ def unreadable_models(root: Path) -> dict[str, str]:
             path.resolve(strict=True)
         except (OSError, RuntimeError) as exc:  # RuntimeError: a loop, before Python 3.13
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a link loop"
-            problems[path.name] = f"{path} is a link that cannot be followed: {why}"
+            problems[path.name] = f"{path.name}/ is a link that cannot be followed: {why}"
         else:
-            problems[path.name] = f"{path} is a link to something that is not a folder"
+            problems[path.name] = f"{path.name}/ is a link to something that is not a folder"
     return dict(sorted(problems.items()))
 
 
