@@ -96,9 +96,14 @@ def start(tmp_path: Path, models_dir: Path, data_dir: Path, **env: str) -> Serve
 
 
 def outage_and_recovery(
-    server: Server, break_store: Callable[[], None], restore_store: Callable[[], None]
+    server: Server,
+    break_store: Callable[[], None],
+    restore_store: Callable[[], None],
+    updates_refused: bool = True,
 ) -> Traffic:
-    """The scripted sequence every store failure goes through; the clients' traffic."""
+    """The scripted sequence every store failure goes through; the clients' traffic.
+    ``updates_refused``: feedback on a row already written is refused too (not where only new
+    pages are, as with a size cap: the label fits in the row's page)."""
     traffic = Traffic()
     with httpx2.Client(base_url=server.url, timeout=30) as http:
         for _ in range(5):
@@ -114,7 +119,7 @@ def outage_and_recovery(
         ready = http.get("/readyz")
         error = assert_store_unavailable(ready, "not_ready")
         assert "store" in [d["component"] for d in error["details"]]  # type: ignore[attr-defined]
-        for prediction_id in (pending, written):
+        for prediction_id in (pending, written) if updates_refused else (pending,):
             feedback = {"prediction_id": prediction_id, "ground_truth": "setosa"}
             assert_store_unavailable(http.post("/feedback", json=feedback), "store_unavailable")
 
@@ -233,6 +238,57 @@ def test_a_full_disk_refuses_then_writes_every_row(tmp_path: Path, models_dir: P
             output = stop(server)
         assert "full" in output
         assert {row["id"] for row in stored_rows(data)} == set(traffic.acknowledged)
+
+
+SIZE_CAP = """\
+# Test-only (tests/test_faults_store.py): every SQLite connection the server checks out is capped
+# at the page count written in STEWARD_TEST_MAX_PAGES_FILE, as a full disk would cap it.
+import os
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+
+def _cap(dbapi_connection, _record, _proxy):
+    if type(dbapi_connection).__module__ == "sqlite3":
+        pages = int(Path(os.environ["STEWARD_TEST_MAX_PAGES_FILE"]).read_text())
+        dbapi_connection.execute(f"PRAGMA max_page_count={pages}").fetchall()
+
+
+event.listen(Engine, "checkout", _cap)
+"""
+
+
+def test_a_size_capped_store_refuses_then_writes_every_row(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """The disk-full case where no file system can be mounted: SQLite's max_page_count caps the
+    file (set from the test through a sitecustomize module only the test puts on the path)."""
+    data = tmp_path / "data"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SIZE_CAP)
+    pages = tmp_path / "max_pages"
+    pages.write_text("1073741823")
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])),
+        "STEWARD_TEST_MAX_PAGES_FILE": str(pages),
+    }
+    server = start(tmp_path, models_dir, data, **env)
+    try:
+        # Capped at 1 page: SQLite keeps the file at the size it has, so the writes that need a
+        # new page are refused "database or disk is full"; then the cap is lifted.
+        traffic = outage_and_recovery(
+            server,
+            lambda: pages.write_text("1"),
+            lambda: pages.write_text("1073741823"),
+            updates_refused=False,
+        )
+    finally:
+        output = stop(server)
+    assert "full" in output
+    assert {row["id"] for row in stored_rows(data)} == set(traffic.acknowledged)
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------

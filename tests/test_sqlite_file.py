@@ -161,3 +161,20 @@ def test_an_empty_file_put_at_the_path_is_taken_for_a_removed_one(tmp_path: Path
     finally:
         store.close()
     assert ids_in(path) == {r.id for r in before + after}
+
+
+def test_a_rebuild_under_way_in_another_process_does_not_block_this_one(tmp_path: Path) -> None:
+    """Two processes on one file each rebuild into a copy of their own (a fixed name made one
+    fail, or both write into one copy)."""
+    path = tmp_path / "store.db"
+    store = open_store(f"sqlite:///{path}")
+    before, after = records(10), records(10)
+    try:
+        store.write_predictions(before)
+        for name in ("store.db", "store.db-wal", "store.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        (tmp_path / "store.db.rebuilding").mkdir()  # the other process's copy, in the way
+        store.write_predictions(after)
+    finally:
+        store.close()
+    assert ids_in(path) == {r.id for r in before + after}
