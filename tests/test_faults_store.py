@@ -187,6 +187,59 @@ def test_a_folder_turned_read_only_refuses_then_writes_every_row(
     assert {row["id"] for row in stored_rows(data)} == set(traffic.acknowledged)
 
 
+def run(*argv: str | Path, ok: tuple[int, ...] = (0,)) -> None:
+    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
+    if done.returncode not in ok:
+        pytest.skip(f"{argv[0]} failed here: {done.stderr.strip()}")
+
+
+def test_the_file_system_under_the_open_file_turned_read_only_then_back(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """The data folder on its own ext4 volume that turns read-only under the open file, as the
+    kernel does on an I/O error (errors=remount-ro): ``mount -o remount,abort``. (A plain
+    ``remount,ro`` is refused while files are open for writing, and a read-only bind mount
+    does not stop writes through the descriptors already open.) The operator's way back:
+    unmount, fsck, mount again at the same place."""
+    data, image = tmp_path / "data", tmp_path / "data.img"
+    data.mkdir()
+    with image.open("wb") as out:
+        out.truncate(32 * 1024 * 1024)
+    run("mkfs.ext4", "-q", "-F", image)
+    run("mount", "-o", "loop", image, data)
+    devices: list[str] = []
+    try:
+        server = start(tmp_path, models_dir, data)
+        try:
+
+            def turn_read_only() -> None:
+                os.sync()
+                run("mount", "-o", "remount,abort", data)
+                probe = data / "probe"
+                with pytest.raises(OSError):  # truly read-only, as root too
+                    probe.write_text("x")
+
+            def back() -> None:
+                run("umount", "-l", data)  # the server's open files keep the old volume alive
+                run("e2fsck", "-fy", image, ok=(0, 1))
+                # A loop device of its own: `mount -o loop` would reuse the aborted one.
+                device = subprocess.run(
+                    ["losetup", "-f", "--show", str(image)], capture_output=True, text=True
+                ).stdout.strip()
+                devices.append(device)
+                run("mount", device, data)
+
+            traffic = outage_and_recovery(server, turn_read_only, back)
+        finally:
+            output = stop(server)
+        assert "replaced by another file" in output
+        assert {row["id"] for row in stored_rows(data)} == set(traffic.acknowledged)
+    finally:
+        subprocess.run(["umount", "-l", str(data)], capture_output=True)
+        for device in devices:
+            subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
 def test_a_removed_sqlite_file_is_rebuilt_with_every_row(tmp_path: Path, models_dir: Path) -> None:
     data = tmp_path / "data"
     traffic = Traffic()
