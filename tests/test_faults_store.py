@@ -1,4 +1,5 @@
-"""Store failures under a real `steward serve`: the SQLite folder turned read-only, the SQLite file
+"""Store failures under a real `steward serve`: the SQLite folder turned read-only (a read-only
+volume over it, and the volume under the open file aborted read-only), the SQLite file
 removed, the disk full, the PostgreSQL connections cut and refused.
 
 In each, predictions are served while the log's buffer has room, then refused with 503 and
@@ -97,8 +98,8 @@ def start(tmp_path: Path, models_dir: Path, data_dir: Path, **env: str) -> Serve
 
 def outage_and_recovery(
     server: Server,
-    break_store: Callable[[], None],
-    restore_store: Callable[[], None],
+    break_store: Callable[[], object],
+    restore_store: Callable[[], object],
     updates_refused: bool = True,
 ) -> Traffic:
     """The scripted sequence every store failure goes through; the clients' traffic.
@@ -216,7 +217,7 @@ def test_the_file_system_under_the_open_file_turned_read_only_then_back(
                 os.sync()
                 run("mount", "-o", "remount,abort", data)
                 probe = data / "probe"
-                with pytest.raises(OSError):  # truly read-only, as root too
+                with pytest.raises(OSError, match="Read-only file system"):  # as root too
                     probe.write_text("x")
 
             def back() -> None:

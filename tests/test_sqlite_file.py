@@ -135,9 +135,9 @@ def test_a_read_after_the_file_is_removed_does_not_make_an_empty_file_that_loses
         store.write_predictions(before)
         for name in ("store.db", "store.db-wal", "store.db-shm"):
             (tmp_path / name).unlink(missing_ok=True)
-        with store.engine.connect():  # the pooled connection is busy: a read opens a new one
-            with pytest.raises(StoreUnavailable, match="read predictions"):
-                store.get_predictions([before[0].id])
+        # The pooled connection busy: the read opens a new one.
+        with store.engine.connect(), pytest.raises(StoreUnavailable, match="read predictions"):
+            store.get_predictions([before[0].id])
         assert not path.exists()
         store.write_predictions(after)
     finally:
