@@ -178,3 +178,20 @@ def test_a_rebuild_under_way_in_another_process_does_not_block_this_one(tmp_path
     finally:
         store.close()
     assert ids_in(path) == {r.id for r in before + after}
+
+
+def test_a_file_name_with_uri_characters_is_opened_as_that_file(tmp_path: Path) -> None:
+    """The store's connections open the file through a URI (``mode=rw``): a name with the
+    characters a URI gives meaning to is still that file, and no other is made."""
+    folder = tmp_path / "data 100%"
+    folder.mkdir()
+    path = folder / "st#re 1.db"
+    store = open_store(f"sqlite:///{path}")
+    written = records(5)
+    try:
+        store.write_predictions(written)
+        assert set(store.get_predictions([r.id for r in written])) == {r.id for r in written}
+    finally:
+        store.close()
+    assert ids_in(path) == {r.id for r in written}
+    assert [p.name for p in folder.iterdir() if not p.name.startswith("st#re 1.db")] == []
