@@ -1,4 +1,5 @@
-"""Store failures under a real `steward serve`: the SQLite folder turned read-only, the SQLite file
+"""Store failures under a real `steward serve`: the SQLite folder turned read-only (a read-only
+volume over it, and the volume under the open file aborted read-only), the SQLite file
 removed, the disk full, the PostgreSQL connections cut and refused.
 
 In each, predictions are served while the log's buffer has room, then refused with 503 and
@@ -96,9 +97,14 @@ def start(tmp_path: Path, models_dir: Path, data_dir: Path, **env: str) -> Serve
 
 
 def outage_and_recovery(
-    server: Server, break_store: Callable[[], None], restore_store: Callable[[], None]
+    server: Server,
+    break_store: Callable[[], object],
+    restore_store: Callable[[], object],
+    updates_refused: bool = True,
 ) -> Traffic:
-    """The scripted sequence every store failure goes through; the clients' traffic."""
+    """The scripted sequence every store failure goes through; the clients' traffic.
+    ``updates_refused``: feedback on a row already written is refused too (not where only new
+    pages are, as with a size cap: the label fits in the row's page)."""
     traffic = Traffic()
     with httpx2.Client(base_url=server.url, timeout=30) as http:
         for _ in range(5):
@@ -114,7 +120,7 @@ def outage_and_recovery(
         ready = http.get("/readyz")
         error = assert_store_unavailable(ready, "not_ready")
         assert "store" in [d["component"] for d in error["details"]]  # type: ignore[attr-defined]
-        for prediction_id in (pending, written):
+        for prediction_id in (pending, written) if updates_refused else (pending,):
             feedback = {"prediction_id": prediction_id, "ground_truth": "setosa"}
             assert_store_unavailable(http.post("/feedback", json=feedback), "store_unavailable")
 
@@ -182,6 +188,59 @@ def test_a_folder_turned_read_only_refuses_then_writes_every_row(
     assert {row["id"] for row in stored_rows(data)} == set(traffic.acknowledged)
 
 
+def run(*argv: str | Path, ok: tuple[int, ...] = (0,)) -> None:
+    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
+    if done.returncode not in ok:
+        pytest.skip(f"{argv[0]} failed here: {done.stderr.strip()}")
+
+
+def test_the_file_system_under_the_open_file_turned_read_only_then_back(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """The data folder on its own ext4 volume that turns read-only under the open file, as the
+    kernel does on an I/O error (errors=remount-ro): ``mount -o remount,abort``. (A plain
+    ``remount,ro`` is refused while files are open for writing, and a read-only bind mount
+    does not stop writes through the descriptors already open.) The operator's way back:
+    unmount, fsck, mount again at the same place."""
+    data, image = tmp_path / "data", tmp_path / "data.img"
+    data.mkdir()
+    with image.open("wb") as out:
+        out.truncate(32 * 1024 * 1024)
+    run("mkfs.ext4", "-q", "-F", image)
+    run("mount", "-o", "loop", image, data)
+    devices: list[str] = []
+    try:
+        server = start(tmp_path, models_dir, data)
+        try:
+
+            def turn_read_only() -> None:
+                os.sync()
+                run("mount", "-o", "remount,abort", data)
+                probe = data / "probe"
+                with pytest.raises(OSError, match="Read-only file system"):  # as root too
+                    probe.write_text("x")
+
+            def back() -> None:
+                run("umount", "-l", data)  # the server's open files keep the old volume alive
+                run("e2fsck", "-fy", image, ok=(0, 1))
+                # A loop device of its own: `mount -o loop` would reuse the aborted one.
+                device = subprocess.run(
+                    ["losetup", "-f", "--show", str(image)], capture_output=True, text=True
+                ).stdout.strip()
+                devices.append(device)
+                run("mount", device, data)
+
+            traffic = outage_and_recovery(server, turn_read_only, back)
+        finally:
+            output = stop(server)
+        assert "replaced by another file" in output
+        assert {row["id"] for row in stored_rows(data)} == set(traffic.acknowledged)
+    finally:
+        subprocess.run(["umount", "-l", str(data)], capture_output=True)
+        for device in devices:
+            subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
 def test_a_removed_sqlite_file_is_rebuilt_with_every_row(tmp_path: Path, models_dir: Path) -> None:
     data = tmp_path / "data"
     traffic = Traffic()
@@ -233,6 +292,57 @@ def test_a_full_disk_refuses_then_writes_every_row(tmp_path: Path, models_dir: P
             output = stop(server)
         assert "full" in output
         assert {row["id"] for row in stored_rows(data)} == set(traffic.acknowledged)
+
+
+SIZE_CAP = """\
+# Test-only (tests/test_faults_store.py): every SQLite connection the server checks out is capped
+# at the page count written in STEWARD_TEST_MAX_PAGES_FILE, as a full disk would cap it.
+import os
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+
+def _cap(dbapi_connection, _record, _proxy):
+    if type(dbapi_connection).__module__ == "sqlite3":
+        pages = int(Path(os.environ["STEWARD_TEST_MAX_PAGES_FILE"]).read_text())
+        dbapi_connection.execute(f"PRAGMA max_page_count={pages}").fetchall()
+
+
+event.listen(Engine, "checkout", _cap)
+"""
+
+
+def test_a_size_capped_store_refuses_then_writes_every_row(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """The disk-full case where no file system can be mounted: SQLite's max_page_count caps the
+    file (set from the test through a sitecustomize module only the test puts on the path)."""
+    data = tmp_path / "data"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SIZE_CAP)
+    pages = tmp_path / "max_pages"
+    pages.write_text("1073741823")
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])),
+        "STEWARD_TEST_MAX_PAGES_FILE": str(pages),
+    }
+    server = start(tmp_path, models_dir, data, **env)
+    try:
+        # Capped at 1 page: SQLite keeps the file at the size it has, so the writes that need a
+        # new page are refused "database or disk is full"; then the cap is lifted.
+        traffic = outage_and_recovery(
+            server,
+            lambda: pages.write_text("1"),
+            lambda: pages.write_text("1073741823"),
+            updates_refused=False,
+        )
+    finally:
+        output = stop(server)
+    assert "full" in output
+    assert {row["id"] for row in stored_rows(data)} == set(traffic.acknowledged)
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------

@@ -121,6 +121,8 @@ class SqlStore:
             and not engine.url.query.get("uri")
             else None
         )
+        if self._file is not None:
+            event.listen(engine, "do_connect", self._file.open_existing)
 
     def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
         if not records:

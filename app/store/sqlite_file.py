@@ -13,14 +13,22 @@ and retries) until ``ensure`` makes the path whole again:
   stays down, tries again at the next write, and takes up its own file again if it comes back.
 - the path holds another file (put there by hand, a restored backup): the store moves to it,
   creating the tables it lacks; rows written to the old file since the swap stay in that one.
+  An empty database there (no predictions table: any process that opened the missing path made
+  it) is no backup: it is taken for a removed file and rebuilt over.
+
+Once the file exists the store's connections open it without creating it (``open_existing``):
+a read that opens a new connection while the file is gone fails, rather than making an empty
+file at the path.
 """
 
 import contextlib
 import logging
 import os
 import sqlite3
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from app.errors import StoreUnavailable
 
@@ -58,7 +66,7 @@ class SqliteFile:
         now = identity(self.path)
         if now is not None and now == self._identity:
             return
-        if now is None:
+        if now is None or not _holds_a_store(self.path):
             if not self._lost:
                 logger.error(
                     "the SQLite file %s is no longer at its path (removed, or its folder "
@@ -80,20 +88,36 @@ class SqliteFile:
     def close(self) -> None:
         self._anchor.close()
 
+    def open_existing(self, _dialect: Any, _record: Any, cargs: list[Any], cparams: Any) -> None:
+        """The engine's ``do_connect`` hook: open the file read-write, never create it."""
+        cargs[:] = [_uri(self.path, "rw")]
+        cparams["uri"] = True
+
     def _rebuild(self, disconnect: Callable[[], None]) -> None:
-        copy = self.path.with_name(self.path.name + ".rebuilding")
+        # A name of its own: two processes on one file rebuild into two copies, and each
+        # replaces the path atomically.
+        copy: Path | None = None
         try:
-            copy.unlink(missing_ok=True)
+            handle, name = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f"{self.path.name}.", suffix=".rebuilding"
+            )
+            os.close(handle)
+            copy = Path(name)
             target = sqlite3.connect(copy)
             try:
                 self._anchor.backup(target)
             finally:
                 target.close()
         except (OSError, sqlite3.Error) as exc:
-            with contextlib.suppress(OSError):
-                copy.unlink(missing_ok=True)
+            if copy is not None:
+                with contextlib.suppress(OSError):
+                    copy.unlink(missing_ok=True)
+            # The reason only: an OSError's text names the full path, and this message reaches
+            # the 503 bodies of /predict and /feedback. The log has the detail.
+            logger.warning("rebuilding the SQLite file %s failed: %s", self.path, exc)
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise StoreUnavailable(
-                f"the SQLite file {self.path.name} is gone and cannot be rebuilt here: {exc}"
+                f"the SQLite file {self.path.name} is gone and cannot be rebuilt here: {reason}"
             ) from exc
         # Our connections to the removed file close first (the last one checkpoints its
         # write-ahead log into it); that log and its shared memory, if left at the path, belong
@@ -115,11 +139,34 @@ class SqliteFile:
         try:
             self._anchor = _connect(self.path)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open the SQLite file {self.path.name}: {exc}") from exc
+            logger.warning("opening the SQLite file %s failed: %s", self.path, exc)
+            raise StoreUnavailable(
+                f"cannot open the SQLite file {self.path.name}: {exc.__class__.__name__}"
+            ) from exc
         prepare()
         self._identity = identity(self.path)
         self._lost = False
         logger.warning("the SQLite store writes to %s again", self.path)
+
+
+def _uri(path: Path, mode: str) -> str:
+    return f"{Path(os.path.abspath(path)).as_uri()}?mode={mode}"
+
+
+def _holds_a_store(path: Path) -> bool:
+    """False for a database without the predictions table (an empty one made by opening the
+    missing path); True for a store, or anything this cannot read (the caller's to judge)."""
+    try:
+        connection = sqlite3.connect(_uri(path, "ro"), uri=True)
+        try:
+            found = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'predictions'"
+            ).fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return True
+    return bool(found)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
