@@ -190,3 +190,72 @@ def test_bad_key_files_are_refused(tmp_path: Path) -> None:
     both = {"api_keys": KEY_A, "api_keys_file": empty}
     with pytest.raises(InvalidSettings, match="API_KEYS and STEWARD_API_KEYS_FILE are both set"):
         load_settings(models_dir=tmp_path, **both)
+
+
+@pytest.fixture
+def keyed_under_api(tmp_path: Path, models_dir: Path) -> Iterator[TestClient]:
+    """The keyed app behind a prefix (``--root-path /api``): Starlette routes on the path
+    without it."""
+    settings = Settings(
+        models_dir=models_dir,
+        data_dir=tmp_path / "data",
+        api_keys=KEY_A,
+        default_model="iris",
+        reload_interval_seconds=0,
+        max_concurrency=1,
+    )
+    app = create_app(settings)
+    with TestClient(app, root_path="/api", raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/predict/iris",
+        "/api/predict",
+        "/api/feedback",
+        "/api/predict/iris/",
+        "/api/%70redict/iris",
+        "/api/predict/%69ris",
+        "/api//predict/iris",
+        "/api/predict//iris",
+        "//api/predict/iris",
+        "/predict/iris",
+    ],
+)
+@pytest.mark.parametrize("method", ["POST", "HEAD", "OPTIONS", "GET", "PUT"])
+def test_no_spelling_of_a_guarded_path_predicts_without_a_key(
+    keyed_under_api: TestClient, path: str, method: str
+) -> None:
+    """Under a root path, with a slash added or doubled, percent-encoded, or another method:
+    401 without a key, or not served at all; never a prediction."""
+    answer = keyed_under_api.request(method, path, json=BODY, follow_redirects=True)
+    assert answer.status_code in (401, 404, 405), (answer.status_code, answer.text)
+    assert b"prediction_id" not in answer.content
+    # With the key the same request is served or not found, as routing says: the key check
+    # refused it above, not something else.
+    if method == "POST" and answer.status_code == 401:
+        keyed = keyed_under_api.request(
+            method, path, json=BODY, headers={"X-API-Key": KEY_A}, follow_redirects=True
+        )
+        assert keyed.status_code in (200, 404, 405, 422), keyed.text
+
+
+def test_a_root_path_request_is_within_the_concurrency_limit(keyed_under_api: TestClient) -> None:
+    """The limit counts requests by their route path: under /api they are counted too."""
+    answer = keyed_under_api.post("/api/predict/iris", json=BODY, headers={"X-API-Key": KEY_A})
+    prediction_ids(answer)
+    refused_before = metric(keyed_under_api, "steward_http_refused_requests_total", reason="overloaded")
+    limit = keyed_under_api.app.middleware_stack  # type: ignore[attr-defined]
+    while not hasattr(limit, "in_flight"):
+        limit = limit.app
+    limit.in_flight = limit.limit  # the one slot taken, as by a request still running
+    try:
+        busy = keyed_under_api.post("/api/predict/iris", json=BODY, headers={"X-API-Key": KEY_A})
+    finally:
+        limit.in_flight = 0
+    assert busy.status_code == 503, busy.text
+    assert busy.json()["error"]["code"] == "overloaded"
+    after = metric(keyed_under_api, "steward_http_refused_requests_total", reason="overloaded")
+    assert after == refused_before + 1
