@@ -245,3 +245,36 @@ def test_text_format_for_development(settings: Settings) -> None:
     record = logging.LogRecord("app.registry", logging.INFO, __file__, 1, "loaded %s", ("x",), None)
     logs.RequestIdFilter(missing=config["filters"]["request_id"]["missing"]).filter(record)
     assert formatter.format(record).endswith(" INFO app.registry [-]: loaded x")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/predict/iris%0A2026-12-01 INFO steward.access [forged]: POST /predict/x 200",
+        "/no-such%0D%0Aforged",
+        "/x%E2%80%A8forged%C2%85line%1Eend",  # U+2028, NEL, record separator: splitlines breaks
+    ],
+)
+def test_a_path_cannot_forge_a_text_line(settings: Settings, path: str) -> None:
+    """The path arrives percent-decoded: a control character in it is encoded again in the
+    access line, so a text log keeps one line per record."""
+    config = logs.config(settings.model_copy(update={"log_format": "text"}))
+    handler = Recorder()
+    handler.addFilter(logs.RequestIdFilter(missing="-"))
+    handler.setFormatter(logging.Formatter(config["formatters"]["steward"]["format"]))
+    access = logging.getLogger(logs.ACCESS_LOGGER)
+    level = access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            answer = client.post(path, json={"instances": [ROW]})
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    assert answer.status_code in (404, 405)
+    (record,) = handler.records
+    line = handler.format(record)
+    assert line.splitlines() == [line]
+    assert record.__dict__["path"].splitlines() == [record.__dict__["path"]]
+    assert "forged" in line  # the rest of the path is kept, encoded
