@@ -246,7 +246,9 @@ def test_a_root_path_request_is_within_the_concurrency_limit(keyed_under_api: Te
     """The limit counts requests by their route path: under /api they are counted too."""
     answer = keyed_under_api.post("/api/predict/iris", json=BODY, headers={"X-API-Key": KEY_A})
     prediction_ids(answer)
-    refused_before = metric(keyed_under_api, "steward_http_refused_requests_total", reason="overloaded")
+    refused_before = metric(
+        keyed_under_api, "steward_http_refused_requests_total", reason="overloaded"
+    )
     limit = keyed_under_api.app.middleware_stack  # type: ignore[attr-defined]
     while not hasattr(limit, "in_flight"):
         limit = limit.app

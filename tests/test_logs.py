@@ -25,8 +25,8 @@ from sklearn.preprocessing import FunctionTransformer
 from app import lifecycle, logs
 from app.aliases import set_alias
 from app.artifacts import read_metadata, save_version
-from app.services import Services
 from app.main import create_app
+from app.services import Services
 from app.settings import Settings
 from app.training import train_demo
 
