@@ -1,12 +1,16 @@
 """Optional API keys of /predict and /feedback: off by default, 401 in the one shape without a
 valid key, never echoed, separate from the admin token, documented in /openapi.json."""
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 from helpers import ADMIN_AUTH, ADMIN_TOKEN, IRIS_SETOSA, metric, predict, prediction_ids
+from server import free_port, serving
 
 from app.errors import InvalidSettings
 from app.main import create_app
@@ -261,3 +265,26 @@ def test_a_root_path_request_is_within_the_concurrency_limit(keyed_under_api: Te
     assert busy.json()["error"]["code"] == "overloaded"
     after = metric(keyed_under_api, "steward_http_refused_requests_total", reason="overloaded")
     assert after == refused_before + 1
+
+
+def test_uvicorn_with_a_root_path_checks_the_key(tmp_path: Path, demo_models: Path) -> None:
+    """A real ``uvicorn --factory --root-path /api``: it gives the app the path with the prefix,
+    which Starlette strips to route; every request to /predict still needs the key."""
+    env = os.environ | {
+        "STEWARD_MODELS_DIR": str(demo_models),
+        "STEWARD_DATA_DIR": str(tmp_path / "data"),
+        "STEWARD_API_KEYS": KEY_A,
+    }
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
+    argv += ["--root-path", "/api", "--host", "127.0.0.1", "--port", str(port)]
+    log = tmp_path / "server.log"
+    with (
+        serving(argv, port=port, env=env, log=log, ready="/readyz") as run,
+        httpx2.Client(base_url=run.url, timeout=10) as http,
+    ):
+        for path in ("/predict/iris", "/api/predict/iris", "/predict/iris/", "/%70redict/iris"):
+            answer = http.post(path, json=BODY)
+            assert answer.status_code in (401, 404), (path, answer.text)
+            assert b"prediction_id" not in answer.content
+        prediction_ids(http.post("/predict/iris", json=BODY, headers={"X-API-Key": KEY_A}))
