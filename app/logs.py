@@ -8,10 +8,13 @@ The request being handled is a context variable (``RequestContext``), set by the
 each request and read by a filter on the handler: every line logged while handling a request
 names its ``request_id``, from the task that serves it or a thread that task runs work in. A task
 started during a request (a batcher lane, a retrain job) inherits the variable but is not that
-request: its lines carry no id.
+request: its lines carry no id. A task that outlives the request starting it (a batcher lane, a
+shadow run) is started in ``detached()``, else the threads it runs work in, which cannot tell
+tasks apart, would log the first request's id.
 """
 
 import asyncio
+import contextvars
 import logging
 import re
 from contextvars import ContextVar
@@ -60,6 +63,14 @@ def begin(request_id: str) -> RequestContext:
     """Make the current task the one handling request ``request_id``."""
     context = RequestContext(request_id, _current_task())
     _current.set(context)
+    return context
+
+
+def detached() -> contextvars.Context:
+    """A copy of the current context outside any request: for a task (or callback) that
+    outlives the request that starts it."""
+    context = contextvars.copy_context()
+    context.run(_current.set, None)
     return context
 
 

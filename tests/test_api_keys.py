@@ -1,12 +1,16 @@
 """Optional API keys of /predict and /feedback: off by default, 401 in the one shape without a
 valid key, never echoed, separate from the admin token, documented in /openapi.json."""
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 from helpers import ADMIN_AUTH, ADMIN_TOKEN, IRIS_SETOSA, metric, predict, prediction_ids
+from server import free_port, serving
 
 from app.errors import InvalidSettings
 from app.main import create_app
@@ -190,3 +194,97 @@ def test_bad_key_files_are_refused(tmp_path: Path) -> None:
     both = {"api_keys": KEY_A, "api_keys_file": empty}
     with pytest.raises(InvalidSettings, match="API_KEYS and STEWARD_API_KEYS_FILE are both set"):
         load_settings(models_dir=tmp_path, **both)
+
+
+@pytest.fixture
+def keyed_under_api(tmp_path: Path, models_dir: Path) -> Iterator[TestClient]:
+    """The keyed app behind a prefix (``--root-path /api``): Starlette routes on the path
+    without it."""
+    settings = Settings(
+        models_dir=models_dir,
+        data_dir=tmp_path / "data",
+        api_keys=KEY_A,
+        default_model="iris",
+        reload_interval_seconds=0,
+        max_concurrency=1,
+    )
+    app = create_app(settings)
+    with TestClient(app, root_path="/api", raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/predict/iris",
+        "/api/predict",
+        "/api/feedback",
+        "/api/predict/iris/",
+        "/api/%70redict/iris",
+        "/api/predict/%69ris",
+        "/api//predict/iris",
+        "/api/predict//iris",
+        "//api/predict/iris",
+        "/predict/iris",
+    ],
+)
+@pytest.mark.parametrize("method", ["POST", "HEAD", "OPTIONS", "GET", "PUT"])
+def test_no_spelling_of_a_guarded_path_predicts_without_a_key(
+    keyed_under_api: TestClient, path: str, method: str
+) -> None:
+    """Under a root path, with a slash added or doubled, percent-encoded, or another method:
+    401 without a key, or not served at all; never a prediction."""
+    answer = keyed_under_api.request(method, path, json=BODY, follow_redirects=True)
+    assert answer.status_code in (401, 404, 405), (answer.status_code, answer.text)
+    assert b"prediction_id" not in answer.content
+    # With the key the same request is served or not found, as routing says: the key check
+    # refused it above, not something else.
+    if method == "POST" and answer.status_code == 401:
+        keyed = keyed_under_api.request(
+            method, path, json=BODY, headers={"X-API-Key": KEY_A}, follow_redirects=True
+        )
+        assert keyed.status_code in (200, 404, 405, 422), keyed.text
+
+
+def test_a_root_path_request_is_within_the_concurrency_limit(keyed_under_api: TestClient) -> None:
+    """The limit counts requests by their route path: under /api they are counted too."""
+    answer = keyed_under_api.post("/api/predict/iris", json=BODY, headers={"X-API-Key": KEY_A})
+    prediction_ids(answer)
+    refused_before = metric(
+        keyed_under_api, "steward_http_refused_requests_total", reason="overloaded"
+    )
+    limit = keyed_under_api.app.middleware_stack  # type: ignore[attr-defined]
+    while not hasattr(limit, "in_flight"):
+        limit = limit.app
+    limit.in_flight = limit.limit  # the one slot taken, as by a request still running
+    try:
+        busy = keyed_under_api.post("/api/predict/iris", json=BODY, headers={"X-API-Key": KEY_A})
+    finally:
+        limit.in_flight = 0
+    assert busy.status_code == 503, busy.text
+    assert busy.json()["error"]["code"] == "overloaded"
+    after = metric(keyed_under_api, "steward_http_refused_requests_total", reason="overloaded")
+    assert after == refused_before + 1
+
+
+def test_uvicorn_with_a_root_path_checks_the_key(tmp_path: Path, demo_models: Path) -> None:
+    """A real ``uvicorn --factory --root-path /api``: it gives the app the path with the prefix,
+    which Starlette strips to route; every request to /predict still needs the key."""
+    env = os.environ | {
+        "STEWARD_MODELS_DIR": str(demo_models),
+        "STEWARD_DATA_DIR": str(tmp_path / "data"),
+        "STEWARD_API_KEYS": KEY_A,
+    }
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
+    argv += ["--root-path", "/api", "--host", "127.0.0.1", "--port", str(port)]
+    log = tmp_path / "server.log"
+    with (
+        serving(argv, port=port, env=env, log=log, ready="/readyz") as run,
+        httpx2.Client(base_url=run.url, timeout=10) as http,
+    ):
+        for path in ("/predict/iris", "/api/predict/iris", "/predict/iris/", "/%70redict/iris"):
+            answer = http.post(path, json=BODY)
+            assert answer.status_code in (401, 404), (path, answer.text)
+            assert b"prediction_id" not in answer.content
+        prediction_ids(http.post("/predict/iris", json=BODY, headers={"X-API-Key": KEY_A}))

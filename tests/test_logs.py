@@ -6,19 +6,29 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import ADMIN_AUTH, ADMIN_TOKEN
+from helpers import ADMIN_AUTH, ADMIN_TOKEN, metric, wait_until
 from server import STEWARD, Server, free_port, serving
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
-from app import logs
+from app import lifecycle, logs
+from app.aliases import set_alias
+from app.artifacts import read_metadata, save_version
 from app.main import create_app
+from app.services import Services
 from app.settings import Settings
+from app.training import train_demo
 
 KEY = "log-test-key-0123456789"
 # Values no line may carry: a feature value of a served row, one of a refused row (echoed by no
@@ -245,3 +255,118 @@ def test_text_format_for_development(settings: Settings) -> None:
     record = logging.LogRecord("app.registry", logging.INFO, __file__, 1, "loaded %s", ("x",), None)
     logs.RequestIdFilter(missing=config["filters"]["request_id"]["missing"]).filter(record)
     assert formatter.format(record).endswith(" INFO app.registry [-]: loaded x")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/predict/iris%0A2026-12-01 INFO steward.access [forged]: POST /predict/x 200",
+        "/no-such%0D%0Aforged",
+        "/x%E2%80%A8forged%C2%85line%1Eend",  # U+2028, NEL, record separator: splitlines breaks
+    ],
+)
+def test_a_path_cannot_forge_a_text_line(settings: Settings, path: str) -> None:
+    """The path arrives percent-decoded: a control character in it is encoded again in the
+    access line, so a text log keeps one line per record."""
+    config = logs.config(settings.model_copy(update={"log_format": "text"}))
+    handler = Recorder()
+    handler.addFilter(logs.RequestIdFilter(missing="-"))
+    handler.setFormatter(logging.Formatter(config["formatters"]["steward"]["format"]))
+    access = logging.getLogger(logs.ACCESS_LOGGER)
+    level = access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            answer = client.post(path, json={"instances": [ROW]})
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    assert answer.status_code in (404, 405)
+    (record,) = handler.records
+    line = handler.format(record)
+    assert line.splitlines() == [line]
+    assert record.__dict__["path"].splitlines() == [record.__dict__["path"]]
+    assert "forged" in line  # the rest of the path is kept, encoded
+
+
+# A value of a shadowed row, which the candidate's transformer quotes in its exception, as
+# scikit-learn's encoders do ("Found unknown categories ['secret'] ...").
+SHADOWED_VALUE = 6.0123456789
+PROBE_LOGGER = "tests.probe"
+
+
+def probe(features: Any) -> Any:
+    """The candidate's first step: logs a line from wherever the model runs (a batcher lane's
+    worker thread, the call being slower than the lane's inline bound), and fails on
+    SHADOWED_VALUE, quoting it."""
+    logging.getLogger(PROBE_LOGGER).info("model called")
+    time.sleep(0.01)
+    values = np.asarray(features, dtype=float)
+    if np.isclose(values, SHADOWED_VALUE).any():
+        raise ValueError(f"Found unknown categories [{SHADOWED_VALUE!r}] in column 0")
+    return values
+
+
+def test_a_shadow_failure_logs_no_value_and_model_lines_no_other_request_id(
+    settings: Settings,
+) -> None:
+    """iris v1 serves, v2 shadows it through ``probe``. Three requests with their own ids: the
+    lines the model logs name none of them (a lane outlives the request that opened it, and
+    serves the others), and the failure of the third request's shadow names the exception's
+    type, never the value its text quotes, at info and above."""
+    models_dir = settings.models_dir
+    train_demo(models_dir)
+    data = load_iris()
+    candidate = Pipeline(
+        [("probe", FunctionTransformer(probe)), ("model", LogisticRegression(max_iter=1000))]
+    )
+    candidate.fit(data.data, data.target)
+    metadata = read_metadata(models_dir, "iris", 1)
+    version = save_version(models_dir, metadata, candidate).version
+    set_alias(models_dir, "iris", "candidate", version)
+    handler = Recorder()
+    handler.addFilter(logs.RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        app = create_app(settings.model_copy(update={"reload_interval_seconds": 0}))
+        with TestClient(app, raise_server_exceptions=False) as client:
+            services: Services = client.app_state["services"]
+            lifecycle.set_traffic(models_dir, "iris", "shadow", 100)
+            services.watcher.scan()
+            shadows = services.predictor.shadows
+            for request_id, sepal_length in [
+                ("req-first", 5.1),
+                ("req-second", 5.0),
+                ("req-secret", SHADOWED_VALUE),
+            ]:
+                row = {**ROW, "sepal_length_cm": sepal_length}
+                answer = client.post(
+                    "/predict/iris",
+                    json={"instances": [row]},
+                    headers={"X-Request-ID": request_id},
+                )
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["version"] == 1
+                assert wait_until(lambda: shadows.pending_rows == 0, seconds=10)
+            failures = metric(
+                client,
+                "steward_shadow_failures_total",
+                model="iris",
+                version=str(version),
+                reason="model_failure",
+            )
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert failures == 1
+    shown = [handler.format(r) for r in handler.records if r.levelno >= logging.INFO]
+    assert [line for line in shown if "ValueError" in line]  # the failure is logged, by type
+    assert not [line for line in shown if str(SHADOWED_VALUE) in line]
+    model_lines = [r for r in handler.records if r.name == PROBE_LOGGER]
+    assert len(model_lines) >= 3  # the load's checks, then each request's shadow
+    assert {r.__dict__["request_id"] for r in model_lines} == {None}

@@ -12,6 +12,7 @@ from collections import deque
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response
+from app.api.paths import route_path
 from app.errors import Overloaded
 from app.metrics import Metrics
 
@@ -34,9 +35,8 @@ class ConcurrencyLimit:
         self._refused = metrics.http_refused.labels("overloaded")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not (
-            scope["path"] in self._paths or scope["path"].startswith(self._prefixes)
-        ):
+        path = route_path(scope) if scope["type"] == "http" else ""
+        if not (path in self._paths or path.startswith(self._prefixes)):
             await self.app(scope, receive, send)
             return
         arrived = deque(await _read_body(receive))

@@ -9,6 +9,7 @@ version and rows that answered; scrapes and probes log theirs at debug. Never a 
 """
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -16,10 +17,14 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs
+from app.api.paths import route_path
 
 HEADER = "X-Request-ID"
 MAX_PATH = 200  # characters of the path in an access line
 QUIET_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+# Characters that would break or fake a line of a text log (the path arrives percent-decoded:
+# %0A is a newline): percent-encoded again in the access line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 access_logger = logging.getLogger(logs.ACCESS_LOGGER)
 
@@ -52,13 +57,14 @@ class RequestIdMiddleware:
             status = 500
             raise
         finally:
-            level = logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO
+            level = logging.DEBUG if route_path(scope) in QUIET_PATHS else logging.INFO
             if access_logger.isEnabledFor(level):
                 _access(level, scope, status, time.perf_counter() - started, context.fields)
 
 
 def _access(level: int, scope: Scope, status: int, seconds: float, fields: dict[str, Any]) -> None:
-    method, path, client = scope["method"][:16], scope["path"][:MAX_PATH], scope.get("client")
+    method, client = scope["method"][:16], scope.get("client")
+    path = _CONTROL.sub(_percent, scope["path"][:MAX_PATH])
     latency_ms = round(seconds * 1000, 3)
     noted = "".join(f" {name}={value}" for name, value in fields.items())  # text logs show it
     access_logger.log(
@@ -79,3 +85,7 @@ def _access(level: int, scope: Scope, status: int, seconds: float, fields: dict[
             **fields,
         },
     )
+
+
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8"))
