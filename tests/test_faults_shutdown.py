@@ -7,6 +7,7 @@ the last STEWARD_LOG_FLUSH_INTERVAL_SECONDS (plus the batch being committed), ne
 SQLite file, and the server restarts on the same files.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -95,10 +96,9 @@ class Trickle:
 
     def finish(self) -> tuple[int, bytes]:
         """Send the rest of the body; the status and body of the response."""
-        try:
+        # The server may have closed first (a reset, a broken pipe): read says what came.
+        with contextlib.suppress(OSError):
             self.sock.sendall(PREDICT_BODY[10:])
-        except OSError:  # the server closed first (a reset, a broken pipe): read says what came
-            pass
         return self.read()
 
     def read(self) -> tuple[int, bytes]:
