@@ -111,7 +111,8 @@ def refuse_pickle(policy: ArtifactPolicy, name: str, version: int) -> None:
     if not policy.allow_pickle:
         raise PickleRefused(
             f"{name} v{version}: a joblib (pickle) artifact, and STEWARD_ALLOW_PICKLE=false "
-            f"(`steward convert {name} {version} --format skops` writes a skops version of it)"
+            f"(`steward convert {name} {version} --format skops --promote` writes a skops version "
+            "of it and serves it)"
         )
 
 

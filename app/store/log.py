@@ -103,6 +103,7 @@ class PredictionLog:
         self._appended_at: deque[tuple[int, float]] = deque()
         self._hurry_upto = 0  # rows someone waits for (flush): written without the interval
         self._closing = False
+        self._abandoned = False  # closed, and its time to write the rest ran out: stop retrying
         self._waiters: deque[_Waiter] = deque()  # puts waiting for room, oldest first
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -239,6 +240,9 @@ class PredictionLog:
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        with self._cond:  # a writer still retrying a store that is down gives up: nobody waits
+            self._abandoned = True
+            self._cond.notify_all()
         unwritten = len(self._pending)  # the writer may still be at it: one reading
         if unwritten:
             self.metrics.log_dropped.inc(unwritten)
@@ -274,7 +278,9 @@ class PredictionLog:
                 )
                 with self._cond:
                     delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
-                    self._cond.wait(delay)
+                    self._cond.wait_for(lambda: self._abandoned, delay)
+                    if self._abandoned:
+                        return
                 continue
             failures = 0
             self.last_error = None
