@@ -16,7 +16,6 @@ import contextlib
 import os
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +23,12 @@ from pathlib import Path
 import httpx2
 import psycopg
 import pytest
-from helpers import IRIS_SETOSA, stored_rows, wait_until
+from helpers import IRIS_SETOSA, POSTGRES, postgres_database, postgres_url, stored_rows, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from server import STEWARD, Server, free_port, serving
 
 from app.errors import RETRY_AFTER_SECONDS
 
-POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 MAX_PENDING = 200  # rows the log holds for a store that is down: small, so the tests fill it
 ROWS = 10  # rows a request
 MAX_REQUESTS = 2000  # a bound on every loop of requests
@@ -351,17 +349,8 @@ def test_a_size_capped_store_refuses_then_writes_every_row(
 @pytest.fixture
 def database() -> Iterator[str]:
     """A database of its own on the test PostgreSQL; its name. Dropped afterwards."""
-    name = f"steward_faults_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
-    with admin:
-        admin.execute(f"CREATE DATABASE {name}")
-        try:
-            yield name
-        finally:
-            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    with postgres_database("steward_faults") as name:
+        yield name
 
 
 def sql(statement: str) -> None:
@@ -377,11 +366,6 @@ def stored_ids(name: str) -> set[str]:
     url = POSTGRES.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(url) as conn:
         return {row[0] for row in conn.execute("SELECT id FROM predictions")}
-
-
-def postgres_url(name: str) -> str:
-    url = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
-    return url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def test_postgresql_connections_cut_under_load_lose_nothing(

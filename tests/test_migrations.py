@@ -1,7 +1,6 @@
 """Schema versions: fresh stores, stores made before versions (upgraded in place, rows kept),
 several processes migrating one store at once, and a store from a newer Steward refused."""
 
-import os
 import subprocess
 import sys
 import uuid
@@ -11,7 +10,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import assert_one_line_error, run_cli, wait_until
+from helpers import assert_one_line_error, postgres_database, run_cli, wait_until
+from helpers import postgres_url as url_of
 from sqlalchemy import create_engine, insert, inspect, text
 
 from app.errors import StoreSchemaTooNew
@@ -19,7 +19,6 @@ from app.store import PredictionRecord, open_store
 from app.store.migrations import LATEST, schema_version
 from app.store.schema import predictions, schema
 
-POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 OPEN_STORE = "import sys; from app.store import open_store; open_store(sys.argv[1]).close()"
 EXPECTED_INDEXES = {
     "predictions": {
@@ -40,18 +39,8 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    name = f"steward_migrate_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
-    with admin:
-        admin.execute(f"CREATE DATABASE {name}")
-        base = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
-        try:
-            yield base.rsplit("/", 1)[0] + f"/{name}"
-        finally:
-            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    with postgres_database("steward_migrate") as name:
+        yield url_of(name)
 
 
 def version_rows(url: str) -> list[int]:
@@ -192,18 +181,8 @@ def test_steward_serve_refuses_a_newer_store_in_one_line(
 @pytest.fixture
 def postgres_url(tmp_path: Path) -> Iterator[str]:
     """A new PostgreSQL database's URL, dropped after."""
-    name = f"steward_migrate_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
-    with admin:
-        admin.execute(f"CREATE DATABASE {name}")
-        base = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
-        try:
-            yield base.rsplit("/", 1)[0] + f"/{name}"
-        finally:
-            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    with postgres_database("steward_migrate") as name:
+        yield url_of(name)
 
 
 def _at_version_1_without_created_at_index(url: str) -> str:

@@ -11,9 +11,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx2
-import psycopg
 import pytest
-from helpers import IRIS_SETOSA, wait_until
+from helpers import IRIS_SETOSA, postgres_database, postgres_url, wait_until
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
@@ -26,7 +25,6 @@ from app.store import Label, PredictionRecord, QuarantinedPrediction, SqlStore, 
 from app.store.retention import Retention
 from app.store.schema import predictions, quarantine, shadow_predictions
 
-POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DAY = 86400.0
 
@@ -38,20 +36,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
         yield opened
         opened.close()
         return
-    name = f"steward_retention_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
-    with admin:
-        admin.execute(f"CREATE DATABASE {name}")
-        base = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
-        opened = open_store(base.rsplit("/", 1)[0] + f"/{name}")
+    with postgres_database("steward_retention") as name:
+        opened = open_store(postgres_url(name))
         try:
             yield opened
         finally:
             opened.close()
-            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def retention(store: SqlStore, tmp_path: Path, **settings: object) -> tuple[Retention, Metrics]:

@@ -1,7 +1,6 @@
 """One contract for every store backend (SQLite file, real PostgreSQL), and the log writer."""
 
 import asyncio
-import os
 import sqlite3
 import threading
 import uuid
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import wait_until
+from helpers import POSTGRES, wait_until
 from prometheus_client import CollectorRegistry
 from sqlalchemy import inspect, select, text
 
@@ -33,7 +32,6 @@ from app.store.queries import labelled_rows_query, paired_counts_query, version_
 from app.store.schema import quarantine, shadow_predictions
 
 SETOSA = {"prediction": "setosa"}  # the output column of record()
-POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
