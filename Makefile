@@ -31,7 +31,8 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/steward train demo --if-missing
-	$(BIN)/steward serve --host $(HOST) --port $(PORT)
+	# A terminal reads plain lines; a deployed `steward serve` writes JSON (STEWARD_LOG_FORMAT).
+	STEWARD_LOG_FORMAT=$${STEWARD_LOG_FORMAT:-text} $(BIN)/steward serve --host $(HOST) --port $(PORT)
 
 test: format lint typecheck unit
 

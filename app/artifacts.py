@@ -1,6 +1,9 @@
 """The registry's on-disk format: version folders and their metadata.
 
-    models/<name>/<version>/model.joblib    the fitted estimator (joblib)
+    models/<name>/<version>/model.joblib    the fitted estimator: joblib (pickle), or
+    models/<name>/<version>/model.skops     skops, built from an allowlist of types
+                                            (app/artifact_formats.py; metadata's
+                                            ``artifact_format`` says which)
     models/<name>/<version>/metadata.json   ModelMetadata, including the artifact's sha256
     models/<name>/<version>/training.csv.gz the rows a CSV-trained version was given (gzip),
                                             when under the size cap (TrainingData says)
@@ -12,13 +15,13 @@ extra files such as training.csv.gz with it), so a reader never sees half of one
 alias points, its history and the traffic policy live beside the versions, in
 models/<name>/aliases.json: app/aliases.py.
 
-joblib and scikit-learn are imported by the two functions that read and write an estimator,
-so listing the registry or moving an alias (`steward models`, `steward promote`) stays light.
+joblib, skops and scikit-learn are imported by the functions that read and write an
+estimator, so listing the registry or moving an alias (`steward models`, `steward promote`)
+stays light.
 """
 
 import contextlib
 import hashlib
-import io
 import logging
 import math
 import os
@@ -40,12 +43,13 @@ from pydantic import (
     model_validator,
 )
 
+from app.artifact_formats import FILES, ArtifactFormat, ArtifactPolicy, dump, load, refuse_pickle
 from app.errors import ArtifactError
 from app.features import FeatureSpec, InputContract
 from app.gate import GateDecision
 from app.search import SearchRecord
 
-ARTIFACT = "model.joblib"
+ARTIFACT = FILES["joblib"]
 METADATA = "metadata.json"
 TRAINING_COPY = "training.csv.gz"
 TWIN_FILES = frozenset({"twin.onnx", "twin.treelite"})
@@ -269,7 +273,17 @@ class ModelMetadata(BaseModel):
         "its metrics, when the sample carried the target).",
     )
     sklearn_version: str = Field("", description="Set by save_version.")
-    sha256: str = Field("", description="Of model.joblib; set by save_version.")
+    artifact_format: ArtifactFormat = Field(
+        "joblib",
+        description="How the estimator is stored: model.joblib (pickle) or model.skops. "
+        "Metadata written before skops has none: joblib.",
+    )
+    converted_from: int | None = Field(
+        None,
+        description="The version whose estimator this one is, stored in another format "
+        "(`steward convert`): the same answers. None for any other version.",
+    )
+    sha256: str = Field("", description="Of the artifact; set by save_version.")
     created_at: datetime | None = Field(None, description="Set by save_version.")
     reference_profile: ReferenceProfile = Field(default_factory=dict)
     description: str = ""
@@ -331,6 +345,29 @@ def list_models(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name))
 
 
+def unreadable_models(root: Path) -> dict[str, str]:
+    """Model names in ``root`` that are links to no folder (dangling, looping, or to a file),
+    each with why: ``list_models`` leaves them out, the registry refuses them by name.
+
+    A link is a model someone meant to serve (a release folder mounted by symlink whose target
+    went away); a stray file with a model-like name is not, and stays ignored.
+    """
+    if not root.is_dir():
+        return {}
+    problems = {}
+    for path in root.iterdir():
+        if not (NAME_PATTERN.match(path.name) and path.is_symlink()) or path.is_dir():
+            continue
+        try:
+            path.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a loop, before Python 3.13
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a link loop"
+            problems[path.name] = f"{path.name}/ is a link that cannot be followed: {why}"
+        else:
+            problems[path.name] = f"{path.name}/ is a link to something that is not a folder"
+    return dict(sorted(problems.items()))
+
+
 def list_versions(root: Path, name: str) -> list[int]:
     folder = root / name
     if not folder.is_dir():
@@ -350,22 +387,32 @@ def read_metadata(root: Path, name: str, version: int) -> ModelMetadata:
         raise ArtifactError(f"{name} v{version}: unreadable {METADATA}: {exc}") from exc
 
 
-def load_estimator(root: Path, metadata: ModelMetadata) -> Any:
-    """Read the artifact once, check its sha256 against the metadata, then unpickle it."""
-    path = root / metadata.name / str(metadata.version) / ARTIFACT
+def artifact_file(metadata: ModelMetadata) -> str:
+    """The estimator's file in the version's folder: model.joblib or model.skops."""
+    return FILES[metadata.artifact_format]
+
+
+def load_estimator(
+    root: Path, metadata: ModelMetadata, policy: ArtifactPolicy | None = None
+) -> Any:
+    """Read the artifact once, check its sha256 against the metadata, then build the estimator
+    as ``policy`` allows (default: pickle allowed, the built-in skops allowlist). A joblib
+    artifact under a policy refusing pickle is refused (PickleRefused) before it is read."""
+    policy = policy or ArtifactPolicy()
+    name, version = metadata.name, metadata.version
+    if metadata.artifact_format == "joblib":
+        refuse_pickle(policy, name, version)
+    file_name = artifact_file(metadata)
     try:
-        data = path.read_bytes()
+        data = (root / name / str(version) / file_name).read_bytes()
     except OSError as exc:
-        raise ArtifactError(f"{metadata.name} v{metadata.version}: {exc}") from exc
+        raise ArtifactError(f"{name} v{version}: {exc}") from exc
     digest = sha256_bytes(data)
     if digest != metadata.sha256:
         raise ChecksumMismatch(
-            f"{metadata.name} v{metadata.version}: sha256 of {ARTIFACT} is {digest}, "
-            f"metadata says {metadata.sha256}"
+            f"{name} v{version}: sha256 of {file_name} is {digest}, metadata says {metadata.sha256}"
         )
-    import joblib
-
-    return joblib.load(io.BytesIO(data))
+    return load(data, metadata.artifact_format, policy, name, version)
 
 
 def save_version(
@@ -379,11 +426,11 @@ def save_version(
 ) -> ModelMetadata:
     """Store ``estimator`` as version max+1 of ``draft.name``; returns the final metadata.
 
-    ``extra_files`` (file name -> content, e.g. the training copy) and the ``compiled`` twin
-    are written into the same staging folder, so they appear with the version or not at all.
-    ``production`` is pointed at the new version when the model had none, or when ``promote``.
+    The estimator is stored in ``draft.artifact_format``. ``extra_files`` (file name ->
+    content, e.g. the training copy) and the ``compiled`` twin are written into the same
+    staging folder, so they appear with the version or not at all. ``production`` is pointed
+    at the new version when the model had none, or when ``promote``.
     """
-    import joblib
     import sklearn
 
     name = check_name(draft.name)
@@ -394,16 +441,14 @@ def save_version(
         if compilation.twin is not None and twin is not None:
             extra[compilation.twin.file] = twin
     for file_name in extra:
-        if file_name in (ARTIFACT, METADATA) or not NAME_PATTERN.match(file_name):
+        if file_name in (*FILES.values(), METADATA) or not NAME_PATTERN.match(file_name):
             raise ArtifactError(f"{name}: {file_name!r} cannot be a version's extra file")
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    joblib.dump(estimator, buffer)
-    data = buffer.getvalue()
+    data = dump(estimator, draft.artifact_format)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
     try:
-        (staging / ARTIFACT).write_bytes(data)
+        (staging / FILES[draft.artifact_format]).write_bytes(data)
         for file_name, content in extra.items():
             (staging / file_name).write_bytes(content)
         while True:

@@ -34,6 +34,8 @@ from typing import Any, Generic, TypeVar
 
 import anyio.to_thread
 
+from app import logs
+
 logger = logging.getLogger(__name__)
 
 Key = TypeVar("Key")
@@ -113,7 +115,10 @@ class Batcher(Generic[Key, Row, Out]):
                 self._draining.add(lane)
             else:
                 self._lanes[key] = lane
-            lane.worker = asyncio.create_task(self._work(key, lane), name=f"batcher:{key}")
+            # It serves later requests too: none of its lines is this request's.
+            lane.worker = asyncio.create_task(
+                self._work(key, lane), name=f"batcher:{key}", context=logs.detached()
+            )
         job: _Job[Row, Out] = _Job(rows, asyncio.get_running_loop().create_future())
         lane.jobs.append(job)
         lane.wakeup.set()
@@ -160,7 +165,11 @@ class Batcher(Generic[Key, Row, Out]):
                 try:
                     await self._run(key, lane, batch)
                 except Exception as exc:  # never leave requests waiting on a dead worker
-                    logger.exception("batch for %s failed outside the model call", key)
+                    # The text may quote the rows' values (scikit-learn's do): at debug only.
+                    logger.error(
+                        "batch for %s failed outside the model call: %s", key, type(exc).__name__
+                    )
+                    logger.debug("batch for %s failure", key, exc_info=True)
                     for job in batch:
                         if not job.result.done():
                             job.result.set_exception(exc)

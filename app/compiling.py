@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from app.artifact_formats import ArtifactPolicy
 from app.artifacts import (
     Compilation,
     Compiled,
@@ -61,15 +62,19 @@ ROUNDS_TO_FLOAT32 = TREE_ENSEMBLES[:6]  # sklearn.tree compares float32; histogr
 
 
 def compile_version(
-    root: Path, name: str, version: int, held_out: tuple[Any, str] | None = None
+    root: Path,
+    name: str,
+    version: int,
+    held_out: tuple[Any, str] | None = None,
+    policy: ArtifactPolicy | None = None,
 ) -> ModelMetadata:
     """Compile a saved version and record the result in its metadata; returns the metadata.
 
     ``held_out``: the version's held-out matrix and where it came from, when the caller has
     it; otherwise it is rebuilt from what is stored, where it can be. ArtifactError when the
-    version cannot be read."""
+    version cannot be read, or ``policy`` refuses its artifact."""
     metadata = read_metadata(root, name, version)
-    estimator = load_estimator(root, metadata)
+    estimator = load_estimator(root, metadata, policy)
     return save_compilation(root, metadata, *compile_estimator(root, metadata, estimator, held_out))
 
 

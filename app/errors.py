@@ -118,10 +118,24 @@ class ModelFailure(StewardError):
     stage = "model"
 
 
+RETRY_AFTER_SECONDS = 1
+"""The ``Retry-After`` of a 503 for a store that is down or behind: the prediction log retries
+the store at least every 2 s and makes room as soon as it writes, so a client comes back soon."""
+
+
 class StoreUnavailable(StewardError):
+    """The store is down, or the log's buffer for it is full: nothing was acknowledged."""
+
     status_code = 503
     code = "store_unavailable"
     stage = "store"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+class StoreSchemaTooNew(StoreUnavailable):
+    """The store was migrated by a newer Steward: refused at start-up, never written to."""
+
+    code = "store_schema_too_new"
 
 
 class ClientClosedRequest(StewardError):
@@ -131,9 +145,28 @@ class ClientClosedRequest(StewardError):
     code = "client_closed_request"
 
 
+class Overloaded(StewardError):
+    """More requests in flight than ``STEWARD_MAX_CONCURRENCY``: refused at once rather than
+    queued, so a client retries (on this replica or another) instead of waiting."""
+
+    status_code = 503
+    code = "overloaded"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+
+class RequestTimeout(StewardError):
+    """The body did not arrive within ``STEWARD_BODY_TIMEOUT_SECONDS``; the connection closes
+    (its unread bytes cannot be told apart from a next request)."""
+
+    status_code = 408
+    code = "request_timeout"
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}
+
+
 class NotReady(StewardError):
     status_code = 503
     code = "not_ready"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 class ArtifactError(StewardError):

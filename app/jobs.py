@@ -48,6 +48,8 @@ _HANDED_OVER = (
     "training_copy_max_bytes",
     "search_seconds",
     "search_folds",
+    "allow_pickle",  # a job loads production and writes its version as the server would
+    "skops_trusted_types",
 )
 _WITHHELD = ("STEWARD_ADMIN_TOKEN", "STEWARD_ADMIN_TOKEN_FILE")
 NICENESS = 10  # added to the server's nice value for a job process (at most 19)
@@ -264,7 +266,10 @@ class RetrainJobs:
         env["STEWARD_MODELS_DIR"] = str(self._settings.models_dir.resolve())
         env["STEWARD_DATABASE_URL"] = self._settings.store_url
         for name in _HANDED_OVER:
-            env[f"STEWARD_{name.upper()}"] = str(getattr(self._settings, name))
+            value = getattr(self._settings, name)
+            env[f"STEWARD_{name.upper()}"] = (
+                ",".join(value) if isinstance(value, list) else str(value)
+            )
         return env
 
     def _forget_oldest(self) -> None:

@@ -1,8 +1,10 @@
 """One model version from disk into memory, through the checks that decide whether to trust it.
 
 A version is refused when its metadata is unreadable or names another version, when its
-artifact is not the file the metadata describes (sha256), or when the artifact does not unpickle
-into something with a ``predict`` method. A version saved with another scikit-learn than the one
+artifact is not the file the metadata describes (sha256), when it is joblib (pickle) and the
+policy refuses pickle, when it is skops and holds a type outside the allowlist
+(app/artifact_formats.py), or when the artifact does not load into something with a
+``predict`` method. A version saved with another scikit-learn than the one
 running is loaded, and the mismatch reported.
 
 A version compiled with a twin (app/compiling.py) serves through it when twins are on, its
@@ -22,6 +24,7 @@ from typing import Any
 import sklearn
 from pydantic import BaseModel
 
+from app.artifact_formats import ArtifactPolicy, PickleRefused, UntrustedTypes
 from app.artifacts import (
     ChecksumMismatch,
     Label,
@@ -116,7 +119,7 @@ class Refusal:
 
 class Refused(Exception):
     """A version failed a check; ``reason`` names which (metadata_error, checksum_mismatch,
-    load_error), the message says what was found."""
+    pickle_refused, untrusted_types, load_error), the message says what was found."""
 
     def __init__(self, reason: str, cause: Exception) -> None:
         super().__init__(str(cause))
@@ -132,8 +135,10 @@ def load_version(
     input_range_multiple: float,
     target_range_multiple: float,
     twins: bool = True,
+    policy: ArtifactPolicy | None = None,
 ) -> LoadedModel:
-    """Read version ``version`` of model ``name`` and check it; raises Refused. Blocking."""
+    """Read version ``version`` of model ``name`` and check it, its artifact loaded as
+    ``policy`` allows (default: pickle allowed); raises Refused. Blocking."""
     try:
         metadata = read_metadata(root, name, version)
         if (metadata.name, metadata.version) != (name, version):
@@ -143,11 +148,15 @@ def load_version(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            estimator = load_estimator(root, metadata)
+            estimator = load_estimator(root, metadata, policy)
         if not callable(getattr(estimator, "predict", None)):
             raise ArtifactError("the artifact has no predict method")
     except ChecksumMismatch as exc:
         raise Refused("checksum_mismatch", exc) from exc
+    except PickleRefused as exc:
+        raise Refused("pickle_refused", exc) from exc
+    except UntrustedTypes as exc:
+        raise Refused("untrusted_types", exc) from exc
     except Exception as exc:  # unpickling can raise anything
         raise Refused("load_error", exc) from exc
     mismatch = None

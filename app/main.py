@@ -7,12 +7,14 @@ Serve with ``uvicorn --factory app.main:create_app`` (settings from STEWARD_* va
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio.to_thread
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from app import __version__, api
+from app.artifact_formats import ArtifactPolicy
 from app.auto_rollback import AutoRollback
 from app.drift_monitor import DriftMonitor
 from app.errors import InvalidSettings
@@ -25,10 +27,20 @@ from app.registry import Registry
 from app.services import Services
 from app.settings import Settings, load_settings
 from app.store import PredictionLog, open_store
+from app.store.retention import Retention
 from app.watcher import Watcher
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+@dataclass
+class Shutdown:
+    """What the app's shutdown left behind; ``steward serve`` makes it the exit status."""
+
+    done: bool = False  # the shutdown reached its end: the prediction log was closed
+    unwritten_rows: int = 0  # acknowledged predictions the log could not write in time
+
+
+def create_app(settings: Settings | None = None, shutdown: Shutdown | None = None) -> FastAPI:
+    """The app; ``shutdown``, when given, is filled in when the app shuts down."""
     settings = settings or load_settings()
     if not settings.models_dir.is_dir():  # a typo here would serve nothing, and say nothing
         raise InvalidSettings(
@@ -53,13 +65,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             target_range_multiple=settings.target_range_multiple,
             warm_up=scores_typical_row,
             twins=settings.twins,
+            policy=ArtifactPolicy.of(settings),
         )
         metrics.follow(registry)
         drift = DriftMonitor(settings, metrics.drift)
         drift.follow(registry)
         registry.load()
         log = PredictionLog(
-            store, metrics, batch_size=settings.log_batch_size, max_pending=settings.log_max_pending
+            store,
+            metrics,
+            batch_size=settings.log_batch_size,
+            max_pending=settings.log_max_pending,
+            flush_interval=settings.log_flush_interval_seconds,
         )
         log.start()
         predictor = Predictor(
@@ -105,17 +122,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.watcher.start()
         services.auto_rollback.start()
         drift.start()
+        retention = Retention(settings, store, metrics)
+        retention.start()
         try:
             yield {"services": services}  # requests reach it through app/api/deps.py
         finally:
+            await retention.close()
             await drift.close()
             await services.auto_rollback.close()
             await services.watcher.close()  # no swap while the rest shuts down
             await services.jobs.close()  # running retrainings terminated, their jobs failed
             await predictor.close()
-            await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)
+            unwritten = await anyio.to_thread.run_sync(log.close, settings.shutdown_timeout_seconds)
             store.close()
             gc.unfreeze()
+            if shutdown is not None:
+                shutdown.done, shutdown.unwritten_rows = True, unwritten
 
     app = FastAPI(
         title="Steward",

@@ -38,6 +38,10 @@ AdminOutcome = Literal["ok", "denied", "error"]
 """An admin call's outcome: done, refused for its token (401/403), or any other error."""
 ADMIN_ACTIONS: tuple[AdminAction, ...] = get_args(AdminAction)
 ADMIN_OUTCOMES: tuple[AdminOutcome, ...] = get_args(AdminOutcome)
+HttpRefusal = Literal["overloaded", "body_timeout"]
+"""Why a request was refused before any route served it (app/api/overload.py,
+app/api/body_timeout.py): over the concurrency limit, or a body slower than its timeout."""
+HTTP_REFUSALS: tuple[HttpRefusal, ...] = get_args(HttpRefusal)
 RollbackReason = Literal["manual", "accuracy_drop", "mae_rise"]
 """Why production was rolled back: over the admin API, or automatically (app/auto_rollback.py)
 for a classifier's accuracy or a regressor's MAE worse than the version before's."""
@@ -78,6 +82,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.http_refused = Counter(
+            "steward_http_refused_requests",
+            "Requests refused before a route served them, by reason: overloaded (503, over "
+            "STEWARD_MAX_CONCURRENCY) or body_timeout (408, body slower than "
+            "STEWARD_BODY_TIMEOUT_SECONDS).",
+            ["reason"],
+            registry=registry,
+        )
+        for refusal in HTTP_REFUSALS:
+            self.http_refused.labels(refusal)
         self.inference_duration = Histogram(
             "steward_model_inference_duration_seconds",
             "Time of one model call (one batch: the rows of one or more requests) "
@@ -195,6 +209,21 @@ class Metrics:
         self.log_rejected = Counter(
             "steward_prediction_log_rejected_rows",
             "Acknowledged predictions the store refused while it worked: quarantined, not retried.",
+            registry=registry,
+        )
+        self.retention_deleted = Counter(
+            "steward_retention_deleted_rows",
+            "Rows the prediction-log retention deleted, by table (predictions, "
+            "shadow_predictions, prediction_quarantine).",
+            ["table"],
+            registry=registry,
+        )
+        for table in ("predictions", "shadow_predictions", "prediction_quarantine"):
+            self.retention_deleted.labels(table)
+        self.log_dropped = Counter(
+            "steward_prediction_log_dropped_rows",
+            "Acknowledged predictions never written: still pending when the log closed (the "
+            "store stayed down through the shutdown's drain).",
             registry=registry,
         )
         self.admin_actions = Counter(

@@ -101,9 +101,14 @@ class ModelEntry:
     """One model of the registry. ``state`` is read from any thread without a lock: take it
     once per question. Only the Registry replaces it, under the registry's lock."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, versions: tuple[int, ...] | None = None) -> None:
+        """``versions``: the version numbers on disk, when the caller has read them (or
+        knows there are none to read); otherwise read here, raising OSError when the model's
+        folder cannot be listed."""
         self.name = name
-        self.state = ModelState(versions=tuple(list_versions(root, name)))
+        if versions is None:
+            versions = tuple(list_versions(root, name))
+        self.state = ModelState(versions=versions)
         self._root = root
         self._metadata: dict[int, ModelMetadata] = {}
 

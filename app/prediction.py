@@ -274,7 +274,12 @@ class Predictor:
                 + (f" (outside the training range: {reason})" if reason else ""),
                 outside[:MAX_DETAILS],
             )
-        logger.error("%s v%d fails even on a typical row: %r", model.name, model.version, exc)
+        # The exception's text may quote the client's values (scikit-learn's do): its type only,
+        # the text at debug.
+        logger.error(
+            "%s v%d fails even on a typical row: %s", model.name, model.version, type(exc).__name__
+        )
+        logger.debug("%s v%d failure: %r", model.name, model.version, exc)
         return ModelFailure(
             f"{model.name} v{model.version} is failing (even on a typical input); "
             "see the server log"

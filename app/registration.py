@@ -1,5 +1,8 @@
 """Register a model trained elsewhere: load and check the artifact, survey a sample of its
-inputs for the contract, score it on the sample when the sample carries the answers, save."""
+inputs for the contract, score it on the sample when the sample carries the answers, save.
+
+The file is joblib or pickle (unpickled: it runs the code it names, so only a trusted file), or
+skops (``.skops``: built from the types the policy trusts, nothing else)."""
 
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from app.artifact_formats import ArtifactFormat, ArtifactPolicy, UntrustedTypes, load_skops
 from app.artifacts import DataSource, ModelMetadata, Task, TrainingData, check_name, save_version
 from app.compiling import compile_estimator
 from app.drift import reference_profile
@@ -20,6 +24,7 @@ from app.feature_survey import infer_features, probe_features, read_frame
 from app.training import evaluate, frame_rows, read_csv, target_range
 
 NOT_AN_ESTIMATOR = "not a joblib or pickle file of a scikit-learn estimator"
+NOT_A_SKOPS_ESTIMATOR = "not a skops file of a scikit-learn estimator"
 
 
 def register_estimator(
@@ -30,16 +35,22 @@ def register_estimator(
     *,
     target: str | None = None,
     promote: bool = False,
+    artifact_format: ArtifactFormat = "joblib",
+    policy: ArtifactPolicy | None = None,
 ) -> ModelMetadata:
     """Register a model trained elsewhere; its schema and profile come from a sample of inputs.
 
     Categorical features accept the values present in the sample, and unseen ones too when the
     model handles them; features the model takes missing accept null. With ``target``, that
     column of the sample holds the true answers: it is not a feature, and the model is scored on
-    the sample (metrics, and a regressor's target range).
+    the sample (metrics, and a regressor's target range). A ``.skops`` file is loaded as
+    ``policy`` allows; the version is stored in ``artifact_format``.
     """
     check_name(name)
-    estimator = _load_estimator(artifact)
+    if artifact.suffix == ".skops":
+        estimator = _checked(artifact, _load_skops(artifact, policy or ArtifactPolicy()))
+    else:
+        estimator = _checked(artifact, _load_joblib(artifact))
     if is_classifier(estimator):
         task: Task = "classification"
     elif is_regressor(estimator):
@@ -74,6 +85,7 @@ def register_estimator(
         classes=estimator.classes_.tolist() if task == "classification" else None,
         has_proba=task == "classification" and hasattr(estimator, "predict_proba"),
         input_format="dataframe" if names_in is not None else "array",
+        artifact_format=artifact_format,
         description=f"Registered from {artifact.name}; schema from {sample_csv.name}"
         + (f", scored on its column {target!r}." if target else "."),
     )
@@ -105,8 +117,8 @@ def register_estimator(
     return save_version(root, draft, estimator, promote=promote, compiled=compiled)
 
 
-def _load_estimator(artifact: Path) -> Any:
-    """The fitted scikit-learn estimator in a joblib or pickle file, or one line saying why not."""
+def _load_joblib(artifact: Path) -> Any:
+    """What a joblib or pickle file holds, or one line saying why not."""
     try:
         estimator = joblib.load(artifact)
     except OSError as exc:
@@ -117,6 +129,27 @@ def _load_estimator(artifact: Path) -> Any:
         raise ArtifactError(f"{artifact}: needs code that is not importable here: {exc}") from exc
     except Exception as exc:  # unpickling other bytes fails in many ways, none worth repeating
         raise ArtifactError(f"{artifact}: {NOT_AN_ESTIMATOR}") from exc
+    return estimator
+
+
+def _load_skops(artifact: Path, policy: ArtifactPolicy) -> Any:
+    """What a skops file holds, built only if every type in it is trusted by ``policy``."""
+    try:
+        data = artifact.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{artifact}: cannot read: {exc.strerror}") from exc
+    try:
+        return load_skops(data, policy, str(artifact))
+    except UntrustedTypes:
+        raise
+    except (ImportError, AttributeError) as exc:
+        raise ArtifactError(f"{artifact}: needs code that is not importable here: {exc}") from exc
+    except Exception as exc:  # not a zip, or not skops's schema
+        raise ArtifactError(f"{artifact}: {NOT_A_SKOPS_ESTIMATOR}") from exc
+
+
+def _checked(artifact: Path, estimator: Any) -> Any:
+    """``estimator`` if it is a fitted scikit-learn estimator, else one line saying why not."""
     if not isinstance(estimator, BaseEstimator):
         raise ArtifactError(f"{artifact}: not a scikit-learn classifier or regressor")
     try:

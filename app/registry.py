@@ -23,7 +23,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.aliases import TrafficPolicy, read_alias_file
-from app.artifacts import ModelMetadata, list_models, list_versions, read_metadata
+from app.artifact_formats import ArtifactPolicy
+from app.artifacts import (
+    ModelMetadata,
+    list_models,
+    list_versions,
+    read_metadata,
+    unreadable_models,
+)
 from app.errors import ArtifactError, ModelUnavailable, UnknownModel, UnknownVersion
 from app.loading import LoadedModel, Refusal, Refused, load_version
 from app.model_entry import ModelEntry
@@ -72,17 +79,20 @@ class Registry:
         target_range_multiple: float = 0.0,
         warm_up: Callable[[LoadedModel], bool] | None = None,
         twins: bool = True,
+        policy: ArtifactPolicy | None = None,
     ) -> None:
         """``warm_up(model)`` (blocking) says whether a version works: one prediction on a
         typical row. Every version loaded after start-up passes it or is refused
         (``warmup_failed``); the production versions of ``load`` are served without it (with
-        nothing else to serve, a broken model answers 500 rather than nothing)."""
+        nothing else to serve, a broken model answers 500 rather than nothing). ``policy``:
+        which artifacts may be loaded (pickle at all, the skops allowlist)."""
         self.root = root
         self.max_instances = max_instances
         self.input_range_multiple = input_range_multiple
         self.target_range_multiple = target_range_multiple
         self.warm_up = warm_up
         self.twins = twins
+        self.policy = policy or ArtifactPolicy()
         self.on_load: list[VersionHook] = []
         self.on_swap: list[SwapHook] = []
         self.on_refuse: list[RefuseHook] = []
@@ -97,6 +107,8 @@ class Registry:
         """Read every model of the registry directory and load its production version."""
         for name in list_models(self.root):
             self._add(name, warm=False)
+        for name, problem in unreadable_models(self.root).items():
+            self._add_unreadable(name, problem)
         if len(self._entries) == 1:
             self._only_at_start = next(iter(self._entries))
 
@@ -110,7 +122,10 @@ class Registry:
         with self._lock:
             if name in self._entries:
                 return self._entries[name]
-            entry = ModelEntry(self.root, name)
+            try:
+                entry = ModelEntry(self.root, name)
+            except OSError as exc:  # a folder the service user cannot list (mode 000)
+                return self._add_unreadable(name, unlistable(self.root, name, exc))
             # Replaced, not changed in place: readers iterate the entries without the lock.
             self._entries = {**self._entries, name: entry}
             try:
@@ -130,6 +145,16 @@ class Registry:
             if aliases.traffic.mode != "none" and candidate is not None and candidate != production:
                 # Warmed up even at start-up: production serves if the candidate cannot.
                 self._load_alias(entry, "candidate", candidate, warm=True)
+            return entry
+
+    def _add_unreadable(self, name: str, problem: str) -> ModelEntry:
+        """A model whose folder cannot be read: named, refused (``folder_unreadable``), never
+        served. Once its folder reads again, a rescan loads it and clears the refusal."""
+        with self._lock:
+            entry = ModelEntry(self.root, name, versions=())
+            self._entries = {**self._entries, name: entry}
+            self._refuse(entry, None, "folder_unreadable", problem)
+            self._fire(self.on_traffic, entry, None, entry.state.traffic)
             return entry
 
     def _load_alias(self, entry: ModelEntry, alias: str, number: int, *, warm: bool) -> None:
@@ -318,7 +343,8 @@ class Registry:
             return old
 
     def refresh_versions(self, name: str) -> list[int]:
-        """Read the model's version numbers from disk again; the ones new since last read."""
+        """Read the model's version numbers from disk again; the ones new since last read.
+        OSError when the model's folder cannot be listed (the versions known stay)."""
         entry = self.entry(name)
         with self._lock:
             state = entry.state
@@ -364,7 +390,10 @@ class Registry:
         if number in state.refusals:
             raise state.refusals[number].unavailable()
         if number not in state.versions:
-            versions = tuple(list_versions(self.root, entry.name))  # registered since?
+            try:
+                versions = tuple(list_versions(self.root, entry.name))  # registered since?
+            except OSError:  # the folder cannot be listed: the rescan names it
+                versions = state.versions
             entry.state = replace(state, versions=versions)
             if number not in versions:
                 raise UnknownVersion(f"model {entry.name!r} has no such version", model=entry.name)
@@ -389,6 +418,7 @@ class Registry:
             input_range_multiple=self.input_range_multiple,
             target_range_multiple=self.target_range_multiple,
             twins=self.twins,
+            policy=self.policy,
         )
 
     def _refuse(
@@ -411,3 +441,12 @@ class Registry:
                 hook(*args)
             except Exception:  # a subscriber's bug must not undo a load or a swap
                 logger.exception("registry hook %r failed", hook)
+
+
+def unlistable(root: Path, name: str, exc: OSError) -> str:
+    """Why a model's folder cannot be listed, for a ``folder_unreadable`` refusal (the same
+    words at start-up and on a rescan, so it is logged once): named relative to the registry
+    folder, since the message reaches /readyz and 503 bodies."""
+    why = exc.strerror or type(exc).__name__
+    logger.debug("cannot list %s: %s", root / name, exc)
+    return f"its folder {name}/ cannot be listed: {why} (is it readable by the service user?)"

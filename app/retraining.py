@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from app import lifecycle
+from app.artifact_formats import ArtifactPolicy
 from app.artifacts import (
     DataSource,
     ModelMetadata,
@@ -111,11 +112,13 @@ def retrain(
     searched first, ``search``), on its data and the feedback since ``since`` (``csv``/
     ``target``: instead of the version's own data), judged against production by the gate,
     saved, and aliased per ``then`` if it passed (``by``: who asked, for the alias history).
-    Its steps report to ``progress``."""
+    Its steps report to ``progress``. The new version is stored as production is (joblib or
+    skops), and as skops whenever the settings refuse pickle."""
     root = settings.models_dir
+    policy = ArtifactPolicy.of(settings)
     if search:  # a family with no grid is refused before the store is read
         first = production_version(root, name)
-        search_grid(_recipe(first, load_estimator(root, first)), _where(first), name)
+        search_grid(_recipe(first, load_estimator(root, first, policy)), _where(first), name)
     with progress.step("loading feedback", unit="labelled rows") as step:
         data = retraining_set(
             root,
@@ -128,7 +131,7 @@ def retrain(
         )
         step.advance(data.labelled)
     production = data.production
-    fitted = load_estimator(root, production)
+    fitted = load_estimator(root, production, policy)
     recipe = _recipe(production, fitted)
     metric = gate_metric(settings, production)
     tune = _tune(settings, production, metric, progress) if search else None
@@ -203,7 +206,8 @@ def retrain(
         ]
     sets = [at_least(s, settings.gate_min_rows) for s in sets]
     decision = decide(production.version, metric, settings.gate_margin, sets)
-    draft = draft.model_copy(update={"gate": decision})
+    stored_as = production.artifact_format if policy.allow_pickle else "skops"
+    draft = draft.model_copy(update={"gate": decision, "artifact_format": stored_as})
     compiled = compile_estimator(root, draft, estimator, (held_out_part, "training_split"))
     saved = save_version(root, draft, estimator, extra_files=copy, compiled=compiled)
     aliased = None

@@ -1,6 +1,7 @@
 """Runtime configuration: one Settings class, read from ``STEWARD_*`` environment variables."""
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,7 @@ MIN_ADMIN_TOKEN = 16
 # silently drop an operator's tuning.
 FORMERLY_MILLISECONDS = ("batch_max_wait", "batch_inline_max")
 TRAINING_COPY_MAX_BYTES = 50 * 1024 * 1024
+TYPE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+\Z")  # module.Class, fully qualified
 
 
 class Settings(BaseSettings):
@@ -49,6 +51,25 @@ class Settings(BaseSettings):
     max_feedback_items: int = Field(1000, ge=1, description="Most items in one /feedback batch.")
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body accepted; larger ones get 413."
+    )
+    max_concurrency: int = Field(
+        64,
+        ge=1,
+        description="Requests to /predict and /feedback served at once; more get an immediate "
+        "503 `overloaded` with Retry-After. A request counts once its body has arrived.",
+    )
+    body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Time a client has to send a whole request body once its headers arrived; "
+        "a slower one gets 408 `request_timeout` and its connection is closed.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a request's headers, from connecting (or from "
+        "the request's first byte on a kept-alive connection); a slower one gets 408 "
+        "`request_timeout` and its connection is closed. `steward serve` only.",
     )
     max_class_labels: int = Field(
         25,
@@ -128,6 +149,31 @@ class Settings(BaseSettings):
         description="Live quality per version (GET /models/{model}) covers the predictions made "
         "in this span before now (by their created_at), labelled since or not.",
     )
+    retention_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Prediction-log retention by age: rows predicted longer ago than this are "
+        "deleted in the background (with their shadow rows; labelled rows too). Unset: kept "
+        "forever. At least quality_window_seconds, or live quality would lose its rows.",
+    )
+    retention_max_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Prediction-log retention by count: beyond this many rows in predictions, "
+        "the oldest are deleted in the background (with their shadow rows). Unset: no limit.",
+    )
+    retention_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often the retention pass runs (when a retention setting is on).",
+    )
+    retention_batch_size: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description="Most prediction rows one retention transaction deletes: the longest it "
+        "holds the store's write lock.",
+    )
     reload_interval_seconds: float = Field(
         2.0,
         ge=0,
@@ -136,7 +182,26 @@ class Settings(BaseSettings):
         "(POST /admin/reload still rescans).",
     )
     shutdown_timeout_seconds: float = Field(
-        30.0, gt=0, description="How long shutdown waits for the prediction log to drain."
+        30.0,
+        gt=0,
+        description="How long shutdown waits for the prediction log to write every acknowledged "
+        "row, after the requests in flight are done (drain_seconds).",
+    )
+    drain_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="On SIGTERM, how long requests in flight get to complete (new connections "
+        "are refused at once); those still running then are cancelled. Whole seconds, rounded up.",
+    )
+    log_flush_interval_seconds: float = Field(
+        0.05,
+        ge=0,
+        le=10,
+        description="Longest an acknowledged prediction row waits before the writer starts its "
+        "write (rows gathered meanwhile share one transaction); 0 writes at once. Bounds what a "
+        "crash (SIGKILL, power loss) can lose: the rows acknowledged in this interval, plus the "
+        "batch being committed.",
     )
     admin_token: SecretStr | None = Field(
         None,
@@ -147,6 +212,18 @@ class Settings(BaseSettings):
         None,
         description="A file holding the admin token (a Kubernetes Secret mounted as a file), "
         "read at start-up, a trailing newline stripped; not with admin_token.",
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=f"API keys of /predict and /feedback (comma-separated in the environment), "
+        f"each at least {MIN_ADMIN_TOKEN} printable characters without spaces or commas; "
+        "none (and no api_keys_file): both are open. Not the admin token.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file holding the API keys, one a line (a Kubernetes Secret mounted as a "
+        "file), read at start-up; blank lines and lines starting with # skipped; not with "
+        "api_keys.",
     )
     training_copy_max_bytes: int = Field(
         TRAINING_COPY_MAX_BYTES,
@@ -231,6 +308,17 @@ class Settings(BaseSettings):
         "proven equal to its estimator when compiled and again when loaded). Off: every "
         "version serves on scikit-learn; GET /models/{model} and steward_model_runtime say so.",
     )
+    allow_pickle: bool = Field(
+        True,
+        description="Load joblib (pickle) artifacts. Off: a joblib version is refused at load "
+        "(reason pickle_refused) and the skops versions serve; what Steward writes is skops.",
+    )
+    skops_trusted_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Types a skops artifact may hold besides skops's defaults and Steward's "
+        "own allowlist (fully qualified, comma-separated in the environment, e.g. "
+        "sklearn.tree._tree.Tree). A version needing another is refused (untrusted_types).",
+    )
     drift: bool = Field(
         True,
         description="Watch served inputs: per model version, a window of its latest rows scored "
@@ -292,15 +380,32 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Logging level of the server."
     )
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="Server logs: one JSON object a line (json), or plain lines for a terminal "
+        "(text); every line of a request carries its request id.",
+    )
 
-    @field_validator("required_models", mode="before")
+    @field_validator("required_models", "skops_trusted_types", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
+    @field_validator("skops_trusted_types")
+    @classmethod
+    def _type_names(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if not TYPE_NAME.match(n)]
+        if bad:  # type names are no secret: naming them finds the typo
+            shown = ", ".join(repr(n[:80]) for n in bad[:5])
+            raise ValueError(
+                f"not fully qualified types (module.Class, e.g. sklearn.tree._tree.Tree): {shown}"
+            )
+        return names
+
     _file_token: SecretStr | None = PrivateAttr(None)  # admin_token_file's, read at start-up
+    _file_api_keys: tuple[SecretStr, ...] = PrivateAttr(())  # api_keys_file's, read at start-up
 
     @model_validator(mode="after")
     def _drift_judgeable(self) -> "Settings":
@@ -313,6 +418,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}DRIFT_MIN_ROWS must be at most {ENV_PREFIX}DRIFT_WINDOW_ROWS: no "
                 "window would ever be judged"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _retention_covers_the_quality_window(self) -> "Settings":
+        if self.retention_seconds is not None and (
+            self.retention_seconds < self.quality_window_seconds
+        ):
+            raise ValueError(
+                f"{ENV_PREFIX}RETENTION_SECONDS must be at least "
+                f"{ENV_PREFIX}QUALITY_WINDOW_SECONDS: live quality would count rows retention "
+                "has deleted"
             )
         return self
 
@@ -354,6 +471,55 @@ class Settings(BaseSettings):
         self._file_token = file_token
         return self
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _comma_separated_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _read_api_keys(self) -> "Settings":
+        # Messages name the variable and the key's position, never a key or the file's content.
+        if self.api_keys and self.api_keys_file is not None:
+            raise ValueError(
+                f"{ENV_PREFIX}API_KEYS and {ENV_PREFIX}API_KEYS_FILE are both set: set one of them"
+            )
+        keys, variable = [key.get_secret_value() for key in self.api_keys], f"{ENV_PREFIX}API_KEYS"
+        if self.api_keys_file is not None:
+            variable = f"{ENV_PREFIX}API_KEYS_FILE"
+            try:
+                text = self.api_keys_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ValueError(
+                    f"{variable}: cannot read {self.api_keys_file}: {reason}"
+                ) from None
+            keys = [
+                line.strip()
+                for line in text.splitlines()
+                if line.strip() and not line.strip().startswith("#")
+            ]
+            if not keys:
+                raise ValueError(f"{variable}: {self.api_keys_file} holds no key")
+            self._file_api_keys = tuple(SecretStr(key) for key in keys)
+        for number, key in enumerate(keys, 1):
+            if len(key) < MIN_ADMIN_TOKEN:
+                raise ValueError(
+                    f"{variable}: key {number} is shorter than {MIN_ADMIN_TOKEN} characters"
+                )
+            if not (key.isascii() and key.isprintable()) or " " in key or "," in key:
+                raise ValueError(
+                    f"{variable}: key {number} must be printable ASCII without spaces or commas "
+                    "(what an HTTP header can carry)"
+                )
+        return self
+
+    @property
+    def api_key_secrets(self) -> tuple[SecretStr, ...]:
+        """The keys /predict and /feedback accept, from api_keys or api_keys_file (none: open)."""
+        return tuple(self.api_keys) or self._file_api_keys
+
     @property
     def admin_secret(self) -> SecretStr | None:
         """The admin API's token, from admin_token or admin_token_file (None: API disabled)."""
@@ -378,9 +544,9 @@ def load_settings(**values: Any) -> Settings:
         settings = Settings(**values)
     except ValidationError as exc:
         for error in exc.errors(include_url=False, include_input=False):
-            message = error["msg"]
+            message = error["msg"].removeprefix("Value error, ")  # a validator's own words
             if not error["loc"]:  # a rule across settings: its message names the variables
-                problems.append(message.removeprefix("Value error, "))
+                problems.append(message)
                 continue
             name = "_".join(str(part) for part in error["loc"]).upper()
             problems.append(f"{ENV_PREFIX}{name}: {message[:1].lower()}{message[1:]}")

@@ -37,6 +37,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from app import logs
 from app.batching import Batcher
 from app.errors import StewardError, StoreUnavailable
 from app.features import Row
@@ -124,7 +125,10 @@ class Shadows:
         self._queued.setdefault(candidate, []).append(job)
         if candidate not in self._timers:
             loop = asyncio.get_running_loop()
-            self._timers[candidate] = loop.call_later(self.window, self._start, candidate)
+            # Outside this request: the shadow runs for the requests of the whole window.
+            self._timers[candidate] = loop.call_later(
+                self.window, self._start, candidate, context=logs.detached()
+            )
 
     def _same_inputs(self, served: LoadedModel, candidate: LoadedModel) -> bool:
         """Whether the candidate reads the inputs ``served`` validated (asked once per pair of
@@ -143,6 +147,7 @@ class Shadows:
             task = asyncio.create_task(
                 self._run(candidate, job.ids, job.rows, job.body),
                 name=f"shadow:{candidate.name}:v{candidate.version}",
+                context=logs.detached(),
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -184,8 +189,12 @@ class Shadows:
     ) -> None:
         try:
             failure = await self._shadow(candidate, ids, rows, body)
-        except Exception:  # a bug of ours: logged, and the served path never sees it
-            logger.exception("shadow %s v%d failed", candidate.name, candidate.version)
+        except Exception as exc:  # a bug of ours: logged, and the served path never sees it
+            # The text may quote the rows' values (scikit-learn's do): at debug only.
+            logger.error(
+                "shadow %s v%d failed: %s", candidate.name, candidate.version, type(exc).__name__
+            )
+            logger.debug("shadow %s v%d failure", candidate.name, candidate.version, exc_info=True)
             failure = "model_failure"
         try:
             if failure is not None:
@@ -219,11 +228,13 @@ class Shadows:
             if candidate not in self._failing:  # once per version: a failing shadow is noisy
                 self._failing.add(candidate)
                 logger.warning(
-                    "shadow %s v%d fails (counted in steward_shadow_failures_total): %r",
+                    "shadow %s v%d fails (counted in steward_shadow_failures_total): %s",
                     candidate.name,
                     candidate.version,
-                    exc,
+                    type(exc).__name__,
                 )
+                # The text may quote the rows' values (scikit-learn's do): at debug only.
+                logger.debug("shadow %s v%d failure: %r", candidate.name, candidate.version, exc)
             return "model_failure"
         if self.log.pending + len(ids) > self.log.max_pending // 2:
             return "log_full"

@@ -28,6 +28,7 @@ from sklearn.metrics import (
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from app.artifact_formats import ArtifactFormat
 from app.artifacts import (
     DataSource,
     DataSplit,
@@ -85,7 +86,11 @@ DEMOS = (
 
 
 def train_demo(
-    root: Path, *, if_missing: bool = False, promote: bool = False
+    root: Path,
+    *,
+    if_missing: bool = False,
+    promote: bool = False,
+    artifact_format: ArtifactFormat = "joblib",
 ) -> list[ModelMetadata]:
     """Train the demo models from datasets bundled inside scikit-learn."""
     trained = []
@@ -110,6 +115,7 @@ def train_demo(
                 promote=promote,
                 description=demo.description,
                 data=data,
+                artifact_format=artifact_format,
             )
         )
     return trained
@@ -126,6 +132,7 @@ def train_csv(
     drop: Sequence[str] = (),
     dates: Sequence[str] = (),
     copy_max_bytes: int = TRAINING_COPY_MAX_BYTES,
+    artifact_format: ArtifactFormat = "joblib",
 ) -> ModelMetadata:
     """Train the default pipeline (impute, scale / one-hot, linear model) on a CSV file.
 
@@ -203,6 +210,7 @@ def train_csv(
         dates=dates,
         data=data,
         extra_files=extra_files,
+        artifact_format=artifact_format,
     )
 
 
@@ -219,14 +227,16 @@ def fit_and_save(
     data: TrainingData,
     dates: Sequence[str] = (),
     extra_files: dict[str, bytes] | None = None,
+    artifact_format: ArtifactFormat = "joblib",
 ) -> ModelMetadata:
     """Split, fit, evaluate on the held-out part, profile the training inputs, save
     (``fit_version``, ``compile_estimator`` with its twin proven on the held-out part too, then
-    ``save_version``). ``extra_files`` are saved in the version's folder with it (the
-    training copy)."""
+    ``save_version``, in ``artifact_format``). ``extra_files`` are saved in the version's
+    folder with it (the training copy)."""
     draft, fitted, held_out = fit_version(
         name, task, frame, labels, estimator, description=description, data=data, dates=dates
     )
+    draft = draft.model_copy(update={"artifact_format": artifact_format})
     compiled = compile_estimator(root, draft, fitted, (held_out, "training_split"))
     return save_version(
         root, draft, fitted, promote=promote, extra_files=extra_files, compiled=compiled

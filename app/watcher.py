@@ -33,7 +33,7 @@ from app.aliases import TrafficPolicy, read_alias_file
 from app.artifacts import METADATA, list_models, read_metadata
 from app.errors import ArtifactError, ModelUnavailable, UnknownVersion
 from app.periodic import Periodic
-from app.registry import Registry
+from app.registry import Registry, unlistable
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,14 @@ class Watcher:
     def _sync(self, name: str, report: ReloadReport) -> None:
         registry = self.registry
         entry = registry.entry(name)
-        if new := registry.refresh_versions(name):
+        try:
+            new = registry.refresh_versions(name)
+        except OSError as exc:  # a folder the service user cannot list (mode 000)
+            kept = "; the last good aliases stay" if entry.state.aliases else ""
+            message = unlistable(registry.root, name, exc) + kept
+            self._refuse(name, "folder_unreadable", message, report)
+            return
+        if new:
             logger.info("%s: new versions %s", name, ", ".join(map(str, new)))
             report.versions[name] = new
         try:

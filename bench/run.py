@@ -24,6 +24,10 @@ runs just that part.
 Last, the model call alone (bench/twins.py): ``infer`` on scikit-learn and on each version's
 compiled twin, in process, 1 and 64 rows. ``--twins-only`` runs just that part.
 
+Then a prediction-log retention pass (bench/retention.py): iris at 8 connections on a store of
+a million old rows, retention off vs while one pass deletes them all; the pass's length.
+``--retention-only`` runs just that part.
+
 ``--soak SECONDS`` instead runs iris at 64 connections for that long and prints RSS over time.
 """
 
@@ -45,6 +49,9 @@ from drift import ROUNDS as DRIFT_ROUNDS
 from drift import drift_cost, request_body
 from load import Result, get, lua_post, wrk
 from report import machine, print_markdown
+from retention import CONNECTIONS as RETENTION_CONNECTIONS
+from retention import ROWS as RETENTION_ROWS
+from retention import retention_cost
 from retrain import CONNECTIONS as RETRAIN_CONNECTIONS
 from retrain import MODES as RETRAIN_MODES
 from retrain import ROUNDS as RETRAIN_ROUNDS
@@ -69,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--retrain-only", action="store_true", help="only the retraining cost")
     parser.add_argument("--drift-only", action="store_true", help="only the drift cost")
     parser.add_argument("--twins-only", action="store_true", help="only the model call alone")
+    parser.add_argument(
+        "--retention-only", action="store_true", help="only the cost of a retention pass"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="steward-bench-") as folder:
         bench(Path(folder), args)
@@ -98,6 +108,9 @@ def bench(work: Path, args: argparse.Namespace) -> None:
     if args.twins_only:
         twins_cost()
         return
+    if args.retention_only:
+        print_retention_cost(work, args.seconds)
+        return
     models = args.models.split(",")
     connections = [int(c) for c in args.connections.split(",")]
     speed = measure_speed(work / "speed", models_dir, models, connections, args.seconds)
@@ -112,6 +125,31 @@ def bench(work: Path, args: argparse.Namespace) -> None:
     print_drift_cost(work, args.seconds)
     print()
     twins_cost()
+    print()
+    print_retention_cost(work, args.seconds)
+
+
+def print_retention_cost(work: Path, seconds: float) -> None:
+    """Predictions with retention off and during a pass over a million rows (bench/retention.py)."""
+    cost = retention_cost(work / "retention", seconds)
+    off, during = cost.runs["off"], cost.runs["pass"]
+    print(
+        f"retention pass, iris at {RETENTION_CONNECTIONS} connections, {seconds} s each, "
+        f"store of {RETENTION_ROWS:,} old rows ({cost.pinning}):"
+    )
+    print_markdown(
+        ("retention", "req/s", "p50 ms", "p99 ms", "err"),
+        [
+            (name, f"{r.rate:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors))
+            for name, r in (("off", off), ("during a pass", during))
+        ],
+    )
+    print(
+        f"pass: {RETENTION_ROWS:,} rows in {cost.pass_seconds:.1f} s under load "
+        f"({RETENTION_ROWS / cost.pass_seconds:,.0f} rows/s, batches of {cost.batch_size:,}); "
+        f"{cost.deleted_when_load_ended:,} deleted when the load ended; "
+        f"store filled in {cost.fill_seconds:.1f} s"
+    )
 
 
 SHADOW_CONNECTIONS = (1, 64)

@@ -3,16 +3,19 @@
 A real server process is started with bench/server.py, which the benchmark uses too.
 """
 
+import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response
@@ -219,3 +222,29 @@ def plan_churn_csv(path: Path) -> Path:
     churned = np.where((plan == "basic") & (months < 12), "yes", "no")
     pd.DataFrame({"plan": plan, "months": months, "churned": churned}).to_csv(path, index=False)
     return path
+
+
+POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_url(database: str) -> str:
+    """The SQLAlchemy URL of ``database`` on the test PostgreSQL."""
+    url = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
+    return url.rsplit("/", 1)[0] + f"/{database}"
+
+
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A database of its own on the test PostgreSQL (``prefix`` and a random suffix), dropped
+    afterwards with whatever is still connected to it; its name. Skips without a PostgreSQL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield name
+        finally:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -42,6 +42,11 @@ def failing_store(data_dir: Path) -> Iterator[None]:
                 conn.execute(f"DROP TRIGGER fail_{table}")
 
 
+def store_errors(client: TestClient) -> float:
+    """Failed writes of the prediction log (a store down), counted under no model."""
+    return metric(client, "steward_errors_total", model="_unknown", stage="store")
+
+
 def wait_ready(client: TestClient) -> None:
     ready = wait_until(lambda: client.get("/readyz").status_code == 200, seconds=10, interval=0.05)
     assert ready, client.get("/readyz").text
@@ -221,15 +226,18 @@ def test_failing_store_is_not_ready_and_loses_nothing(settings: Settings) -> Non
     with TestClient(create_app(settings)) as client:
         before = prediction_ids(predict(client, "iris", IRIS_SETOSA))
         wait_ready(client)
+        # Written within the log's flush interval, before the store fails.
+        assert wait_until(lambda: metric(client, "steward_prediction_log_pending_rows") == 0)
         with failing_store(settings.data_dir):
             during = prediction_ids(predict(client, "iris", IRIS_SETOSA, IRIS_SETOSA))
             error = assert_error(client.get("/readyz"), 503, "not_ready")
             assert {d["component"] for d in error["details"]} == {"store"}
             assert "disk is failing" in str(error["details"])
             assert metric(client, "steward_prediction_log_pending_rows") == 2
+            # The writer tries once its flush interval is over, fails, and keeps the rows.
+            assert wait_until(lambda: store_errors(client) >= 1, seconds=10)
         wait_ready(client)  # healed: the kept batch is written
         assert metric(client, "steward_prediction_log_pending_rows") == 0
-        assert metric(client, "steward_errors_total", model="_unknown", stage="store") >= 1
         assert (
             client.post(
                 "/feedback", json={"prediction_id": during[0], "ground_truth": "setosa"}

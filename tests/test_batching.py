@@ -1,6 +1,7 @@
 """The adaptive batcher on its own: who shares a call, who gets which result, what fails."""
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Coroutine
@@ -162,7 +163,7 @@ def test_a_failure_outside_the_model_call_fails_its_batch_and_the_lane_lives_on(
 ) -> None:
     def observe(key: str, stats: BatchStats) -> None:
         if stats.rows == 2:
-            raise RuntimeError("metrics broke")
+            raise RuntimeError("metrics broke on 'row-value-51'")  # as scikit-learn's quote rows
 
     batcher = Batcher(Model(), max_rows=100, max_wait=1.0, on_batch=observe)
 
@@ -176,10 +177,18 @@ def test_a_failure_outside_the_model_call_fails_its_batch_and_the_lane_lives_on(
         await batcher.close()
         return failed, after
 
+    caplog.set_level(logging.DEBUG, logger="app.batching")
     failed, after = run(scenario())
-    assert [str(e) for e in failed] == ["metrics broke", "metrics broke"]
+    assert [str(e) for e in failed] == ["metrics broke on 'row-value-51'"] * 2
     assert after == [30]
-    assert "failed outside the model call" in caplog.text
+    shown = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert [r.getMessage() for r in shown] == [
+        "batch for m failed outside the model call: RuntimeError"
+    ]
+    assert not [r for r in shown if r.exc_info]  # a traceback would quote the text
+    # The text, at debug only.
+    (debug,) = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "row-value-51" in caplog.handler.format(debug)
 
 
 class Version:

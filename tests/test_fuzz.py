@@ -133,7 +133,8 @@ def server_complaints(log: Path, shown: int = 10) -> list[str]:
     lines = [
         line
         for line in log.read_text(errors="replace").splitlines()
-        if re.search(r" (WARNING|ERROR|CRITICAL) ", line)
+        # JSON lines (STEWARD_LOG_FORMAT=json, the default) or text ones
+        if re.search(r'"level":"(WARNING|ERROR|CRITICAL)"| (WARNING|ERROR|CRITICAL) ', line)
     ]
     if not lines:
         return []

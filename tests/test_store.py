@@ -1,7 +1,6 @@
 """One contract for every store backend (SQLite file, real PostgreSQL), and the log writer."""
 
 import asyncio
-import os
 import sqlite3
 import threading
 import uuid
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import wait_until
+from helpers import POSTGRES, wait_until
 from prometheus_client import CollectorRegistry
 from sqlalchemy import inspect, select, text
 
@@ -33,7 +32,6 @@ from app.store.queries import labelled_rows_query, paired_counts_query, version_
 from app.store.schema import quarantine, shadow_predictions
 
 SETOSA = {"prediction": "setosa"}  # the output column of record()
-POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -305,8 +303,9 @@ def test_version_counts_query_is_bounded_by_the_model_and_time_index(tmp_path: P
 
 
 def test_a_store_made_before_the_quality_index_gets_it_at_open(store: SqlStore) -> None:
-    with store.engine.begin() as conn:
+    with store.engine.begin() as conn:  # as the release before schema versions left it
         conn.execute(text("DROP INDEX ix_predictions_model_created_at"))
+        conn.execute(text("DROP TABLE steward_schema_version"))
     assert "ix_predictions_model_created_at" not in indexes(store)
     url = store.engine.url.render_as_string(hide_password=False)
     reopened: list[SqlStore] = []
@@ -372,6 +371,50 @@ def test_log_close_drains(log: PredictionLog, sqlite_path: Path) -> None:
     assert count(sqlite_path) == 300
     with pytest.raises(StoreUnavailable, match="shutting down"):
         log.append([record()])
+
+
+def test_log_flush_interval_gathers_rows_until_a_batch_fills_someone_waits_or_it_closes(
+    sqlite_path: Path,
+) -> None:
+    """With an interval longer than the test, only a full batch, a flush or the close writes."""
+    log = PredictionLog(
+        open_store(f"sqlite:///{sqlite_path}"),
+        Metrics(CollectorRegistry()),
+        batch_size=10,
+        flush_interval=3600,
+    )
+    log.start()
+    log.append([record() for _ in range(4)])
+    log.append([record() for _ in range(6)])  # a full batch: written without the interval
+    assert wait_until(lambda: log.pending == 0, seconds=10)
+    assert count(sqlite_path) == 10
+    waiting = [record() for _ in range(3)]
+    log.append(waiting)
+    assert log.pending == 3
+    log.flush_if_pending([waiting[0].id], timeout=10)  # feedback does not wait out the interval
+    assert count(sqlite_path) == 13
+    log.append([record() for _ in range(2)])
+    assert log.pending == 2
+    assert log.close(10) == 0
+    log.store.close()
+    assert count(sqlite_path) == 15
+
+
+def test_log_close_says_how_many_acknowledged_rows_it_left_unwritten(sqlite_path: Path) -> None:
+    store = open_store(f"sqlite:///{sqlite_path}")
+    log = PredictionLog(store, Metrics(CollectorRegistry()))
+    log.start()
+    lock = sqlite3.connect(sqlite_path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
+        log.append([record() for _ in range(5)])
+        assert log.close(0.5) == 5
+    finally:
+        lock.rollback()
+        lock.close()
+    assert wait_until(lambda: log.pending == 0, seconds=30)  # the writer finishes its batch
+    store.close()
+    assert count(sqlite_path) == 5
 
 
 def test_log_refuses_beyond_max_pending_while_the_store_fails(
@@ -1032,8 +1075,9 @@ def test_a_store_made_before_shadow_predictions_gets_the_table_at_open(store: Sq
     one creates the table and its indexes, the others find them made, old rows stay."""
     old = record()
     store.write_predictions([old])
-    with store.engine.begin() as conn:
+    with store.engine.begin() as conn:  # as that release left it: before schema versions too
         conn.execute(text("DROP TABLE shadow_predictions"))
+        conn.execute(text("DROP TABLE steward_schema_version"))
     assert "shadow_predictions" not in inspect(store.engine).get_table_names()
     url = store.engine.url.render_as_string(hide_password=False)
     reopened: list[SqlStore] = []

@@ -14,7 +14,8 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 from swagger_ui_bundle import swagger_ui_path
 
-from app.api.deps import RegistryDep
+from app.api.api_keys import document_api_keys
+from app.api.deps import RegistryDep, SettingsDep
 from app.registry import Registry
 from app.schemas import FEEDBACK_REQUEST
 
@@ -33,8 +34,10 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/openapi.json")
-def openapi(request: Request, registry: RegistryDep) -> dict[str, Any]:
-    return build_openapi(request.app, registry)
+def openapi(request: Request, registry: RegistryDep, settings: SettingsDep) -> dict[str, Any]:
+    schema = build_openapi(request.app, registry)
+    document_api_keys(schema, bool(settings.api_key_secrets))
+    return schema
 
 
 @router.get("/docs")

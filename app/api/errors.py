@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from app import logs
 from app.errors import ClientClosedRequest, StewardError, error_payload, validation_error
 from app.metrics import Metrics
 
@@ -68,4 +69,9 @@ async def _client_disconnect(_: Request, exc: Exception) -> Response:
 
 async def _unexpected_error(_: Request, exc: Exception) -> Response:
     logger.exception("unhandled error", exc_info=exc)
-    return error_response(StewardError("internal server error"))
+    response = error_response(StewardError("internal server error"))
+    # Rendered by Starlette's outermost middleware, outside the one that sets this header.
+    request_id = logs.current_request_id()
+    if request_id is not None:
+        response.headers["X-Request-ID"] = request_id
+    return response

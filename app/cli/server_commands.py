@@ -3,14 +3,23 @@ standard library only), and start one (the server and its store imported when it
 
 import argparse
 import logging
+import logging.config
 import math
+import signal
 import socket
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from app import status
 from app.cli import arguments
 from app.cli.parser import Commands, add_command
 from app.errors import StewardError, StoreUnavailable
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
+
+STARTUP_FAILURE = 3  # uvicorn's exit status when the app's start-up failed
 
 
 def add_commands(commands: Commands) -> None:
@@ -36,7 +45,10 @@ def add_commands(commands: Commands) -> None:
         "serve",
         "start the HTTP server",
         "Serve every model in the registry. Settings are checked, and the prediction store\n"
-        "opened, before the server starts: a problem is one line and exit status 1.",
+        "opened, before the server starts: a problem is one line and exit status 1.\n"
+        "SIGTERM (or Ctrl-C) drains: new connections are refused, requests in flight get\n"
+        "STEWARD_DRAIN_SECONDS, the prediction log writes every acknowledged row; exit status\n"
+        "0, or 1 if rows were left unwritten.",
         "examples:\n  steward serve\n  steward serve --host 0.0.0.0 --port 8080",
     )
     serve.add_argument("--host", help="bind address (default: STEWARD_HOST or 127.0.0.1)")
@@ -57,11 +69,14 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from app.main import create_app
+    from app import logs
+    from app.api.header_timeout import header_timeout_protocol
+    from app.main import Shutdown, create_app
     from app.store import open_store
 
     # Pre-flight: what would fail in the server's start-up fails here, in one line.
-    app = create_app(settings)  # refuses a models directory that is not there
+    shutdown = Shutdown()
+    app = create_app(settings, shutdown)  # refuses a models directory that is not there
     try:
         open_store(settings.store_url).close()
     except StoreUnavailable as exc:
@@ -69,18 +84,58 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         raise StoreUnavailable(f"{exc} ({source})") from exc
     host, port = args.host or settings.host, args.port or settings.port
     _check_port_free(host, port)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.run(
+    # One handler and formatter for Steward's lines, uvicorn's and Python's warnings alike.
+    log_config = logs.config(settings)
+    logging.config.dictConfig(log_config)
+    logging.captureWarnings(True)
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=settings.log_level,
+        http=header_timeout_protocol(settings.header_timeout_seconds),
+        log_config=log_config,
+        access_log=False,  # steward.access has one line a request, with its id (app/logs.py)
         # Whole seconds for uvicorn, rounded up: 0.5 must not become "cancel requests at once".
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),
+        timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
     )
+    server = uvicorn.Server(config)
+    _run_until_stopped(server)
+    if not server.started:  # the app's start-up failed; uvicorn logged why
+        return STARTUP_FAILURE
+    if not shutdown.done:  # the app's shutdown failed before it closed the log
+        raise StewardError(
+            "shut down before the prediction log was drained: acknowledged predictions may be "
+            "unwritten (see the log above)"
+        )
+    if shutdown.unwritten_rows:
+        raise StoreUnavailable(
+            f"shut down with {shutdown.unwritten_rows} acknowledged predictions unwritten: the "
+            "prediction store did not take them within STEWARD_SHUTDOWN_TIMEOUT_SECONDS"
+        )
     return 0
+
+
+def _run_until_stopped(server: "uvicorn.Server") -> None:
+    """Serve until SIGTERM or SIGINT, then drain: a graceful stop returns, and the caller's
+    exit status says how it went.
+
+    uvicorn catches both signals while it serves, shuts down gracefully, then raises the signal
+    again for the handler it found, which by default kills the process (exit 143 for SIGTERM,
+    a KeyboardInterrupt for SIGINT) whether or not the drain went well. The handler it finds is
+    this one: it asks uvicorn to stop (a signal before uvicorn took over, during start-up,
+    still stops it), and the signal raised again after the drain changes nothing.
+    """
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.handle_exit(signum, frame)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -1,8 +1,10 @@
 """The prediction log's writer: acknowledged rows go to the store in batches, off the loop.
 
 Requests append rows and return at once; one background thread writes whatever has gathered
-as one transaction (group commit), so no request waits on a disk sync. ``close`` drains every
-acknowledged row before it returns.
+as one transaction (group commit), so no request waits on a disk sync. A row waits at most
+``flush_interval`` seconds before its write starts (sooner when a batch is full, or someone waits
+for it), which bounds what a crash can lose. ``close`` drains every acknowledged row before it
+returns.
 
 A failed batch is either the store failing or rows it refuses, and the writer tells them apart:
 
@@ -25,6 +27,7 @@ import contextlib
 import logging
 import reprlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -81,11 +84,13 @@ class PredictionLog:
         *,
         batch_size: int = 1000,
         max_pending: int = 100_000,
+        flush_interval: float = 0.0,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.batch_size = batch_size
         self.max_pending = max_pending
+        self.flush_interval = flush_interval
         self.last_error: str | None = None  # set while the store is down, not for a bad row
         self._pending: deque[PredictionRecord] = deque()
         # Pending ids, each with the count of rows appended up to and including it.
@@ -94,7 +99,11 @@ class PredictionLog:
         self._pending_shadows: dict[str, int] = {}
         self._appended = 0
         self._done = 0  # rows written or quarantined, always the oldest appended ones
+        # When rows were appended: (count up to the last row of one append, monotonic time).
+        self._appended_at: deque[tuple[int, float]] = deque()
+        self._hurry_upto = 0  # rows someone waits for (flush): written without the interval
         self._closing = False
+        self._abandoned = False  # closed, and its time to write the rest ran out: stop retrying
         self._waiters: deque[_Waiter] = deque()  # puts waiting for room, oldest first
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -158,6 +167,8 @@ class PredictionLog:
 
     def _extend(self, records: Sequence[PredictionRecord]) -> None:
         self._pending.extend(records)
+        if self.flush_interval > 0:
+            self._appended_at.append((self._appended + len(records), time.monotonic()))
         for record in records:
             self._appended += 1
             self._pending_ids[record.id] = self._appended
@@ -188,7 +199,8 @@ class PredictionLog:
         written (feedback labels both).
 
         Rows are written in order, so this waits for the rows up to the last of those only,
-        not for the whole backlog.
+        not for the whole backlog. While the store is down it does not wait: StoreUnavailable
+        at once (feedback answers 503 with Retry-After rather than hold the client).
         """
         with self._cond:
             target = max(
@@ -196,7 +208,7 @@ class PredictionLog:
                 default=0,
             )
         if target:
-            self._wait_written(target, timeout)
+            self._wait_written(target, timeout, while_down=False)
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until every row appended so far is written (or quarantined); StoreUnavailable on
@@ -205,28 +217,41 @@ class PredictionLog:
             target = self._appended
         self._wait_written(target, timeout)
 
-    def _wait_written(self, target: int, timeout: float) -> None:
+    def _wait_written(self, target: int, timeout: float, *, while_down: bool = True) -> None:
+        def settled() -> bool:
+            return self._done >= target or (not while_down and self.last_error is not None)
+
         with self._cond:
-            if not self._cond.wait_for(lambda: self._done >= target, timeout):
+            if target > self._hurry_upto:
+                self._hurry_upto = target
+                self._cond.notify_all()  # the writer, waiting out its flush interval
+            if not self._cond.wait_for(settled, timeout) or self._done < target:
                 raise StoreUnavailable(
                     "the prediction store did not take pending rows in time"
                     + (f" ({self.last_error})" if self.last_error else "")
                 )
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop accepting rows, write every pending one (waiting up to ``timeout``)."""
+    def close(self, timeout: float = 30.0) -> int:
+        """Stop accepting rows, write every pending one (waiting up to ``timeout``); the
+        number of acknowledged rows left unwritten (0: nothing lost)."""
         with self._cond:
             self._closing = True
             self._refuse_waiters(lambda: StoreUnavailable("the prediction log is shutting down"))
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if self._pending:
+        with self._cond:  # a writer still retrying a store that is down gives up: nobody waits
+            self._abandoned = True
+            self._cond.notify_all()
+        unwritten = len(self._pending)  # the writer may still be at it: one reading
+        if unwritten:
+            self.metrics.log_dropped.inc(unwritten)
             logger.error(
                 "prediction log closed with %d acknowledged rows unwritten: %s",
-                len(self._pending),
+                unwritten,
                 self.last_error,
             )
+        return unwritten
 
     def _run(self) -> None:
         failures = 0
@@ -235,6 +260,7 @@ class PredictionLog:
                 self._cond.wait_for(lambda: bool(self._pending) or self._closing)
                 if not self._pending:
                     return
+                self._wait_flush_interval()
                 batch = list(islice(self._pending, self.batch_size))
             try:
                 refusal = self._write(batch)
@@ -245,16 +271,36 @@ class PredictionLog:
                 with self._cond:
                     self.last_error = str(exc)
                     self._refuse_waiters(self._full)
+                    self._cond.notify_all()  # flush_if_pending does not wait for a store down
                 self.metrics.count_error(None, "store")
                 logger.warning(
                     "prediction log write failed (%d rows kept): %s", self.pending, self.last_error
                 )
                 with self._cond:
                     delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
-                    self._cond.wait(delay)
+                    self._cond.wait_for(lambda: self._abandoned, delay)
+                    if self._abandoned:
+                        return
                 continue
             failures = 0
             self.last_error = None
+
+    def _wait_flush_interval(self) -> None:
+        """Let rows gather until the oldest pending one has waited ``flush_interval``, unless
+        a batch is full, puts wait for room, someone waits for the rows, or the log closes
+        (called with the lock held, rows pending)."""
+        if not self._appended_at:  # flush_interval is 0
+            return
+        due = self._appended_at[0][1] + self.flush_interval
+        self._cond.wait_for(
+            lambda: (
+                self._closing
+                or len(self._pending) >= self.batch_size
+                or bool(self._waiters)
+                or self._hurry_upto > self._done
+            ),
+            due - time.monotonic(),
+        )
 
     def _write(self, rows: Sequence[PredictionRecord]) -> Exception | None:
         """Write ``rows`` in one transaction: None when written; the refusal when the store
@@ -328,6 +374,8 @@ class PredictionLog:
                 served = record.shadow_of
                 if served is not None and self._pending_shadows.get(served) == self._done:
                     del self._pending_shadows[served]
+            while self._appended_at and self._appended_at[0][0] <= self._done:
+                self._appended_at.popleft()
             self.metrics.log_pending.set(len(self._pending))
             if written:
                 self.metrics.log_written.inc(len(rows))

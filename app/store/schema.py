@@ -1,4 +1,4 @@
-"""The prediction store's tables, and their creation at open: new stores and older ones alike.
+"""The prediction store's tables (created and upgraded at open by app/store/migrations.py).
 
 Everything stored is UTC; SQLite keeps no time zone, so what it gives back is made UTC again
 (``as_utc``).
@@ -11,7 +11,6 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
-    Engine,
     Float,
     Index,
     Integer,
@@ -20,8 +19,6 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlalchemy.schema import CreateIndex
 
 schema = MetaData()
 
@@ -45,10 +42,9 @@ predictions = Table(
     Index("ix_predictions_model_created_at", "model", "created_at"),
 )
 
-# Indexes added after the first release: create_all makes a table's indexes only with the table,
-# so a store created by an older Steward gets these at open, each IF NOT EXISTS. So do those of
-# shadow_predictions, a later table: a replica that lost the race to create it (see
-# create_schema) must not depend on the winner having got as far as its indexes.
+# Indexes added after the first release, before schema versions: create_all makes a table's
+# indexes only with the table, so the baseline migration creates these IF NOT EXISTS for a store
+# an older Steward created.
 LATER_INDEXES = (
     "ix_predictions_model_created_at",
     "ix_shadow_predictions_prediction_id",
@@ -98,38 +94,6 @@ heartbeat = Table(
     Column("id", Integer, primary_key=True),
     Column("at", DateTime(timezone=True), nullable=False),
 )
-
-
-def create_schema(engine: Engine) -> None:
-    """Create the tables a store lacks (all of them for a new one; those added since for a
-    store made by an older Steward).
-
-    Safe when several replicas (or processes on one SQLite file) start at once: the loser of a
-    race to create the same table ("already exists", or on PostgreSQL a unique violation in its
-    catalog) tries once more, and finds it made. An outage fails the second try too.
-    """
-    try:
-        schema.create_all(engine)
-    except (IntegrityError, ProgrammingError, OperationalError):
-        schema.create_all(engine)
-    _create_later_indexes(engine)
-
-
-def _create_later_indexes(engine: Engine) -> None:
-    """Create the indexes of LATER_INDEXES that a store opened by an older Steward lacks.
-
-    Safe when several replicas start at once: IF NOT EXISTS, and on PostgreSQL the loser of a
-    race to create the same index (a unique violation in its catalog) finds it made.
-    """
-    for index in (*predictions.indexes, *shadow_predictions.indexes):
-        if index.name not in LATER_INDEXES:
-            continue
-        try:
-            with engine.begin() as conn:
-                conn.execute(CreateIndex(index, if_not_exists=True))
-        except (IntegrityError, OperationalError):
-            with engine.begin() as conn:
-                conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 def as_utc(value: datetime | None) -> datetime | None:

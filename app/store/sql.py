@@ -49,15 +49,16 @@ from app.store.base import (
     VersionCounts,
 )
 from app.store.bulk import BulkInsert
+from app.store.migrations import migrate
 from app.store.queries import labelled_rows_query, paired_counts_query, version_counts_query
 from app.store.schema import (
     as_utc,
-    create_schema,
     heartbeat,
     predictions,
     quarantine,
     shadow_predictions,
 )
+from app.store.sqlite_file import SqliteFile
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -102,9 +103,26 @@ class SqlStore:
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
-        with _store_errors("create its schema"):
-            create_schema(engine)
-            self._insert = BulkInsert(engine)
+        try:
+            with _store_errors("create its schema"):
+                migrate(engine)
+                self._insert = BulkInsert(engine)
+        except StoreUnavailable:
+            engine.dispose()  # a store refused at open leaves no connection behind
+            raise
+        # A file on disk is watched: writes into one removed while serving would be lost. (Not
+        # a URI filename: ``file:...?mode=ro`` and the like are opened as the URI says.)
+        database = engine.url.database
+        self._file = (
+            SqliteFile(Path(database))
+            if engine.dialect.name == "sqlite"
+            and database
+            and database != ":memory:"
+            and not engine.url.query.get("uri")
+            else None
+        )
+        if self._file is not None:
+            event.listen(engine, "do_connect", self._file.open_existing)
 
     def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
         if not records:
@@ -268,14 +286,42 @@ class SqlStore:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._file is not None:
+            self._file.close()
+
+    @contextlib.contextmanager
+    def transaction(self, action: str) -> Iterator[Connection]:
+        """A write transaction queued with the log writer's (retention's deletes); database
+        errors as StoreUnavailable, naming ``action``."""
+        with _store_errors(action), self._writing() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
         """A write transaction. SQLite takes one writer at a time, and one that finds the file
         locked sleeps in its busy handler (up to 100 ms a nap): writers of this process queue
-        on a lock instead, and are woken as soon as the one before them commits."""
-        with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        on a lock instead, and are woken as soon as the one before them commits. A SQLite file
+        removed or replaced since the last write is an outage until it is whole again."""
+        with self._write_lock:
+            if self._file is not None:
+                self._file.ensure(self._disconnect, self._create_schema)
+            with self.engine.begin() as conn:
+                yield conn
+
+    def _disconnect(self) -> None:
+        """Close every connection to the old file, or refuse (the store stays down a moment):
+        a reader's connection closed after the new file is in place would, as the last one
+        on the old file, delete the new file's write-ahead log by its name."""
+        checked_out = getattr(self.engine.pool, "checkedout", lambda: 0)()
+        if checked_out:
+            raise StoreUnavailable(
+                f"the SQLite file is being replaced; {checked_out} reads still running"
+            )
+        self.engine.dispose()
+
+    def _create_schema(self) -> None:
+        with _store_errors("create its schema"):
+            migrate(self.engine)
 
 
 def _ground_truth(text: str | None) -> Any:
@@ -315,14 +361,18 @@ def open_store(url: str) -> SqlStore:
         raise StoreUnavailable(
             "the store URL is not a SQLAlchemy URL (dialect+driver://user:password@host/database)"
         ) from None
+    # hide_parameters: an SQLAlchemy error's text never quotes the rows' inputs and outputs, if
+    # one reaches a log line unwrapped (the store's own errors name the driver's reason only).
     try:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 _make_folder(Path(parsed.database).parent)
-            engine = create_engine(url, json_serializer=_json_text)
+            engine = create_engine(url, json_serializer=_json_text, hide_parameters=True)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
+            engine = create_engine(
+                url, pool_pre_ping=True, json_serializer=_json_text, hide_parameters=True
+            )
     except (ArgumentError, ImportError) as exc:  # an unknown dialect, a driver not installed
         raise StoreUnavailable(
             f"no usable database driver for {parsed.drivername!r} in the store URL: {exc}"
