@@ -11,7 +11,6 @@ only (app/api/admin.py), and an API key never does.
 
 import hashlib
 import hmac
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.errors import error_response
-from app.api.paths import route_path
+from app.api.paths import client_route, route_path
 from app.errors import Unauthorized
 
 HEADER_SCHEME = "ApiKeyHeader"  # names in /openapi.json; the admin token's is HTTPBearer
@@ -39,15 +38,7 @@ _SCHEMES = {
         "description": "An API key as a bearer token (the same keys as X-API-Key).",
     },
 }
-_SLASHES = re.compile("/{2,}")
 _UNAUTHORIZED = {"description": "No API key, or a wrong one.", "content": {}}
-
-
-def guarded(path: str) -> bool:
-    """Whether a request routed on ``path`` (app/api/paths.py) needs a key, when keys are
-    configured. Slashes doubled by the client are read as one: never a guarded route unguarded."""
-    path = _SLASHES.sub("/", path)
-    return path == "/feedback" or path == "/predict" or path.startswith("/predict/")
 
 
 class ApiKeyMiddleware:
@@ -58,7 +49,7 @@ class ApiKeyMiddleware:
         self._digests = tuple(_digest(key.get_secret_value()) for key in keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._digests and scope["type"] == "http" and guarded(route_path(scope)):
+        if self._digests and scope["type"] == "http" and client_route(route_path(scope)):
             refusal = self._refusal(Headers(scope=scope))
             if refusal is not None:
                 await error_response(refusal)(scope, receive, send)
@@ -92,7 +83,7 @@ def document_api_keys(schema: dict[str, Any], enabled: bool) -> None:
     components = schema.setdefault("components", {})
     components.setdefault("securitySchemes", {}).update(_SCHEMES)
     for path, item in schema["paths"].items():
-        if not guarded(path):
+        if not client_route(path):
             continue
         for operation in item.values():
             if isinstance(operation, dict):

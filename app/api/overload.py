@@ -12,31 +12,20 @@ from collections import deque
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response
-from app.api.paths import route_path
+from app.api.paths import client_route, route_path
 from app.errors import Overloaded
 from app.metrics import Metrics
 
-LIMITED_PATHS = ("/predict", "/feedback")
-
 
 class ConcurrencyLimit:
-    def __init__(
-        self,
-        app: ASGIApp,
-        limit: int,
-        metrics: Metrics,
-        paths: tuple[str, ...] = LIMITED_PATHS,
-    ) -> None:
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics) -> None:
         self.app = app
         self.limit = limit
-        self._paths = frozenset(paths)
-        self._prefixes = tuple(p + "/" for p in paths)
         self.in_flight = 0  # one event loop: no lock needed between the check and the increment
         self._refused = metrics.http_refused.labels("overloaded")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = route_path(scope) if scope["type"] == "http" else ""
-        if not (path in self._paths or path.startswith(self._prefixes)):
+        if scope["type"] != "http" or not client_route(route_path(scope)):
             await self.app(scope, receive, send)
             return
         arrived = deque(await _read_body(receive))
