@@ -34,6 +34,12 @@ def records(count: int) -> list[PredictionRecord]:
     ]
 
 
+def remove_store_files(folder: Path) -> None:
+    """``rm store.db*``: the file, its write-ahead log and shared memory, as an operator would."""
+    for name in ("store.db", "store.db-wal", "store.db-shm"):
+        (folder / name).unlink(missing_ok=True)
+
+
 def ids_in(path: Path) -> set[str]:
     with sqlite3.connect(path) as conn:
         return {row[0] for row in conn.execute("SELECT id FROM predictions")}
@@ -65,8 +71,7 @@ def test_a_removed_file_is_rebuilt_with_every_row_written_before_and_after(
     before, after = records(30), records(20)
     try:
         store.write_predictions(before)
-        for name in ("store.db", "store.db-wal", "store.db-shm"):
-            (tmp_path / name).unlink(missing_ok=True)
+        remove_store_files(tmp_path)
         store.write_predictions(after)
         assert set(store.get_predictions([r.id for r in before + after])) == {
             r.id for r in before + after
@@ -133,8 +138,7 @@ def test_a_read_after_the_file_is_removed_does_not_make_an_empty_file_that_loses
     before, after = records(30), records(20)
     try:
         store.write_predictions(before)
-        for name in ("store.db", "store.db-wal", "store.db-shm"):
-            (tmp_path / name).unlink(missing_ok=True)
+        remove_store_files(tmp_path)
         # The pooled connection busy: the read opens a new one.
         with store.engine.connect(), pytest.raises(StoreUnavailable, match="read predictions"):
             store.get_predictions([before[0].id])
@@ -153,8 +157,7 @@ def test_an_empty_file_put_at_the_path_is_taken_for_a_removed_one(tmp_path: Path
     before, after = records(30), records(20)
     try:
         store.write_predictions(before)
-        for name in ("store.db", "store.db-wal", "store.db-shm"):
-            (tmp_path / name).unlink(missing_ok=True)
+        remove_store_files(tmp_path)
         with sqlite3.connect(path) as other:  # another process opens the path
             other.execute("PRAGMA journal_mode=WAL")
         store.write_predictions(after)
@@ -171,8 +174,7 @@ def test_a_rebuild_under_way_in_another_process_does_not_block_this_one(tmp_path
     before, after = records(10), records(10)
     try:
         store.write_predictions(before)
-        for name in ("store.db", "store.db-wal", "store.db-shm"):
-            (tmp_path / name).unlink(missing_ok=True)
+        remove_store_files(tmp_path)
         (tmp_path / "store.db.rebuilding").mkdir()  # the other process's copy, in the way
         store.write_predictions(after)
     finally:
