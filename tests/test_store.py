@@ -8,9 +8,8 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-import psycopg
 import pytest
-from helpers import POSTGRES, wait_until
+from helpers import postgres_schema, wait_until
 from prometheus_client import CollectorRegistry
 from sqlalchemy import inspect, select, text
 
@@ -41,20 +40,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
         yield opened
         opened.close()
         return
-    schema = f"steward_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
-    with admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-        url = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
-        opened = open_store(f"{url}?options=-csearch_path%3D{schema}")
+    with postgres_schema("steward_test") as url:
+        opened = open_store(url)
         try:
             yield opened
         finally:
             opened.close()
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 NAMES = ("a", "colour", "note")

@@ -2,7 +2,8 @@
 
 The tables (schema.py), the live-quality queries (queries.py) and the log's INSERTs (bulk.py) are
 portable SQL; only connection set-up differs per dialect, so a PostgreSQL URL drops in (with its
-driver installed) behind the same contract tests.
+driver, psycopg 3, installed; its connection pool sized by settings, pool.py) behind the same
+contract tests.
 """
 
 import contextlib
@@ -50,6 +51,7 @@ from app.store.base import (
 )
 from app.store.bulk import BulkInsert
 from app.store.migrations import migrate
+from app.store.pool import PoolOptions
 from app.store.queries import labelled_rows_query, paired_counts_query, version_counts_query
 from app.store.schema import (
     as_utc,
@@ -76,6 +78,7 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+DEFAULT_POOL = PoolOptions()
 _OUTAGES = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 
 
@@ -353,8 +356,9 @@ def _shadow(row: Any) -> StoredShadow:
     )
 
 
-def open_store(url: str) -> SqlStore:
-    """Open (creating if needed) the store at a SQLAlchemy URL; StoreUnavailable if it cannot."""
+def open_store(url: str, pool: PoolOptions = DEFAULT_POOL) -> SqlStore:
+    """Open (creating if needed) the store at a SQLAlchemy URL; StoreUnavailable if it cannot.
+    ``pool`` sizes a PostgreSQL store's connection pool (app/store/pool.py)."""
     try:
         parsed = make_url(url)
     except ArgumentError:  # its message would repeat the URL, password included
@@ -371,7 +375,7 @@ def open_store(url: str) -> SqlStore:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(
-                url, pool_pre_ping=True, json_serializer=_json_text, hide_parameters=True
+                url, json_serializer=_json_text, hide_parameters=True, **pool.engine_arguments()
             )
     except (ArgumentError, ImportError) as exc:  # an unknown dialect, a driver not installed
         raise StoreUnavailable(
