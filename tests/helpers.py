@@ -18,7 +18,7 @@ import pandas as pd
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from httpx2 import Response
+from httpx2 import Client, Response
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.artifacts import load_estimator, read_metadata, save_version
@@ -75,8 +75,9 @@ def assert_error(response: Response, status: int, code: str) -> dict[str, Any]:
     return error
 
 
-def metric(client: TestClient, name: str, **labels: str) -> float:
-    """The value of the one sample on /metrics with exactly these labels; fails if absent."""
+def metric(client: Client, name: str, **labels: str) -> float:
+    """The value of the one sample on /metrics with exactly these labels; fails if absent.
+    ``client``: a TestClient, or an httpx2 client of a real server."""
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
             if sample.name == name and sample.labels == labels:
@@ -84,7 +85,7 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{labels} on /metrics")
 
 
-def metric_sum(client: TestClient, name: str, **labels: str) -> float:
+def metric_sum(client: Client, name: str, **labels: str) -> float:
     """Sum of every sample of ``name`` matching ``labels`` (like PromQL sum())."""
     total = 0.0
     for family in text_string_to_metric_families(client.get("/metrics").text):
