@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import postgres_schema, wait_until
 from prometheus_client import CollectorRegistry
-from sqlalchemy import inspect, select, text
+from sqlalchemy import Connection, create_engine, inspect, select, text, update
 
 from app.errors import StoreUnavailable
 from app.metrics import Metrics
@@ -28,7 +28,7 @@ from app.store import (
     open_store,
 )
 from app.store.queries import labelled_rows_query, paired_counts_query, version_counts_query
-from app.store.schema import quarantine, shadow_predictions
+from app.store.schema import predictions, quarantine, shadow_predictions
 
 SETOSA = {"prediction": "setosa"}  # the output column of record()
 
@@ -158,6 +158,74 @@ def test_concurrent_labels_label_once(store: SqlStore) -> None:
     for thread in threads:
         thread.join()
     assert sorted(len(r) for r in results) == [0, 0, 0, 1]
+
+
+def test_a_label_waiting_on_another_replicas_label_of_the_row_changes_nothing(
+    store: SqlStore,
+) -> None:
+    """Another replica labels the row in a transaction still open: this one's UPDATE waits for
+    its row lock (PostgreSQL; the file's write lock on SQLite), then checks ``ground_truth IS
+    NULL`` again on the row as committed, and labels nothing."""
+    row = record()
+    store.write_predictions([row])
+    other = create_engine(store.engine.url)
+    results: list[set[str]] = []
+    try:
+        with other.connect() as replica:
+            replica.execute(
+                update(predictions)
+                .where(predictions.c.id == row.id, predictions.c.ground_truth.is_(None))
+                .values(ground_truth='"virginica"', correct=False, feedback_at=datetime.now(UTC))
+            )
+            waiting = threading.Thread(
+                target=lambda: results.append(store.label([label(row.id, "setosa")]))
+            )
+            waiting.start()
+            if store.engine.dialect.name == "postgresql":
+                assert wait_until(lambda: lock_waits(replica) == 1, seconds=30)
+            replica.commit()
+            waiting.join(timeout=60)
+    finally:
+        other.dispose()
+    assert results == [set()]
+    stored = store.get_predictions([row.id])[row.id]
+    assert (stored.ground_truth, stored.correct) == ("virginica", False)
+
+
+def lock_waits(conn: Connection) -> int:
+    """Backends of this database waiting for a lock (PostgreSQL)."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def test_batches_naming_the_same_ids_in_opposite_orders_label_each_once(
+    store: SqlStore,
+) -> None:
+    """Two replicas' feedback batches over the same rows, one in reverse: rows are locked in
+    one order, so neither waits for the other in a cycle (PostgreSQL would abort one)."""
+    for _ in range(10):
+        rows = [record() for _ in range(50)]
+        store.write_predictions(rows)
+        ids = [r.id for r in rows]
+        results: list[set[str]] = []
+        threads = [
+            threading.Thread(
+                target=lambda order=order, into=results: into.append(
+                    store.label([label(i, "setosa") for i in order])
+                )
+            )
+            for order in (ids, ids[::-1])
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert len(results) == 2
+        assert results[0] | results[1] == set(ids)
+        assert results[0] & results[1] == set()
 
 
 def test_unknown_ids_are_not_labelled(store: SqlStore) -> None:

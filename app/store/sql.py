@@ -174,10 +174,19 @@ class SqlStore:
         }
 
     def label(self, labels: Sequence[Label]) -> set[str]:
+        """Label each prediction not labelled yet; the ids labelled now.
+
+        Safe across replicas as it is, under PostgreSQL's READ COMMITTED: the UPDATE's
+        ``ground_truth IS NULL`` is checked again on the newest version of the row once its row
+        lock is had, so of two replicas labelling one row at once the second waits for the
+        first to commit, then finds it labelled and changes nothing (rowcount 0: the feedback
+        path then answers duplicate or conflict). On SQLite one writer at a time holds the
+        file. Rows are locked in id order, so two batches naming the same ids cannot deadlock.
+        """
         labelled = set()
         p, s = predictions.c, shadow_predictions.c
         with _store_errors("record feedback"), self._writing() as conn:
-            for item in labels:
+            for item in sorted(labels, key=lambda label: label.prediction_id):
                 result = conn.execute(
                     update(predictions)
                     .where(p.id == item.prediction_id, p.ground_truth.is_(None))
