@@ -244,9 +244,9 @@ def postgres_admin() -> psycopg.Connection[Any]:
         return psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
         reason = f"no PostgreSQL at {POSTGRES}: {' '.join(str(exc).split())}"
-        if POSTGRES_REQUIRED:
-            pytest.fail(f"{reason} (STEWARD_TEST_POSTGRES_REQUIRED is set)", pytrace=False)
-        pytest.skip(reason)
+    if POSTGRES_REQUIRED:  # out of the except block: the failure is this one line, unchained
+        pytest.fail(f"{reason} (STEWARD_TEST_POSTGRES_REQUIRED is set)", pytrace=False)
+    pytest.skip(reason)
 
 
 @contextmanager
