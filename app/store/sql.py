@@ -79,6 +79,9 @@ def _json_text(value: Any) -> str:
 
 
 DEFAULT_POOL = PoolOptions()
+# PostgreSQL refusing every write, whatever it is given: a read-only transaction (a hot standby
+# after a failover, default_transaction_read_only). psycopg files it under InternalError.
+_READ_ONLY = frozenset({"25006"})
 _OUTAGES = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 
 
@@ -92,7 +95,8 @@ def _store_errors(
         yield
     except SQLAlchemyError as exc:
         outage = isinstance(exc, _OUTAGES) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated
+            isinstance(exc, DBAPIError)
+            and (exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in _READ_ONLY)
         )
         error = StoreUnavailable if outage else refused
         raise error(f"prediction store failed to {action}: {exc.__cause__ or exc}") from exc
