@@ -1,9 +1,9 @@
 """How a process shares its connections to a PostgreSQL store: one pool, sized by settings.
 
 The pool is SQLAlchemy's own QueuePool over psycopg 3, not psycopg_pool. The store is SQLAlchemy
-Core, and the engine's pool is the one that sees what the SQL layer sees: a connection that
-fails a query with a disconnection is invalidated there (with every other connection of the
-pool checked out before it), ``pool_pre_ping`` tests each one as it is checked out, and waiting
+Core, and the engine's pool is the one that sees what the SQL layer sees: a disconnection
+error invalidates that connection and every older one in the pool (a restarted server cut them
+all), ``pool_pre_ping`` tests each one as it is checked out, and waiting
 past ``pool_timeout`` raises the error the store already reports as an outage (503
 ``store_unavailable``). psycopg_pool under SQLAlchemy would be a second pool beneath NullPool,
 its own threads and health checks blind to the engine's invalidations, and one more dependency;
