@@ -233,7 +233,10 @@ def test_feedback_waiting_past_the_pool_timeout_gets_503_and_then_recovers(
                 refused = http.post("/feedback", json=feedback)
                 assert refused.status_code == 503, refused.text
                 assert refused.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
-                assert refused.json()["error"]["code"] == "store_unavailable"
+                error = refused.json()["error"]
+                assert error["code"] == "store_unavailable"
+                assert "QueuePool limit of size 1 overflow 0 reached" in error["message"]
+                assert "timeout 0.50" in error["message"]
                 locker.rollback()
             assert http.post("/feedback", json=feedback).json()["status"] == "accepted"
             assert wait_until(lambda: metric(http, "steward_prediction_log_pending_rows") == 0)
