@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import ADMIN_TOKEN, postgres_schema
+from helpers import ADMIN_TOKEN, postgres_store
 
 from app.main import create_app
 from app.settings import Settings
@@ -69,9 +69,5 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
         yield opened
         opened.close()
         return
-    with postgres_schema("steward_test") as url:
-        opened = open_store(url)
-        try:
-            yield opened
-        finally:
-            opened.close()
+    with postgres_store("steward_test") as opened:
+        yield opened

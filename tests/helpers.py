@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.artifacts import load_estimator, read_metadata, save_version
 from app.cli import main
-from app.store import Label, PredictionRecord, PredictionStore, open_store
+from app.store import Label, PredictionRecord, PredictionStore, SqlStore, open_store
 
 ADMIN_TOKEN = "s3cret-admin-token-0123456789"
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -274,3 +274,15 @@ def postgres_schema(prefix: str) -> Iterator[str]:
             yield f"{url}?options=-csearch_path%3D{name}"
         finally:
             admin.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+@contextmanager
+def postgres_store(prefix: str) -> Iterator[SqlStore]:
+    """A new, empty store in a schema of its own on the test PostgreSQL; closed and dropped
+    afterwards."""
+    with postgres_schema(prefix) as url:
+        opened = open_store(url)
+        try:
+            yield opened
+        finally:
+            opened.close()
