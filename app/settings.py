@@ -38,6 +38,27 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the prediction store; default: SQLite in data_dir."
     )
+    database_pool_size: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections each process keeps open to the store (the log "
+        "writer, feedback and quality reads share them); ignored for SQLite.",
+    )
+    database_pool_max_overflow: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="PostgreSQL connections opened beyond database_pool_size at busy moments, "
+        "closed again when returned; ignored for SQLite.",
+    )
+    database_pool_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How long a store call waits for a free PostgreSQL connection; then the "
+        "store counts as unavailable (503 store_unavailable). Ignored for SQLite.",
+    )
     default_model: str | None = Field(
         None,
         description="Model served by POST /predict; default: the only model at start-up, if one.",

@@ -72,13 +72,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from app import logs
     from app.api.header_timeout import header_timeout_protocol
     from app.main import Shutdown, create_app
-    from app.store import open_store
+    from app.store import PoolOptions, open_store
 
     # Pre-flight: what would fail in the server's start-up fails here, in one line.
     shutdown = Shutdown()
     app = create_app(settings, shutdown)  # refuses a models directory that is not there
     try:
-        open_store(settings.store_url).close()
+        open_store(settings.store_url, PoolOptions.of(settings)).close()
     except StoreUnavailable as exc:
         source = "STEWARD_DATABASE_URL" if settings.database_url else "STEWARD_DATA_DIR"
         raise StoreUnavailable(f"{exc} ({source})") from exc
