@@ -28,6 +28,7 @@ from helpers import (
 from server import STEWARD, free_port, serving
 
 from app.ids import issued_at, new_ids
+from app.late_predictions import CLOCK_SKEW_SECONDS, young
 from app.training import train_demo
 
 FLUSH = 3.0  # A's flush interval: its rows stay in its buffer this long
@@ -91,6 +92,23 @@ def predicted(http: httpx2.Client, *rows: dict[str, float]) -> list[dict[str, An
 def id_issued(at: float) -> str:
     """A well-formed id of ours (UUIDv7) issued at Unix time ``at``: one nobody predicted."""
     return f"{int(at * 1000):012x}7{uuid.uuid4().hex[:3]}8{uuid.uuid4().hex[:15]}"
+
+
+def test_young_ids_wait_until_their_issue_time_plus_the_wait() -> None:
+    now = 1_800_000_000.0
+    just = id_issued(now)
+    edge_past = id_issued(now - WAIT + 0.001)  # the last millisecond still young
+    too_old = id_issued(now - WAIT)
+    edge_future = id_issued(now + CLOCK_SKEW_SECONDS)
+    too_far = id_issued(now + CLOCK_SKEW_SECONDS + 0.001)
+    foreign = uuid.uuid4().hex
+    ends = young([just, edge_past, too_old, edge_future, too_far, foreign], WAIT, now)
+    assert ends == {
+        just: now + WAIT,
+        edge_past: now + 0.001,
+        edge_future: now + CLOCK_SKEW_SECONDS + WAIT,
+    }
+    assert young([just], 0.0, now) == {}
 
 
 def test_feedback_reaches_another_replica_before_its_row_is_written(replicas: Replicas) -> None:
