@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
                 settings.target_range_multiple,
                 predictor.shadows,
                 settings.shadow_wait_seconds,
+                settings.feedback_pending_wait_seconds,
             ),
             readiness=Readiness(registry, store, log, settings.required_models),
             watcher=watcher,

@@ -163,6 +163,15 @@ class Settings(BaseSettings):
         description="How long feedback for a row waits for its shadow prediction still running, "
         "so both are labelled together; a shadow later than this misses that label.",
     )
+    feedback_pending_wait_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="Feedback for an id not in the store yet (another worker or replica may "
+        "still hold it in its buffer) looks for it again until this long after the id was "
+        "issued, then 404; an older id is 404 at once. At least that process's "
+        "log_flush_interval_seconds plus a write; 0: no wait.",
+    )
     quality_window_seconds: float = Field(
         7 * 86400.0,
         gt=0,

@@ -1,8 +1,8 @@
-"""A real `steward serve` scraped every second by a real Prometheus that evaluates the bundled
-alert rules: the end-to-end tests' monitoring stack."""
+"""A real `steward serve` (or several: ``prometheus``) scraped every second by a real Prometheus
+that evaluates the bundled alert rules: the end-to-end tests' monitoring stack."""
 
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -15,27 +15,36 @@ INSTALL_HINT = "Debian's prometheus package is missing: run `make test`"
 
 
 @contextmanager
-def scraped(
-    work: Path, env: Mapping[str, str], *, ready: str = "/readyz"
-) -> Iterator[tuple[Server, Server]]:
-    """Steward on a free port (its log ``work/steward.log``) and Prometheus scraping it (its
-    config, data and log in ``work``); both stopped on exit."""
+def prometheus(work: Path, targets: Sequence[str], env: Mapping[str, str]) -> Iterator[Server]:
+    """Prometheus on a free port scraping every ``targets`` address (``host:port``) each second
+    as job ``steward`` (each its own ``instance``) and evaluating the bundled alert rules; its
+    config, data and log in ``work``. Stopped on exit."""
     assert PROMETHEUS, INSTALL_HINT
-    steward_port, prometheus_port = free_port(), free_port()
+    port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],
-        "scrape_configs": [
-            {"job_name": "steward", "static_configs": [{"targets": [f"127.0.0.1:{steward_port}"]}]}
-        ],
+        "scrape_configs": [{"job_name": "steward", "static_configs": [{"targets": [*targets]}]}],
     }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
     argv = [
         PROMETHEUS,
         f"--config.file={work / 'prometheus.yml'}",
         f"--storage.tsdb.path={work / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{prometheus_port}",
+        f"--web.listen-address=127.0.0.1:{port}",
     ]
+    with serving(argv, port=port, env=env, log=work / "prometheus.log", ready="/-/ready") as up:
+        yield up
+
+
+@contextmanager
+def scraped(
+    work: Path, env: Mapping[str, str], *, ready: str = "/readyz"
+) -> Iterator[tuple[Server, Server]]:
+    """Steward on a free port (its log ``work/steward.log``) and Prometheus scraping it (its
+    config, data and log in ``work``); both stopped on exit."""
+    assert PROMETHEUS, INSTALL_HINT
+    steward_port = free_port()
     with ExitStack() as running:
         steward = running.enter_context(
             serving(
@@ -46,9 +55,5 @@ def scraped(
                 ready=ready,
             )
         )
-        prometheus = running.enter_context(
-            serving(
-                argv, port=prometheus_port, env=env, log=work / "prometheus.log", ready="/-/ready"
-            )
-        )
-        yield steward, prometheus
+        scraper = running.enter_context(prometheus(work, [f"127.0.0.1:{steward_port}"], env))
+        yield steward, scraper
