@@ -264,7 +264,7 @@ def aliases_locked(root: Path, name: str) -> Iterator[None]:
         if exc.errno not in READ_ONLY:
             raise
         raise RegistryReadOnly(
-            "the model registry is read-only to this server: nothing was changed",
+            "the model registry is read-only here: nothing was changed",
             [{"field": "registry", "message": REGISTRY_READ_ONLY_HINT}],
             model=name,
         ) from exc

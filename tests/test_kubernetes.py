@@ -36,6 +36,7 @@ from helpers import (
     wait_until,
 )
 from promql import used_metric_names
+from server import STEWARD
 from stack import scraped
 
 from app.settings import ENV_PREFIX, Settings, load_settings
@@ -462,6 +463,12 @@ def test_a_fleet_has_one_autoscaler_and_a_budget(
     }
     assert one(objs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     assert environment(objs)["STEWARD_DATABASE_URL"].startswith("postgresql+psycopg://")
+    # The registry writer, applied on its own, reads the same database (steward retrain).
+    (writer,) = one(rendered["registry-writer"], "Pod")["spec"]["containers"]
+    (database,) = [o for o in objs if o["kind"] == "Secret" and "STEWARD_DATABASE_URL" in o["data"]]
+    assert writer["envFrom"] == [
+        {"secretRef": {"name": database["metadata"]["name"], "optional": True}}
+    ]
     claims = [o["metadata"]["name"] for o in objs if o["kind"] == "PersistentVolumeClaim"]
     assert claims == ["steward-registry"]
     data = next(v for v in pod_spec(objs)["volumes"] if v["name"] == "data")
@@ -629,4 +636,26 @@ def test_the_rendered_pod_serves_from_a_read_only_registry_and_scales_on_real_me
                 value = float(sample["value"][1])
                 assert math.isfinite(value), name
                 assert value > 0, name
+    assert (tmp_path / "registry" / "iris" / "aliases.json").read_bytes() == aliases
+
+
+def test_the_cli_on_a_read_only_registry_says_so_in_one_line(
+    demo_models: Path, tmp_path: Path
+) -> None:
+    """`steward promote` where the registry is mounted read-only (a replica's pod): exit 1, one
+    line, nothing changed. The registry writer's read-write mount is where it works."""
+    shutil.copytree(demo_models, tmp_path / "registry")
+    aliases = (tmp_path / "registry" / "iris" / "aliases.json").read_bytes()
+    with read_only_view(tmp_path / "registry", tmp_path / "models"):
+        for command in (["promote", "iris", "1"], ["rollback", "iris"]):
+            done = subprocess.run(
+                [STEWARD, *command, "--models-dir", str(tmp_path / "models")],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert (done.returncode, done.stdout) == (1, "")
+            assert done.stderr == (
+                "steward: error: the model registry is read-only here: nothing was changed\n"
+            )
     assert (tmp_path / "registry" / "iris" / "aliases.json").read_bytes() == aliases
