@@ -17,8 +17,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from helpers import (
     assert_error,
     postgres_database,
     postgres_url,
+    read_only,
     wait_until,
 )
 from promql import used_metric_names
@@ -552,24 +552,6 @@ def test_promtool_accepts_the_prometheusrule(rendered: dict[str, Objects], tmp_p
 # The pod as rendered, run here
 
 
-@contextmanager
-def read_only_view(source: Path, target: Path) -> Iterator[None]:
-    """``source`` mounted read-only at ``target``, as the pod's registry volume is (skips the test
-    where this machine lets it mount nothing)."""
-    target.mkdir()
-    done = subprocess.run(
-        ["mount", "--bind", str(source), str(target)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
-    try:
-        remount = ["mount", "-o", "remount,ro,bind", str(target)]
-        assert subprocess.run(remount, capture_output=True).returncode == 0
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
-
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
     body = httpx2.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()
     assert body["status"] == "success", body
@@ -591,16 +573,16 @@ def test_the_rendered_pod_serves_from_a_read_only_registry_and_scales_on_real_me
 ) -> None:
     """`steward serve` with the postgres-keda overlay's environment (paths mapped here, the
     admin token from its file, a real PostgreSQL), its registry read-only: ready, predicts,
-    refuses a promote in the one error shape and stays ready; Prometheus answers the KEDA
+    refuses every alias change in the one error shape and stays ready; Prometheus answers the KEDA
     queries: 0 p99 while idle, a request rate and a p99 once it serves."""
     objs = rendered["overlays/postgres-keda"]
     env = environment(objs)
-    shutil.copytree(demo_models, tmp_path / "registry")
-    aliases = (tmp_path / "registry" / "iris" / "aliases.json").read_bytes()
+    shutil.copytree(demo_models, tmp_path / "models")
+    aliases = (tmp_path / "models" / "iris" / "aliases.json").read_bytes()
     (tmp_path / "admin-token").write_text(SECRETS["base/secrets/admin-token"])
     with (
         postgres_database("k8s") as database,
-        read_only_view(tmp_path / "registry", tmp_path / "models"),
+        read_only(tmp_path / "models"),
     ):
         env |= {
             "STEWARD_HOST": "127.0.0.1",
@@ -623,20 +605,28 @@ def test_the_rendered_pod_serves_from_a_read_only_registry_and_scales_on_real_me
             wait_for(lambda: query(prometheus.url, queries["requests-per-replica"]) != [], "series")
             for _ in range(20):
                 predict(steward.url)
-            promote = httpx2.post(
-                f"{steward.url}/admin/models/iris/promote",
-                json={"version": 1},
-                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            )
-            error = assert_error(promote, 409, "registry_read_only")
-            assert error["details"] == [
-                {
-                    "field": "registry",
-                    "message": "change aliases where the registry is writable "
-                    "(docs/operations.md, Kubernetes)",
-                }
+            changes = [
+                ("POST", "promote", {"version": 1}),
+                ("POST", "rollback", None),
+                ("PUT", "traffic", {"mode": "none"}),
+                ("PUT", "auto-rollback", {"enabled": True}),
             ]
-            assert str(tmp_path) not in promote.text
+            for method, action, body in changes:
+                answer = httpx2.request(
+                    method,
+                    f"{steward.url}/admin/models/iris/{action}",
+                    json=body,
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                )
+                error = assert_error(answer, 409, "registry_read_only")
+                assert error["details"] == [
+                    {
+                        "field": "registry",
+                        "message": "change aliases where the registry is writable "
+                        "(docs/operations.md, Kubernetes)",
+                    }
+                ], action
+                assert str(tmp_path) not in answer.text
             assert httpx2.get(f"{steward.url}/readyz").status_code == 200
 
             def scaled() -> bool:
@@ -652,7 +642,7 @@ def test_the_rendered_pod_serves_from_a_read_only_registry_and_scales_on_real_me
                 value = float(sample["value"][1])
                 assert math.isfinite(value), name
                 assert value > 0, name
-    assert (tmp_path / "registry" / "iris" / "aliases.json").read_bytes() == aliases
+    assert (tmp_path / "models" / "iris" / "aliases.json").read_bytes() == aliases
 
 
 def test_the_cli_on_a_read_only_registry_says_so_in_one_line(
@@ -660,9 +650,9 @@ def test_the_cli_on_a_read_only_registry_says_so_in_one_line(
 ) -> None:
     """`steward promote` where the registry is mounted read-only (a replica's pod): exit 1, one
     line, nothing changed. The registry writer's read-write mount is where it works."""
-    shutil.copytree(demo_models, tmp_path / "registry")
-    aliases = (tmp_path / "registry" / "iris" / "aliases.json").read_bytes()
-    with read_only_view(tmp_path / "registry", tmp_path / "models"):
+    shutil.copytree(demo_models, tmp_path / "models")
+    aliases = (tmp_path / "models" / "iris" / "aliases.json").read_bytes()
+    with read_only(tmp_path / "models"):
         for command in (["promote", "iris", "1"], ["rollback", "iris"]):
             done = subprocess.run(
                 [STEWARD, *command, "--models-dir", str(tmp_path / "models")],
@@ -674,4 +664,4 @@ def test_the_cli_on_a_read_only_registry_says_so_in_one_line(
             assert done.stderr == (
                 "steward: error: the model registry is read-only here: nothing was changed\n"
             )
-    assert (tmp_path / "registry" / "iris" / "aliases.json").read_bytes() == aliases
+    assert (tmp_path / "models" / "iris" / "aliases.json").read_bytes() == aliases
