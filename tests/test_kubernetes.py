@@ -516,6 +516,21 @@ def test_every_metric_the_queries_read_is_documented(rendered: dict[str, Objects
             assert name in documented or base in documented, f"{name} in {expr}"
 
 
+def test_the_queries_select_the_job_the_servicemonitor_gives(rendered: dict[str, Objects]) -> None:
+    """The Prometheus Operator names the job after the Service's label ``jobLabel`` names."""
+    objs = rendered["overlays/postgres-keda"]
+    monitor = one(objs, "ServiceMonitor")
+    job = one(objs, "Service")["metadata"]["labels"][monitor["spec"]["jobLabel"]]
+    assert job == "steward"
+    rule = one(objs, "PrometheusRule")
+    (down,) = [
+        r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "StewardTargetDown"
+    ]
+    assert down["expr"] == f'up{{job="{job}"}} == 0'
+    for expr in keda_queries(objs).values():
+        assert re.findall(r"\{([^}]*)\}", expr) == [f'job="{job}"']
+
+
 # Alert rules
 
 
