@@ -5,6 +5,7 @@ A real server process is started with bench/server.py, which the benchmark uses 
 
 import os
 import sqlite3
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -286,3 +287,19 @@ def postgres_store(prefix: str) -> Iterator[SqlStore]:
             yield opened
         finally:
             opened.close()
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` turned read-only by a read-only bind mount over itself, as a pod's read-only
+    volume is (root cannot write through it; chmod would not stop root). Skips the test where
+    this machine lets it mount nothing."""
+    done = subprocess.run(["mount", "--bind", folder, folder], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+    try:
+        remount = ["mount", "-o", "remount,ro,bind", str(folder)]
+        assert subprocess.run(remount, capture_output=True).returncode == 0
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
