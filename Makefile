@@ -45,7 +45,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev prometheus chromium
+unit: $(VENV)/.installed-dev prometheus chromium wrk
 	$(BIN)/pytest
 
 # Debian packages the tests and the benchmark drive, installed once: $(call debian,COMMANDS,PACKAGE)
@@ -66,7 +66,7 @@ prometheus:
 chromium:
 	$(call debian,chromium,chromium)
 
-# The load generator of `make bench`.
+# The load generator of `make bench` (and of tests/test_bench_workers.py, which runs a tiny one).
 wrk:
 	$(call debian,wrk,wrk)
 
