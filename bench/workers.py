@@ -14,6 +14,7 @@ would cap two workers at one core: no longer a comparison.
 import json
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,10 @@ WORKERS = (1, 2)
 CONNECTIONS = 64
 ROUNDS = 2
 WARM_UP_SECONDS = 1
+# After the warm-up, before the run: the warm-up's last requests finish, and do not count
+# against the run's STEWARD_MAX_CONCURRENCY (64, the run's own connections).
+PAUSE_SECONDS = 1.0
+START_SECONDS = 120
 IRIS = {"sepal_length_cm": 5.1, "sepal_width_cm": 3.5, "petal_length_cm": 1.4,
         "petal_width_cm": 0.2}  # fmt: skip
 
@@ -66,13 +71,27 @@ def workers_cost(work: Path, models_dir: Path, seconds: float, rounds: int = ROU
                 "STEWARD_DATA_DIR": str(run / "data"),
                 "STEWARD_LOG_LEVEL": "warning",
                 "STEWARD_WORKERS": str(workers),
+                "STEWARD_METRICS_DIR": str(run / "metrics"),
             }
             port = free_port()
             argv: list[str | Path] = ["taskset", "-c", cpus, STEWARD, "serve", "--port", str(port)]
             run.mkdir()
             with serving(argv, port=port, env=env, log=run / "steward.log", ready="/readyz",
-                         seconds=120) as server:  # fmt: skip
+                         seconds=START_SECONDS) as server:  # fmt: skip
+                if workers > 1:  # /readyz answered from one: wait for every worker's models
+                    wait_for_workers(run / "metrics", workers)
                 url = f"{server.url}/predict/iris"
-                wrk(url, script, CONNECTIONS, WARM_UP_SECONDS, cpus)  # both workers warmed up
+                wrk(url, script, CONNECTIONS, WARM_UP_SECONDS, cpus)
+                time.sleep(PAUSE_SECONDS)
                 cost.runs[workers].append(wrk(url, script, CONNECTIONS, seconds, cpus))
     return cost
+
+
+def wait_for_workers(metrics_dir: Path, workers: int) -> None:
+    """Until each worker has loaded its models: its files for steward_model_info (livemax) are
+    written by then."""
+    deadline = time.monotonic() + START_SECONDS
+    while len(list(metrics_dir.glob("gauge_livemax_*.db"))) < workers:
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{workers} workers did not start in {START_SECONDS} s")
+        time.sleep(0.1)

@@ -190,14 +190,19 @@ class Supervisor:
 
 def work(settings: Settings, log_config: dict[str, Any], sock: socket.socket) -> None:
     """A worker process: ``steward serve`` of one process on ``sock``, exiting with its
-    status (an error is logged, and is status 1)."""
+    status: 3 when it could not start, 1 with an error logged when it did not drain."""
     logging.config.dictConfig(log_config)
     logging.captureWarnings(True)
     from app.main import Shutdown, create_app
 
     shutdown = Shutdown()
     try:
-        status = serve_app(create_app(settings, shutdown), shutdown, settings, log_config, [sock])
+        app = create_app(settings, shutdown)
+    except Exception as exc:  # what the parent's pre-flight passed, gone since: not retried
+        logger.error("worker start-up failed: %s", exc)
+        sys.exit(STARTUP_FAILURE)
+    try:
+        status = serve_app(app, shutdown, settings, log_config, [sock])
     except StewardError as exc:
         logger.error("%s", exc)
         status = 1
