@@ -9,9 +9,11 @@ by one proves that both workers served. Feedback is sent once every prediction i
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -59,6 +61,10 @@ def two_workers(env: dict[str, str], log: Path) -> Iterator[Server]:
     port = free_port()
     with serving([STEWARD, "serve", "--port", str(port)], port=port, env=env, log=log,
                  ready="/readyz", seconds=120) as server:  # fmt: skip
+        # /readyz answered from one worker: wait for the other's models too (each worker's
+        # steward_model_info file is written when it has loaded them, its store open).
+        metrics_dir = Path(env["STEWARD_METRICS_DIR"])
+        assert wait_until(lambda: len(list(metrics_dir.glob("gauge_livemax_*.db"))) == 2, 120)
         yield server
 
 
@@ -330,6 +336,34 @@ def test_sigterm_drains_every_worker_and_exits_0(tmp_path: Path, models_dir: Pat
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
     assert not list((tmp_path / "metrics").glob("gauge_live*.db"))  # every worker marked dead
+
+
+def test_sigterm_exits_1_naming_the_worker_that_left_rows_unwritten(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    env = env_for(tmp_path, models_dir, shutdown_timeout_seconds="1")
+    with two_workers(env, tmp_path / "steward.log") as server:
+        # Another process holds the write lock: every worker's writer waits, and gives up.
+        lock = sqlite3.connect(tmp_path / "data" / "steward.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            with httpx2.Client(base_url=server.url, timeout=10) as http:
+                for _ in range(3):  # one connection: one worker holds all three
+                    response = http.post("/predict/iris", json={"instances": [IRIS_SETOSA]})
+                    assert response.status_code == 200, response.text
+            code = server.stop(timeout=120)
+        finally:
+            lock.rollback()
+            lock.close()
+    output = server.log.read_text()
+    assert code == 1, output
+    assert "shut down with 3 acknowledged predictions unwritten" in output  # the worker's line
+    (line,) = [line for line in output.splitlines() if line.startswith("steward: error:")]
+    assert re.fullmatch(
+        r"steward: error: 1 of 2 workers did not drain: worker \[[0-9]+\] exited with status 1; "
+        r"acknowledged predictions may be unwritten \(its error is in the log above\)",
+        line,
+    ), line
 
 
 def test_a_previous_runs_metric_files_are_wiped(tmp_path: Path, models_dir: Path) -> None:

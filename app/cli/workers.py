@@ -178,14 +178,17 @@ class Supervisor:
             return STARTUP_FAILURE
         # A worker stopped by SIGTERM before it took over the signal had served nothing yet.
         failed = [w for w in self.workers if w.exitcode not in (0, -signal.SIGTERM)]
-        if failed:
-            worst = max(failed, key=lambda w: w.exitcode or 0)
-            raise StewardError(
-                f"{len(failed)} of {len(self.workers)} workers did not drain: worker "
-                f"[{worst.pid}] {_exit(worst.exitcode)}; acknowledged predictions may be "
-                "unwritten (its error is in the log above)"
-            )
-        return 0
+        if not failed:
+            return 0
+        worst = max(failed, key=lambda w: w.exitcode or 0)  # killed (negative): 1, below 3
+        if worst.exitcode == STARTUP_FAILURE:
+            logger.error("worker [%d] failed to start: see the log above", worst.pid)
+            return STARTUP_FAILURE
+        raise StewardError(
+            f"{len(failed)} of {len(self.workers)} workers did not drain: worker "
+            f"[{worst.pid}] {_exit(worst.exitcode)}; acknowledged predictions may be "
+            "unwritten (its error is in the log above)"
+        )
 
 
 def work(settings: Settings, log_config: dict[str, Any], sock: socket.socket) -> None:
