@@ -16,18 +16,23 @@ import socket
 import sqlite3
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import psycopg
 import pytest
 from helpers import (
     DIABETES_ROW,
     IRIS_SETOSA,
     IRIS_VIRGINICA,
+    POSTGRES,
     assert_one_line_error,
+    postgres_database,
+    postgres_url,
     run_cli,
     stored_rows,
     wait_until,
@@ -364,6 +369,40 @@ def test_sigterm_exits_1_naming_the_worker_that_left_rows_unwritten(
         r"acknowledged predictions may be unwritten \(its error is in the log above\)",
         line,
     ), line
+
+
+def test_a_worker_that_fails_its_start_up_stops_the_server_with_status_3(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """The store lets the role hold two connections, what opening the store takes (its schema
+    check): the parent's pre-flight opens and closes them; the workers, opening theirs at once,
+    cannot both get them, and a worker whose store does not open fails its start-up. The server
+    stops with status 3 rather than start that worker again and again."""
+    role = f"steward_two_{uuid.uuid4().hex[:8]}"
+    with postgres_database("steward_workers") as database:
+        admin = psycopg.connect(POSTGRES.rsplit("/", 1)[0] + f"/{database}", autocommit=True)
+        with admin:
+            admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+            admin.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+            try:
+                url = postgres_url(database).replace("://postgres@", f"://{role}@", 1)
+                env = env_for(tmp_path, models_dir, database_url=url)
+                port = free_port()
+                log = tmp_path / "steward.log"
+                server = Server([STEWARD, "serve", "--port", str(port)], port=port, env=env,
+                                log=log)  # fmt: skip
+                try:
+                    code = server.process.wait(timeout=120)
+                finally:
+                    server.stop()
+            finally:
+                admin.execute(f"DROP OWNED BY {role}")
+                admin.execute(f"DROP ROLE {role}")
+    output = log.read_text()
+    assert code == 3, output
+    assert output.count("] failed to start: stopping the server") == 1, output
+    assert output.count("] started") == 2, output  # no worker started again
+    assert "Traceback" not in output.split("failed to start")[-1]
 
 
 def test_a_previous_runs_metric_files_are_wiped(tmp_path: Path, models_dir: Path) -> None:
