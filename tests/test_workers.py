@@ -62,9 +62,9 @@ def env_for(tmp_path: Path, models_dir: Path, **settings: str) -> dict[str, str]
 
 
 @contextmanager
-def two_workers(env: dict[str, str], log: Path) -> Iterator[Server]:
+def two_workers(env: dict[str, str], log: Path, *options: str) -> Iterator[Server]:
     port = free_port()
-    with serving([STEWARD, "serve", "--port", str(port)], port=port, env=env, log=log,
+    with serving([STEWARD, "serve", "--port", str(port), *options], port=port, env=env, log=log,
                  ready="/readyz", seconds=120) as server:  # fmt: skip
         # /readyz answered from one worker: wait for the other's models too (each worker's
         # steward_model_info file is written when it has loaded them, its store open).
@@ -413,7 +413,11 @@ def test_a_previous_runs_metric_files_are_wiped(tmp_path: Path, models_dir: Path
                    ["iris", "1"], "Predicted rows by model and version.")  # fmt: skip
     stale.write_value(key, 1000.0, 0.0)  # type: ignore[no-untyped-call]
     stale.close()  # type: ignore[no-untyped-call]
-    with two_workers(env_for(tmp_path, models_dir), tmp_path / "steward.log") as server:
+    # The workers get the settings the parent resolved, its options included: the environment
+    # names a models folder that is not there, --models-dir the real one.
+    env = env_for(tmp_path, tmp_path / "no-such-folder")
+    options = ("--models-dir", str(models_dir))
+    with two_workers(env, tmp_path / "steward.log", *options) as server:
         assert not (metrics_dir / "counter_99999.db").exists()
         iris = {"model": "iris", "version": "1"}
         assert value(scrape(server.url), "steward_predictions_total", **iris) == 0

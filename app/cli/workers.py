@@ -116,10 +116,15 @@ class Supervisor:
         self.socket = config.bind_socket()
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self.workers = [self._start() for _ in range(self.settings.workers)]
+            for _ in range(self.settings.workers):
+                self.workers.append(self._start())
             self._watch()
             return self._stop_all()
         finally:
+            for worker in self.workers:  # none left behind, whatever went wrong above
+                if worker.exitcode is None:
+                    worker.kill()
+                    worker.join()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.socket.close()
