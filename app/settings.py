@@ -390,8 +390,9 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = Field(
         None,
         description="With more than one worker: the folder where the workers keep their metric "
-        "files (created if missing; every *.db in it deleted at start). Unset: a new temporary "
-        "folder, removed at exit. Ignored with one worker.",
+        "files (created if missing; a previous run's metric files deleted at start; one holding "
+        "other *.db files refused). Unset: a new temporary folder, removed at exit. Ignored with "
+        "one worker.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Logging level of the server."
@@ -407,6 +408,14 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("metrics_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        # An empty value would be the current folder, whose metric files are deleted at start.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty: unset it for a temporary folder")
         return value
 
     @field_validator("skops_trusted_types")

@@ -31,6 +31,7 @@ from helpers import (
     IRIS_VIRGINICA,
     POSTGRES,
     assert_one_line_error,
+    empty_store,
     postgres_database,
     postgres_url,
     run_cli,
@@ -437,6 +438,19 @@ def test_a_bad_worker_count_is_a_usage_error(
     assert_one_line_error(err, "argument --workers: a worker count is a whole number from 1 to 64")
 
 
+@pytest.mark.parametrize("given", ["", "  "])
+def test_an_empty_steward_metrics_dir_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    """Empty would be the current folder, whose metric files the server deletes at start."""
+    monkeypatch.setenv("STEWARD_METRICS_DIR", given)
+    code, out, err = run_cli(capsys, "--models-dir", str(tmp_path), "serve", "--workers", "2")
+    assert (code, out) == (1, "")
+    assert_one_line_error(
+        err, "invalid settings: STEWARD_METRICS_DIR: empty: unset it for a temporary folder"
+    )
+
+
 @pytest.mark.parametrize("given", ["0", "-3", "many", "65"])
 def test_a_bad_steward_workers_is_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, given: str
@@ -447,14 +461,21 @@ def test_a_bad_steward_workers_is_refused_in_one_line(
     assert_one_line_error(err, "invalid settings: STEWARD_WORKERS: input should be")
 
 
-def test_an_unusable_metrics_dir_is_refused_in_one_line(tmp_path: Path, models_dir: Path) -> None:
+@pytest.mark.parametrize("case", ["in-a-file", "another-db"])
+def test_an_unusable_metrics_dir_is_refused_in_one_line(
+    tmp_path: Path, models_dir: Path, case: str
+) -> None:
     (tmp_path / "file.txt").write_text("a file where a folder should be\n")
-    env = env_for(tmp_path, models_dir, metrics_dir=str(tmp_path / "file.txt" / "metrics"))
+    metrics_dir = tmp_path / "file.txt" / "metrics"
+    message = f"cannot use {metrics_dir} for the workers' metrics: Not a directory"
+    if case == "another-db":  # a store's file: not deleted, and not read as metrics either
+        metrics_dir = tmp_path / "data"
+        empty_store(metrics_dir)
+        message = f"{metrics_dir} holds files that are not metric files (steward.db): give"
+    env = env_for(tmp_path, models_dir, metrics_dir=str(metrics_dir))
     argv = [str(STEWARD), "serve", "--port", str(free_port())]
     run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert (run.returncode, run.stdout) == (1, ""), run.stderr
-    assert_one_line_error(
-        run.stderr,
-        f"STEWARD_METRICS_DIR: cannot use {tmp_path / 'file.txt' / 'metrics'} for the workers' "
-        "metrics: Not a directory",
-    )
+    assert_one_line_error(run.stderr, f"steward: error: STEWARD_METRICS_DIR: {message}")
+    if case == "another-db":
+        assert (metrics_dir / "steward.db").stat().st_size > 0

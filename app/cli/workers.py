@@ -24,6 +24,7 @@ import logging.config
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import shutil
 import signal
 import socket
@@ -44,6 +45,8 @@ from app.errors import StewardError
 from app.settings import Settings
 
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# The files prometheus-client's multiprocess mode writes: <type>[_<gauge mode>]_<pid>.db.
+METRIC_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_[0-9]+\.db")
 SPAWN = multiprocessing.get_context("spawn")
 WATCH_SECONDS = 0.5  # how soon a stop signal is acted on while the workers serve
 STOP_MARGIN_SECONDS = 30.0  # beyond a worker's own drain and log timeouts, before SIGKILL
@@ -70,8 +73,8 @@ def supervise(settings: Settings, log_config: dict[str, Any]) -> int:
 @contextmanager
 def metrics_dir(configured: Path | None) -> Iterator[Path]:
     """Where the workers keep their metric files: ``configured``, made if missing and emptied
-    of a previous run's files (they would add to this run's counts), or a temporary folder
-    removed on the way out."""
+    of a previous run's metric files (they would add to this run's counts; other files stay),
+    or a temporary folder removed on the way out."""
     if configured is None:
         path = Path(tempfile.mkdtemp(prefix="steward-metrics-"))
         try:
@@ -81,7 +84,14 @@ def metrics_dir(configured: Path | None) -> Iterator[Path]:
         return
     try:
         configured.mkdir(parents=True, exist_ok=True)
-        for stale in configured.glob("*.db"):
+        found = sorted(configured.glob("*.db"))
+        others = [path.name for path in found if not METRIC_FILE.fullmatch(path.name)]
+        if others:  # a scrape reads every *.db there; a store's file is not to be deleted
+            raise StewardError(
+                f"STEWARD_METRICS_DIR: {configured} holds files that are not metric files "
+                f"({', '.join(others[:3])}): give the workers a folder of their own"
+            )
+        for stale in found:
             stale.unlink()
         with tempfile.TemporaryFile(dir=configured):  # the workers will write here
             pass
