@@ -99,7 +99,18 @@ def _store_errors(
             and (exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in _READ_ONLY)
         )
         error = StoreUnavailable if outage else refused
-        raise error(f"prediction store failed to {action}: {exc.__cause__ or exc}") from exc
+        raise error(f"prediction store failed to {action}: {_reason(exc)}") from exc
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """What went wrong, in the driver's words; a pool timeout in ours (SQLAlchemy's names its
+    pool class and links its own docs, which tell a client of the API nothing)."""
+    if isinstance(exc, PoolTimeout):
+        return (
+            "every pooled connection stayed busy for STEWARD_DATABASE_POOL_TIMEOUT_SECONDS "
+            "(STEWARD_DATABASE_POOL_SIZE + STEWARD_DATABASE_POOL_MAX_OVERFLOW connections)"
+        )
+    return str(exc.__cause__ or exc)
 
 
 class SqlStore:
