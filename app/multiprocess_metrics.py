@@ -52,8 +52,11 @@ def remove_series(gauge: Gauge, *labels: str) -> None:
     """The series of ``gauge`` with ``labels`` goes: removed in one process (if it was there),
     set to its gone reading under workers."""
     if active():
-        (family,) = gauge.describe()
-        gauge.labels(*labels).set(GONE_READINGS[family.name])
+        # Only a series this process published: another would appear, at its gone reading
+        # (prometheus-client has no public "has this child"; ``remove`` reads the same dict).
+        if tuple(labels) in gauge._metrics:
+            (family,) = gauge.describe()
+            gauge.labels(*labels).set(GONE_READINGS[family.name])
         return
     with contextlib.suppress(KeyError):  # never published
         gauge.remove(*labels)

@@ -86,6 +86,9 @@ def environment(objs: Objects) -> dict[str, str]:
     env = dict(one(objs, "ConfigMap")["data"])
     secrets = {o["metadata"]["name"]: o["data"] for o in objs if o["kind"] == "Secret"}
     for variable in container(objs).get("env", []):
+        if "value" in variable:
+            env[variable["name"]] = variable["value"]
+            continue
         ref = variable["valueFrom"]["secretKeyRef"]
         env[variable["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
     return env

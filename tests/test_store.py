@@ -248,11 +248,6 @@ def test_duplicate_ids_are_refused_whole(store: SqlStore) -> None:
     assert len(store.get_predictions([row.id])) == 1
 
 
-def test_check_writable(store: SqlStore) -> None:
-    store.check_writable()
-    store.check_writable()
-
-
 # --- live quality: per-version counts in a window -----------------------------------------
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
