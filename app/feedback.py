@@ -9,9 +9,9 @@ Sending the same ground truth again is accepted and counted once ("duplicate"); 
 one for a labelled prediction is a conflict (409); an unknown id is 404; a label the model
 cannot produce is 422. In a batch each item gets its own result.
 
-An id this process does not hold may still wait in another worker's or replica's buffer: a
-recent one is looked for again, for a bounded time, before it is unknown
-(app/late_predictions.py).
+An id this process does not hold may still wait in another worker's or replica's buffer: where
+another process can hold it, a recent one is looked for again, for a bounded time and by a
+bounded number of requests at once, before it is unknown (app/late_predictions.py).
 
 What ground truth a version accepts, and a regressor's error against it, is
 app/ground_truth.py's: no metric ever receives a value that is not finite.
