@@ -9,9 +9,9 @@ Sending the same ground truth again is accepted and counted once ("duplicate"); 
 one for a labelled prediction is a conflict (409); an unknown id is 404; a label the model
 cannot produce is 422. In a batch each item gets its own result.
 
-An id this process does not hold may still wait in another worker's or replica's buffer: a
-recent one is looked for again, for a bounded time, before it is unknown
-(app/late_predictions.py).
+An id this process does not hold may still wait in another worker's or replica's buffer: where
+another process can hold it, a recent one is looked for again, for a bounded time and by a
+bounded number of requests at once, before it is unknown (app/late_predictions.py).
 
 What ground truth a version accepts, and a regressor's error against it, is
 app/ground_truth.py's: no metric ever receives a value that is not finite.
@@ -31,7 +31,7 @@ from app.errors import (
     ValidationFailed,
 )
 from app.ground_truth import HARD_LIMIT, abs_error, ground_truth_problem
-from app.late_predictions import arrived
+from app.late_predictions import LateRows
 from app.loading import LoadedModel
 from app.metrics import Metrics
 from app.registry import Registry
@@ -64,12 +64,12 @@ class FeedbackRecorder:
         target_range_multiple: float,
         shadows: Shadows | None = None,
         shadow_wait: float = 2.0,
-        pending_wait: float = 2.0,
+        late: LateRows | None = None,
     ) -> None:
         """``shadows``: the shadow predictions still running, which feedback for their rows
         waits for (up to ``shadow_wait`` seconds), so that one transaction labels both.
-        ``pending_wait``: how long after its issue an id missing from the store is looked for
-        again (another process may not have written it yet); 0: unknown at once."""
+        ``late``: the bounded wait for an id missing from the store that another process may
+        not have written yet; None: unknown at once."""
         self.registry = registry
         self.store = store
         self.log = log
@@ -78,7 +78,7 @@ class FeedbackRecorder:
         self.target_range_multiple = target_range_multiple
         self.shadows = shadows
         self.shadow_wait = shadow_wait
-        self.pending_wait = pending_wait
+        self.late = late
         self.shadow_scores = ShadowScorer(registry, metrics.shadow)
 
     async def receive(self, body: bytes) -> FeedbackResult | FeedbackBatchResponse:
@@ -131,10 +131,10 @@ class FeedbackRecorder:
         running = await self._settle(items)
         outcomes = await anyio.to_thread.run_sync(self.record, items, running)
         unknown = [i for i, o in enumerate(outcomes) if isinstance(o, UnknownPrediction)]
-        if not unknown:
+        if not unknown or self.late is None:
             return outcomes
-        found = await arrived(
-            self.store, {items[i].prediction_id for i in unknown}, self.pending_wait
+        found = await self.late.arrived(
+            list(dict.fromkeys(items[i].prediction_id for i in unknown))
         )
         again = [i for i in unknown if items[i].prediction_id in found]
         if again:

@@ -20,6 +20,7 @@ from app.drift_monitor import DriftMonitor
 from app.errors import InvalidSettings
 from app.feedback import FeedbackRecorder
 from app.jobs import RetrainJobs
+from app.late_predictions import LateRows
 from app.metrics import Metrics
 from app.prediction import Predictor, scores_typical_row
 from app.readiness import Readiness
@@ -109,7 +110,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
                 settings.target_range_multiple,
                 predictor.shadows,
                 settings.shadow_wait_seconds,
-                settings.feedback_pending_wait_seconds,
+                LateRows.for_settings(store, settings),
             ),
             readiness=Readiness(registry, store, log, settings.required_models),
             watcher=watcher,

@@ -170,7 +170,9 @@ class Settings(BaseSettings):
         le=60,
         description="Feedback for an id not in the store yet (another worker or replica may "
         "still hold it in its buffer) looks for it again until this long after the id was "
-        "issued, then 404; an older id is 404 at once. At least that process's "
+        "issued, then 404; an older id is 404 at once. Only with workers above 1 or a "
+        "database_url set; at most max_concurrency // 8 (at least 1) requests wait at once, each "
+        "for its first 100 young ids (app/late_predictions.py). At least the other processes' "
         "log_flush_interval_seconds plus a write; 0: no wait.",
     )
     quality_window_seconds: float = Field(

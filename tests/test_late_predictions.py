@@ -2,17 +2,21 @@
 `steward serve` processes on one PostgreSQL database (app/late_predictions.py).
 
 Replica A writes its rows only every 3 s (STEWARD_LOG_FLUSH_INTERVAL_SECONDS); B looks for a
-young missing id for 5 s after its issue; C does not wait at all.
+young missing id for 5 s after its issue; C does not wait at all; D serves 8 requests at once
+and waits 15 s. E is one process on its own SQLite file, where nobody else can hold a row.
 """
 
 import os
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import psycopg
 import pytest
@@ -26,13 +30,18 @@ from helpers import (
     wait_until,
 )
 from server import STEWARD, free_port, serving
+from sqlalchemy import event
 
 from app.ids import issued_at, new_ids
-from app.late_predictions import CLOCK_SKEW_SECONDS, young
+from app.late_predictions import CLOCK_SKEW_SECONDS, MAX_IDS, LateRows, young
+from app.settings import Settings
+from app.store import open_store
 from app.training import train_demo
 
 FLUSH = 3.0  # A's flush interval: its rows stay in its buffer this long
 WAIT = 5.0  # B's STEWARD_FEEDBACK_PENDING_WAIT_SECONDS
+SLOTS = 8  # D's STEWARD_MAX_CONCURRENCY: one feedback request of D waits at a time (8 // 8)
+LONG_WAIT = 15.0  # D's STEWARD_FEEDBACK_PENDING_WAIT_SECONDS
 
 
 @dataclass
@@ -40,6 +49,8 @@ class Replicas:
     a: httpx2.Client
     b: httpx2.Client
     c: httpx2.Client
+    d: httpx2.Client
+    e: httpx2.Client
     database: str
 
     def stored(self, ids: list[str]) -> set[str]:
@@ -60,13 +71,23 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
             ("a", {"STEWARD_LOG_FLUSH_INTERVAL_SECONDS": str(FLUSH)}),
             ("b", {"STEWARD_FEEDBACK_PENDING_WAIT_SECONDS": str(WAIT)}),
             ("c", {"STEWARD_FEEDBACK_PENDING_WAIT_SECONDS": "0"}),
+            (
+                "d",
+                {
+                    "STEWARD_MAX_CONCURRENCY": str(SLOTS),
+                    "STEWARD_FEEDBACK_PENDING_WAIT_SECONDS": str(LONG_WAIT),
+                },
+            ),
+            ("e", {"STEWARD_FEEDBACK_PENDING_WAIT_SECONDS": str(WAIT)}),
         ):
             env = os.environ | {
                 "STEWARD_MODELS_DIR": str(work / "models"),
                 "STEWARD_DATA_DIR": str(work / f"data-{name}"),
-                "STEWARD_DATABASE_URL": postgres_url(database),
                 **extra,
             }
+            env.pop("STEWARD_DATABASE_URL", None)
+            if name != "e":  # E: its own SQLite file in its data folder
+                env["STEWARD_DATABASE_URL"] = postgres_url(database)
             port = free_port()
             server = running.enter_context(
                 serving(
@@ -78,8 +99,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
                 )
             )
             clients.append(running.enter_context(httpx2.Client(base_url=server.url, timeout=60)))
-        a, b, c = clients
-        yield Replicas(a, b, c, database)
+        a, b, c, d, e = clients
+        yield Replicas(a, b, c, d, e, database)
 
 
 def predicted(http: httpx2.Client, *rows: dict[str, float]) -> list[dict[str, Any]]:
@@ -203,3 +224,104 @@ def test_without_the_wait_a_row_another_replica_holds_is_unknown(replicas: Repli
     accepted = replicas.c.post("/feedback", json=item)
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["status"] == "accepted"
+
+
+def test_few_feedback_requests_wait_at_once_so_predict_keeps_its_slots(
+    replicas: Replicas,
+) -> None:
+    """D takes 8 requests at once; 8 forged feedback requests arrive together: one waits, the
+    other 7 are 404 at once, so /predict is still served, and one more is 404 at once too."""
+    ahead = time.time() + CLOCK_SKEW_SECONDS / 2  # young for LONG_WAIT + 0.5 s from now
+
+    def send(prediction_id: str) -> httpx2.Response:
+        with httpx2.Client(base_url=replicas.d.base_url, timeout=120) as client:
+            item = {"prediction_id": prediction_id, "ground_truth": "setosa"}
+            return client.post("/feedback", json=item)
+
+    with ThreadPoolExecutor(SLOTS) as pool:
+        sent: list[Future[httpx2.Response]] = [
+            pool.submit(send, id_issued(ahead)) for _ in range(SLOTS)
+        ]
+        # Without the bound all 8 would wait LONG_WAIT, holding every slot.
+        assert wait_until(lambda: sum(f.done() for f in sent) == SLOTS - 1, seconds=LONG_WAIT)
+        (waiting,) = [f for f in sent if not f.done()]
+        for answered in (f for f in sent if f is not waiting):
+            assert_error(answered.result(), 404, "unknown_prediction")
+        (row,) = predicted(replicas.d, IRIS_SETOSA)
+        assert row["prediction"] == "setosa"
+        started = time.monotonic()
+        extra = send(id_issued(ahead))
+        took = time.monotonic() - started
+        assert_error(extra, 404, "unknown_prediction")
+        assert took < LONG_WAIT  # behaviour, not speed: it did not wait with the other one
+        assert not waiting.done()  # the bound was still reached meanwhile
+        assert_error(waiting.result(), 404, "unknown_prediction")
+    # Once it has stopped waiting, the next young id waits again (the slot was given back).
+    (forged,) = new_ids(1)
+    issued = issued_at(forged)
+    assert issued is not None
+    assert_error(send(forged), 404, "unknown_prediction")
+    assert time.time() - issued >= LONG_WAIT
+
+
+def test_one_process_on_its_own_sqlite_file_does_not_wait(replicas: Replicas) -> None:
+    """No other process can hold a row of E's store, and its own buffer is flushed before the
+    lookup: a young unknown id is unknown at once."""
+    (forged,) = new_ids(1)
+    started = time.monotonic()
+    response = replicas.e.post(
+        "/feedback", json={"prediction_id": forged, "ground_truth": "setosa"}
+    )
+    took = time.monotonic() - started
+    assert_error(response, 404, "unknown_prediction")
+    assert took < WAIT  # behaviour, not speed: a young id waits WAIT where the wait applies
+    (row,) = predicted(replicas.e, IRIS_VIRGINICA)  # its own fresh row is found at once
+    accepted = replicas.e.post(
+        "/feedback", json={"prediction_id": row["id"], "ground_truth": "virginica"}
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["status"] == "accepted"
+
+
+@pytest.mark.parametrize(
+    ("settings", "wait"),
+    [
+        pytest.param({}, 0.0, id="one-process-sqlite"),
+        pytest.param({"workers": 2}, 2.0, id="workers"),
+        pytest.param({"database_url": "postgresql+psycopg://h/db"}, 2.0, id="database-url"),
+        pytest.param({"workers": 2, "feedback_pending_wait_seconds": 0}, 0.0, id="off"),
+    ],
+)
+def test_the_wait_applies_only_where_another_process_can_hold_the_row(
+    tmp_path: Path, settings: dict[str, Any], wait: float
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'steward.db'}")
+    try:
+        defaults = {"workers": 1, "database_url": None, "feedback_pending_wait_seconds": 2.0}
+        configured = Settings(**(defaults | settings | {"max_concurrency": 64}))
+        late = LateRows.for_settings(store, configured)
+        assert (late.wait, late.max_waiting) == (wait, 64 // 8)
+    finally:
+        store.close()
+
+
+def test_a_long_wait_makes_a_handful_of_lookups_of_the_first_young_ids(tmp_path: Path) -> None:
+    """1,000 forged young ids in one request: the first MAX_IDS are looked up, with intervals
+    doubling from 0.05 s to 0.5 s, so a 2 s wait makes at most 7 lookups (0.05 s polling: 40)."""
+    store = open_store(f"sqlite:///{tmp_path / 'steward.db'}")
+    lookups: list[set[str]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "FROM predictions" in statement:
+            lookups.append(set(parameters))
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        ids = new_ids(1000)
+        late = LateRows(store, wait=2.0, shared=True, max_waiting=1)
+        assert anyio.run(late.arrived, ids) == set()
+        assert 1 <= len(lookups) <= 7, len(lookups)
+        assert all(looked == set(ids[:MAX_IDS]) for looked in lookups)
+        assert late.waiting == 0
+    finally:
+        store.close()
