@@ -429,6 +429,7 @@ def test_a_previous_runs_metric_files_are_wiped(tmp_path: Path, models_dir: Path
         assert server.stop() == 0
 
 
+@pytest.mark.timeout(300)  # three servers, one after the other
 def test_a_second_server_on_the_same_metrics_dir_is_refused_and_the_first_keeps_its_files(
     tmp_path: Path, models_dir: Path
 ) -> None:
@@ -460,6 +461,7 @@ def test_a_second_server_on_the_same_metrics_dir_is_refused_and_the_first_keeps_
         assert again.stop() == 0
 
 
+@pytest.mark.timeout(300)  # restarts, each after a longer wait
 def test_a_replacement_that_fails_its_start_up_is_retried_with_backoff_while_the_other_serves(
     tmp_path: Path, models_dir: Path
 ) -> None:
