@@ -46,7 +46,8 @@ from server import STEWARD, Server, free_port, serving
 from stack import scraped
 
 from app.artifacts import METADATA
-from app.cli.workers import LOCK_FILE, restart_delay
+from app.cli.metrics_folder import LOCK_FILE
+from app.cli.workers import restart_delay
 
 PREDICT = "/predict/{model}"
 CONNECTIONS = 8  # clients at once, each on its own connection: the kernel spreads them

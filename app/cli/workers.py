@@ -32,18 +32,14 @@ interpreter, which imports prometheus-client only after ``PROMETHEUS_MULTIPROC_D
 Not watched: a worker that hangs without exiting (the /healthz probe of an orchestrator is).
 """
 
-import fcntl
 import logging
 import logging.config
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -52,24 +48,22 @@ from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 from prometheus_client.multiprocess import mark_process_dead
 
+from app.cli.metrics_folder import metrics_dir
 from app.cli.server_commands import STARTUP_FAILURE, serve_app
 from app.errors import StewardError
 from app.settings import Settings
 
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
-# The files prometheus-client's multiprocess mode writes: <type>[_<gauge mode>]_<pid>.db.
-METRIC_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_[0-9]+\.db")
 SPAWN = multiprocessing.get_context("spawn")
 WATCH_SECONDS = 0.5  # how soon a stop signal is acted on while the workers serve
 STOP_MARGIN_SECONDS = 30.0  # beyond a worker's own drain and log timeouts, before SIGKILL
 RESTART_FIRST_SECONDS = 1.0  # the wait before a dead worker's slot is filled again, doubling
 RESTART_MAX_SECONDS = 30.0
 RESTART_RESET_SECONDS = 60.0  # a worker that lived this long: its successor waits the least
-LOCK_FILE = "steward.lock"  # in STEWARD_METRICS_DIR: flock'ed by the server using it (not *.db)
 
 logger = logging.getLogger(__name__)
 
@@ -88,71 +82,6 @@ def supervise(settings: Settings, log_config: dict[str, Any]) -> int:
                 os.environ.pop(MULTIPROC_VARIABLE, None)
             else:
                 os.environ[MULTIPROC_VARIABLE] = previous
-
-
-@contextmanager
-def metrics_dir(configured: Path | None) -> Iterator[Path]:
-    """Where the workers keep their metric files: ``configured``, made if missing, locked for
-    this server and emptied of a previous run's metric files (they would add to this run's
-    counts; other files stay), or a temporary folder removed on the way out."""
-    if configured is None:
-        path = Path(tempfile.mkdtemp(prefix="steward-metrics-"))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
-        return
-    with _claim(configured):
-        yield configured
-
-
-def _claim(folder: Path) -> IO[str]:
-    """Lock ``folder`` for this server, then empty it of a previous run's metric files; the lock
-    holds while the returned file is open. Another server using it is refused: it would delete
-    this one's live files, and scrapes would add both servers' counts."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        found = sorted(folder.glob("*.db"))
-        others = [path.name for path in found if not METRIC_FILE.fullmatch(path.name)]
-        if others:  # a scrape reads every *.db there; a store's file is not to be deleted
-            raise StewardError(
-                f"STEWARD_METRICS_DIR: {folder} holds files that are not metric files "
-                f"({', '.join(others[:3])}): give the workers a folder of their own"
-            )
-        lock = (folder / LOCK_FILE).open("a+")
-    except OSError as exc:
-        raise _unusable(folder, exc) from exc
-    try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            owner = lock.read().strip()
-            raise StewardError(
-                f"STEWARD_METRICS_DIR: {folder} is in use by another steward server "
-                f"(pid {owner or 'unknown'}): give each server a folder of its own"
-            ) from None
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")  # named by the server refused
-        lock.flush()
-        for stale in sorted(folder.glob("*.db")):  # locked: none is another server's
-            if METRIC_FILE.fullmatch(stale.name):
-                stale.unlink()
-        with tempfile.TemporaryFile(dir=folder):  # the workers will write here
-            pass
-    except OSError as exc:
-        lock.close()
-        raise _unusable(folder, exc) from exc
-    except BaseException:
-        lock.close()
-        raise
-    return lock
-
-
-def _unusable(folder: Path, exc: OSError) -> StewardError:
-    return StewardError(
-        f"STEWARD_METRICS_DIR: cannot use {folder} for the workers' metrics: {exc.strerror or exc}"
-    )
 
 
 def restart_delay(previous: float | None, lived: float) -> float:
