@@ -46,6 +46,8 @@ from server import STEWARD, Server, free_port, serving
 from stack import scraped
 
 from app.artifacts import METADATA
+from app.cli.metrics_folder import LOCK_FILE
+from app.cli.workers import restart_delay
 
 PREDICT = "/predict/{model}"
 CONNECTIONS = 8  # clients at once, each on its own connection: the kernel spreads them
@@ -426,6 +428,130 @@ def test_a_previous_runs_metric_files_are_wiped(tmp_path: Path, models_dir: Path
         assert response.status_code == 200
         assert value(scrape(server.url), "steward_predictions_total", **iris) == 1
         assert server.stop() == 0
+
+
+@pytest.mark.timeout(300)  # three servers, one after the other
+def test_a_second_server_on_the_same_metrics_dir_is_refused_and_the_first_keeps_its_files(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    env = env_for(tmp_path, models_dir)
+    metrics_dir = tmp_path / "metrics"
+    with two_workers(env, tmp_path / "steward.log") as server:
+        response = httpx2.post(server.url + "/predict/iris", json={"instances": [IRIS_SETOSA]})
+        assert response.status_code == 200, response.text
+        files = sorted(path.name for path in metrics_dir.glob("*.db"))
+        argv = [str(STEWARD), "serve", "--port", str(free_port())]
+        run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        assert (run.returncode, run.stdout) == (1, ""), run.stderr
+        assert_one_line_error(
+            run.stderr,
+            f"steward: error: STEWARD_METRICS_DIR: {metrics_dir} is in use by another steward "
+            f"server (pid {server.process.pid}): give each server a folder of its own",
+        )
+        assert sorted(path.name for path in metrics_dir.glob("*.db")) == files
+        iris = {"model": "iris", "version": "1"}
+        for _ in range(SCRAPES):
+            samples = scrape(server.url)
+            assert value(samples, "steward_predictions_total", **iris) == 1
+            assert value(samples, "steward_model_info", **iris, alias="production") == 1.0
+        assert server.stop() == 0
+    assert (metrics_dir / LOCK_FILE).read_text() == f"{server.process.pid}\n"
+    # Released at exit: the next server takes the folder.
+    with two_workers(env, tmp_path / "again.log") as again:
+        assert (metrics_dir / LOCK_FILE).read_text() == f"{again.process.pid}\n"
+        assert again.stop() == 0
+
+
+@pytest.mark.timeout(300)  # restarts, each after a longer wait
+def test_a_replacement_that_fails_its_start_up_is_retried_with_backoff_while_the_other_serves(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """Only a first worker's failed start-up stops the server; a replacement's is retried, each
+    wait twice the last, and the other worker serves meanwhile."""
+    env = env_for(tmp_path, models_dir)
+    metrics_dir = tmp_path / "metrics"
+    with two_workers(env, tmp_path / "steward.log") as server:
+        killed, kept = sorted(worker_pids(server))
+        moved = models_dir.rename(tmp_path / "moved")  # a replacement's create_app fails
+        os.kill(killed, signal.SIGKILL)
+        failed = re.compile(r"worker \[([0-9]+)\] exited with status 3: starting another in 2 s")
+        assert wait_until(lambda: failed.search(server.log.read_text()) is not None, 120)
+        assert server.process.poll() is None, server.log.read_text()
+        # The other worker answers (liveness: its registry has just lost its folder too).
+        assert httpx2.get(server.url + "/healthz", timeout=30).status_code == 200
+        moved.rename(models_dir)
+        assert wait_until(lambda: len(list(metrics_dir.glob("gauge_livemax_*.db"))) == 2, 120)
+        assert kept in worker_pids(server)
+        assert server.stop(timeout=120) == 0
+    output = server.log.read_text()
+    restarts = re.findall(r"worker \[[0-9]+\] (.*): starting another in ([0-9]+) s", output)
+    assert restarts[0] == ("was killed by SIGKILL", "1")
+    assert restarts[1:] == [("exited with status 3", str(2**n)) for n in range(1, len(restarts))]
+    assert "stopping the server" not in output
+
+
+def test_the_restart_wait_doubles_to_30_s_and_starts_over_after_a_minute_of_life() -> None:
+    waits = [restart_delay(None, 0.5)]
+    for _ in range(6):
+        waits.append(restart_delay(waits[-1], 0.5))
+    assert waits == [1, 2, 4, 8, 16, 30, 30]
+    assert restart_delay(30, 59.9) == 30
+    assert restart_delay(30, 60) == 1
+
+
+def test_ctrl_c_while_the_workers_start_exits_0_without_a_traceback(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """SIGINT to the whole process group (a terminal's Ctrl-C) as the workers are spawned."""
+    port = free_port()
+    log = tmp_path / "steward.log"
+    server = Server([STEWARD, "serve", "--port", str(port)], port=port,
+                    env=env_for(tmp_path, models_dir), log=log)  # fmt: skip
+    try:
+        assert wait_until(lambda: log.read_text().count("] started") == 2, 120, interval=0.02)
+        os.killpg(server.process.pid, signal.SIGINT)
+        code = server.process.wait(timeout=120)
+    finally:
+        server.stop()
+    output = log.read_text()
+    assert code == 0, output
+    assert "Traceback" not in output
+    assert "KeyboardInterrupt" not in output
+    assert "did not drain" not in output
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_workers_whose_parent_was_killed_drain_and_free_the_port(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    env = env_for(tmp_path, models_dir)
+    with two_workers(env, tmp_path / "steward.log") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        workers = worker_pids(server)
+        received: set[str] = set()
+        with httpx2.Client(base_url=server.url, timeout=30) as http:
+            for _ in range(5):
+                response = http.post("/predict/iris", json={"instances": [IRIS_SETOSA]})
+                assert response.status_code == 200, response.text
+                received.update(p["id"] for p in response.json()["predictions"])
+        os.kill(server.process.pid, signal.SIGKILL)
+        assert wait_until(lambda: not any(running(pid) for pid in workers), 120)
+        with socket.create_server(("127.0.0.1", port)):  # nobody listens there any more
+            pass
+        # They drained as on SIGTERM: every answered prediction is stored.
+        assert {row["id"] for row in stored_rows(tmp_path / "data")} == received
+    output = server.log.read_text()
+    assert "Traceback" not in output
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (an unreaped orphan is a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 # The last: a full-width 1, a digit to str.isdigit but not ASCII.
