@@ -5,13 +5,24 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx2
 import yaml
 from promql import ALERTS
 from server import STEWARD, Server, free_port, serving
 
 PROMETHEUS = shutil.which("prometheus")
 INSTALL_HINT = "Debian's prometheus package is missing: run `make test`"
+
+
+def instant_query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    """The result of an instant PromQL query on the Prometheus at ``prometheus``."""
+    response = httpx2.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+    body = response.json()
+    assert body["status"] == "success", f"{expr}\n{body}"
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
 
 
 @contextmanager

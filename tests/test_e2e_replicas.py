@@ -21,7 +21,7 @@ from helpers import ADMIN_AUTH, ADMIN_TOKEN, postgres_database, postgres_url, wa
 from promql import docs_section_expression
 from server import STEWARD, Server, free_port, serving
 from sklearn.datasets import load_iris
-from stack import prometheus
+from stack import instant_query, prometheus
 
 from app.training import train_demo
 
@@ -48,11 +48,7 @@ class Fleet:
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant PromQL query's result."""
-        response = httpx2.get(f"{self.prometheus.url}/api/v1/query", params={"query": expr})
-        body = response.json()
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+        return instant_query(self.prometheus.url, expr)
 
     def by_instance(self, expr: str) -> dict[str, float]:
         return {r["metric"]["instance"]: float(r["value"][1]) for r in self.query(expr)}

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import pytest
@@ -23,6 +22,7 @@ from helpers import (
 )
 from manifests import SECRETS, Objects, environment, keda_queries, objects, with_secrets
 from server import STEWARD
+from stack import instant_query as query
 from stack import scraped
 
 
@@ -31,13 +31,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Objects:
     """The objects of overlays/postgres-keda."""
     tree = with_secrets(tmp_path_factory.mktemp("kubernetes") / "kubernetes")
     return objects(tree / "overlays" / "postgres-keda")
-
-
-def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    body = httpx2.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()
-    assert body["status"] == "success", body
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:

@@ -16,24 +16,19 @@ import socket
 import sqlite3
 import subprocess
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx2
-import psycopg
 import pytest
 from helpers import (
     DIABETES_ROW,
     IRIS_SETOSA,
     IRIS_VIRGINICA,
-    POSTGRES,
     assert_one_line_error,
     empty_store,
-    postgres_database,
-    postgres_url,
     run_cli,
     stored_rows,
     wait_until,
@@ -43,6 +38,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from promql import docs_expression
 from server import STEWARD, Server, free_port, serving
+from stack import instant_query as query
 from stack import scraped
 
 from app.artifacts import METADATA
@@ -117,14 +113,6 @@ def worker_pids(server: Server) -> set[int]:
         for child in children
         if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
     }
-
-
-def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    response = httpx2.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
-    body = response.json()
-    assert body["status"] == "success", f"{expr}\n{body}"
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
 
 
 def breast_cancer_row(models_dir: Path) -> dict[str, float]:
@@ -377,30 +365,20 @@ def test_sigterm_exits_1_naming_the_worker_that_left_rows_unwritten(
 def test_a_worker_that_fails_its_start_up_stops_the_server_with_status_3(
     tmp_path: Path, models_dir: Path
 ) -> None:
-    """The store lets the role hold two connections, what opening the store takes (its schema
-    check): the parent's pre-flight opens and closes them; the workers, opening theirs at once,
-    cannot both get them, and a worker whose store does not open fails its start-up. The server
-    stops with status 3 rather than start that worker again and again."""
-    role = f"steward_two_{uuid.uuid4().hex[:8]}"
-    with postgres_database("steward_workers") as database:
-        admin = psycopg.connect(POSTGRES.rsplit("/", 1)[0] + f"/{database}", autocommit=True)
-        with admin:
-            admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
-            admin.execute(f"GRANT ALL ON SCHEMA public TO {role}")
-            try:
-                url = postgres_url(database).replace("://postgres@", f"://{role}@", 1)
-                env = env_for(tmp_path, models_dir, database_url=url)
-                port = free_port()
-                log = tmp_path / "steward.log"
-                server = Server([STEWARD, "serve", "--port", str(port)], port=port, env=env,
-                                log=log)  # fmt: skip
-                try:
-                    code = server.process.wait(timeout=120)
-                finally:
-                    server.stop()
-            finally:
-                admin.execute(f"DROP OWNED BY {role}")
-                admin.execute(f"DROP ROLE {role}")
+    """The models folder goes once the parent's pre-flight has passed and the workers are
+    starting (a worker imports for a second or more before it builds its app, which then finds no
+    folder): a first worker that cannot start stops the server with status 3, rather than start
+    it again and again."""
+    env = env_for(tmp_path, models_dir)
+    port = free_port()
+    log = tmp_path / "steward.log"
+    server = Server([STEWARD, "serve", "--port", str(port)], port=port, env=env, log=log)
+    try:
+        assert wait_until(lambda: "] started" in log.read_text(), seconds=60, interval=0.005)
+        models_dir.rename(tmp_path / "moved")
+        code = server.process.wait(timeout=120)
+    finally:
+        server.stop()
     output = log.read_text()
     assert code == 3, output
     assert output.count("] failed to start: stopping the server") == 1, output
