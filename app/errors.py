@@ -190,6 +190,15 @@ class LifecycleConflict(StewardError):
     code = "lifecycle_conflict"
 
 
+class RegistryReadOnly(StewardError):
+    """A change to a model's aliases (promote, roll back, traffic, automatic-rollback policy) on
+    a server that cannot write the registry: mounted read-only, as each replica's is on
+    Kubernetes. Nothing was changed; such changes are made where the registry is writable."""
+
+    status_code = 409
+    code = "registry_read_only"
+
+
 class TrainingDataRefused(StewardError):
     """The data a retraining would learn from, refused before anything is fitted: too few
     labelled rows, a version that keeps no data of its own and no --csv, a --csv without the

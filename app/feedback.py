@@ -9,6 +9,10 @@ Sending the same ground truth again is accepted and counted once ("duplicate"); 
 one for a labelled prediction is a conflict (409); an unknown id is 404; a label the model
 cannot produce is 422. In a batch each item gets its own result.
 
+An id this process does not hold may still wait in another worker's or replica's buffer: where
+another process can hold it, a recent one is looked for again, for a bounded time and by a
+bounded number of requests at once, before it is unknown (app/late_predictions.py).
+
 What ground truth a version accepts, and a regressor's error against it, is
 app/ground_truth.py's: no metric ever receives a value that is not finite.
 """
@@ -27,6 +31,7 @@ from app.errors import (
     ValidationFailed,
 )
 from app.ground_truth import HARD_LIMIT, abs_error, ground_truth_problem
+from app.late_predictions import LateRows
 from app.loading import LoadedModel
 from app.metrics import Metrics
 from app.registry import Registry
@@ -59,9 +64,12 @@ class FeedbackRecorder:
         target_range_multiple: float,
         shadows: Shadows | None = None,
         shadow_wait: float = 2.0,
+        late: LateRows | None = None,
     ) -> None:
         """``shadows``: the shadow predictions still running, which feedback for their rows
-        waits for (up to ``shadow_wait`` seconds), so that one transaction labels both."""
+        waits for (up to ``shadow_wait`` seconds), so that one transaction labels both.
+        ``late``: the bounded wait for an id missing from the store that another process may
+        not have written yet; None: unknown at once."""
         self.registry = registry
         self.store = store
         self.log = log
@@ -70,6 +78,7 @@ class FeedbackRecorder:
         self.target_range_multiple = target_range_multiple
         self.shadows = shadows
         self.shadow_wait = shadow_wait
+        self.late = late
         self.shadow_scores = ShadowScorer(registry, metrics.shadow)
 
     async def receive(self, body: bytes) -> FeedbackResult | FeedbackBatchResponse:
@@ -82,8 +91,7 @@ class FeedbackRecorder:
 
     async def record_one(self, item: FeedbackItem) -> FeedbackResult:
         """Record one item; its error, if any, is raised."""
-        running = await self._settle([item])
-        (outcome,) = await anyio.to_thread.run_sync(self.record, [item], running)
+        (outcome,) = await self._record([item])
         if isinstance(outcome, StewardError):
             raise outcome
         return outcome
@@ -95,8 +103,7 @@ class FeedbackRecorder:
                 f"at most {self.max_items} feedback items per request",
                 [{"field": "items", "message": f"{len(items)} items", "type": "too_long"}],
             )
-        running = await self._settle(items)
-        outcomes = await anyio.to_thread.run_sync(self.record, items, running)
+        outcomes = await self._record(items)
         results = []
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, StewardError):
@@ -117,6 +124,26 @@ class FeedbackRecorder:
             failed=sum(r.status == "error" for r in results),
             results=results,
         )
+
+    async def _record(self, items: Sequence[FeedbackItem]) -> list[Outcome]:
+        """``record`` off the event loop; the items whose id was unknown but recent are
+        recorded again once their rows appear (another process wrote them meanwhile)."""
+        running = await self._settle(items)
+        outcomes = await anyio.to_thread.run_sync(self.record, items, running)
+        unknown = [i for i, o in enumerate(outcomes) if isinstance(o, UnknownPrediction)]
+        if not unknown or self.late is None:
+            return outcomes
+        found = await self.late.arrived(
+            list(dict.fromkeys(items[i].prediction_id for i in unknown))
+        )
+        again = [i for i in unknown if items[i].prediction_id in found]
+        if again:
+            retried = await anyio.to_thread.run_sync(
+                self.record, [items[i] for i in again], running
+            )
+            for i, outcome in zip(again, retried, strict=True):
+                outcomes[i] = outcome
+        return outcomes
 
     async def _settle(self, items: Sequence[FeedbackItem]) -> Mapping[str, LoadedModel]:
         """Let the shadows of these rows still running be logged first (on the event loop,

@@ -1,6 +1,7 @@
 """Prediction ids: what a client quotes to /feedback, and the store's primary key."""
 
 import os
+import re
 import threading
 import time
 
@@ -63,3 +64,19 @@ def new_ids(count: int) -> list[str]:
     noise[2::10] = noise[2::10].translate(_VARIANT_10)
     digits = noise.hex()
     return [head + digits[start : start + 20] for start in range(0, 20 * count, 20)]
+
+
+_OURS = re.compile("[0-9a-f]{12}7[0-9a-f]{3}[89ab][0-9a-f]{15}")
+"""The stored form of an id ``new_ids`` makes: 32 lower-case hex digits, version 7, variant 10."""
+
+
+def issued_at(prediction_id: str) -> float | None:
+    """When ``prediction_id`` was issued, in Unix seconds (to the millisecond), read from its
+    leading 48-bit timestamp; None for an id ``new_ids`` cannot have made (another UUID
+    version, another variant, or not 32 lower-case hex digits).
+
+    A client can forge any timestamp: use it only where a forged one costs that client alone.
+    """
+    if _OURS.fullmatch(prediction_id) is None:
+        return None
+    return int(prediction_id[:12], 16) / 1000

@@ -51,7 +51,9 @@ _HANDED_OVER = (
     "allow_pickle",  # a job loads production and writes its version as the server would
     "skops_trusted_types",
 )
-_WITHHELD = ("STEWARD_ADMIN_TOKEN", "STEWARD_ADMIN_TOKEN_FILE")
+# The admin token is not the job's business; under --workers, prometheus-client would write a
+# metric the job made into the live workers' folder (app/cli/workers.py), counted in /metrics.
+_WITHHELD = ("STEWARD_ADMIN_TOKEN", "STEWARD_ADMIN_TOKEN_FILE", "PROMETHEUS_MULTIPROC_DIR")
 NICENESS = 10  # added to the server's nice value for a job process (at most 19)
 STDERR_TAIL_BYTES = 2048  # the end of a job process's stderr, kept for a failure without result
 LAST_LINE_CHARS = 300

@@ -20,13 +20,14 @@ from app.drift_monitor import DriftMonitor
 from app.errors import InvalidSettings
 from app.feedback import FeedbackRecorder
 from app.jobs import RetrainJobs
+from app.late_predictions import LateRows
 from app.metrics import Metrics
 from app.prediction import Predictor, scores_typical_row
 from app.readiness import Readiness
 from app.registry import Registry
 from app.services import Services
 from app.settings import Settings, load_settings
-from app.store import PredictionLog, open_store
+from app.store import PoolOptions, PredictionLog, open_store
 from app.store.retention import Retention
 from app.watcher import Watcher
 
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
-        store = open_store(settings.store_url)
+        store = open_store(settings.store_url, PoolOptions.of(settings))
         registry = Registry(
             settings.models_dir,
             settings.max_instances,
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
                 settings.target_range_multiple,
                 predictor.shadows,
                 settings.shadow_wait_seconds,
+                LateRows.for_settings(store, settings),
             ),
             readiness=Readiness(registry, store, log, settings.required_models),
             watcher=watcher,

@@ -9,7 +9,6 @@ model (the rest share ``_other``). docs/metrics.md lists each metric with its Pr
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -20,6 +19,7 @@ from app.aliases import TrafficPolicy
 from app.artifacts import Label, ModelMetadata
 from app.drift_metrics import DriftMetrics
 from app.errors import Stage
+from app.multiprocess_metrics import remove_series
 from app.shadow_metrics import ShadowMetrics
 
 if TYPE_CHECKING:  # metrics, store and registry sit side by side: no import at run time
@@ -159,18 +159,21 @@ class Metrics:
             "steward_model_info",
             "1 for each served model version and alias.",
             ["model", "version", "alias"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.model_refused = Gauge(
             "steward_model_refused",
             "1 for each model with a refused version (or aliases file), by reason.",
             ["model", "reason"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.sklearn_mismatch = Gauge(
             "steward_model_sklearn_version_mismatch",
             "1 when a loaded version was saved with another scikit-learn than the one running.",
             ["model", "version"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.runtime = Gauge(
@@ -178,6 +181,7 @@ class Metrics:
             "1 per loaded version, naming what it serves on: its compiled twin (onnxruntime, "
             "treelite; fallback none) or sklearn, with the fallback's reason.",
             ["model", "version", "runtime", "fallback"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.twin_fallbacks = Counter(
@@ -194,11 +198,13 @@ class Metrics:
             "the policy's mode (shadow, canary; none: 0). The configured share, whether or not "
             "it applies now (GET /models/{model} says).",
             ["model", "mode"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.log_pending = Gauge(
             "steward_prediction_log_pending_rows",
             "Acknowledged predictions not yet written to the store.",
+            multiprocess_mode="livesum",
             registry=registry,
         )
         self.log_written = Counter(
@@ -328,21 +334,20 @@ class Metrics:
         """A refusal went (the aliases file was fixed): its series goes, unless another refusal
         of the model has the same reason."""
         if all(r.reason != refusal.reason for r in entry.state.refusals.values()):
-            self.model_refused.remove(entry.name, refusal.reason)
+            remove_series(self.model_refused, entry.name, refusal.reason)
 
     def _unloaded(self, entry: ModelEntry, model: LoadedModel) -> None:
         """A version left memory: its gauges go. Its counters stay (what it served is history,
         and rate() needs them), and so do its class labels (feedback for its predictions)."""
         self._publish_info(entry, model.version)
-        self.sklearn_mismatch.remove(model.name, str(model.version))
-        self.runtime.remove(model.name, str(model.version), *_runtime_labels(model))
+        remove_series(self.sklearn_mismatch, model.name, str(model.version))
+        remove_series(self.runtime, model.name, str(model.version), *_runtime_labels(model))
         self._series.pop((model.name, model.version), None)
 
     def _traffic(self, entry: ModelEntry, old: TrafficPolicy | None, new: TrafficPolicy) -> None:
         """One series per model, under its current mode: the old mode's goes."""
         if old is not None and old.mode != new.mode:
-            with contextlib.suppress(KeyError):  # a model added before ``follow``: none yet
-                self.traffic_percent.remove(entry.name, old.mode)
+            remove_series(self.traffic_percent, entry.name, old.mode)
         self.traffic_percent.labels(entry.name, new.mode).set(
             0.0 if new.mode == "none" else new.percent
         )
@@ -356,7 +361,7 @@ class Metrics:
             aliases = tuple(state.aliases_of(version)) or ("",)
         key = (entry.name, version)
         for alias in set(self._info.pop(key, ())) - set(aliases):
-            self.model_info.remove(entry.name, str(version), alias)
+            remove_series(self.model_info, entry.name, str(version), alias)
         for alias in aliases:
             self.model_info.labels(entry.name, str(version), alias).set(1)
         if aliases:

@@ -19,6 +19,7 @@ from app.errors import InvalidSettings
 
 ENV_PREFIX = "STEWARD_"
 MIN_ADMIN_TOKEN = 16
+MAX_WORKERS = 64
 # Durations an older Steward read in milliseconds (STEWARD_<NAME>_MS), now in seconds
 # (STEWARD_<NAME>_SECONDS). The old variable is refused, not ignored: an upgrade must not
 # silently drop an operator's tuning.
@@ -37,6 +38,27 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Where the embedded SQLite store lives.")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the prediction store; default: SQLite in data_dir."
+    )
+    database_pool_size: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections each process keeps open to the store (the log "
+        "writer, feedback and quality reads share them); ignored for SQLite.",
+    )
+    database_pool_max_overflow: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="PostgreSQL connections opened beyond database_pool_size at busy moments, "
+        "closed again when returned; ignored for SQLite.",
+    )
+    database_pool_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How long a store call waits for a free PostgreSQL connection; then the "
+        "store counts as unavailable (503 store_unavailable). Ignored for SQLite.",
     )
     default_model: str | None = Field(
         None,
@@ -141,6 +163,17 @@ class Settings(BaseSettings):
         ge=0,
         description="How long feedback for a row waits for its shadow prediction still running, "
         "so both are labelled together; a shadow later than this misses that label.",
+    )
+    feedback_pending_wait_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="Feedback for an id not in the store yet (another worker or replica may "
+        "still hold it in its buffer) looks for it again until this long after the id was "
+        "issued, then 404; an older id is 404 at once. Only with workers above 1 or a "
+        "database_url set; at most max_concurrency // 8 (at least 1) requests wait at once, each "
+        "for its first 100 young ids (app/late_predictions.py). At least the other processes' "
+        "log_flush_interval_seconds plus a write; 0: no wait.",
     )
     quality_window_seconds: float = Field(
         7 * 86400.0,
@@ -377,6 +410,22 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address `steward serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `steward serve` binds.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=MAX_WORKERS,
+        description="Worker processes of `steward serve`, sharing its port: each with its own "
+        "event loop, batching lanes, prediction-log writer, drift windows and "
+        "STEWARD_MAX_CONCURRENCY. Above 1, /metrics is prometheus-client's multiprocess mode "
+        "(every worker's counts, whichever worker answers the scrape).",
+    )
+    metrics_dir: Path | None = Field(
+        None,
+        description="With more than one worker: the folder where the workers keep their metric "
+        "files (created if missing; a previous run's metric files deleted at start; one holding "
+        "other *.db files refused). Unset: a new temporary folder, removed at exit. Ignored with "
+        "one worker.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Logging level of the server."
     )
@@ -391,6 +440,14 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("metrics_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        # An empty value would be the current folder, whose metric files are deleted at start.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty: unset it for a temporary folder")
         return value
 
     @field_validator("skops_trusted_types")

@@ -28,6 +28,10 @@ Then a prediction-log retention pass (bench/retention.py): iris at 8 connections
 a million old rows, retention off vs while one pass deletes them all; the pass's length.
 ``--retention-only`` runs just that part.
 
+Last, one worker against two (bench/workers.py): ``steward serve --workers 1`` and ``2`` on iris
+at 64 connections, interleaved over two rounds, and the ratio of their req/s; the server and wrk
+share every core (how, and why, in bench/workers.py). ``--workers-only`` runs just that part.
+
 ``--soak SECONDS`` instead runs iris at 64 connections for that long and prints RSS over time.
 """
 
@@ -60,6 +64,8 @@ from scrape import Watch, counter, rows_written
 from server import STEWARD
 from speed import measure_speed, print_speed, start_steward
 from twins import twins_cost
+from workers import CONNECTIONS as WORKERS_CONNECTIONS
+from workers import workers_cost
 
 MODELS = ("iris", "breast-cancer", "diabetes")
 CONNECTIONS = (1, 8, 64)
@@ -79,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--retention-only", action="store_true", help="only the cost of a retention pass"
     )
+    parser.add_argument("--workers-only", action="store_true", help="only one worker against two")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --workers-only")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="steward-bench-") as folder:
         bench(Path(folder), args)
@@ -111,6 +119,9 @@ def bench(work: Path, args: argparse.Namespace) -> None:
     if args.retention_only:
         print_retention_cost(work, args.seconds)
         return
+    if args.workers_only:
+        print_workers_cost(work, models_dir, args.seconds, args.rounds)
+        return
     models = args.models.split(",")
     connections = [int(c) for c in args.connections.split(",")]
     speed = measure_speed(work / "speed", models_dir, models, connections, args.seconds)
@@ -127,6 +138,25 @@ def bench(work: Path, args: argparse.Namespace) -> None:
     twins_cost()
     print()
     print_retention_cost(work, args.seconds)
+    print()
+    print_workers_cost(work, models_dir, args.seconds, args.rounds)
+
+
+def print_workers_cost(work: Path, models_dir: Path, seconds: float, rounds: int) -> None:
+    """One worker against two (bench/workers.py)."""
+    cost = workers_cost(work / "workers", models_dir, seconds, rounds)
+    print(
+        f"workers, iris at {WORKERS_CONNECTIONS} connections, median of {rounds} interleaved "
+        f"rounds of {seconds} s; {cost.pinning}:"
+    )
+    print_markdown(
+        ("workers", "req/s", "p50 ms", "p99 ms", "err"),
+        [
+            (str(n), f"{r.rate:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors))
+            for n, r in ((n, cost.median(n)) for n in cost.runs)
+        ],
+    )
+    print(f"2 workers ÷ 1: {cost.ratio:.2f}x the req/s (target: at least 1.7x)")
 
 
 def print_retention_cost(work: Path, seconds: float) -> None:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import ADMIN_TOKEN
+from helpers import ADMIN_TOKEN, postgres_store
 
 from app.main import create_app
 from app.settings import Settings
+from app.store import SqlStore, open_store
 from app.training import train_demo
 
 
@@ -56,3 +57,17 @@ def admin_settings(tmp_path: Path, models_dir: Path) -> Settings:
 def admin(admin_settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(admin_settings), raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    """A new, empty store on each backend: a SQLite file, and a schema of its own on the test
+    PostgreSQL. The store contract tests take this one; PostgreSQL is never optional in CI
+    (helpers.postgres_admin)."""
+    if request.param == "sqlite":
+        opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+        yield opened
+        opened.close()
+        return
+    with postgres_store("steward_test") as opened:
+        yield opened

@@ -5,6 +5,7 @@ A real server process is started with bench/server.py, which the benchmark uses 
 
 import os
 import sqlite3
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -18,12 +19,12 @@ import pandas as pd
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from httpx2 import Response
+from httpx2 import Client, Response
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.artifacts import load_estimator, read_metadata, save_version
 from app.cli import main
-from app.store import Label, PredictionRecord, PredictionStore, open_store
+from app.store import Label, PredictionRecord, PredictionStore, SqlStore, open_store
 
 ADMIN_TOKEN = "s3cret-admin-token-0123456789"
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -75,8 +76,9 @@ def assert_error(response: Response, status: int, code: str) -> dict[str, Any]:
     return error
 
 
-def metric(client: TestClient, name: str, **labels: str) -> float:
-    """The value of the one sample on /metrics with exactly these labels; fails if absent."""
+def metric(client: Client, name: str, **labels: str) -> float:
+    """The value of the one sample on /metrics with exactly these labels; fails if absent.
+    ``client``: a TestClient, or an httpx2 client of a real server."""
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
             if sample.name == name and sample.labels == labels:
@@ -84,7 +86,7 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{labels} on /metrics")
 
 
-def metric_sum(client: TestClient, name: str, **labels: str) -> float:
+def metric_sum(client: Client, name: str, **labels: str) -> float:
     """Sum of every sample of ``name`` matching ``labels`` (like PromQL sum())."""
     total = 0.0
     for family in text_string_to_metric_families(client.get("/metrics").text):
@@ -225,6 +227,9 @@ def plan_churn_csv(path: Path) -> Path:
 
 
 POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+# Set by .ci/run: without a PostgreSQL the tests that need one fail instead of skipping, so the
+# PostgreSQL half of the suite can never pass by not running.
+POSTGRES_REQUIRED = os.environ.get("STEWARD_TEST_POSTGRES_REQUIRED", "") not in ("", "0")
 
 
 def postgres_url(database: str) -> str:
@@ -233,18 +238,68 @@ def postgres_url(database: str) -> str:
     return url.rsplit("/", 1)[0] + f"/{database}"
 
 
+def postgres_admin() -> psycopg.Connection[Any]:
+    """An autocommit connection to the test PostgreSQL (STEWARD_TEST_POSTGRES). Without one
+    the test skips, or fails with one line when STEWARD_TEST_POSTGRES_REQUIRED is set."""
+    try:
+        return psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        reason = f"no PostgreSQL at {POSTGRES}: {' '.join(str(exc).split())}"
+    if POSTGRES_REQUIRED:  # out of the except block: the failure is this one line, unchained
+        pytest.fail(f"{reason} (STEWARD_TEST_POSTGRES_REQUIRED is set)", pytrace=False)
+    pytest.skip(reason)
+
+
 @contextmanager
 def postgres_database(prefix: str) -> Iterator[str]:
     """A database of its own on the test PostgreSQL (``prefix`` and a random suffix), dropped
-    afterwards with whatever is still connected to it; its name. Skips without a PostgreSQL."""
+    afterwards with whatever is still connected to it; its name."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
-    with admin:
+    with postgres_admin() as admin:
         admin.execute(f"CREATE DATABASE {name}")
         try:
             yield name
         finally:
             admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@contextmanager
+def postgres_schema(prefix: str) -> Iterator[str]:
+    """A schema of its own in the test PostgreSQL's database, dropped afterwards with what is
+    in it; a SQLAlchemy URL whose connections work in it (cheaper than a database a test)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with postgres_admin() as admin:
+        admin.execute(f"CREATE SCHEMA {name}")
+        try:
+            url = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
+            yield f"{url}?options=-csearch_path%3D{name}"
+        finally:
+            admin.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+@contextmanager
+def postgres_store(prefix: str) -> Iterator[SqlStore]:
+    """A new, empty store in a schema of its own on the test PostgreSQL; closed and dropped
+    afterwards."""
+    with postgres_schema(prefix) as url:
+        opened = open_store(url)
+        try:
+            yield opened
+        finally:
+            opened.close()
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` turned read-only by a read-only bind mount over itself, as a pod's read-only
+    volume is (root cannot write through it; chmod would not stop root). Skips the test where
+    this machine lets it mount nothing."""
+    done = subprocess.run(["mount", "--bind", folder, folder], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+    try:
+        remount = ["mount", "-o", "remount,ro,bind", str(folder)]
+        assert subprocess.run(remount, capture_output=True).returncode == 0
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

@@ -52,6 +52,15 @@ DRIFT_METRICS = {*DRIFT_GAUGES, "steward_data_quality_total", "steward_drift_win
 """Every sample name of the drift metrics."""
 
 
+def docs_section_expression(heading: str) -> str:
+    """The one ```promql block of docs/metrics.md under the heading that starts with
+    ``heading`` (``### Accuracy on feedback``), before the next heading."""
+    text = (DOCS / "metrics.md").read_text()
+    (section,) = re.findall(rf"^{re.escape(heading)}.*?\n(.*?)(?=^#|\Z)", text, re.S | re.M)
+    (block,) = re.findall(r"```promql\n(.*?)```", section, re.S)
+    return str(block).strip()
+
+
 def docs_expression(containing: str) -> str:
     """The one expression of docs/metrics.md that contains ``containing``."""
     (expression,) = [e for e in docs_expressions() if containing in e]

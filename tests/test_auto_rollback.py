@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import DIABETES_ROW, IRIS_SETOSA, metric, predict
+from helpers import DIABETES_ROW, IRIS_SETOSA, metric, predict, read_only
 
 from app import lifecycle
 from app.aliases import read_alias_file
@@ -306,6 +306,29 @@ def test_an_unreadable_aliases_file_is_reported_not_checked(
     body = client.get("/models/iris").json()
     assert body["auto_rollback"]["state"] == "unknown"
     assert body["auto_rollback"]["reason"].startswith("not checked: ")
+
+
+def test_a_worse_promote_on_a_read_only_registry_is_said_once_not_rolled_back(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica on Kubernetes mounts the registry read-only: it cannot write the rollback, and
+    says so once (docs/operations.md, Kubernetes)."""
+    built = services(client)
+    serve_and_label(client, "iris", 1, [True] * 10)
+    promote(client, "iris", 2)
+    serve_and_label(client, "iris", 2, [False] * 10)
+    with read_only(built.settings.models_dir), caplog.at_level(logging.INFO, "app.auto_rollback"):
+        assert built.auto_rollback.check() == []
+        assert built.auto_rollback.check() == []
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "app.auto_rollback"]
+    assert line == (
+        "auto-rollback iris: not checked: the model registry is read-only here: nothing was changed"
+    )
+    assert production(client, "iris") == 2
+    assert rollbacks(client, "iris", "accuracy_drop") == 0
+    (made,) = built.auto_rollback.check()  # writable again: rolled back
+    assert (made.model, made.reason) == ("iris", "accuracy_drop")
+    assert production(client, "iris") == 1
 
 
 def test_get_model_shows_the_policy_and_the_judgement(client: TestClient) -> None:

@@ -273,6 +273,14 @@ def test_models_dir_before_or_after_the_command(
         ("STEWARD_TRAINING_COPY_MAX_BYTES", "50MB", "input should be a valid integer"),
         ("STEWARD_RETRAIN_HOLDOUT_SECONDS", "-1", "input should be greater than or equal to 0"),
         ("STEWARD_RETRAIN_HOLDOUT_SECONDS", "nan", "input should be a finite number"),
+        (
+            "STEWARD_FEEDBACK_PENDING_WAIT_SECONDS",
+            "-1",
+            "input should be greater than or equal to 0",
+        ),
+        ("STEWARD_FEEDBACK_PENDING_WAIT_SECONDS", "61", "input should be less than or equal to 60"),
+        ("STEWARD_FEEDBACK_PENDING_WAIT_SECONDS", "soon", "input should be a valid number"),
+        ("STEWARD_FEEDBACK_PENDING_WAIT_SECONDS", "inf", "input should be a finite number"),
     ],
 )
 def test_bad_setting_is_one_line_naming_the_variable(

@@ -195,6 +195,6 @@ def test_image_command_and_healthcheck_run_here(tmp_path: Path) -> None:
     assert "Application shutdown complete" in output, output  # SIGTERM reached the server
 
 
-@pytest.mark.parametrize("ignored", ["models", "data", ".venv", ".git", "tests"])
+@pytest.mark.parametrize("ignored", ["models", "data", ".venv", ".git", "tests", "deploy"])
 def test_build_context_leaves_out_generated_files(ignored: str) -> None:
     assert ignored in (ROOT / ".dockerignore").read_text().split()

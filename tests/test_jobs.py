@@ -91,6 +91,38 @@ def test_the_job_process_retrains_with_this_servers_settings(
     assert (models_dir / "iris" / str(job.result["version"]) / "metadata.json").is_file()
 
 
+def test_the_job_process_gets_neither_the_admin_token_nor_the_workers_metrics_dir(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under --workers, PROMETHEUS_MULTIPROC_DIR names the live workers' metric files: a metric
+    the job made would land among them, counted in every scrape."""
+    live = tmp_path / "live-metrics"
+    live.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(live))
+    monkeypatch.setenv("STEWARD_ADMIN_TOKEN", "s3cret-admin-token-0123456789")
+    monkeypatch.setenv("STEWARD_GIVEN_THROUGH", "yes")  # the rest of the environment is
+
+    async def scenario() -> tuple[Job, dict[str, str]]:
+        jobs = RetrainJobs(settings)
+        job = await jobs.start("iris", None, "keep")
+        process = await until_running(job)
+        os.kill(process.pid, signal.SIGSTOP)  # held while its environment is read
+        try:
+            pairs = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        await until_finished(job)
+        await jobs.close()
+        return job, dict(p.decode().split("=", 1) for p in pairs if p)
+
+    job, environment = asyncio.run(scenario())
+    assert job.status == "passed"
+    assert "PROMETHEUS_MULTIPROC_DIR" not in environment
+    assert "STEWARD_ADMIN_TOKEN" not in environment
+    assert environment["STEWARD_GIVEN_THROUGH"] == "yes"
+    assert list(live.iterdir()) == []
+
+
 async def until_running(job: Job) -> asyncio.subprocess.Process:
     async with asyncio.timeout(JOB_SECONDS):
         while job.status == "queued":

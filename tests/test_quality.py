@@ -3,11 +3,8 @@
 import math
 import shutil
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from app.artifacts import ModelMetadata, read_metadata
 from app.quality import DEFAULT_WINDOW_SECONDS, live_quality, model_quality
@@ -16,13 +13,6 @@ from app.settings import Settings
 from app.store import Label, PredictionRecord, SqlStore, open_store
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-    yield opened
-    opened.close()
 
 
 def versions(demo_models: Path, model: str, *numbers: int) -> dict[int, ModelMetadata]:

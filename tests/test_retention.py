@@ -5,14 +5,13 @@ import asyncio
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx2
 import pytest
-from helpers import IRIS_SETOSA, postgres_database, postgres_url, wait_until
+from helpers import IRIS_SETOSA, wait_until
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
@@ -27,21 +26,6 @@ from app.store.schema import predictions, quarantine, shadow_predictions
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DAY = 86400.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
-    if request.param == "sqlite":
-        opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-        yield opened
-        opened.close()
-        return
-    with postgres_database("steward_retention") as name:
-        opened = open_store(postgres_url(name))
-        try:
-            yield opened
-        finally:
-            opened.close()
 
 
 def retention(store: SqlStore, tmp_path: Path, **settings: object) -> tuple[Retention, Metrics]:

@@ -2,8 +2,9 @@
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from app import multiprocess_metrics
 from app.api.deps import MetricsDep, ReadinessDep
 from app.readiness import ReadinessReport
 from app.schemas import ErrorResponse
@@ -25,5 +26,7 @@ def readyz(readiness: ReadinessDep) -> ReadinessReport:
 
 @router.get("/metrics", response_class=Response)
 def metrics(collectors: MetricsDep) -> Response:
-    """Prometheus text format."""
-    return Response(generate_latest(collectors.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format (under several workers: every worker's counts)."""
+    return Response(
+        multiprocess_metrics.exposition(collectors.registry), media_type=CONTENT_TYPE_LATEST
+    )

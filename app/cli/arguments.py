@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from app.artifacts import NAME_PATTERN
+from app.settings import MAX_WORKERS
 
 
 def model_name(value: str) -> str:
@@ -54,6 +55,14 @@ def margin(value: str) -> float:
 def port(value: str) -> int:
     if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
         raise argparse.ArgumentTypeError("a port is a whole number from 1 to 65535")
+    return int(value)
+
+
+def worker_count(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_WORKERS):
+        raise argparse.ArgumentTypeError(
+            f"a worker count is a whole number from 1 to {MAX_WORKERS}"
+        )
     return int(value)
 
 

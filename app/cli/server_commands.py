@@ -8,7 +8,7 @@ import math
 import signal
 import socket
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app import status
 from app.cli import arguments
@@ -18,6 +18,9 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     import uvicorn
+    from fastapi import FastAPI
+
+    from app.main import Shutdown
 
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app's start-up failed
 
@@ -48,11 +51,18 @@ def add_commands(commands: Commands) -> None:
         "opened, before the server starts: a problem is one line and exit status 1.\n"
         "SIGTERM (or Ctrl-C) drains: new connections are refused, requests in flight get\n"
         "STEWARD_DRAIN_SECONDS, the prediction log writes every acknowledged row; exit status\n"
-        "0, or 1 if rows were left unwritten.",
-        "examples:\n  steward serve\n  steward serve --host 0.0.0.0 --port 8080",
+        "0, or 1 if rows were left unwritten. With --workers N, each worker drains so, and the\n"
+        "exit status is the worst of theirs (docs/operations.md, Several workers on one host).",
+        "examples:\n  steward serve\n  steward serve --host 0.0.0.0 --port 8080\n"
+        "  steward serve --workers 2",
     )
     serve.add_argument("--host", help="bind address (default: STEWARD_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=arguments.port, help="port (default: STEWARD_PORT or 8000)")
+    serve.add_argument(
+        "--workers",
+        type=arguments.worker_count,
+        help="worker processes sharing the port (default: STEWARD_WORKERS or 1)",
+    )
     serve.set_defaults(command=_serve)
 
 
@@ -67,31 +77,51 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from app import logs
-    from app.api.header_timeout import header_timeout_protocol
     from app.main import Shutdown, create_app
-    from app.store import open_store
+    from app.store import PoolOptions, open_store
 
+    # What the command line says is part of the settings every worker gets.
+    given = {"host": args.host, "port": args.port, "workers": args.workers}
+    settings = settings.model_copy(update={k: v for k, v in given.items() if v is not None})
     # Pre-flight: what would fail in the server's start-up fails here, in one line.
     shutdown = Shutdown()
     app = create_app(settings, shutdown)  # refuses a models directory that is not there
     try:
-        open_store(settings.store_url).close()
+        open_store(settings.store_url, PoolOptions.of(settings)).close()
     except StoreUnavailable as exc:
         source = "STEWARD_DATABASE_URL" if settings.database_url else "STEWARD_DATA_DIR"
         raise StoreUnavailable(f"{exc} ({source})") from exc
-    host, port = args.host or settings.host, args.port or settings.port
-    _check_port_free(host, port)
+    _check_port_free(settings.host, settings.port)
     # One handler and formatter for Steward's lines, uvicorn's and Python's warnings alike.
     log_config = logs.config(settings)
     logging.config.dictConfig(log_config)
     logging.captureWarnings(True)
+    if settings.workers > 1:
+        from app.cli import workers
+
+        return workers.supervise(settings, log_config)
+    return serve_app(app, shutdown, settings, log_config)
+
+
+def serve_app(
+    app: "FastAPI",
+    shutdown: "Shutdown",
+    settings: Settings,
+    log_config: dict[str, Any],
+    sockets: "list[socket.socket] | None" = None,
+) -> int:
+    """Serve ``app`` in this process until stopped (on ``sockets``: a worker on its
+    supervisor's socket); the exit status: 0 drained, 3 the app's start-up failed; an error
+    when acknowledged predictions may be unwritten (what ``shutdown`` says)."""
+    import uvicorn
+
+    from app.api.header_timeout import header_timeout_protocol
+
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
+        host=settings.host,
+        port=settings.port,
         log_level=settings.log_level,
         http=header_timeout_protocol(settings.header_timeout_seconds),
         log_config=log_config,
@@ -100,7 +130,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
     )
     server = uvicorn.Server(config)
-    _run_until_stopped(server)
+    _run_until_stopped(server, sockets)
     if not server.started:  # the app's start-up failed; uvicorn logged why
         return STARTUP_FAILURE
     if not shutdown.done:  # the app's shutdown failed before it closed the log
@@ -116,7 +146,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _run_until_stopped(server: "uvicorn.Server") -> None:
+def _run_until_stopped(
+    server: "uvicorn.Server", sockets: "list[socket.socket] | None" = None
+) -> None:
     """Serve until SIGTERM or SIGINT, then drain: a graceful stop returns, and the caller's
     exit status says how it went.
 
@@ -132,7 +164,7 @@ def _run_until_stopped(server: "uvicorn.Server") -> None:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
+        server.run(sockets)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -13,12 +13,14 @@ from app.store.base import (
     VersionCounts,
 )
 from app.store.log import PredictionLog
+from app.store.pool import PoolOptions
 from app.store.sql import SqlStore, open_store
 
 __all__ = [
     "Label",
     "LabelledRow",
     "PairedCounts",
+    "PoolOptions",
     "PredictionLog",
     "PredictionRecord",
     "PredictionStore",

@@ -43,6 +43,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateIndex
 
 from app.errors import StoreSchemaTooNew
@@ -119,7 +120,13 @@ def migrate(engine: Engine) -> int:
         finally:
             locking.dispose()
     if engine.dialect.name == "postgresql":
-        return _migrate_postgresql(engine)
+        # Connections of their own, closed when done: the lock's and a step's are two at once,
+        # which a serving pool of one (STEWARD_DATABASE_POOL_SIZE=1, no overflow) cannot give.
+        apart = create_engine(engine.url, poolclass=NullPool, hide_parameters=True)
+        try:
+            return _migrate_postgresql(apart)
+        finally:
+            apart.dispose()
     with engine.begin() as conn:
         return _migrate(conn)
 

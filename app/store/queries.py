@@ -3,9 +3,38 @@
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, Table, case, func, select
+from sqlalchemy import ColumnElement, Float, Select, Table, case, func, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from app.store.schema import as_utc, predictions, shadow_predictions
+
+# No error the feedback path accepts is larger (app/ground_truth.HARD_LIMIT): its square is
+# finite. A larger one, kept in a log older than that limit, squares to infinity and RMSE is
+# null; SQLite's arithmetic gets there by itself, PostgreSQL's raises an overflow and fails the
+# whole query instead, so such a square is infinity in the SQL.
+SQUARABLE = 1e100
+
+
+class _Infinity(ColumnElement[float]):
+    """+infinity as a float8/REAL: a literal beyond SQLite's range, PostgreSQL's 'Infinity'."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(_Infinity)
+def _infinity(element: _Infinity, compiler: SQLCompiler, **kw: Any) -> str:
+    return "9e999"
+
+
+@compiles(_Infinity, "postgresql")
+def _infinity_postgresql(element: _Infinity, compiler: SQLCompiler, **kw: Any) -> str:
+    return "'Infinity'::float8"
+
+
+def _squared(error: ColumnElement[float]) -> ColumnElement[float]:
+    return case((error > SQUARABLE, _Infinity()), else_=error * error)
 
 
 def version_counts_query(
@@ -24,7 +53,7 @@ def version_counts_query(
             func.count(c.ground_truth).label("labelled"),
             func.count(case((c.correct.is_(True), 1))).label("correct"),
             func.coalesce(func.sum(c.abs_error), 0.0).label("abs_error_sum"),
-            func.coalesce(func.sum(c.abs_error * c.abs_error), 0.0).label("squared_error_sum"),
+            func.coalesce(func.sum(_squared(c.abs_error)), 0.0).label("squared_error_sum"),
         )
         .where(c.model == model)
         .group_by(c.version)
@@ -46,10 +75,8 @@ def paired_counts_query(model: str, since: datetime | None) -> Select[Any]:
             func.count(case((s.correct.is_(True), 1))).label("challenger_correct"),
             func.coalesce(func.sum(p.abs_error), 0.0).label("champion_abs_error_sum"),
             func.coalesce(func.sum(s.abs_error), 0.0).label("challenger_abs_error_sum"),
-            func.coalesce(func.sum(p.abs_error * p.abs_error), 0.0).label(
-                "champion_squared_error_sum"
-            ),
-            func.coalesce(func.sum(s.abs_error * s.abs_error), 0.0).label(
+            func.coalesce(func.sum(_squared(p.abs_error)), 0.0).label("champion_squared_error_sum"),
+            func.coalesce(func.sum(_squared(s.abs_error)), 0.0).label(
                 "challenger_squared_error_sum"
             ),
         )

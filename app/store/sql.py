@@ -2,7 +2,8 @@
 
 The tables (schema.py), the live-quality queries (queries.py) and the log's INSERTs (bulk.py) are
 portable SQL; only connection set-up differs per dialect, so a PostgreSQL URL drops in (with its
-driver installed) behind the same contract tests.
+driver, psycopg 3, installed; its connection pool sized by settings, pool.py) behind the same
+contract tests.
 """
 
 import contextlib
@@ -50,6 +51,7 @@ from app.store.base import (
 )
 from app.store.bulk import BulkInsert
 from app.store.migrations import migrate
+from app.store.pool import PoolOptions
 from app.store.queries import labelled_rows_query, paired_counts_query, version_counts_query
 from app.store.schema import (
     as_utc,
@@ -76,6 +78,10 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+DEFAULT_POOL = PoolOptions()
+# PostgreSQL refusing every write, whatever it is given: a read-only transaction (a hot standby
+# after a failover, default_transaction_read_only). psycopg files it under InternalError.
+_READ_ONLY = frozenset({"25006"})
 _OUTAGES = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 
 
@@ -89,10 +95,22 @@ def _store_errors(
         yield
     except SQLAlchemyError as exc:
         outage = isinstance(exc, _OUTAGES) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated
+            isinstance(exc, DBAPIError)
+            and (exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in _READ_ONLY)
         )
         error = StoreUnavailable if outage else refused
-        raise error(f"prediction store failed to {action}: {exc.__cause__ or exc}") from exc
+        raise error(f"prediction store failed to {action}: {_reason(exc)}") from exc
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """What went wrong, in the driver's words; a pool timeout in ours (SQLAlchemy's names its
+    pool class and links its own docs, which tell a client of the API nothing)."""
+    if isinstance(exc, PoolTimeout):
+        return (
+            "every pooled connection stayed busy for STEWARD_DATABASE_POOL_TIMEOUT_SECONDS "
+            "(STEWARD_DATABASE_POOL_SIZE + STEWARD_DATABASE_POOL_MAX_OVERFLOW connections)"
+        )
+    return str(exc.__cause__ or exc)
 
 
 class SqlStore:
@@ -171,10 +189,19 @@ class SqlStore:
         }
 
     def label(self, labels: Sequence[Label]) -> set[str]:
+        """Label each prediction not labelled yet; the ids labelled now.
+
+        Safe across replicas as it is, under PostgreSQL's READ COMMITTED: the UPDATE's
+        ``ground_truth IS NULL`` is checked again on the newest version of the row once its row
+        lock is had, so of two replicas labelling one row at once the second waits for the
+        first to commit, then finds it labelled and changes nothing (rowcount 0: the feedback
+        path then answers duplicate or conflict). On SQLite one writer at a time holds the
+        file. Rows are locked in id order, so two batches naming the same ids cannot deadlock.
+        """
         labelled = set()
         p, s = predictions.c, shadow_predictions.c
         with _store_errors("record feedback"), self._writing() as conn:
-            for item in labels:
+            for item in sorted(labels, key=lambda label: label.prediction_id):
                 result = conn.execute(
                     update(predictions)
                     .where(p.id == item.prediction_id, p.ground_truth.is_(None))
@@ -353,8 +380,9 @@ def _shadow(row: Any) -> StoredShadow:
     )
 
 
-def open_store(url: str) -> SqlStore:
-    """Open (creating if needed) the store at a SQLAlchemy URL; StoreUnavailable if it cannot."""
+def open_store(url: str, pool: PoolOptions = DEFAULT_POOL) -> SqlStore:
+    """Open (creating if needed) the store at a SQLAlchemy URL; StoreUnavailable if it cannot.
+    ``pool`` sizes a PostgreSQL store's connection pool (app/store/pool.py)."""
     try:
         parsed = make_url(url)
     except ArgumentError:  # its message would repeat the URL, password included
@@ -371,7 +399,7 @@ def open_store(url: str) -> SqlStore:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(
-                url, pool_pre_ping=True, json_serializer=_json_text, hide_parameters=True
+                url, json_serializer=_json_text, hide_parameters=True, **pool.engine_arguments()
             )
     except (ArgumentError, ImportError) as exc:  # an unknown dialect, a driver not installed
         raise StoreUnavailable(
