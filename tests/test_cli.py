@@ -281,6 +281,16 @@ def test_models_dir_before_or_after_the_command(
         ("STEWARD_FEEDBACK_PENDING_WAIT_SECONDS", "61", "input should be less than or equal to 60"),
         ("STEWARD_FEEDBACK_PENDING_WAIT_SECONDS", "soon", "input should be a valid number"),
         ("STEWARD_FEEDBACK_PENDING_WAIT_SECONDS", "inf", "input should be a finite number"),
+        ("STEWARD_DATABASE_POOL_SIZE", "0", "input should be greater than or equal to 1"),
+        ("STEWARD_DATABASE_POOL_SIZE", "-1", "input should be greater than or equal to 1"),
+        ("STEWARD_DATABASE_POOL_SIZE", "abc", "input should be a valid integer"),
+        ("STEWARD_DATABASE_POOL_SIZE", "1001", "input should be less than or equal to 1000"),
+        ("STEWARD_DATABASE_POOL_SIZE", "2.5", "input should be a valid integer"),
+        ("STEWARD_DATABASE_POOL_MAX_OVERFLOW", "-1", "input should be greater than or equal to 0"),
+        ("STEWARD_DATABASE_POOL_MAX_OVERFLOW", "1e9", "input should be a valid integer"),
+        ("STEWARD_DATABASE_POOL_TIMEOUT_SECONDS", "-5", "input should be greater than 0"),
+        ("STEWARD_DATABASE_POOL_TIMEOUT_SECONDS", "nan", "input should be a finite number"),
+        ("STEWARD_DATABASE_POOL_TIMEOUT_SECONDS", "3601", "input should be less than or equal"),
     ],
 )
 def test_bad_setting_is_one_line_naming_the_variable(

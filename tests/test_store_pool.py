@@ -13,13 +13,11 @@ import pytest
 from helpers import (
     IRIS_SETOSA,
     IRIS_VIRGINICA,
-    assert_one_line_error,
     metric,
     metric_sum,
     postgres_admin,
     postgres_database,
     postgres_url,
-    run_cli,
     wait_until,
 )
 from server import STEWARD, Server, free_port, serving
@@ -50,35 +48,6 @@ def test_pool_options_come_from_the_settings(tmp_path: Path) -> None:
     )
     assert PoolOptions.of(settings) == PoolOptions(3, 0, 0.25)
     assert PoolOptions.of(Settings(models_dir=tmp_path)) == PoolOptions(5, 5, 10.0)
-
-
-@pytest.mark.parametrize(
-    ("variable", "value", "rule"),
-    [
-        ("STEWARD_DATABASE_POOL_SIZE", "0", "input should be greater than or equal to 1"),
-        ("STEWARD_DATABASE_POOL_SIZE", "-1", "input should be greater than or equal to 1"),
-        ("STEWARD_DATABASE_POOL_SIZE", "abc", "input should be a valid integer"),
-        ("STEWARD_DATABASE_POOL_SIZE", "1001", "input should be less than or equal to 1000"),
-        ("STEWARD_DATABASE_POOL_SIZE", "2.5", "input should be a valid integer"),
-        ("STEWARD_DATABASE_POOL_MAX_OVERFLOW", "-1", "input should be greater than or equal to 0"),
-        ("STEWARD_DATABASE_POOL_MAX_OVERFLOW", "1e9", "input should be a valid integer"),
-        ("STEWARD_DATABASE_POOL_TIMEOUT_SECONDS", "0", "input should be greater than 0"),
-        ("STEWARD_DATABASE_POOL_TIMEOUT_SECONDS", "nan", "input should be a finite number"),
-        ("STEWARD_DATABASE_POOL_TIMEOUT_SECONDS", "3601", "input should be less than or equal"),
-    ],
-)
-def test_a_bad_pool_setting_is_one_line_naming_the_variable(
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    variable: str,
-    value: str,
-    rule: str,
-) -> None:
-    monkeypatch.setenv(variable, value)
-    code, out, err = run_cli(capsys, "--models-dir", str(tmp_path), "models")
-    assert (code, out) == (1, "")
-    assert_one_line_error(err, f"steward: error: invalid settings: {variable}: {rule}")
 
 
 # --- the pool of a store --------------------------------------------------------------------
