@@ -33,6 +33,8 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
 # The demo models are trained on first start (when the registry volume has none), then exec
 # hands PID 1 to `steward serve`, so SIGTERM reaches it and drains the prediction log. Its
 # worker count is the setting's: STEWARD_WORKERS (default 1; `docker run -e STEWARD_WORKERS=2`),
-# read by `steward serve` itself, so this command does not change (several workers: the parent
-# is PID 1, and drains them all on SIGTERM).
+# read by `steward serve` itself, so this command does not change. With several workers the
+# parent is PID 1 and drains them all on SIGTERM, but reaps only its own workers: run the
+# container with an init (`docker run --init`, compose `init: true`) to reap the rest
+# (docs/operations.md, "Several workers on one host").
 CMD ["sh", "-c", "steward train demo --if-missing && exec steward serve"]

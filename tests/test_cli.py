@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, wait_until
 from server import STEWARD, free_port, serving
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
@@ -614,3 +615,15 @@ def test_serve_refuses_a_port_in_use_in_one_line(
         code, out, err = run_cli(capsys, *argv)
     assert (code, out) == (1, "")
     assert_one_line_error(err, f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_ctrl_c_before_a_command_takes_the_signal_is_one_line_and_130(tmp_path: Path) -> None:
+    """SIGINT while `steward train demo` fits (no handler of its own): no traceback."""
+    argv = [str(STEWARD), "--models-dir", str(tmp_path / "models"), "train", "demo"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_until(lambda: (tmp_path / "models").exists(), seconds=60, interval=0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.splitlines()[-1] == "steward: error: interrupted", err
+    assert "Traceback" not in err

@@ -565,13 +565,16 @@ def test_a_bad_steward_workers_is_refused_in_one_line(
     assert_one_line_error(err, "invalid settings: STEWARD_WORKERS: input should be")
 
 
-@pytest.mark.parametrize("case", ["in-a-file", "another-db"])
+@pytest.mark.parametrize("case", ["in-a-file", "a-file", "another-db"])
 def test_an_unusable_metrics_dir_is_refused_in_one_line(
     tmp_path: Path, models_dir: Path, case: str
 ) -> None:
     (tmp_path / "file.txt").write_text("a file where a folder should be\n")
     metrics_dir = tmp_path / "file.txt" / "metrics"
     message = f"cannot use {metrics_dir} for the workers' metrics: Not a directory"
+    if case == "a-file":
+        metrics_dir = tmp_path / "file.txt"
+        message = f"{metrics_dir} is not a folder"
     if case == "another-db":  # a store's file: not deleted, and not read as metrics either
         metrics_dir = tmp_path / "data"
         empty_store(metrics_dir)

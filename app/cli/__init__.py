@@ -26,6 +26,7 @@ from app.settings import Settings, load_settings
 __all__ = ["SWAP_NOTE", "TRAFFIC_NOTE", "UsageError", "main", "run"]
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
 MAX_MESSAGE = 1000  # characters of an error line: a pasted megabyte stays off the terminal
 
 
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _fail(str(exc))
         return USAGE_ERROR
+    except KeyboardInterrupt:  # Ctrl-C before a command took the signal over: no traceback
+        _fail("interrupted")
+        return INTERRUPTED
     except BrokenPipeError:  # the reader left (`steward versions iris | head -1`): done
         reader_left()
         return 0

@@ -44,6 +44,8 @@ def _claim(folder: Path) -> IO[str]:
     """Lock ``folder`` for this server, then empty it of a previous run's metric files; the lock
     holds while the returned file is open. Another server using it is refused: it would delete
     this one's live files, and scrapes would add both servers' counts."""
+    if folder.exists() and not folder.is_dir():
+        raise StewardError(f"STEWARD_METRICS_DIR: {folder} is not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         found = sorted(folder.glob("*.db"))
