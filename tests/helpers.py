@@ -303,3 +303,20 @@ def read_only(folder: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@contextmanager
+def mounted(target: Path, *options: str) -> Iterator[None]:
+    """A tmpfs at ``target`` (skips the test if this machine lets it mount none)."""
+    target.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(("size=16m", *options)), "tmpfs", str(target)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)

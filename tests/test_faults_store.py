@@ -23,7 +23,15 @@ from pathlib import Path
 import httpx2
 import psycopg
 import pytest
-from helpers import IRIS_SETOSA, POSTGRES, postgres_database, postgres_url, stored_rows, wait_until
+from helpers import (
+    IRIS_SETOSA,
+    POSTGRES,
+    mounted,
+    postgres_database,
+    postgres_url,
+    stored_rows,
+    wait_until,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from server import STEWARD, Server, free_port, serving
 
@@ -149,23 +157,6 @@ def stop(server: Server) -> str:
     return output
 
 
-@contextlib.contextmanager
-def mounted(target: Path, *options: str) -> Iterator[None]:
-    """A tmpfs at ``target`` (skips the test if this machine lets it mount none)."""
-    target.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", ",".join(("size=16m", *options)), "tmpfs", str(target)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
-
 def test_a_folder_turned_read_only_refuses_then_writes_every_row(
     tmp_path: Path, models_dir: Path
 ) -> None:
@@ -182,7 +173,7 @@ def test_a_folder_turned_read_only_refuses_then_writes_every_row(
             )
     finally:
         output = stop(server)
-    assert "cannot be rebuilt here" in output
+    assert "its folder is on another file system" in output
     assert {row["id"] for row in stored_rows(data)} == set(traffic.acknowledged)
 
 
@@ -199,7 +190,8 @@ def test_the_file_system_under_the_open_file_turned_read_only_then_back(
     kernel does on an I/O error (errors=remount-ro): ``mount -o remount,abort``. (A plain
     ``remount,ro`` is refused while files are open for writing, and a read-only bind mount
     does not stop writes through the descriptors already open.) The operator's way back:
-    unmount, fsck, mount again at the same place."""
+    unmount, fsck, mount again at the same place; meanwhile the store makes nothing under the
+    mount point (it once rebuilt its file there, and the rows went under the volume)."""
     data, image = tmp_path / "data", tmp_path / "data.img"
     data.mkdir()
     with image.open("wb") as out:
@@ -220,6 +212,12 @@ def test_the_file_system_under_the_open_file_turned_read_only_then_back(
 
             def back() -> None:
                 run("umount", "-l", data)  # the server's open files keep the old volume alive
+                # The bare mount point while the volume is repaired: the store waits for it and
+                # makes no file here (rows written under it would vanish at the mount).
+                with httpx2.Client(base_url=server.url, timeout=30) as http:
+                    error = assert_store_unavailable(http.get("/readyz"), "not_ready")
+                assert "waiting for its volume" in str(error["details"])
+                assert not (data / "steward.db").exists()
                 run("e2fsck", "-fy", image, ok=(0, 1))
                 # A loop device of its own: `mount -o loop` would reuse the aborted one.
                 device = subprocess.run(

@@ -3,15 +3,13 @@
 The same cases through a real server, with load and recovery, are in tests/test_faults_store.py.
 """
 
-import contextlib
 import sqlite3
-import subprocess
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from helpers import mounted, read_only
 
 from app.errors import StoreUnavailable
 from app.store import open_store
@@ -43,24 +41,6 @@ def remove_store_files(folder: Path) -> None:
 def ids_in(path: Path) -> set[str]:
     with sqlite3.connect(path) as conn:
         return {row[0] for row in conn.execute("SELECT id FROM predictions")}
-
-
-@contextlib.contextmanager
-def read_only(folder: Path) -> Iterator[None]:
-    """``folder`` bind-mounted read-only over itself: no file can be made in it (as root too)."""
-    done = subprocess.run(
-        f"mount --bind {folder} {folder} && mount -o remount,ro,bind {folder}",
-        shell=True,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        subprocess.run(["umount", str(folder)], capture_output=True)
-        pytest.skip(f"cannot bind-mount a folder read-only here: {done.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_a_removed_file_is_rebuilt_with_every_row_written_before_and_after(
@@ -125,6 +105,38 @@ def test_a_removed_file_that_cannot_be_rebuilt_is_an_outage_until_it_is_back(
         store.close()
     assert {r.id for r in written} <= ids_in(path)
     assert len(ids_in(path)) == 7
+
+
+def test_a_file_whose_folder_is_now_another_file_system_is_not_rebuilt_there(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The volume under the folder unmounted (the bare mount point left, on another disk) or
+    another mounted over it: a copy made there would be hidden when the volume is mounted back,
+    with every row written since. The store stays down until its file is back."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "store.db"
+    store = open_store(f"sqlite:///{path}")
+    before, after = records(3), records(4)
+    try:
+        store.write_predictions(before)
+        with mounted(folder):  # writable, as the disk under a mount point is
+            for _ in range(3):
+                with pytest.raises(StoreUnavailable) as refused:
+                    store.write_predictions(records(1))
+            with pytest.raises(StoreUnavailable, match="waiting for its volume"):
+                store.check_writable()
+            assert list(folder.iterdir()) == []
+        assert str(refused.value) == (
+            "the SQLite file store.db is gone and its folder is on another file system: "
+            "waiting for its volume"
+        )
+        store.write_predictions(after)  # the volume back: its own file again
+    finally:
+        store.close()
+    assert ids_in(path) == {r.id for r in before + after}
+    logged = [r for r in caplog.records if "another file system" in r.getMessage()]
+    assert len(logged) == 1  # once an outage, not at each retry
 
 
 def test_a_read_after_the_file_is_removed_does_not_make_an_empty_file_that_loses_the_rows(

@@ -6,11 +6,15 @@ before each write transaction the store compares the file at its path with the o
 (device and inode). When they differ the store is down (StoreUnavailable: the log keeps its rows
 and retries) until ``ensure`` makes the path whole again:
 
-- the path holds no file (removed, or its folder is now a read-only volume without it): the
+- the path holds no file, its folder on the file system it was on (the file removed): the
   removed file is still open here, so it is copied with SQLite's online backup (every row
   written so far, whatever the write-ahead log still held) into a new file at the path, and the
   store's connections move to it. Where the copy cannot be made (a read-only or full disk), it
   stays down, tries again at the next write, and takes up its own file again if it comes back.
+- the path holds no file, its folder now on another file system (the volume unmounted, leaving
+  the bare mount point, or another volume mounted over it): no copy there (rows written under a
+  mount point vanish when the volume is mounted back), the store stays down until the path
+  holds a store again: its own file, or the volume mounted back (another file: below).
 - the path holds another file (put there by hand, a restored backup): the store moves to it,
   creating the tables it lacks; rows written to the old file since the swap stay in that one.
   An empty database there (no predictions table: any process that opened the missing path made
@@ -57,7 +61,8 @@ class SqliteFile:
         self.path = path
         self._anchor = _connect(path)
         self._identity = identity(path)
-        self._lost = False  # logged once an outage, not at each retry
+        self._folder_device = _device(path.parent)
+        self._logged: str | None = None  # the outage logged, once, not at each retry
 
     def ensure(self, disconnect: Callable[[], None], prepare: Callable[[], None]) -> None:
         """Return if the file at the path is the one open; else make it so, or raise
@@ -65,25 +70,37 @@ class SqliteFile:
         ``prepare`` creates the tables the new one lacks."""
         now = identity(self.path)
         if now is not None and now == self._identity:
+            self._logged = None
             return
-        if now is None or not _holds_a_store(self.path):
-            if not self._lost:
-                logger.error(
-                    "the SQLite file %s is no longer at its path (removed, or its folder "
-                    "mounted over): rebuilding it from the copy still open (runbook: "
-                    "docs/operations.md#when-the-store-fails)",
-                    self.path,
-                )
-            self._lost = True
-            self._rebuild(disconnect)
-        else:
+        if now is not None and _holds_a_store(self.path):
             logger.error(
                 "the SQLite file %s was replaced by another file while serving: writing to the "
                 "new one; rows written since the swap stay in the old one",
                 self.path,
             )
             disconnect()
+        elif _device(self.path.parent) not in (None, self._folder_device):
+            self._log_once(
+                "the SQLite file %s is gone and its folder is on another file system (its volume "
+                "unmounted, or another mounted over it): not rebuilt there, the store is down "
+                "until the volume is back (runbook: docs/operations.md#when-the-store-fails)"
+            )
+            raise StoreUnavailable(
+                f"the SQLite file {self.path.name} is gone and its folder is on another file "
+                "system: waiting for its volume"
+            )
+        else:
+            self._log_once(
+                "the SQLite file %s is no longer at its path (removed): rebuilding it from the "
+                "copy still open (runbook: docs/operations.md#when-the-store-fails)"
+            )
+            self._rebuild(disconnect)
         self._move(prepare)
+
+    def _log_once(self, message: str) -> None:
+        if self._logged != message:
+            logger.error(message, self.path)
+        self._logged = message
 
     def close(self) -> None:
         self._anchor.close()
@@ -145,8 +162,15 @@ class SqliteFile:
             ) from exc
         prepare()
         self._identity = identity(self.path)
-        self._lost = False
+        self._folder_device = _device(self.path.parent)
+        self._logged = None
         logger.warning("the SQLite store writes to %s again", self.path)
+
+
+def _device(folder: Path) -> int | None:
+    """The file system ``folder`` is on (None: no folder there)."""
+    found = identity(folder)
+    return None if found is None else found[0]
 
 
 def _uri(path: Path, mode: str) -> str:
