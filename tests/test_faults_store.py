@@ -173,7 +173,7 @@ def test_a_folder_turned_read_only_refuses_then_writes_every_row(
             )
     finally:
         output = stop(server)
-    assert "its folder is on another file system" in output
+    assert "cannot be rebuilt here" in output
     assert {row["id"] for row in stored_rows(data)} == set(traffic.acknowledged)
 
 
@@ -216,7 +216,7 @@ def test_the_file_system_under_the_open_file_turned_read_only_then_back(
                 # makes no file here (rows written under it would vanish at the mount).
                 with httpx2.Client(base_url=server.url, timeout=30) as http:
                     error = assert_store_unavailable(http.get("/readyz"), "not_ready")
-                assert "waiting for its volume" in str(error["details"])
+                assert "is not mounted: waiting for it" in str(error["details"])
                 assert not (data / "steward.db").exists()
                 run("e2fsck", "-fy", image, ok=(0, 1))
                 # A loop device of its own: `mount -o loop` would reuse the aborted one.

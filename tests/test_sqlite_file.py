@@ -4,6 +4,7 @@ The same cases through a real server, with load and recovery, are in tests/test_
 """
 
 import sqlite3
+import subprocess
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,36 +108,65 @@ def test_a_removed_file_that_cannot_be_rebuilt_is_an_outage_until_it_is_back(
     assert len(ids_in(path)) == 7
 
 
-def test_a_file_whose_folder_is_now_another_file_system_is_not_rebuilt_there(
+def test_while_its_volume_is_unmounted_the_store_writes_nothing_under_the_mount_point(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The volume under the folder unmounted (the bare mount point left, on another disk) or
-    another mounted over it: a copy made there would be hidden when the volume is mounted back,
-    with every row written since. The store stays down until its file is back."""
+    """The data folder is a volume's mount point, and the volume is unmounted (as for fsck): the
+    bare mount point is on another disk, and a file written there would be hidden, with every
+    row since, when the volume is mounted back. The store stays down, whatever the path holds
+    meanwhile (here a store another process made), until the volume is back."""
+    volume, data = tmp_path / "volume", tmp_path / "data"
+    data.mkdir()
+    with mounted(volume):
+        bind(volume, data)
+        path = data / "store.db"
+        store = open_store(f"sqlite:///{path}")
+        before, after = records(3), records(4)
+        try:
+            store.write_predictions(before)
+            subprocess.run(["umount", "-l", data], check=True)
+            open_store(f"sqlite:///{path}").close()  # another process, started meanwhile
+            for _ in range(3):
+                with pytest.raises(StoreUnavailable) as refused:
+                    store.write_predictions(records(1))
+            with pytest.raises(StoreUnavailable, match="is not mounted: waiting for it"):
+                store.check_writable()
+            assert str(refused.value) == (
+                "the volume holding the SQLite file store.db is not mounted: waiting for it"
+            )
+            assert ids_in(path) == set()
+            path.unlink()
+            bind(volume, data)  # the volume back: its own file again
+            store.write_predictions(after)
+        finally:
+            store.close()
+            subprocess.run(["umount", "-l", data], capture_output=True)
+        assert ids_in(volume / "store.db") == {r.id for r in before + after}
+    logged = [r for r in caplog.records if "no longer mounted" in r.getMessage()]
+    assert len(logged) == 1  # once an outage, not at each retry
+
+
+def bind(source: Path, target: Path) -> None:
+    done = subprocess.run(["mount", "--bind", source, target], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+
+
+def test_a_volume_mounted_over_the_folder_takes_the_file_with_every_row(tmp_path: Path) -> None:
+    """An empty volume mounted over the data folder while serving: the file is rebuilt on it
+    from the copy still open."""
     folder = tmp_path / "data"
-    folder.mkdir()
     path = folder / "store.db"
+    folder.mkdir()
     store = open_store(f"sqlite:///{path}")
     before, after = records(3), records(4)
     try:
         store.write_predictions(before)
-        with mounted(folder):  # writable, as the disk under a mount point is
-            for _ in range(3):
-                with pytest.raises(StoreUnavailable) as refused:
-                    store.write_predictions(records(1))
-            with pytest.raises(StoreUnavailable, match="waiting for its volume"):
-                store.check_writable()
-            assert list(folder.iterdir()) == []
-        assert str(refused.value) == (
-            "the SQLite file store.db is gone and its folder is on another file system: "
-            "waiting for its volume"
-        )
-        store.write_predictions(after)  # the volume back: its own file again
+        with mounted(folder):
+            store.write_predictions(after)
+            assert ids_in(path) == {r.id for r in before + after}
     finally:
         store.close()
-    assert ids_in(path) == {r.id for r in before + after}
-    logged = [r for r in caplog.records if "another file system" in r.getMessage()]
-    assert len(logged) == 1  # once an outage, not at each retry
 
 
 def test_a_read_after_the_file_is_removed_does_not_make_an_empty_file_that_loses_the_rows(

@@ -6,15 +6,15 @@ before each write transaction the store compares the file at its path with the o
 (device and inode). When they differ the store is down (StoreUnavailable: the log keeps its rows
 and retries) until ``ensure`` makes the path whole again:
 
-- the path holds no file, its folder on the file system it was on (the file removed): the
+- the volume the file was on is unmounted (where it was mounted is a bare mount point now,
+  as while an operator runs fsck): whatever the path holds, the store stays down until a volume
+  is mounted there again. Nothing is written under the bare mount point: a volume mounted back
+  would hide it, with every row written since.
+- the path holds no file (removed, or another volume mounted over its folder): the
   removed file is still open here, so it is copied with SQLite's online backup (every row
   written so far, whatever the write-ahead log still held) into a new file at the path, and the
   store's connections move to it. Where the copy cannot be made (a read-only or full disk), it
   stays down, tries again at the next write, and takes up its own file again if it comes back.
-- the path holds no file, its folder now on another file system (the volume unmounted, leaving
-  the bare mount point, or another volume mounted over it): no copy there (rows written under a
-  mount point vanish when the volume is mounted back), the store stays down until the path
-  holds a store again: its own file, or the volume mounted back (another file: below).
 - the path holds another file (put there by hand, a restored backup): the store moves to it,
   creating the tables it lacks; rows written to the old file since the swap stay in that one.
   An empty database there (no predictions table: any process that opened the missing path made
@@ -61,7 +61,7 @@ class SqliteFile:
         self.path = path
         self._anchor = _connect(path)
         self._identity = identity(path)
-        self._folder_device = _device(path.parent)
+        self._mount_point = _mount_point(path.parent)
         self._logged: str | None = None  # the outage logged, once, not at each retry
 
     def ensure(self, disconnect: Callable[[], None], prepare: Callable[[], None]) -> None:
@@ -72,34 +72,38 @@ class SqliteFile:
         if now is not None and now == self._identity:
             self._logged = None
             return
+        if not os.path.ismount(self._mount_point):
+            self._log_once(
+                "the volume holding the SQLite file %s is no longer mounted at %s: the store is "
+                "down until it is back, and writes nothing under the bare mount point (runbook: "
+                "docs/operations.md#when-the-store-fails)",
+                self.path,
+                self._mount_point,
+            )
+            raise StoreUnavailable(
+                f"the volume holding the SQLite file {self.path.name} is not mounted: waiting "
+                "for it"
+            )
         if now is not None and _holds_a_store(self.path):
-            logger.error(
+            self._log_once(
                 "the SQLite file %s was replaced by another file while serving: writing to the "
-                "new one; rows written since the swap stay in the old one",
+                "new one; rows written to the old one since the swap stay there",
                 self.path,
             )
             disconnect()
-        elif _device(self.path.parent) not in (None, self._folder_device):
-            self._log_once(
-                "the SQLite file %s is gone and its folder is on another file system (its volume "
-                "unmounted, or another mounted over it): not rebuilt there, the store is down "
-                "until the volume is back (runbook: docs/operations.md#when-the-store-fails)"
-            )
-            raise StoreUnavailable(
-                f"the SQLite file {self.path.name} is gone and its folder is on another file "
-                "system: waiting for its volume"
-            )
         else:
             self._log_once(
-                "the SQLite file %s is no longer at its path (removed): rebuilding it from the "
-                "copy still open (runbook: docs/operations.md#when-the-store-fails)"
+                "the SQLite file %s is no longer at its path (removed, or its folder mounted "
+                "over): rebuilding it from the copy still open (runbook: "
+                "docs/operations.md#when-the-store-fails)",
+                self.path,
             )
             self._rebuild(disconnect)
         self._move(prepare)
 
-    def _log_once(self, message: str) -> None:
+    def _log_once(self, message: str, *args: object) -> None:
         if self._logged != message:
-            logger.error(message, self.path)
+            logger.error(message, *args)
         self._logged = message
 
     def close(self) -> None:
@@ -162,15 +166,23 @@ class SqliteFile:
             ) from exc
         prepare()
         self._identity = identity(self.path)
-        self._folder_device = _device(self.path.parent)
+        self._mount_point = _mount_point(self.path.parent)
         self._logged = None
         logger.warning("the SQLite store writes to %s again", self.path)
 
 
-def _device(folder: Path) -> int | None:
-    """The file system ``folder`` is on (None: no folder there)."""
-    found = identity(folder)
-    return None if found is None else found[0]
+def _mount_point(folder: Path) -> Path:
+    """Where the file system holding ``folder`` is mounted (``/`` for the root's): the highest
+    folder above it on the same device. (A bind mount of a folder on the same file system is not
+    told apart: the walk goes on past it, to a mount point that stays.)"""
+    folder = Path(os.path.realpath(folder))
+    try:
+        device = folder.stat().st_dev
+        while folder.parent != folder and folder.parent.stat().st_dev == device:
+            folder = folder.parent
+    except OSError:  # a folder above that cannot be looked at: as if on the root file system
+        return Path(folder.anchor)
+    return folder
 
 
 def _uri(path: Path, mode: str) -> str:
