@@ -154,7 +154,8 @@ def bind(source: Path, target: Path) -> None:
 
 def test_a_volume_mounted_over_the_folder_takes_the_file_with_every_row(tmp_path: Path) -> None:
     """An empty volume mounted over the data folder while serving: the file is rebuilt on it
-    from the copy still open."""
+    from the copy still open. Unmounting that volume later is, to the store, its volume gone:
+    it waits for it (it does not go back to the older file under it)."""
     folder = tmp_path / "data"
     path = folder / "store.db"
     folder.mkdir()
@@ -165,6 +166,9 @@ def test_a_volume_mounted_over_the_folder_takes_the_file_with_every_row(tmp_path
         with mounted(folder):
             store.write_predictions(after)
             assert ids_in(path) == {r.id for r in before + after}
+        with pytest.raises(StoreUnavailable, match="is not mounted: waiting for it"):
+            store.write_predictions(records(1))
+        assert ids_in(path) == {r.id for r in before}
     finally:
         store.close()
 
