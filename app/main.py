@@ -27,7 +27,7 @@ from app.readiness import Readiness
 from app.registry import Registry
 from app.services import Services
 from app.settings import Settings, load_settings
-from app.store import PoolOptions, PredictionLog, open_store
+from app.store import PredictionLog, open_configured_store
 from app.store.retention import Retention
 from app.watcher import Watcher
 
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
-        store = open_store(settings.store_url, PoolOptions.of(settings))
+        store = open_configured_store(settings)
         registry = Registry(
             settings.models_dir,
             settings.max_instances,

@@ -20,13 +20,7 @@ from app.artifacts import ModelMetadata, list_versions, read_metadata
 from app.errors import ArtifactError
 from app.schemas import AutoRollbackStatus, ModelReport, PairedQuality, VersionQuality
 from app.settings import Settings
-from app.store import (
-    PairedCounts,
-    PoolOptions,
-    PredictionStore,
-    VersionCounts,
-    open_store,
-)
+from app.store import PairedCounts, PredictionStore, VersionCounts, open_configured_store
 
 if TYPE_CHECKING:  # the CLI uses live_quality without the serving side (scikit-learn)
     from app.model_entry import ModelEntry
@@ -117,7 +111,7 @@ def model_quality(settings: Settings, name: str) -> ModelQuality | None:
     for number in list_versions(settings.models_dir, name):
         with contextlib.suppress(ArtifactError):
             metadata[number] = read_metadata(settings.models_dir, name, number)
-    store = open_store(settings.store_url, PoolOptions.of(settings))
+    store = open_configured_store(settings)
     window = settings.quality_window_seconds
     try:
         return ModelQuality(

@@ -67,10 +67,10 @@ def _run(model: str, then: str, since: datetime | None, search: bool) -> dict[st
     from app.progress import Lines
     from app.retraining import Then, retrain
     from app.settings import load_settings
-    from app.store import PoolOptions, open_store
+    from app.store import open_configured_store
 
     settings = load_settings()
-    store = open_store(settings.store_url, PoolOptions.of(settings))
+    store = open_configured_store(settings)
     try:
         result = retrain(
             settings,

@@ -261,7 +261,7 @@ def _feedback_store(settings: Settings) -> "SqlStore":
     """The store a server logged the feedback to; never a new, empty one (a retraining against
     the wrong STEWARD_DATA_DIR would learn from nothing, and say nothing). StoreUnavailable,
     naming the setting, if it is not there or cannot be opened."""
-    from app.store import PoolOptions, open_store
+    from app.store import open_configured_store
 
     setting = "STEWARD_DATABASE_URL" if settings.database_url else "STEWARD_DATA_DIR"
     sqlite_file = settings.data_dir / "steward.db"  # the store when no database URL is set
@@ -272,7 +272,7 @@ def _feedback_store(settings: Settings) -> "SqlStore":
             "that server's store"
         )
     try:
-        return open_store(settings.store_url, PoolOptions.of(settings))
+        return open_configured_store(settings)
     except StoreUnavailable as exc:
         raise StoreUnavailable(f"{exc} ({setting})") from exc
 

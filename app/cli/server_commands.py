@@ -79,7 +79,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from app import logs
     from app.main import Shutdown, create_app
-    from app.store import PoolOptions, open_store
+    from app.store import open_configured_store
 
     # What the command line says is part of the settings every worker gets.
     given = {"host": args.host, "port": args.port, "workers": args.workers}
@@ -88,7 +88,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     shutdown = Shutdown()
     app = create_app(settings, shutdown)  # refuses a models directory that is not there
     try:
-        open_store(settings.store_url, PoolOptions.of(settings)).close()
+        open_configured_store(settings).close()
     except StoreUnavailable as exc:
         source = "STEWARD_DATABASE_URL" if settings.database_url else "STEWARD_DATA_DIR"
         raise StoreUnavailable(f"{exc} ({source})") from exc

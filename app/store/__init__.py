@@ -14,7 +14,7 @@ from app.store.base import (
 )
 from app.store.log import PredictionLog
 from app.store.pool import PoolOptions
-from app.store.sql import SqlStore, open_store
+from app.store.sql import SqlStore, open_configured_store, open_store
 
 __all__ = [
     "Label",
@@ -30,5 +30,6 @@ __all__ = [
     "StoredPrediction",
     "StoredShadow",
     "VersionCounts",
+    "open_configured_store",
     "open_store",
 ]

@@ -38,6 +38,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.errors import StoreUnavailable
+from app.settings import Settings
 from app.store.base import (
     Label,
     LabelledRow,
@@ -378,6 +379,12 @@ def _shadow(row: Any) -> StoredShadow:
         abs_error=row["abs_error"],
         feedback_at=as_utc(row["feedback_at"]),
     )
+
+
+def open_configured_store(settings: Settings) -> SqlStore:
+    """The store ``settings`` name (STEWARD_DATABASE_URL, else SQLite in STEWARD_DATA_DIR), a
+    PostgreSQL one's pool sized by them; as ``open_store``."""
+    return open_store(settings.store_url, PoolOptions.of(settings))
 
 
 def open_store(url: str, pool: PoolOptions = DEFAULT_POOL) -> SqlStore:
