@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The request row of the iris runs: a setosa.
+IRIS = {"sepal_length_cm": 5.1, "sepal_width_cm": 3.5, "petal_length_cm": 1.4,
+        "petal_width_cm": 0.2}  # fmt: skip
+
 DONE_HOOK = """
 done = function(summary, latency, requests)
   local e = summary.errors

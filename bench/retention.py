@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cpu import pinning
-from load import Result, lua_post, wrk
+from load import IRIS, Result, lua_post, wrk
 from scrape import counter
 from server import STEWARD, free_port, serving
 
@@ -44,8 +44,6 @@ CONNECTIONS = 8
 START_SECONDS = 3.0  # STEWARD_RETENTION_INTERVAL_SECONDS: the first pass starts this late
 INSERT_CHUNK = 50_000
 PASS_SECONDS = 900  # the longest a pass may take before the bench gives up
-IRIS = {"sepal_length_cm": 5.1, "sepal_width_cm": 3.5, "petal_length_cm": 1.4,
-        "petal_width_cm": 0.2}  # fmt: skip
 DELETED = "steward_retention_deleted_rows_total"
 
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from load import Result, lua_post, wrk
+from load import IRIS, Result, lua_post, wrk
 from server import STEWARD, free_port, serving
 
 WORKERS = (1, 2)
@@ -29,8 +29,6 @@ WARM_UP_SECONDS = 1
 # against the run's STEWARD_MAX_CONCURRENCY (64, the run's own connections).
 PAUSE_SECONDS = 1.0
 START_SECONDS = 120
-IRIS = {"sepal_length_cm": 5.1, "sepal_width_cm": 3.5, "petal_length_cm": 1.4,
-        "petal_width_cm": 0.2}  # fmt: skip
 
 
 @dataclass

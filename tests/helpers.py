@@ -232,10 +232,18 @@ POSTGRES = os.environ.get("STEWARD_TEST_POSTGRES", "postgresql://postgres@127.0.
 POSTGRES_REQUIRED = os.environ.get("STEWARD_TEST_POSTGRES_REQUIRED", "") not in ("", "0")
 
 
+def postgres_dsn(database: str) -> str:
+    """The psycopg URL of ``database`` on the test PostgreSQL."""
+    return POSTGRES.rsplit("/", 1)[0] + f"/{database}"
+
+
 def postgres_url(database: str) -> str:
     """The SQLAlchemy URL of ``database`` on the test PostgreSQL."""
-    url = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
-    return url.rsplit("/", 1)[0] + f"/{database}"
+    return _with_driver(postgres_dsn(database))
+
+
+def _with_driver(dsn: str) -> str:
+    return dsn.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 def postgres_admin() -> psycopg.Connection[Any]:
@@ -271,8 +279,7 @@ def postgres_schema(prefix: str) -> Iterator[str]:
     with postgres_admin() as admin:
         admin.execute(f"CREATE SCHEMA {name}")
         try:
-            url = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
-            yield f"{url}?options=-csearch_path%3D{name}"
+            yield f"{_with_driver(POSTGRES)}?options=-csearch_path%3D{name}"
         finally:
             admin.execute(f"DROP SCHEMA {name} CASCADE")
 
@@ -289,14 +296,19 @@ def postgres_store(prefix: str) -> Iterator[SqlStore]:
             opened.close()
 
 
+def bind(source: Path, target: Path) -> None:
+    """``source`` bind-mounted at ``target`` (skips the test where this machine mounts nothing)."""
+    done = subprocess.run(["mount", "--bind", source, target], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+
+
 @contextmanager
 def read_only(folder: Path) -> Iterator[None]:
     """``folder`` turned read-only by a read-only bind mount over itself, as a pod's read-only
     volume is (root cannot write through it; chmod would not stop root). Skips the test where
     this machine lets it mount nothing."""
-    done = subprocess.run(["mount", "--bind", folder, folder], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+    bind(folder, folder)
     try:
         remount = ["mount", "-o", "remount,ro,bind", str(folder)]
         assert subprocess.run(remount, capture_output=True).returncode == 0

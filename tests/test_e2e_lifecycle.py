@@ -23,7 +23,7 @@ from helpers import stored_rows, wait_until
 from promql import SHADOW_ACCURACY, docs_expression
 from server import STEWARD
 from sklearn.datasets import load_iris
-from stack import scraped
+from stack import instant_query, scraped
 
 from app.artifacts import load_estimator, read_metadata
 
@@ -118,11 +118,7 @@ class Stack:
 
     def raw(self, expr: str) -> list[dict[str, Any]]:
         """An instant PromQL query's result."""
-        response = httpx2.get(f"{self.prometheus}/api/v1/query", params={"query": expr})
-        body = response.json()
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+        return instant_query(self.prometheus, expr)
 
     def query(self, expr: str) -> dict[str, float]:
         """An instant PromQL query: value by version."""

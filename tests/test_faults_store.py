@@ -28,6 +28,7 @@ from helpers import (
     POSTGRES,
     mounted,
     postgres_database,
+    postgres_dsn,
     postgres_url,
     stored_rows,
     wait_until,
@@ -361,8 +362,7 @@ def cut(name: str) -> None:
 
 
 def stored_ids(name: str) -> set[str]:
-    url = POSTGRES.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(postgres_dsn(name)) as conn:
         return {row[0] for row in conn.execute("SELECT id FROM predictions")}
 
 

@@ -22,6 +22,7 @@ from helpers import (
     metric,
     metric_sum,
     postgres_database,
+    postgres_dsn,
     postgres_url,
     wait_until,
 )
@@ -126,7 +127,6 @@ def test_feedback_for_one_id_at_two_replicas_at_once_is_counted_once(
 
 def stored_labels(database: str) -> dict[str, tuple[str, bool]]:
     """Each stored prediction's ground truth and whether it was judged correct."""
-    url = postgres_url(database).replace("postgresql+psycopg://", "postgresql://", 1)
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(postgres_dsn(database)) as conn:
         rows = conn.execute("SELECT id, ground_truth, correct FROM predictions").fetchall()
     return {row[0]: (json.loads(row[1]), row[2]) for row in rows}

@@ -23,9 +23,9 @@ import pytest
 from helpers import (
     IRIS_SETOSA,
     IRIS_VIRGINICA,
-    POSTGRES,
     assert_error,
     postgres_database,
+    postgres_dsn,
     postgres_url,
     wait_until,
 )
@@ -55,8 +55,7 @@ class Replicas:
 
     def stored(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` are in the shared store now."""
-        url = POSTGRES.rsplit("/", 1)[0] + f"/{self.database}"
-        with psycopg.connect(url) as conn:
+        with psycopg.connect(postgres_dsn(self.database)) as conn:
             rows = conn.execute("SELECT id FROM predictions WHERE id = ANY(%s)", (ids,))
             return {row[0] for row in rows}
 

@@ -29,7 +29,7 @@ from promql import (
     expressions_using,
     with_all_models,
 )
-from stack import scraped
+from stack import instant_query, scraped
 
 from app.aliases import set_alias
 from app.artifacts import ARTIFACT, METADATA
@@ -54,11 +54,7 @@ class Stack:
     champion_feedback: list[tuple[str, str]] = field(default_factory=list)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
-        response = httpx2.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
-        body = response.json()
-        assert body["status"] == "success", f"{expr}\n{body}"
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+        return instant_query(self.prometheus, expr)
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:

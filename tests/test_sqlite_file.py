@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers import mounted, read_only
+from helpers import bind, mounted, read_only
 
 from app.errors import StoreUnavailable
 from app.store import open_store
@@ -144,12 +144,6 @@ def test_while_its_volume_is_unmounted_the_store_writes_nothing_under_the_mount_
         assert ids_in(volume / "store.db") == {r.id for r in before + after}
     logged = [r for r in caplog.records if "no longer mounted" in r.getMessage()]
     assert len(logged) == 1  # once an outage, not at each retry
-
-
-def bind(source: Path, target: Path) -> None:
-    done = subprocess.run(["mount", "--bind", source, target], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
 
 
 def test_a_volume_mounted_over_the_folder_takes_the_file_with_every_row(tmp_path: Path) -> None:

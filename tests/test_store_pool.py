@@ -17,6 +17,7 @@ from helpers import (
     metric_sum,
     postgres_admin,
     postgres_database,
+    postgres_dsn,
     postgres_url,
     wait_until,
 )
@@ -182,8 +183,7 @@ def test_feedback_waiting_past_the_pool_timeout_gets_503_and_then_recovers(
             written = answer.json()["predictions"][0]["id"]
             assert wait_until(lambda: metric(http, "steward_prediction_log_pending_rows") == 0)
 
-            dsn = postgres_url(database).replace("postgresql+psycopg://", "postgresql://", 1)
-            with psycopg.connect(dsn) as locker:
+            with psycopg.connect(postgres_dsn(database)) as locker:
                 locker.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
                 assert (
                     http.post("/predict/iris", json={"instances": [IRIS_SETOSA]}).status_code == 200
