@@ -84,7 +84,7 @@ class Page:
 
 
 @contextmanager
-def headless_page(profile: Path, log: Path, timeout: float = 10) -> Iterator[Page]:
+def headless_page(profile: Path, log: Path, timeout: float = 30) -> Iterator[Page]:
     """A tab of a fresh headless Chromium (its profile in ``profile``, its output in ``log``)."""
     if CHROMIUM is None:
         raise AssertionError("chromium is not installed: `make chromium` installs Debian's package")

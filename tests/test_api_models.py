@@ -250,17 +250,17 @@ def test_quality_of_a_model_with_no_predictions(client: TestClient) -> None:
 
 
 def test_the_quality_window_is_a_setting(settings: Settings) -> None:
-    """Predictions older than the window are left out: a 1 s window, a prediction 2 s old."""
+    """Predictions older than the window are left out: a 30 s window, a prediction 60 s old."""
     with TestClient(
-        create_app(settings.model_copy(update={"quality_window_seconds": 1}))
+        create_app(settings.model_copy(update={"quality_window_seconds": 30}))
     ) as client:
         services: Services = client.app_state["services"]
         old = PredictionRecord(
-            uuid.uuid4().hex, "iris", 1, datetime.now(UTC) - timedelta(seconds=2), (), (), "x"
+            uuid.uuid4().hex, "iris", 1, datetime.now(UTC) - timedelta(seconds=60), (), (), "x"
         )
         services.store.write_predictions([old])
         label_each(client, prediction_ids(predict(client, "iris", IRIS_SETOSA)), ["setosa"])
-        assert client.get("/models/iris").json()["quality_window_seconds"] == 1
+        assert client.get("/models/iris").json()["quality_window_seconds"] == 30
         assert quality(client, "iris") == {
             1: {"predictions": 1, "labelled": 1, "accuracy": 1.0, "mae": None, "rmse": None}
         }

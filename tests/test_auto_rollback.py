@@ -5,14 +5,13 @@ periodic one being an hour away."""
 
 import logging
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import DIABETES_ROW, IRIS_SETOSA, metric, predict, read_only
+from helpers import DIABETES_ROW, IRIS_SETOSA, metric, predict, read_only, wait_until
 
 from app import lifecycle
 from app.aliases import read_alias_file
@@ -125,14 +124,16 @@ def test_a_worse_promote_is_rolled_back_once_logged_and_counted(
 
 def test_a_promote_older_than_the_quality_window_is_no_longer_judged(settings: Settings) -> None:
     """Turning the policy on never judges a version that has long served: a promote is watched
-    for STEWARD_QUALITY_WINDOW_SECONDS (here 2 s)."""
-    watched = settings.model_copy(update={"quality_window_seconds": 2.0})
+    for STEWARD_QUALITY_WINDOW_SECONDS (here 5 s)."""
+    watched = settings.model_copy(update={"quality_window_seconds": 5.0})
     with TestClient(create_app(watched), raise_server_exceptions=False) as client:
         serve_and_label(client, "iris", 1, [True] * 10)
         promote(client, "iris", 2)
         serve_and_label(client, "iris", 2, [False] * 10)
         assert assess(watched, services(client).store, "iris").state == "worse"
-        time.sleep(2.2)
+        assert wait_until(
+            lambda: assess(watched, services(client).store, "iris").state == "idle", seconds=30
+        )
         status = assess(watched, services(client).store, "iris")
         assert (status.state, status.reason) == (
             "idle",

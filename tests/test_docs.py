@@ -192,7 +192,7 @@ def test_docs_render_every_model_in_chromium(server: str, tmp_path: Path) -> Non
     requests = {name: request_schema(schema, name) for name in features}
     with headless_page(tmp_path / "chromium", tmp_path / "chromium.log") as page:
         page.open(f"{server}/docs")
-        assert wait_until(lambda: page.evaluate(SETTLED), seconds=10), "/docs drew nothing"
+        assert wait_until(lambda: page.evaluate(SETTLED), seconds=30), "/docs drew nothing"
         text = page.evaluate("document.body.innerText")
         assert "Unable to render this definition" not in text
         assert page.evaluate("document.querySelectorAll('.errors-wrapper').length") == 0, text
@@ -202,7 +202,7 @@ def test_docs_render_every_model_in_chromium(server: str, tmp_path: Path) -> Non
             shown = expand_schemas(page, list(requests.values()))
             return all(set(features[n]) <= set(shown[c] or ()) for n, c in requests.items())
 
-        wait_until(all_shown, seconds=5)
+        wait_until(all_shown, seconds=30)  # the assertions below say what is missing
         shown = expand_schemas(page, list(requests.values()))
     for name, component in requests.items():
         titles = shown[component]

@@ -268,7 +268,7 @@ def test_rows_older_than_the_time_span_leave_the_window(tmp_path: Path, drift_mo
         data_dir=tmp_path / "data",
         drift_min_rows=5,
         drift_window_rows=10,
-        drift_window_seconds=1.0,
+        drift_window_seconds=5.0,  # long enough to see the rows in it under load
         drift_interval_seconds=3600,
     )
     metadata = read_metadata(drift_models, "mixed", 1)

@@ -27,7 +27,7 @@ from test_retraining import ROTATED, score, shifted_iris  # score: rounded to 6 
 from app.aliases import read_alias_file
 from app.artifacts import read_metadata
 
-HOLDOUT_SECONDS = 2.0  # the recent window the gate judges on, kept out of training
+HOLDOUT_SECONDS = 4.0  # the recent window the gate judges on, kept out of training
 MIN_LABELS = 40  # the automatic rollback judges v2 on at least this many labels
 MARGIN = 0.05
 RULES = Path(__file__).parents[1] / "prometheus" / "alerts.yml"

@@ -39,7 +39,7 @@ from app.store import open_store
 from app.training import train_demo
 
 FLUSH = 3.0  # A's flush interval: its rows stay in its buffer this long
-WAIT = 5.0  # B's STEWARD_FEEDBACK_PENDING_WAIT_SECONDS
+WAIT = 8.0  # B's STEWARD_FEEDBACK_PENDING_WAIT_SECONDS: A's flush comes in time, under load too
 SLOTS = 8  # D's STEWARD_MAX_CONCURRENCY: one feedback request of D waits at a time (8 // 8)
 LONG_WAIT = 15.0  # D's STEWARD_FEEDBACK_PENDING_WAIT_SECONDS
 

@@ -489,8 +489,8 @@ def test_log_refuses_beyond_max_pending_while_the_store_fails(
         log.append([record()])
     with pytest.raises(StoreUnavailable):
         log.flush(timeout=0.2)
-    assert log.last_error is not None
-    assert "disk is failing" in log.last_error
+    assert wait_until(lambda: log.last_error is not None, seconds=10, interval=0.01)
+    assert "disk is failing" in str(log.last_error)
     heal(store)
     log.flush(timeout=10)
     assert count(store) == 1000

@@ -309,9 +309,12 @@ def test_a_candidate_that_fails_on_the_rows_is_counted_and_the_client_is_answere
 
 
 def test_feedback_sent_while_the_shadow_runs_labels_both(traffic_settings: Settings) -> None:
-    """The shadow work of a request waits for its window (here 0.5 s) after the response: a
-    client that labels at once still has the candidate's prediction labelled with its own."""
-    settings = traffic_settings.model_copy(update={"shadow_window_seconds": 0.5})
+    """The shadow work of a request waits for its window (here 3 s, long enough that the test
+    sees it pending) after the response: a client that labels at once still has the
+    candidate's prediction labelled with its own."""
+    settings = traffic_settings.model_copy(
+        update={"shadow_window_seconds": 3, "shadow_wait_seconds": 6}
+    )
     with start(settings) as client:
         policy(client, "shadow", 100)
         (prediction_id,) = prediction_ids(predict(client, "iris", IRIS_SETOSA))
@@ -395,10 +398,12 @@ def test_a_policy_at_0_percent_is_not_active(served: TestClient) -> None:
 
 
 def test_a_shadow_later_than_the_feedback_is_counted_late_once(traffic_settings: Settings) -> None:
-    """Feedback that stopped waiting for a shadow (here after 10 ms, where the window is 0.3 s)
+    """Feedback that stopped waiting for a shadow (here after 10 ms, where the window is 3 s)
     labels the served row alone and counts the shadow ``late``, once; the shadow, logged later,
     stays unlabelled. A feedback that labels nothing counts nothing."""
-    settings = traffic_settings.model_copy(update={"shadow_window_seconds": 0.3})
+    settings = traffic_settings.model_copy(
+        update={"shadow_window_seconds": 3, "shadow_wait_seconds": 6}
+    )
     with start(settings) as client:
         policy(client, "shadow", 100)
         (prediction_id,) = prediction_ids(predict(client, "iris", IRIS_SETOSA))

@@ -179,10 +179,16 @@ def info(client: TestClient, **labels: str) -> float | None:
 def test_a_promotion_on_disk_is_served_without_restart(served: TestClient, fast: Settings) -> None:
     assert serving(served, "iris") == 1
     set_alias(fast.models_dir, "iris", "production", 2)
-    assert wait_until(lambda: serving(served, "iris") == 2, seconds=20)
+    # The swap, then its hooks (the info gauge): one wait for both.
+    assert wait_until(
+        lambda: (
+            serving(served, "iris") == 2
+            and info(served, model="iris", version="2", alias="production") == 1
+        ),
+        seconds=20,
+    )
     iris = {m["name"]: m for m in served.get("/models").json()}["iris"]
     assert (iris["serving"], iris["aliases"], iris["versions"]) == (2, {"production": 2}, [1, 2])
-    assert info(served, model="iris", version="2", alias="production") == 1
     assert info(served, model="iris", version="1", alias="production") is None
     # the old version is unloaded once no alias points at it
     assert wait_until(lambda: info(served, model="iris", version="1", alias="") is None)
@@ -252,8 +258,11 @@ def test_a_corrupt_aliases_file_keeps_serving_the_last_good_state(
 
     set_alias_file = fast.models_dir / "iris" / ALIASES
     set_alias_file.write_text('{"production": 2}')  # fixed, and promoted at once
-    assert wait_until(lambda: serving(served, "iris") == 2, seconds=20)
-    assert served.get("/readyz").json()["status"] == "ready"
+    # The swap, then the refusal cleared: one wait for both.
+    assert wait_until(
+        lambda: serving(served, "iris") == 2 and served.get("/readyz").json()["status"] == "ready",
+        seconds=20,
+    )
     assert services.metrics.registry.get_sample_value("steward_model_refused", refused) is None
 
 
