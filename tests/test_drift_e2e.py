@@ -462,7 +462,7 @@ HEAP_WINDOWS = 50
 LEFT_BEHIND_BYTES_PER_ROW = 16
 """What a row streamed may seem to leave behind on the heap: 800 kB over the 50,000 rows. What
 fills once and then stays (a pool connection's cursors, the peak of short-lived classes
-scikit-learn makes per call) was measured at 170 to 240 kB, flat from 80,000 rows to 160,000.
+scikit-learn makes per call) was measured at 170 to 240 kB, flat from 90,000 rows to 170,000.
 A row kept costs about 160 bytes (a tuple of three floats and a string), its id 80: a window
 that kept its history leaves ten times the bound."""
 
@@ -472,7 +472,7 @@ def test_a_long_stream_leaves_nothing_behind_on_the_heap(trained: Trained, tmp_p
     where it was: the ring drops what it replaces, the prediction log what it wrote, and nothing
     on the request path keeps a little of each row. Measured in process with tracemalloc, which
     counts every live Python and NumPy allocation exactly. A server's RSS is no measure of it:
-    glibc's arenas and SQLite's page cache grew it 7 to 15 MiB over 60,000 rows, varying run to
+    glibc's arenas and SQLite's page cache grew it 5 to 15 MiB over 60,000 rows, varying run to
     run, and flat after about 100,000 rows."""
     settings = Settings(
         models_dir=trained.models,
