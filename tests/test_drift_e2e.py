@@ -485,9 +485,7 @@ def test_a_long_stream_leaves_nothing_behind_on_the_heap(trained: Trained, tmp_p
 
     def stream(client: TestClient, windows: int) -> None:
         for _ in range(windows):
-            rows = sensor_rows(HEAP_WINDOW, seed=next(seeds))
-            response = client.post("/predict/stream", json={"instances": rows})
-            assert response.status_code == 200, response.text
+            send(client, "stream", sensor_rows(HEAP_WINDOW, seed=next(seeds)), batch=HEAP_WINDOW)
 
     def live_bytes(client: TestClient) -> int:
         """Traced bytes alive once every row is written and the garbage collected: the least
